@@ -1,0 +1,92 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import KeyholdCore
+
+/// Writes a file so that its destination shows either its old content or the complete new one,
+/// never a part: bytes go to a temporary file in the destination's folder, which ``commit()``
+/// syncs, renames over the destination, and follows with a sync of the folder. Anything not
+/// committed (an error, a thrown segment) is removed by ``abort()`` or on deinit.
+final class AtomicFileWriter {
+    let destination: String
+    private let temporaryPath: String
+    private let fd: Int32
+    private var finished = false
+
+    /// Creates the temporary file (mode 0600 until ``commit(mode:owner:)``).
+    init(destination: String) throws {
+        self.destination = destination
+        let (folder, base) = Self.split(destination)
+        var template = Array("\(folder)/.\(base).keyhold-XXXXXX".utf8CString)
+        let fd = try SystemCall.check("create a temporary file next to", path: destination) {
+            template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        }
+        self.fd = fd
+        self.temporaryPath = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// Where to write.
+    var sink: FileDescriptorSink { FileDescriptorSink(fd: fd, name: destination) }
+
+    /// Makes the new content durable and visible under ``destination``.
+    /// - Parameters:
+    ///   - mode: permission bits of the finished file.
+    ///   - owner: user and group to give it (used when replacing a file in place as root).
+    func commit(mode: mode_t, owner: (uid_t, gid_t)? = nil) throws {
+        precondition(!finished)
+        defer { if !finished { abort() } }
+        if let (uid, gid) = owner, geteuid() == 0 {
+            try SystemCall.check("set the owner of", path: destination) { fchown(fd, uid, gid) }
+        }
+        try SystemCall.check("set the permissions of", path: destination) { fchmod(fd, mode) }
+        try SystemCall.check("sync", path: destination) { fsync(fd) }
+        close(fd)
+        finished = true
+        do {
+            try SystemCall.check("rename a temporary file onto", path: destination) { rename(temporaryPath, destination) }
+        } catch {
+            unlink(temporaryPath)
+            throw error
+        }
+        try Self.syncFolder(of: destination)
+    }
+
+    /// Removes the temporary file; the destination is untouched.
+    func abort() {
+        guard !finished else { return }
+        finished = true
+        close(fd)
+        unlink(temporaryPath)
+    }
+
+    deinit { abort() }
+
+    /// Syncs the folder holding `path`, so a rename in it survives a crash.
+    static func syncFolder(of path: String) throws {
+        let folder = split(path).folder
+        let dfd = try SystemCall.check("open folder", path: folder) { open(folder, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        defer { close(dfd) }
+        try SystemCall.check("sync folder", path: folder) { fsync(dfd) }
+    }
+
+    static func split(_ path: String) -> (folder: String, base: String) {
+        guard let slash = path.lastIndex(of: "/") else { return (".", path) }
+        let folder = String(path[..<slash])
+        return (folder.isEmpty ? "/" : folder, String(path[path.index(after: slash)...]))
+    }
+
+    /// Whether anything exists at `path` (a file, a folder, a dangling link).
+    static func exists(_ path: String) -> Bool {
+        var st = stat()
+        return lstat(path, &st) == 0
+    }
+
+    /// The process's umask, without changing it for more than an instant.
+    static var currentUmask: mode_t {
+        let m = umask(0o022)
+        umask(m)
+        return m
+    }
+}

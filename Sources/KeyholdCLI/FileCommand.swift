@@ -1,0 +1,306 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import ArgumentParser
+import Foundation
+import KeyholdCore
+import KeyholdFormat
+
+/// `keyhold file …`: encrypt, decrypt and inspect files in the Keyhold file format.
+struct FileCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "file",
+        abstract: "Encrypt, decrypt and inspect files.",
+        discussion: "The format is specified in docs/spec/file-format.md; its body is Tink's AES-256-GCM-HKDF streaming AEAD.",
+        subcommands: [Encrypt.self, Decrypt.self, Info.self]
+    )
+}
+
+/// Where a `file` command writes.
+struct DestinationOptions: ParsableArguments {
+    @Option(name: .shortAndLong, help: ArgumentHelp("Write to OUTPUT ('-' for standard output).", valueName: "output"))
+    var output: String?
+
+    @Flag(help: "Replace INPUT itself, crash-safely: the original goes only after the new file is complete and synced.")
+    var inPlace = false
+
+    @Flag(help: "Overwrite OUTPUT if it exists.")
+    var force = false
+
+    @Flag(name: .shortAndLong, help: "Print nothing on success.")
+    var quiet = false
+
+    /// The destination path (`-` for standard output), after checking the combination is sensible.
+    func destination(for input: String, inputFile: InputFile) throws -> String {
+        if inPlace {
+            guard output == nil else {
+                throw KeyholdError(.usage, "--in-place and --output cannot be used together", hint: "give one of them")
+            }
+            guard input != "-", inputFile.regularFileStatus != nil else {
+                throw KeyholdError(.usage, "--in-place needs a regular file, not \(inputFile.name)", hint: "use --output to write elsewhere")
+            }
+            return input
+        }
+        guard let output else {
+            throw KeyholdError(.usage, "no destination given", hint: "add '-o OUTPUT' (or '-o -' for standard output), or --in-place")
+        }
+        guard output != "-" else { return output }
+        var st = stat()
+        if stat(output, &st) == 0 {
+            if let inStat = inputFile.regularFileStatus, inStat.st_dev == st.st_dev, inStat.st_ino == st.st_ino {
+                throw KeyholdError(.usage, "the output \(output) is the input file", hint: "use --in-place to replace a file with its own result")
+            }
+            guard force else {
+                throw KeyholdError(.destinationExists, "\(output) already exists", hint: "choose another name, or add --force to replace it")
+            }
+        }
+        return output
+    }
+
+    func say(_ text: String) {
+        if !quiet { FileHandle.standardError.write(Data("keyhold: \(text)\n".utf8)) }
+    }
+}
+
+/// Runs a streaming transform from an input to a destination, atomically unless it is standard output.
+enum Transform {
+    static func run(
+        input inputFile: InputFile,
+        destination: String,
+        inPlace: Bool,
+        newFileMode: mode_t,
+        progressLabel: String,
+        _ body: (inout FileDescriptorSource, inout FileDescriptorSink, ProgressLine) throws -> StreamSummary
+    ) throws -> StreamSummary {
+        var source = inputFile.source
+        let progress = ProgressLine(progressLabel, total: inputFile.size)
+        defer { progress.finish() }
+        if destination == "-" {
+            var sink = FileDescriptorSink(fd: STDOUT_FILENO, name: "standard output")
+            return try body(&source, &sink, progress)
+        }
+        let writer = try AtomicFileWriter(destination: destination)
+        var sink = writer.sink
+        let summary: StreamSummary
+        do {
+            summary = try body(&source, &sink, progress)
+        } catch {
+            writer.abort()
+            throw error
+        }
+        if inPlace, let st = inputFile.regularFileStatus {
+            try writer.commit(mode: st.st_mode & 0o7777, owner: (st.st_uid, st.st_gid))
+        } else {
+            try writer.commit(mode: newFileMode)
+        }
+        return summary
+    }
+}
+
+extension FileCommand {
+    struct Encrypt: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Encrypt a file.",
+            discussion: """
+            Examples:
+              keyhold file encrypt report.pdf -o report.pdf.khf --key-file key.json
+              keyhold file encrypt report.pdf --in-place --key-file key.json
+              tar c docs | keyhold file encrypt - -o docs.tar.khf --key-file key.json
+            """
+        )
+
+        @Argument(help: ArgumentHelp("The file to encrypt ('-' for standard input).", valueName: "input"))
+        var input: String
+
+        @OptionGroup var destination: DestinationOptions
+
+        @Option(help: ArgumentHelp("A key file: 32 raw bytes, or a JSON key record from 'keyhold key new'.", valueName: "file"))
+        var keyFile: String
+
+        @Option(help: ArgumentHelp("With a raw key: the key id to record in the header.", valueName: "uuid"))
+        var keyID: String?
+
+        @Option(help: ArgumentHelp("With a raw key: the origin server id to record in the header.", valueName: "uuid"))
+        var originServer: String?
+
+        @Option(help: ArgumentHelp("Ciphertext segment size in bytes (1024 to 8388608).", valueName: "bytes"))
+        var segmentSize: Int = FileHeader.defaultSegmentSize
+
+        func run() throws {
+            let key = try KeyFile.load(path: keyFile)
+            let header = try makeHeader(key)
+            let inputFile = try InputFile(path: input)
+            let target = try destination.destination(for: input, inputFile: inputFile)
+            if target == "-", isatty(STDOUT_FILENO) == 1 {
+                throw KeyholdError(.usage, "refusing to write encrypted bytes to a terminal", hint: "redirect standard output to a file, or use -o FILE")
+            }
+            if destination.inPlace, !destination.force, try Self.startsWithMagic(inputFile) {
+                throw KeyholdError(
+                    .usage, "\(input) is already a Keyhold encrypted file",
+                    hint: "to encrypt it a second time anyway, add --force"
+                )
+            }
+            let summary = try Transform.run(
+                input: inputFile, destination: target, inPlace: destination.inPlace,
+                newFileMode: 0o666 & ~AtomicFileWriter.currentUmask, progressLabel: "encrypting"
+            ) { source, sink, progress in
+                try KeyholdFile.encrypt(from: &source, to: &sink, key: key.secret, header: header, progress: progress.update)
+            }
+            let where_ = target == "-" ? "standard output" : target
+            destination.say("encrypted \(inputFile.name) to \(where_) (\(summary.plaintextBytes) bytes, key \(header.keyID))")
+        }
+
+        private func makeHeader(_ key: KeyFile) throws -> FileHeader {
+            if let record = key.record {
+                guard keyID == nil, originServer == nil else {
+                    throw KeyholdError(
+                        .usage, "--key-id and --origin-server apply only to raw keys; \(keyFile) is a key record",
+                        hint: "drop those options: the record's own ids are used"
+                    )
+                }
+                guard record.kind == .file else {
+                    throw KeyholdError(.invalidKey, "key \(record.id) is a \(record.kind) key, not a file key", hint: "use a file key ('keyhold key new --kind file')")
+                }
+                guard record.state == .active else {
+                    throw KeyholdError(.invalidKey, "key \(record.id) is revoked; nothing new may be encrypted with it", hint: "create a new key with 'keyhold key new'")
+                }
+                return try FileHeader(keyID: record.id, originServerID: record.originServerID, segmentSize: segmentSize)
+            }
+            return try FileHeader(
+                keyID: try parseID(keyID, option: "--key-id") ?? .zero,
+                originServerID: try parseID(originServer, option: "--origin-server") ?? .zero,
+                segmentSize: segmentSize
+            )
+        }
+
+        static func startsWithMagic(_ file: InputFile) throws -> Bool {
+            var head = [UInt8](repeating: 0, count: FileHeader.magic.count)
+            let n = try head.withUnsafeMutableBytes { buf in
+                try SystemCall.check("read", path: file.name) { pread(file.fd, buf.baseAddress, buf.count, 0) }
+            }
+            return n == head.count && head == FileHeader.magic
+        }
+    }
+
+    struct Decrypt: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Decrypt a Keyhold file.",
+            discussion: """
+            The plaintext reaches OUTPUT only after every segment authenticated: it is written to a
+            temporary file beside OUTPUT and renamed at the end. New plaintext files get mode 0600.
+
+            Examples:
+              keyhold file decrypt report.pdf.khf -o report.pdf --key-file key.json
+              keyhold file decrypt report.pdf --in-place --key-file key.json
+            """
+        )
+
+        @Argument(help: ArgumentHelp("The file to decrypt ('-' for standard input).", valueName: "input"))
+        var input: String
+
+        @OptionGroup var destination: DestinationOptions
+
+        @Option(help: ArgumentHelp("A key file: 32 raw bytes, or a JSON key record.", valueName: "file"))
+        var keyFile: String
+
+        func run() throws {
+            let key = try KeyFile.load(path: keyFile)
+            let inputFile = try InputFile(path: input)
+            let target = try destination.destination(for: input, inputFile: inputFile)
+            let summary = try Transform.run(
+                input: inputFile, destination: target, inPlace: destination.inPlace,
+                newFileMode: 0o600, progressLabel: "decrypting"
+            ) { source, sink, progress in
+                try KeyholdFile.decrypt(from: &source, to: &sink, key: key.secret, expecting: key.record?.id, progress: progress.update)
+            }
+            let where_ = target == "-" ? "standard output" : target
+            destination.say("decrypted \(inputFile.name) to \(where_) (\(summary.plaintextBytes) bytes)")
+        }
+    }
+
+    struct Info: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show a Keyhold file's header and sizes; needs no key.",
+            discussion: "The sizes are what the unauthenticated header and the file length claim; only decryption proves them."
+        )
+
+        @Argument(help: ArgumentHelp("The file to inspect ('-' for standard input).", valueName: "file"))
+        var file: String
+
+        @Flag(help: "Print JSON.")
+        var json = false
+
+        func run() throws {
+            let input = try InputFile(path: file)
+            var source = input.source
+            let header = try KeyholdFile.readHeader(from: &source)
+            let size: Int
+            if let known = input.size {
+                size = known
+            } else {
+                var rest = 0
+                var buffer = [UInt8](repeating: 0, count: 1 << 20)
+                while case let n = try buffer.withUnsafeMutableBytes({ try source.read(into: $0) }), n > 0 { rest += n }
+                size = FileHeader.length + 40 + rest
+            }
+            let layout = try FileLayout(header: header, fileSize: size)
+            let info = FileInfo(
+                file: input.name, version: Int(FileHeader.version), keyID: header.keyID,
+                originServerID: header.originServerID, segmentSize: header.segmentSize,
+                segments: layout.segments, fileSize: layout.fileSize, plaintextLength: layout.plaintextLength
+            )
+            if json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+                print(String(decoding: try encoder.encode(info), as: UTF8.self))
+            } else {
+                print(info.text)
+            }
+        }
+    }
+}
+
+/// What `keyhold file info` reports.
+struct FileInfo: Codable {
+    var file: String
+    var version: Int
+    var keyID: KeyID
+    var originServerID: ServerID
+    var segmentSize: Int
+    var segments: Int
+    var fileSize: Int
+    var plaintextLength: Int
+
+    enum CodingKeys: String, CodingKey {
+        case file, version, segments
+        case keyID = "key_id"
+        case originServerID = "origin_server_id"
+        case segmentSize = "segment_size"
+        case fileSize = "file_size"
+        case plaintextLength = "plaintext_length"
+    }
+
+    var text: String {
+        """
+        file:              \(file)
+        format:            Keyhold file, version \(version)
+        key id:            \(keyID)
+        origin server id:  \(originServerID)
+        segment size:      \(segmentSize) bytes (\(ProgressLine.bytes(segmentSize)))
+        segments:          \(segments)
+        file size:         \(fileSize) bytes
+        plaintext length:  \(plaintextLength) bytes (claimed by the header; proven only by decryption)
+        """
+    }
+}
+
+/// Parses an optional identifier option, naming the option in the error.
+func parseID<Kind>(_ text: String?, option: String) throws -> Identifier<Kind>? {
+    guard let text else { return nil }
+    guard let id = Identifier<Kind>(text) else {
+        throw KeyholdError(.usage, "\(option) \(text) is not a valid \(Kind.displayName)", hint: "give a UUID such as 0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0")
+    }
+    return id
+}

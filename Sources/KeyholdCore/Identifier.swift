@@ -1,0 +1,131 @@
+/// What an ``Identifier`` names; used only as a type tag so a key id cannot be passed where a
+/// server id is expected.
+public protocol IdentifierKind: Sendable {
+    /// The name used in error messages ("key id", "server id" …).
+    static var displayName: String { get }
+}
+
+/// Tag for ``KeyID``.
+public enum KeyIDKind: IdentifierKind { public static let displayName = "key id" }
+/// Tag for ``ServerID``.
+public enum ServerIDKind: IdentifierKind { public static let displayName = "server id" }
+/// Tag for ``DeviceID``.
+public enum DeviceIDKind: IdentifierKind { public static let displayName = "device id" }
+
+/// A 128-bit random identifier, written as a lowercase UUID (`8-4-4-4-12` hexadecimal digits).
+///
+/// All 128 bits are random: the text has the shape of a UUID but no version or variant bits are
+/// set, so every value is a valid identifier. Parsing accepts upper- or lowercase; printing is
+/// always lowercase so identifiers compare as text.
+public struct Identifier<Kind: IdentifierKind>: Hashable, Sendable, Comparable {
+    /// The 16 bytes, most significant first.
+    public let high: UInt64
+    public let low: UInt64
+
+    /// The all-zero identifier, used where none applies (for example a file encrypted with a raw key).
+    public static var zero: Self { Self(high: 0, low: 0) }
+
+    public init(high: UInt64, low: UInt64) {
+        self.high = high
+        self.low = low
+    }
+
+    /// A new random identifier.
+    public static func random() -> Self {
+        var pair: (UInt64, UInt64) = (0, 0)
+        withUnsafeMutableBytes(of: &pair) { SecureRandom.fill($0) }
+        return Self(high: pair.0, low: pair.1)
+    }
+
+    /// Reads 16 bytes in network order; `nil` unless exactly 16 bytes are given.
+    public init?<Bytes: Collection>(bytes: Bytes) where Bytes.Element == UInt8 {
+        guard bytes.count == 16 else { return nil }
+        var h: UInt64 = 0
+        var l: UInt64 = 0
+        for (i, b) in bytes.enumerated() {
+            if i < 8 { h = h << 8 | UInt64(b) } else { l = l << 8 | UInt64(b) }
+        }
+        self.init(high: h, low: l)
+    }
+
+    /// The 16 bytes in network order.
+    public var bytes: [UInt8] {
+        var out = [UInt8]()
+        out.reserveCapacity(16)
+        for shift in stride(from: 56, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: high >> UInt64(shift))) }
+        for shift in stride(from: 56, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: low >> UInt64(shift))) }
+        return out
+    }
+
+    public static func < (a: Self, b: Self) -> Bool { (a.high, a.low) < (b.high, b.low) }
+}
+
+extension Identifier: CustomStringConvertible, LosslessStringConvertible {
+    private static var hexDigits: [UInt8] { Array("0123456789abcdef".utf8) }
+
+    /// Lowercase UUID text, for example `0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0`.
+    public var description: String {
+        let digits = Self.hexDigits
+        var out = [UInt8]()
+        out.reserveCapacity(36)
+        for (i, b) in bytes.enumerated() {
+            if i == 4 || i == 6 || i == 8 || i == 10 { out.append(UInt8(ascii: "-")) }
+            out.append(digits[Int(b >> 4)])
+            out.append(digits[Int(b & 0xF)])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Parses UUID text (`8-4-4-4-12` hexadecimal digits, either case); `nil` for anything else.
+    public init?(_ text: String) {
+        let utf8 = Array(text.utf8)
+        guard utf8.count == 36 else { return nil }
+        var bytes = [UInt8]()
+        bytes.reserveCapacity(16)
+        var nibble: UInt8? = nil
+        for (i, c) in utf8.enumerated() {
+            if i == 8 || i == 13 || i == 18 || i == 23 {
+                guard c == UInt8(ascii: "-") else { return nil }
+                continue
+            }
+            let v: UInt8
+            switch c {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): v = c - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): v = c - UInt8(ascii: "a") + 10
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): v = c - UInt8(ascii: "A") + 10
+            default: return nil
+            }
+            if let hi = nibble {
+                bytes.append(hi << 4 | v)
+                nibble = nil
+            } else {
+                nibble = v
+            }
+        }
+        self.init(bytes: bytes)
+    }
+}
+
+extension Identifier: Codable {
+    public init(from decoder: any Decoder) throws {
+        let text = try decoder.singleValueContainer().decode(String.self)
+        guard let id = Self(text) else {
+            throw DecodingError.dataCorrupted(
+                .init(codingPath: decoder.codingPath, debugDescription: "not a valid \(Kind.displayName): \(text)")
+            )
+        }
+        self = id
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(description)
+    }
+}
+
+/// Identifies one key (file or drive key) everywhere in the system.
+public typealias KeyID = Identifier<KeyIDKind>
+/// Identifies one administration server.
+public typealias ServerID = Identifier<ServerIDKind>
+/// Identifies one managed device.
+public typealias DeviceID = Identifier<DeviceIDKind>

@@ -1,0 +1,85 @@
+public import Foundation
+
+/// A key record together with its secret: what an agent holds and what a key file contains.
+///
+/// Its JSON form (a *key file*) is the record's fields plus `"secret"`, the 32 bytes in standard
+/// base64. `description` shows the record and never the secret.
+public struct KeyMaterial: Sendable, CustomStringConvertible {
+    public var record: KeyRecord
+    public var secret: SecretKey
+
+    public init(record: KeyRecord, secret: SecretKey) {
+        self.record = record
+        self.secret = secret
+    }
+
+    public var description: String { "KeyMaterial(\(record.id), \(record.kind), secret redacted)" }
+
+    private struct JSONForm: Codable {
+        var id: KeyID
+        var kind: KeyKind
+        var origin_server_id: ServerID
+        var origin_device_id: DeviceID
+        var created: Date
+        var label: String
+        var state: KeyState
+        var secret: String
+    }
+
+    /// The key-file JSON, pretty-printed with sorted keys, ending in a newline.
+    ///
+    /// The returned bytes hold the secret; callers write them to a 0600 file and drop them.
+    public func keyFileJSON() throws -> Data {
+        let secretText = secret.withUnsafeBytes { Data($0).base64EncodedString() }
+        let form = JSONForm(
+            id: record.id, kind: record.kind, origin_server_id: record.originServerID,
+            origin_device_id: record.originDeviceID, created: record.created, label: record.label,
+            state: record.state, secret: secretText
+        )
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        encoder.dateEncodingStrategy = .iso8601
+        var data = try encoder.encode(form)
+        data.append(0x0A)
+        return data
+    }
+
+    /// Parses a key file's JSON.
+    /// - Throws: ``KeyholdError/Code/invalidKey`` naming what is wrong (never the secret).
+    public init(keyFileJSON data: Data) throws {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        let form: JSONForm
+        do {
+            form = try decoder.decode(JSONForm.self, from: data)
+        } catch let error as DecodingError {
+            throw KeyholdError(
+                .invalidKey,
+                "the key file is not a valid key record: \(Self.describe(error))",
+                hint: "a key file is 32 raw bytes or the JSON written by 'keyhold key new'"
+            )
+        }
+        guard let secretBytes = Data(base64Encoded: form.secret) else {
+            throw KeyholdError(
+                .invalidKey,
+                "the key file's \"secret\" is not base64",
+                hint: "a key file is 32 raw bytes or the JSON written by 'keyhold key new'"
+            )
+        }
+        self.secret = try SecretKey(bytes: secretBytes)
+        self.record = KeyRecord(
+            id: form.id, kind: form.kind, originServerID: form.origin_server_id,
+            originDeviceID: form.origin_device_id, created: form.created, label: form.label, state: form.state
+        )
+    }
+
+    private static func describe(_ error: DecodingError) -> String {
+        switch error {
+        case .keyNotFound(let key, _): return "missing field \"\(key.stringValue)\""
+        case .typeMismatch(_, let ctx), .valueNotFound(_, let ctx), .dataCorrupted(let ctx):
+            let path = ctx.codingPath.map(\.stringValue).joined(separator: ".")
+            return path.isEmpty ? ctx.debugDescription : "field \"\(path)\": \(ctx.debugDescription)"
+        @unknown default: return "malformed JSON"
+        }
+    }
+}

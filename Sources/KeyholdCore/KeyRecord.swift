@@ -1,0 +1,56 @@
+public import Foundation
+
+/// What a key is used for.
+public enum KeyKind: String, Codable, Sendable, CaseIterable {
+    /// Encrypts files (the Keyhold file format).
+    case file
+    /// Unlocks a LUKS2 removable drive.
+    case drive
+}
+
+/// Whether a key may be released.
+public enum KeyState: String, Codable, Sendable, CaseIterable {
+    /// The key is in use and may be released to authorised callers.
+    case active
+    /// The key was revoked: it is kept, but never released.
+    case revoked
+}
+
+/// Everything about a key except its secret. Safe to log, list and send in metadata responses.
+public struct KeyRecord: Hashable, Sendable, Codable {
+    public var id: KeyID
+    public var kind: KeyKind
+    /// The administration server that escrowed the key first.
+    public var originServerID: ServerID
+    /// The device that created the key.
+    public var originDeviceID: DeviceID
+    /// When the key was created (whole seconds are kept in the JSON form).
+    public var created: Date
+    /// A human hint: the drive's model and serial, or a file key's purpose.
+    public var label: String
+    public var state: KeyState
+
+    public init(
+        id: KeyID = .random(),
+        kind: KeyKind,
+        originServerID: ServerID,
+        originDeviceID: DeviceID,
+        created: Date = Date(),
+        label: String = "",
+        state: KeyState = .active
+    ) {
+        self.id = id
+        self.kind = kind
+        self.originServerID = originServerID
+        self.originDeviceID = originDeviceID
+        self.created = created
+        self.label = label
+        self.state = state
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case id, kind, label, state, created
+        case originServerID = "origin_server_id"
+        case originDeviceID = "origin_device_id"
+    }
+}

@@ -1,0 +1,52 @@
+/// The one error type Keyhold shows to people and sends over the wire.
+///
+/// Every error has a stable machine-readable ``code`` (it never changes once released, so scripts and
+/// the other side of a connection can match on it), a ``message`` saying what went wrong, and a
+/// ``hint`` saying what to do next. Messages never contain key material.
+public struct KeyholdError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// A stable error code, written in `snake_case` on the wire and in `--json` output.
+    public struct Code: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+        public let rawValue: String
+        public init(rawValue: String) { self.rawValue = rawValue }
+        public var description: String { rawValue }
+
+        /// The input does not start with the Keyhold file magic.
+        public static let notKeyholdFile = Code(rawValue: "not_keyhold_file")
+        /// The file's format version is not one this build reads.
+        public static let unsupportedVersion = Code(rawValue: "unsupported_version")
+        /// A header field has a value the specification does not allow.
+        public static let invalidHeader = Code(rawValue: "invalid_header")
+        /// The input ended before a complete header or segment.
+        public static let truncated = Code(rawValue: "truncated")
+        /// A segment failed authentication: wrong key, or the data was changed, truncated, reordered or extended.
+        public static let authenticationFailed = Code(rawValue: "authentication_failed")
+        /// The key given is not the key the file names.
+        public static let keyMismatch = Code(rawValue: "key_mismatch")
+        /// A key or key file is malformed.
+        public static let invalidKey = Code(rawValue: "invalid_key")
+        /// The input is too large for the format (more than 2^32 segments).
+        public static let inputTooLarge = Code(rawValue: "input_too_large")
+        /// A file-system operation failed.
+        public static let ioFailed = Code(rawValue: "io_failed")
+        /// The command line asks for something inconsistent.
+        public static let usage = Code(rawValue: "usage")
+        /// The destination already exists and would be overwritten.
+        public static let destinationExists = Code(rawValue: "destination_exists")
+    }
+
+    /// The stable error code.
+    public var code: Code
+    /// What went wrong, in one sentence, without secrets.
+    public var message: String
+    /// What the person should do next.
+    public var hint: String
+
+    /// Creates an error; prefer the static factories of each module, which keep wording consistent.
+    public init(_ code: Code, _ message: String, hint: String) {
+        self.code = code
+        self.message = message
+        self.hint = hint
+    }
+
+    public var description: String { "\(code): \(message)" }
+}

@@ -1,0 +1,3 @@
+import KeyholdCLI
+
+KeyholdMain.run()

@@ -1,0 +1,46 @@
+import Foundation
+import KeyholdCore
+import Testing
+
+@Suite struct SecretKeyTests {
+    @Test func descriptionsNeverShowBytes() throws {
+        let bytes = [UInt8](repeating: 0xAB, count: 32)
+        let key = try SecretKey(bytes: bytes)
+        for text in [key.description, key.debugDescription, "\(key)", String(reflecting: key)] {
+            #expect(!text.lowercased().contains("ab"), "\(text)")
+            #expect(!text.contains("171"))
+            #expect(text.contains("redacted"))
+        }
+        let material = KeyMaterial(record: KeyRecord(kind: .file, originServerID: .zero, originDeviceID: .zero), secret: key)
+        #expect(!"\(material)".contains("ab,") && "\(material)".contains("redacted"))
+    }
+
+    @Test func rejectsWrongLengths() {
+        for n in [0, 16, 31, 33, 64] {
+            #expect(throws: KeyholdError.self) { try SecretKey(bytes: [UInt8](repeating: 1, count: n)) }
+        }
+        do {
+            _ = try SecretKey(bytes: [UInt8](repeating: 1, count: 31))
+        } catch let error as KeyholdError {
+            #expect(error.code == .invalidKey)
+            #expect(!error.hint.isEmpty)
+        } catch {
+            Issue.record("unexpected error \(error)")
+        }
+    }
+
+    @Test func generatedKeysAreRandomAndComparable() throws {
+        let a = SecretKey.generate()
+        let b = SecretKey.generate()
+        #expect(!a.constantTimeEquals(b))
+        let copy = try a.withUnsafeBytes { try SecretKey(bytes: Array($0)) }
+        #expect(a.constantTimeEquals(copy))
+        #expect(a.withUnsafeBytes { $0.count } == 32)
+    }
+
+    @Test func wipeZeroesMemory() {
+        var buffer = [UInt8](repeating: 0x5A, count: 48)
+        buffer.withUnsafeMutableBytes { SecretKey.wipe($0) }
+        #expect(buffer.allSatisfy { $0 == 0 })
+    }
+}

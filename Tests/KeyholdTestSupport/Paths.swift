@@ -1,0 +1,27 @@
+public import Foundation
+
+/// Where things are when tests run.
+public enum Paths {
+    /// The repository root (found from this file's path).
+    public static let repository: URL = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    /// A built executable of this package: `$KEYHOLD_BIN_DIR/NAME`, else the folder of the running
+    /// test bundle (SwiftPM puts products and the test bundle side by side).
+    public static func executable(_ name: String) -> URL {
+        if let dir = ProcessInfo.processInfo.environment["KEYHOLD_BIN_DIR"] {
+            return URL(fileURLWithPath: dir).appendingPathComponent(name)
+        }
+        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        // On Darwin the runner lives inside a .xctest bundle.
+        while dir.path.contains(".xctest") { dir = dir.deletingLastPathComponent() }
+        return dir.appendingPathComponent(name)
+    }
+
+    /// A new empty folder under the system's temporary folder; the caller removes it.
+    public static func temporaryFolder(_ label: String = "test") throws -> URL {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("keyhold-\(label)-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        return url
+    }
+}
