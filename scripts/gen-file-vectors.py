@@ -81,12 +81,16 @@ def flip(data: bytes, index: int, bit=0) -> bytes:
     return bytes(b)
 
 
-def write(name, data, expect, comment, plaintext=None, key=KEY):
+def write(name, data, expect, comment, plaintext=None, key=KEY, tink=None):
     lines = [f"expect: {expect}", f"key: {key.hex()}"]
+    if tink is not None:
+        lines.append(f"tink: {tink}")
     if plaintext is not None:
         lines.append(f"plaintext sha256: {hashlib.sha256(plaintext).hexdigest()}")
         lines.append(f"plaintext length: {len(plaintext)}")
     lines.append(f"comment: {comment}")
+    # `tink: stops after segment N` marks inputs where Tink's C++ reader (used by Tink for Python)
+    # accepts a full segment sealed as last and ignores what follows; Keyhold rejects them.
     with open(os.path.join(OUT, name), "wb") as f:
         f.write(("\n".join(lines) + "\n\n").encode() + data)
 
@@ -167,7 +171,8 @@ def main():
     write("append_segment", base + segs[1], err("authentication_failed", 3), "a copy of segment 1 appended")
     h2, t2, segs2 = encrypt(ok["two_segments_exact"], label="two_segments_exact")
     write("append_empty_tag", join(h2, t2, segs2) + b"\x00" * 16, err("authentication_failed", 1),
-          "16 bytes appended after a full last segment: the real last segment fails as non-last")
+          "16 bytes appended after a full last segment: the real last segment fails as non-last",
+          tink="stops after segment 1")
     swapped = segs[:1] + [segs[2], segs[1]] + segs[3:]
     write("swap_segments_1_2", join(header, tink, swapped), err("authentication_failed", 1), "segments 1 and 2 swapped")
     write("duplicate_segment_1", join(header, tink, segs[:2] + [segs[1]] + segs[3:]), err("authentication_failed", 2),
@@ -175,7 +180,8 @@ def main():
     h3, t3, segs3 = encrypt(base_pt, label="no-last-flag", last_flags=[False] * 4)
     write("last_flag_missing", join(h3, t3, segs3), err("authentication_failed", 3), "the last segment was sealed as non-last")
     h4, t4, segs4 = encrypt(base_pt, label="early-last", last_flags=[True, False, False, True])
-    write("last_flag_early", join(h4, t4, segs4), err("authentication_failed", 0), "segment 0 was sealed as last")
+    write("last_flag_early", join(h4, t4, segs4), err("authentication_failed", 0), "segment 0 was sealed as last",
+          tink="stops after segment 0")
     write("wrong_key", join(*encrypt(base_pt, key=OTHER_KEY, label="wrong-key")), err("authentication_failed", 0),
           "encrypted with another key than the vector's")
     write("not_keyhold_text", b"hello, this is plain text and not a Keyhold file\n", err("not_keyhold_file"), "a text file")
