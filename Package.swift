@@ -35,12 +35,15 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // One glibc allocator setting for the streaming commands (see KeyholdCLI/Keyhold.swift).
+        .target(name: "CKeyholdAllocator"),
         // The `keyhold` command tree.
         .target(
             name: "KeyholdCLI",
             dependencies: [
                 "KeyholdCore",
                 "KeyholdFormat",
+                "CKeyholdAllocator",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings

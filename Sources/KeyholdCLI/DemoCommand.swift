@@ -38,9 +38,10 @@ struct DemoCommand: ParsableCommand {
     }
 
     private func makeFolder() throws -> String {
-        var template = Array("\(NSTemporaryDirectory())/keyhold-demo-XXXXXX".utf8CString)
+        let base = FileManager.default.temporaryDirectory.path
+        var template = Array("\(base)/keyhold-demo-XXXXXX".utf8CString)
         guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
-            throw SystemCall.error("create a demo folder in", path: NSTemporaryDirectory(), errno: errno)
+            throw SystemCall.error("create a demo folder in", path: base, errno: errno)
         }
         return String(cString: made)
     }
@@ -79,7 +80,7 @@ private struct Demo {
         step("Create a file key", expect: "a JSON key record, mode 0600") {
             let o = $0.keyhold(["key", "new", "--label", "demo file key", "-o", "key.json"])
             let mode = $0.mode("key.json")
-            return (o.status == 0 && mode == 0o600, "key \(o.stdout.trimmingCharacters(in: .whitespacesAndNewlines)), mode \(String(mode ?? 0, radix: 8))")
+            return (o.status == 0 && mode == 0o600, "key \(o.stdout.trimmingCharacters(in: .whitespacesAndNewlines)), mode 0\(String(mode ?? 0, radix: 8))")
         }
 
         let sample = "\(folder)/report.txt"

@@ -1,3 +1,4 @@
+// This file needs no cryptography, so the header fuzzer (Fuzz/) can compile it with plain swiftc.
 public import KeyholdCore
 
 /// The fixed 45-byte header at the start of every Keyhold file (`docs/spec/file-format.md` §1).

@@ -5,11 +5,10 @@ import KeyholdCore
 /// The per-file state of Tink's AES-256-GCM-HKDF streaming AEAD: the derived key and the nonce prefix
 /// (`docs/spec/file-format.md` §2–§4).
 struct SegmentCipher {
-    static let saltLength = 32
-    static let noncePrefixLength = 7
-    static let tagLength = 16
-    /// Length of the Tink header: one length byte, the salt, the nonce prefix.
-    static let headerLength = 1 + saltLength + noncePrefixLength
+    static let saltLength = StreamConstants.saltLength
+    static let noncePrefixLength = StreamConstants.noncePrefixLength
+    static let tagLength = StreamConstants.tagLength
+    static let headerLength = StreamConstants.tinkHeaderLength
 
     let derivedKey: SymmetricKey
     let noncePrefix: [UInt8]
@@ -41,8 +40,14 @@ struct SegmentCipher {
     /// Encrypts one segment and writes `ciphertext || tag` to `sink`.
     func seal(_ plaintext: UnsafeRawBufferPointer, segment: UInt32, last: Bool, to sink: inout some ByteSink) throws {
         let box = try AES.GCM.seal(plaintext, using: derivedKey, nonce: nonce(segment: segment, last: last))
-        try box.ciphertext.withUnsafeBytes { try sink.write($0) }
-        try box.tag.withUnsafeBytes { try sink.write($0) }
+        // `combined` is nonce || ciphertext || tag: write its tail in one piece, without the copies
+        // that `ciphertext` and `tag` would make.
+        // (`combined` is nil only for nonces other than 12 bytes, which this format never uses.)
+        let combined: Data = box.combined ?? (box.ciphertext + box.tag)
+        let skip = box.combined == nil ? 0 : 12
+        try combined.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
+            try sink.write(UnsafeRawBufferPointer(rebasing: raw[skip...]))
+        }
     }
 
     /// Authenticates and decrypts one segment (`ciphertext || tag`), then writes its plaintext to `sink`.
@@ -62,38 +67,4 @@ struct SegmentCipher {
         }
         try plaintext.withUnsafeBytes { try sink.write($0) }
     }
-}
-
-/// The format's errors, worded once.
-enum FileFormatError {
-    static func authenticationFailed(segment: UInt32, last: Bool) -> KeyholdError {
-        let ending = last
-            ? "the key is wrong, or the file was altered or cut short"
-            : "the key is wrong, or the file was altered, reordered or extended"
-        return KeyholdError(
-            .authenticationFailed,
-            "segment \(segment) failed authentication: \(ending)",
-            hint: "check that you use the right key; if you do, the file is damaged: restore it from a copy"
-        )
-    }
-
-    static func truncatedTinkHeader(count: Int) -> KeyholdError {
-        KeyholdError(
-            .truncated,
-            "the input ends inside the stream header (\(count) of \(SegmentCipher.headerLength) bytes)",
-            hint: "the file was cut short; copy it again from its source"
-        )
-    }
-
-    static let shortLastSegment = KeyholdError(
-        .truncated,
-        "the last segment is shorter than an authentication tag",
-        hint: "the file was cut short; copy it again from its source"
-    )
-
-    static let tooManySegments = KeyholdError(
-        .inputTooLarge,
-        "the input needs more than 2^32 segments",
-        hint: "use a larger --segment-size"
-    )
 }

@@ -1,0 +1,175 @@
+import Foundation
+import KeyholdCore
+import KeyholdTestSupport
+import Testing
+
+/// `keyhold file …` and `keyhold key new`, run as the real executable.
+@Suite struct FileCommandTests {
+    let keyhold = Paths.executable("keyhold")
+
+    func folder() throws -> URL { try Paths.temporaryFolder("cli") }
+
+    func keyhold(_ args: [String], in dir: URL, stdin: Data? = nil) throws -> RunResult {
+        try run(keyhold, args, in: dir, stdin: stdin)
+    }
+
+    /// Files in `dir` other than the ones named (temporary files must never be left behind).
+    func others(_ dir: URL, except names: Set<String>) throws -> [String] {
+        try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { !names.contains($0) }.sorted()
+    }
+
+    func expectError(_ r: RunResult, code: String? = nil, mentions: String? = nil, sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(r.status != 0, sourceLocation: sourceLocation)
+        let lines = r.stderr.split(separator: "\n")
+        #expect(lines.first?.hasPrefix("keyhold: error: ") == true, "\(r.stderr)", sourceLocation: sourceLocation)
+        #expect(lines.contains { $0.hasPrefix("hint: ") && $0.count > 10 }, "\(r.stderr)", sourceLocation: sourceLocation)
+        if let mentions { #expect(r.stderr.contains(mentions), "\(r.stderr)", sourceLocation: sourceLocation) }
+    }
+
+    @Test func keyNewWritesAPrivateKeyRecord() throws {
+        let dir = try folder()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let r = try keyhold(["key", "new", "--label", "laptop backups", "-o", "k.json"], in: dir)
+        #expect(r.status == 0)
+        let id = r.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+        let attrs = try FileManager.default.attributesOfItem(atPath: dir.appendingPathComponent("k.json").path)
+        #expect((attrs[.posixPermissions] as? Int) == 0o600)
+        let m = try KeyMaterial(keyFileJSON: Data(contentsOf: dir.appendingPathComponent("k.json")))
+        #expect(m.record.id.description == id)
+        #expect(m.record.label == "laptop backups")
+        #expect(m.record.kind == .file)
+        // Never overwritten silently.
+        expectError(try keyhold(["key", "new", "-o", "k.json"], in: dir), mentions: "already exists")
+        #expect(try KeyMaterial(keyFileJSON: Data(contentsOf: dir.appendingPathComponent("k.json"))).record.id == m.record.id)
+    }
+
+    @Test func encryptInfoDecryptRoundTrip() throws {
+        let dir = try folder()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        _ = try keyhold(["key", "new", "-o", "k.json"], in: dir)
+        let key = try KeyMaterial(keyFileJSON: Data(contentsOf: dir.appendingPathComponent("k.json")))
+        let plaintext = Data((0..<3_000_000).map { UInt8(truncatingIfNeeded: $0 &* 7) })
+        try plaintext.write(to: dir.appendingPathComponent("p"))
+        #expect(try keyhold(["file", "encrypt", "p", "-o", "c", "--key-file", "k.json"], in: dir).status == 0)
+
+        let info = try keyhold(["file", "info", "c", "--json"], in: dir)
+        let object = try #require(try JSONSerialization.jsonObject(with: info.stdout) as? [String: Any])
+        #expect(object["key_id"] as? String == key.record.id.description)
+        #expect(object["origin_server_id"] as? String == key.record.originServerID.description)
+        #expect(object["segment_size"] as? Int == 1 << 20)
+        #expect(object["segments"] as? Int == 3)
+        #expect(object["plaintext_length"] as? Int == plaintext.count)
+        #expect(object["file_size"] as? Int == plaintext.count + 45 + 40 + 3 * 16)
+        let text = try keyhold(["file", "info", "c"], in: dir).stdoutText
+        #expect(text.contains("key id:            \(key.record.id)"))
+        #expect(text.contains("plaintext length:  3000000 bytes"))
+
+        let d = try keyhold(["file", "decrypt", "c", "-o", "d", "--key-file", "k.json"], in: dir)
+        #expect(d.status == 0)
+        #expect(try Data(contentsOf: dir.appendingPathComponent("d")) == plaintext)
+        let mode = try FileManager.default.attributesOfItem(atPath: dir.appendingPathComponent("d").path)[.posixPermissions] as? Int
+        #expect(mode == 0o600, "new plaintext files are private")
+        #expect(try others(dir, except: ["k.json", "p", "c", "d"]).isEmpty)
+    }
+
+    @Test func standardInputAndOutput() throws {
+        let dir = try folder()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        _ = try keyhold(["key", "new", "-o", "k.json"], in: dir)
+        let plaintext = Data(repeating: 0x41, count: 2_500_000)
+        let enc = try keyhold(["file", "encrypt", "-", "-o", "-", "--key-file", "k.json"], in: dir, stdin: plaintext)
+        #expect(enc.status == 0)
+        #expect(enc.stdout.starts(with: [0x89, 0x4B, 0x48, 0x46]))
+        let info = try keyhold(["file", "info", "-", "--json"], in: dir, stdin: enc.stdout)
+        #expect(info.stdoutText.contains("\"plaintext_length\" : 2500000"))
+        let dec = try keyhold(["file", "decrypt", "-", "-o", "-", "--key-file", "k.json"], in: dir, stdin: enc.stdout)
+        #expect(dec.status == 0)
+        #expect(dec.stdout == plaintext)
+    }
+
+    @Test func inPlaceKeepsModeAndRefusesDoubleEncryption() throws {
+        let dir = try folder()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        _ = try keyhold(["key", "new", "-o", "k.json"], in: dir)
+        let path = dir.appendingPathComponent("notes.txt")
+        let plaintext = Data("meeting notes\n".utf8)
+        try plaintext.write(to: path)
+        try FileManager.default.setAttributes([.posixPermissions: 0o640], ofItemAtPath: path.path)
+
+        #expect(try keyhold(["file", "encrypt", "notes.txt", "--in-place", "--key-file", "k.json"], in: dir).status == 0)
+        let encrypted = try Data(contentsOf: path)
+        #expect(encrypted.starts(with: [0x89, 0x4B, 0x48, 0x46]))
+        #expect(try FileManager.default.attributesOfItem(atPath: path.path)[.posixPermissions] as? Int == 0o640)
+
+        expectError(try keyhold(["file", "encrypt", "notes.txt", "--in-place", "--key-file", "k.json"], in: dir), mentions: "already a Keyhold")
+        #expect(try Data(contentsOf: path) == encrypted)
+
+        #expect(try keyhold(["file", "decrypt", "notes.txt", "--in-place", "--key-file", "k.json"], in: dir).status == 0)
+        #expect(try Data(contentsOf: path) == plaintext)
+        #expect(try FileManager.default.attributesOfItem(atPath: path.path)[.posixPermissions] as? Int == 0o640)
+        #expect(try others(dir, except: ["k.json", "notes.txt"]).isEmpty)
+    }
+
+    @Test func existingDestinationIsNeverReplacedWithoutForce() throws {
+        let dir = try folder()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        _ = try keyhold(["key", "new", "-o", "k.json"], in: dir)
+        try Data("plain".utf8).write(to: dir.appendingPathComponent("p"))
+        try Data("keep me".utf8).write(to: dir.appendingPathComponent("c"))
+        let r = try keyhold(["file", "encrypt", "p", "-o", "c", "--key-file", "k.json"], in: dir)
+        expectError(r, mentions: "already exists")
+        #expect(try Data(contentsOf: dir.appendingPathComponent("c")) == Data("keep me".utf8))
+        #expect(try keyhold(["file", "encrypt", "p", "-o", "c", "--key-file", "k.json", "--force"], in: dir).status == 0)
+        expectError(try keyhold(["file", "encrypt", "p", "-o", "p", "--key-file", "k.json", "--force"], in: dir), mentions: "is the input")
+        expectError(try keyhold(["file", "encrypt", "p", "--key-file", "k.json"], in: dir), mentions: "no destination")
+    }
+
+    @Test func wrongKeysAreRefusedBeforeAnythingIsWritten() throws {
+        let dir = try folder()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        _ = try keyhold(["key", "new", "-o", "a.json"], in: dir)
+        _ = try keyhold(["key", "new", "-o", "b.json"], in: dir)
+        _ = try keyhold(["key", "new", "--kind", "drive", "-o", "drive.json"], in: dir)
+        try Data("secret".utf8).write(to: dir.appendingPathComponent("p"))
+        #expect(try keyhold(["file", "encrypt", "p", "-o", "c", "--key-file", "a.json"], in: dir).status == 0)
+        expectError(try keyhold(["file", "decrypt", "c", "-o", "d", "--key-file", "b.json"], in: dir), mentions: "not with key")
+        expectError(try keyhold(["file", "encrypt", "p", "-o", "e", "--key-file", "drive.json"], in: dir), mentions: "drive key")
+        try Data(repeating: 1, count: 31).write(to: dir.appendingPathComponent("short.key"))
+        expectError(try keyhold(["file", "decrypt", "c", "-o", "d", "--key-file", "short.key"], in: dir), mentions: "neither a 32-byte raw key")
+        expectError(try keyhold(["file", "decrypt", "c", "-o", "d", "--key-file", "missing.key"], in: dir), mentions: "No such file")
+        #expect(try others(dir, except: ["a.json", "b.json", "drive.json", "p", "c", "short.key"]).isEmpty)
+    }
+
+    @Test func usageErrorsUseTheSameFormat() throws {
+        let dir = try folder()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let r = try keyhold(["file", "encrypt"], in: dir)
+        expectError(r, mentions: "Missing expected argument")
+        let s = try keyhold(["file", "encrypt", "x", "-o", "y", "--key-file", "k", "--segment-size", "12"], in: dir)
+        expectError(s)
+    }
+
+    /// Every vector through the real command: success vectors decrypt to the right bytes; every
+    /// failing one exits non-zero with `keyhold: error:` and a hint, and leaves no output file and no
+    /// temporary file behind.
+    @Test(arguments: try TestVector.load(suite: "file-format"))
+    func vectorThroughTheCommand(_ v: TestVector) throws {
+        let dir = try folder()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try Data(v.key).write(to: dir.appendingPathComponent("k"))
+        try Data(v.body).write(to: dir.appendingPathComponent("in"))
+        let r = try keyhold(["file", "decrypt", "in", "-o", "out", "--key-file", "k"], in: dir)
+        switch v.expectation {
+        case .success:
+            #expect(r.status == 0, "\(r.stderr)")
+            #expect(try Data(contentsOf: dir.appendingPathComponent("out")).count == Int(v.fields["plaintext length"] ?? ""))
+        case .error(let code, let segment):
+            expectError(r)
+            if let segment { #expect(r.stderr.contains("segment \(segment) failed authentication"), "\(r.stderr)") }
+            if code == "not_keyhold_file" { #expect(r.stderr.contains("not a Keyhold encrypted file")) }
+            if code == "unsupported_version" { #expect(r.stderr.contains("format version")) }
+            if code == "truncated" { #expect(r.stderr.contains("cut short") || r.stderr.contains("empty")) }
+            #expect(try others(dir, except: ["k", "in"]).isEmpty, "no output and no temporary file")
+        }
+    }
+}
