@@ -36,8 +36,10 @@ test: build
 	scripts/fuzz.sh $(FUZZ_SECONDS)
 	@echo "make test: every suite passed"
 
+# The Swift suites, with a throwaway PostgreSQL cluster for the PostgreSQL cases
+# (or the one KEYHOLD_TEST_POSTGRES_URL names).
 unit:
-	swift test --skip-build
+	scripts/test-postgres.sh swift test --skip-build
 
 python:
 	KEYHOLD_BIN_DIR=$(BIN_DIR) $(PYTEST) -q Tests/python

@@ -21,6 +21,16 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         // Key ids, secret bytes, key records, errors. No I/O and no third-party dependency, so the
@@ -32,6 +42,56 @@ let package = Package(
             dependencies: [
                 "KeyholdCore",
                 .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Repository protocols, records and the in-memory driver; the drivers below implement them.
+        .target(name: "KeyholdStore", dependencies: ["KeyholdCore"], swiftSettings: swiftSettings),
+        .target(
+            name: "KeyholdStoreSQLite",
+            dependencies: ["KeyholdCore", "KeyholdStore", .product(name: "GRDB", package: "GRDB.swift")],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "KeyholdStorePostgres",
+            dependencies: [
+                "KeyholdCore", "KeyholdStore",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Wire messages, API paths and error codes shared by agent, server and CLI.
+        .target(name: "KeyholdProtocol", dependencies: ["KeyholdCore"], swiftSettings: swiftSettings),
+        // Mutual-TLS HTTPS client for the server's API (admin CLI, agents, secondaries).
+        .target(
+            name: "KeyholdClient",
+            dependencies: [
+                "KeyholdCore", "KeyholdProtocol",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The administration server: CA and enrollment, escrow, release, audit, its API and its commands.
+        .target(
+            name: "KeyholdServer",
+            dependencies: [
+                "KeyholdCore", "KeyholdProtocol", "KeyholdStore", "KeyholdStoreSQLite", "KeyholdStorePostgres", "KeyholdClient",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -51,7 +111,7 @@ let package = Package(
         .executableTarget(name: "keyhold", dependencies: ["KeyholdCLI"], swiftSettings: swiftSettings),
         .executableTarget(
             name: "keyhold-server",
-            dependencies: ["KeyholdCore", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["KeyholdServer"],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
@@ -68,6 +128,22 @@ let package = Package(
                 "KeyholdCore",
                 "KeyholdFormat",
                 "KeyholdTestSupport",
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "KeyholdStoreTests",
+            dependencies: ["KeyholdCore", "KeyholdStore", "KeyholdStoreSQLite", "KeyholdStorePostgres", "KeyholdTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "KeyholdServerTests",
+            dependencies: [
+                "KeyholdCore", "KeyholdProtocol", "KeyholdStore", "KeyholdServer", "KeyholdClient", "KeyholdTestSupport",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
         ),

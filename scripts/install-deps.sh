@@ -19,11 +19,11 @@ if ! command -v swift >/dev/null 2>&1; then
 fi
 
 # --- Debian packages.
-apt_packages=()
+apt_packages=(libsqlite3-dev)
 case "$LEVEL" in
   build) ;;
-  test) apt_packages+=(python3-venv) ;;
-  bench) apt_packages+=(python3-venv openssl age gnupg time) ;;
+  test) apt_packages+=(python3-venv postgresql) ;;
+  bench) apt_packages+=(python3-venv postgresql openssl age gnupg time) ;;
   *) echo "usage: $0 [build|test|bench]" >&2; exit 2 ;;
 esac
 missing=()

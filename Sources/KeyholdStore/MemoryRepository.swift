@@ -1,0 +1,113 @@
+public import Foundation
+public import KeyholdCore
+
+/// A ``Repository`` in memory: for tests and for trying things out. Nothing survives the process.
+public actor MemoryRepository: Repository, RepositoryFaultInjection {
+    private var keys: [KeyID: StoredKey] = [:]
+    private var clients: [DeviceID: EnrolledClient] = [:]
+    private var tokens: [KeyID: EnrollmentTokenRecord] = [:]
+    private var events: [AuditEvent] = []
+    private var settings: [String: String] = [:]
+    private var auditBroken = false
+
+    public init() {}
+
+    public func migrate() async throws {}
+
+    public func breakAuditWrites() async throws { auditBroken = true }
+
+    private func append(_ event: AuditEvent) throws {
+        if auditBroken { throw RepositoryError("audit write failed (fault injected)") }
+        var e = event
+        e.sequence = Int64(events.count + 1)
+        events.append(e)
+    }
+
+    public func insertKey(_ key: StoredKey, audit: AuditEvent?) async throws -> KeyInsertOutcome {
+        if let existing = keys[key.record.id] {
+            let outcome: KeyInsertOutcome = existing.secretFingerprint == key.secretFingerprint ? .alreadyPresent : .conflict
+            if var a = audit {
+                if outcome == .conflict { a.result = "conflict" }
+                try append(a)
+            }
+            return outcome
+        }
+        if let audit { try append(audit) }
+        keys[key.record.id] = key
+        return .inserted
+    }
+
+    public func key(id: KeyID) async throws -> StoredKey? { keys[id] }
+
+    public func releaseKey(id: KeyID, audit: @Sendable (StoredKey?) -> AuditEvent) async throws -> StoredKey? {
+        let key = keys[id]
+        try append(audit(key))
+        return key
+    }
+
+    public func setBlocked(id: KeyID, blocked: Bool, audit: AuditEvent) async throws -> Bool {
+        guard keys[id] != nil else { return false }
+        try append(audit)
+        keys[id]?.blocked = blocked
+        return true
+    }
+
+    public func listKeys(after: KeyID?, limit: Int) async throws -> [StoredKey] {
+        Array(keys.values.filter { after == nil || $0.record.id > after! }.sorted { $0.record.id < $1.record.id }.prefix(limit))
+    }
+
+    public func keyCount() async throws -> Int { keys.count }
+
+    public func insertClient(_ client: EnrolledClient) async throws {
+        guard clients[client.id] == nil else { throw RepositoryError("client \(client.id) exists") }
+        clients[client.id] = client
+    }
+
+    public func client(id: DeviceID) async throws -> EnrolledClient? { clients[id] }
+
+    public func listClients(role: ClientRole?) async throws -> [EnrolledClient] {
+        clients.values.filter { role == nil || $0.role == role }.sorted { $0.enrolled == $1.enrolled ? $0.id < $1.id : $0.enrolled < $1.enrolled }
+    }
+
+    public func setClientState(id: DeviceID, state: EnrollmentState) async throws -> Bool {
+        guard clients[id] != nil else { return false }
+        clients[id]?.state = state
+        return true
+    }
+
+    public func recordHeartbeat(id: DeviceID, at: Date, agentVersion: String, keyCount: Int) async throws {
+        clients[id]?.lastSeen = at
+        clients[id]?.agentVersion = agentVersion
+        clients[id]?.reportedKeyCount = keyCount
+    }
+
+    public func insertToken(_ token: EnrollmentTokenRecord) async throws { tokens[token.id] = token }
+
+    public func redeemToken(id: KeyID, secretHash: [UInt8], now: Date) async throws -> TokenRedemption {
+        guard var t = tokens[id], t.secretHash == secretHash else { return .unknown }
+        if t.revoked { return .revoked }
+        if t.expires <= now { return .expired }
+        if t.usesLeft <= 0 { return .usedUp }
+        t.usesLeft -= 1
+        tokens[id] = t
+        return .redeemed(t)
+    }
+
+    public func listTokens() async throws -> [EnrollmentTokenRecord] { tokens.values.sorted { $0.created < $1.created } }
+
+    public func revokeToken(id: KeyID) async throws -> Bool {
+        guard tokens[id] != nil else { return false }
+        tokens[id]?.revoked = true
+        return true
+    }
+
+    public func appendAudit(_ event: AuditEvent) async throws { try append(event) }
+
+    public func audit(after: Int64, limit: Int) async throws -> [AuditEvent] {
+        Array(events.filter { ($0.sequence ?? 0) > after }.prefix(limit))
+    }
+
+    public func setting(_ name: String) async throws -> String? { settings[name] }
+    public func setSetting(_ name: String, _ value: String) async throws { settings[name] = value }
+    public func close() async throws {}
+}

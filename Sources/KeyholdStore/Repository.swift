@@ -1,0 +1,72 @@
+public import Foundation
+public import KeyholdCore
+
+/// The server's key repository: keys, enrolled clients, enrollment tokens, the audit trail and
+/// settings. One protocol, three drivers (memory, SQLite, PostgreSQL), one conformance suite.
+///
+/// Every mutating call returns only after its change is durable (committed), so the server can
+/// acknowledge what it returns.
+public protocol Repository: Sendable {
+    /// Creates or upgrades the schema; safe to call at every start, also from several processes.
+    func migrate() async throws
+
+    // MARK: Keys
+
+    /// Stores a key unless its id exists: same fingerprint → `alreadyPresent`, another → `conflict`.
+    /// The audit event (if given) is written in the same transaction.
+    func insertKey(_ key: StoredKey, audit: AuditEvent?) async throws -> KeyInsertOutcome
+    /// The key with `id`, if stored.
+    func key(id: KeyID) async throws -> StoredKey?
+    /// Reads the key and appends `audit` in one transaction, committed before returning: a key is
+    /// never returned unless its audit record is durable. `audit.result` is set by the caller for the
+    /// outcome it expects (`ok` when the key is returned).
+    func releaseKey(id: KeyID, audit: @Sendable (StoredKey?) -> AuditEvent) async throws -> StoredKey?
+    /// Sets or clears the block on a key; `false` if there is no such key.
+    func setBlocked(id: KeyID, blocked: Bool, audit: AuditEvent) async throws -> Bool
+    /// Key records in id order after `after`, at most `limit`.
+    func listKeys(after: KeyID?, limit: Int) async throws -> [StoredKey]
+    func keyCount() async throws -> Int
+
+    // MARK: Enrolled clients
+
+    func insertClient(_ client: EnrolledClient) async throws
+    func client(id: DeviceID) async throws -> EnrolledClient?
+    func listClients(role: ClientRole?) async throws -> [EnrolledClient]
+    /// Sets the state; `false` if there is no such client.
+    func setClientState(id: DeviceID, state: EnrollmentState) async throws -> Bool
+    func recordHeartbeat(id: DeviceID, at: Date, agentVersion: String, keyCount: Int) async throws
+
+    // MARK: Enrollment tokens
+
+    func insertToken(_ token: EnrollmentTokenRecord) async throws
+    /// Atomically checks a token (by id and secret hash) and takes one use.
+    func redeemToken(id: KeyID, secretHash: [UInt8], now: Date) async throws -> TokenRedemption
+    func listTokens() async throws -> [EnrollmentTokenRecord]
+    func revokeToken(id: KeyID) async throws -> Bool
+
+    // MARK: Audit
+
+    func appendAudit(_ event: AuditEvent) async throws
+    /// Events with a sequence greater than `after`, oldest first, at most `limit`.
+    func audit(after: Int64, limit: Int) async throws -> [AuditEvent]
+
+    // MARK: Settings
+
+    func setting(_ name: String) async throws -> String?
+    func setSetting(_ name: String, _ value: String) async throws
+
+    /// Releases connections; the repository is unusable afterwards.
+    func close() async throws
+}
+
+/// An error of the repository itself (not of a request).
+public struct RepositoryError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Fault injection for the conformance suite: makes every later audit write fail the way a full
+/// or broken database would, so tests can show that no key leaves without its audit record.
+public protocol RepositoryFaultInjection: Repository {
+    func breakAuditWrites() async throws
+}

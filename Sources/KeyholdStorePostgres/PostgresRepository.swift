@@ -1,0 +1,386 @@
+public import Foundation
+public import KeyholdCore
+public import KeyholdStore
+public import Logging
+import NIOCore
+import PostgresNIO
+
+/// The ``Repository`` for large installations: a PostgreSQL database that several `keyhold-server`
+/// processes may share. Commits are durable with PostgreSQL's default `synchronous_commit = on`;
+/// high availability is PostgreSQL's own replication.
+public final class PostgresRepository: Repository, RepositoryFaultInjection {
+    private let client: PostgresClient
+    private let runTask: Task<Void, Never>
+    private let started: Task<Void, Never>
+    private let logger: Logger
+
+    /// Connects lazily using `url`: `postgres://user:password@host:port/database`, or for a Unix
+    /// socket `postgres:///database?host=/path/to/socket-folder&user=name` (as libpq writes it).
+    public init(url: String, logger: Logger = Logger(label: "keyhold.postgres"), maximumConnections: Int = 16) throws {
+        var config = try Self.configuration(url: url)
+        config.options.maximumConnections = maximumConnections
+        let client = PostgresClient(configuration: config, backgroundLogger: logger)
+        self.client = client
+        self.logger = logger
+        let (signal, continuation) = AsyncStream<Void>.makeStream()
+        self.runTask = Task {
+            continuation.finish()
+            await client.run()
+        }
+        self.started = Task { for await _ in signal {} }
+    }
+
+    /// Waits until the connection pool runs, so the first query does not race its start.
+    private func ready() async {
+        await started.value
+        await Task.yield()
+    }
+
+    /// Parses a PostgreSQL URL into a client configuration.
+    static func configuration(url text: String) throws -> PostgresClient.Configuration {
+        guard let url = URLComponents(string: text), ["postgres", "postgresql"].contains(url.scheme ?? "") else {
+            throw RepositoryError("not a PostgreSQL URL (postgres://user@host:port/database): \(text)")
+        }
+        let query = Dictionary((url.queryItems ?? []).map { ($0.name, $0.value ?? "") }, uniquingKeysWith: { $1 })
+        let user = url.user ?? query["user"] ?? ProcessInfo.processInfo.environment["USER"] ?? "postgres"
+        let password = url.password ?? query["password"]
+        let database = String(url.path.drop { $0 == "/" })
+        let port = url.port ?? Int(query["port"] ?? "") ?? 5432
+        let host = (url.host?.isEmpty == false ? url.host : nil) ?? query["host"] ?? "/var/run/postgresql"
+        if host.hasPrefix("/") {
+            return PostgresClient.Configuration(
+                unixSocketPath: "\(host)/.s.PGSQL.\(port)", username: user, password: password,
+                database: database.isEmpty ? nil : database
+            )
+        }
+        return PostgresClient.Configuration(
+            host: host, port: port, username: user, password: password, database: database.isEmpty ? nil : database, tls: .disable
+        )
+    }
+
+    deinit { runTask.cancel() }
+
+    public func migrate() async throws {
+        await ready()
+        try await client.withTransaction(logger: logger) { conn in
+            // One migrating process at a time, however many start together.
+            try await conn.query("SELECT pg_advisory_xact_lock(7882829013)", logger: logger)
+            try await conn.query(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied TIMESTAMPTZ NOT NULL)",
+                logger: logger
+            )
+            var done = Set<Int>()
+            for try await version in try await conn.query("SELECT version FROM schema_migrations", logger: logger).decode(Int.self) {
+                done.insert(version)
+            }
+            for m in Schema.migrations where !done.contains(m.version) {
+                for statement in m.postgres { try await conn.query(PostgresQuery(unsafeSQL: statement), logger: logger) }
+                try await conn.query(
+                    "INSERT INTO schema_migrations (version, name, applied) VALUES (\(m.version), \(m.name), \(Date()))",
+                    logger: logger
+                )
+            }
+        }
+    }
+
+    public func breakAuditWrites() async throws {
+        try await client.withTransaction(logger: logger) { conn in
+            try await conn.query(
+                """
+                CREATE OR REPLACE FUNCTION keyhold_fault_audit() RETURNS trigger AS $$
+                BEGIN RAISE EXCEPTION 'audit write failed (fault injected)'; END $$ LANGUAGE plpgsql
+                """, logger: logger)
+            try await conn.query("DROP TRIGGER IF EXISTS fault_audit ON audit", logger: logger)
+            try await conn.query(
+                "CREATE TRIGGER fault_audit BEFORE INSERT ON audit FOR EACH ROW EXECUTE FUNCTION keyhold_fault_audit()",
+                logger: logger
+            )
+        }
+    }
+
+    // MARK: Keys
+
+    private static let keyColumns = """
+        id, kind, origin_server_id, origin_device_id, created, label, state, wrapped_secret, secret_fingerprint, provenance, stored, blocked
+        """
+
+    public func insertKey(_ key: StoredKey, audit: AuditEvent?) async throws -> KeyInsertOutcome {
+        let r = key.record
+        return try await client.withTransaction(logger: logger) { conn in
+            let inserted = try await conn.query(
+                """
+                INSERT INTO keys (id, kind, origin_server_id, origin_device_id, created, label, state,
+                                  wrapped_secret, secret_fingerprint, provenance, stored, blocked)
+                VALUES (\(r.id.description), \(r.kind.rawValue), \(r.originServerID.description), \(r.originDeviceID.description),
+                        \(r.created), \(r.label), \(r.state.rawValue), \(bytea(key.wrappedSecret)), \(bytea(key.secretFingerprint)),
+                        \(key.provenance.rawValue), \(key.stored), \(key.blocked))
+                ON CONFLICT (id) DO NOTHING RETURNING id
+                """, logger: logger
+            ).collect().count == 1
+            var outcome = KeyInsertOutcome.inserted
+            if !inserted {
+                var existing: [UInt8] = []
+                for try await f in try await conn.query("SELECT secret_fingerprint FROM keys WHERE id = \(r.id.description)", logger: logger).decode(ByteBuffer.self) {
+                    existing = Array(f.readableBytesView)
+                }
+                outcome = existing == key.secretFingerprint ? .alreadyPresent : .conflict
+            }
+            if var a = audit {
+                if outcome == .conflict { a.result = "conflict" }
+                try await Self.insertAudit(conn, a, logger)
+            }
+            return outcome
+        }
+    }
+
+    public func key(id: KeyID) async throws -> StoredKey? {
+        let rows = try await client.query("SELECT \(unescaped: Self.keyColumns) FROM keys WHERE id = \(id.description)", logger: logger)
+        for try await row in rows { return try Self.decodeKey(row) }
+        return nil
+    }
+
+    public func releaseKey(id: KeyID, audit: @Sendable (StoredKey?) -> AuditEvent) async throws -> StoredKey? {
+        try await client.withTransaction(logger: logger) { conn in
+            var key: StoredKey?
+            for try await row in try await conn.query("SELECT \(unescaped: Self.keyColumns) FROM keys WHERE id = \(id.description)", logger: logger) {
+                key = try Self.decodeKey(row)
+            }
+            try await Self.insertAudit(conn, audit(key), logger)
+            return key
+        }
+    }
+
+    public func setBlocked(id: KeyID, blocked: Bool, audit: AuditEvent) async throws -> Bool {
+        try await client.withTransaction(logger: logger) { conn in
+            let changed = try await conn.query(
+                "UPDATE keys SET blocked = \(blocked) WHERE id = \(id.description) RETURNING id", logger: logger
+            ).collect().count
+            guard changed > 0 else { return false }
+            try await Self.insertAudit(conn, audit, logger)
+            return true
+        }
+    }
+
+    public func listKeys(after: KeyID?, limit: Int) async throws -> [StoredKey] {
+        var out: [StoredKey] = []
+        let rows = try await client.query(
+            "SELECT \(unescaped: Self.keyColumns) FROM keys WHERE id > \(after?.description ?? "") ORDER BY id LIMIT \(limit)",
+            logger: logger
+        )
+        for try await row in rows { out.append(try Self.decodeKey(row)) }
+        return out
+    }
+
+    public func keyCount() async throws -> Int {
+        for try await n in try await client.query("SELECT COUNT(*) FROM keys", logger: logger).decode(Int.self) { return n }
+        return 0
+    }
+
+    private static func decodeKey(_ row: PostgresRow) throws -> StoredKey {
+        let (id, kind, origin, device, created, label, state, wrapped, fingerprint, provenance, stored, blocked) =
+            try row.decode((String, String, String, String, Date, String, String, ByteBuffer, ByteBuffer, String, Date, Bool).self)
+        return StoredKey(
+            record: KeyRecord(
+                id: try ident(id), kind: try enumValue(kind), originServerID: try ident(origin), originDeviceID: try ident(device),
+                created: created, label: label, state: try enumValue(state)
+            ),
+            wrappedSecret: Array(wrapped.readableBytesView), secretFingerprint: Array(fingerprint.readableBytesView), provenance: try enumValue(provenance), stored: stored, blocked: blocked
+        )
+    }
+
+    // MARK: Clients
+
+    private static let clientColumns = "id, role, name, certificate_fingerprint, enrolled, state, last_seen, agent_version, key_count"
+
+    public func insertClient(_ c: EnrolledClient) async throws {
+        try await client.query(
+            """
+            INSERT INTO clients (id, role, name, certificate_fingerprint, enrolled, state, last_seen, agent_version, key_count)
+            VALUES (\(c.id.description), \(c.role.rawValue), \(c.name), \(c.certificateFingerprint), \(c.enrolled), \(c.state.rawValue),
+                    \(c.lastSeen), \(c.agentVersion), \(c.reportedKeyCount.map(Int64.init)))
+            """, logger: logger
+        )
+    }
+
+    public func client(id: DeviceID) async throws -> EnrolledClient? {
+        for try await row in try await client.query("SELECT \(unescaped: Self.clientColumns) FROM clients WHERE id = \(id.description)", logger: logger) {
+            return try Self.decodeClient(row)
+        }
+        return nil
+    }
+
+    public func listClients(role: ClientRole?) async throws -> [EnrolledClient] {
+        var out: [EnrolledClient] = []
+        let rows = try await client.query(
+            "SELECT \(unescaped: Self.clientColumns) FROM clients WHERE \(role?.rawValue)::text IS NULL OR role = \(role?.rawValue) ORDER BY enrolled, id",
+            logger: logger
+        )
+        for try await row in rows { out.append(try Self.decodeClient(row)) }
+        return out
+    }
+
+    public func setClientState(id: DeviceID, state: EnrollmentState) async throws -> Bool {
+        try await client.query(
+            "UPDATE clients SET state = \(state.rawValue) WHERE id = \(id.description) RETURNING id", logger: logger
+        ).collect().count > 0
+    }
+
+    public func recordHeartbeat(id: DeviceID, at: Date, agentVersion: String, keyCount: Int) async throws {
+        try await client.query(
+            "UPDATE clients SET last_seen = \(at), agent_version = \(agentVersion), key_count = \(Int64(keyCount)) WHERE id = \(id.description)",
+            logger: logger
+        )
+    }
+
+    private static func decodeClient(_ row: PostgresRow) throws -> EnrolledClient {
+        let (id, role, name, fingerprint, enrolled, state, lastSeen, version, count) =
+            try row.decode((String, String, String, String, Date, String, Date?, String?, Int64?).self)
+        return EnrolledClient(
+            id: try ident(id), role: try enumValue(role), name: name, certificateFingerprint: fingerprint, enrolled: enrolled,
+            state: try enumValue(state), lastSeen: lastSeen, agentVersion: version, reportedKeyCount: count.map(Int.init)
+        )
+    }
+
+    // MARK: Tokens
+
+    private static let tokenColumns = "id, secret_hash, role, uses_left, expires, created, revoked"
+
+    public func insertToken(_ t: EnrollmentTokenRecord) async throws {
+        try await client.query(
+            """
+            INSERT INTO enrollment_tokens (id, secret_hash, role, uses_left, expires, created, revoked)
+            VALUES (\(t.id.description), \(bytea(t.secretHash)), \(t.role.rawValue), \(Int64(t.usesLeft)), \(t.expires), \(t.created), \(t.revoked))
+            """, logger: logger
+        )
+    }
+
+    public func redeemToken(id: KeyID, secretHash: [UInt8], now: Date) async throws -> TokenRedemption {
+        try await client.withTransaction(logger: logger) { conn in
+            var token: EnrollmentTokenRecord?
+            for try await row in try await conn.query(
+                "SELECT \(unescaped: Self.tokenColumns) FROM enrollment_tokens WHERE id = \(id.description) FOR UPDATE", logger: logger
+            ) {
+                token = try Self.decodeToken(row)
+            }
+            guard var t = token, t.secretHash == secretHash else { return .unknown }
+            if t.revoked { return .revoked }
+            if t.expires <= now { return .expired }
+            if t.usesLeft <= 0 { return .usedUp }
+            try await conn.query("UPDATE enrollment_tokens SET uses_left = uses_left - 1 WHERE id = \(id.description)", logger: logger)
+            t.usesLeft -= 1
+            return .redeemed(t)
+        }
+    }
+
+    public func listTokens() async throws -> [EnrollmentTokenRecord] {
+        var out: [EnrollmentTokenRecord] = []
+        for try await row in try await client.query("SELECT \(unescaped: Self.tokenColumns) FROM enrollment_tokens ORDER BY created, id", logger: logger) {
+            out.append(try Self.decodeToken(row))
+        }
+        return out
+    }
+
+    public func revokeToken(id: KeyID) async throws -> Bool {
+        try await client.query(
+            "UPDATE enrollment_tokens SET revoked = TRUE WHERE id = \(id.description) RETURNING id", logger: logger
+        ).collect().count > 0
+    }
+
+    private static func decodeToken(_ row: PostgresRow) throws -> EnrollmentTokenRecord {
+        let (id, hash, role, uses, expires, created, revoked) = try row.decode((String, ByteBuffer, String, Int64, Date, Date, Bool).self)
+        return EnrollmentTokenRecord(
+            id: try ident(id), secretHash: Array(hash.readableBytesView), role: try enumValue(role), usesLeft: Int(uses), expires: expires, created: created, revoked: revoked
+        )
+    }
+
+    // MARK: Audit
+
+    public func appendAudit(_ event: AuditEvent) async throws {
+        try await client.withConnection { conn in try await Self.insertAudit(conn, event, self.logger) }
+    }
+
+    private static func insertAudit(_ conn: PostgresConnection, _ e: AuditEvent, _ logger: Logger) async throws {
+        try await conn.query(
+            """
+            INSERT INTO audit (time, actor, action, key_id, route, result, detail)
+            VALUES (\(e.time), \(e.actor), \(e.action), \(e.keyID?.description), \(e.route), \(e.result), \(e.detail))
+            """, logger: logger
+        )
+    }
+
+    public func audit(after: Int64, limit: Int) async throws -> [AuditEvent] {
+        var out: [AuditEvent] = []
+        let rows = try await client.query(
+            "SELECT seq, time, actor, action, key_id, route, result, detail FROM audit WHERE seq > \(after) ORDER BY seq LIMIT \(limit)",
+            logger: logger
+        )
+        for try await (seq, time, actor, action, keyID, route, result, detail) in rows.decode((Int64, Date, String, String, String?, String, String, String).self) {
+            out.append(AuditEvent(
+                sequence: seq, time: time, actor: actor, action: action, keyID: try keyID.map(Self.ident), route: route, result: result, detail: detail
+            ))
+        }
+        return out
+    }
+
+    // MARK: Settings
+
+    public func setting(_ name: String) async throws -> String? {
+        for try await v in try await client.query("SELECT value FROM settings WHERE name = \(name)", logger: logger).decode(String.self) {
+            return v
+        }
+        return nil
+    }
+
+    public func setSetting(_ name: String, _ value: String) async throws {
+        try await client.query(
+            "INSERT INTO settings (name, value) VALUES (\(name), \(value)) ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+            logger: logger
+        )
+    }
+
+    public func close() async throws {
+        runTask.cancel()
+    }
+
+    // MARK: Coding helpers
+
+    /// `bytea` parameters travel as byte buffers (`[UInt8]` would bind as `char[]`).
+    private func bytea(_ bytes: [UInt8]) -> ByteBuffer { ByteBuffer(bytes: bytes) }
+
+    private static func ident<Kind>(_ text: String) throws -> Identifier<Kind> {
+        guard let id = Identifier<Kind>(text) else { throw RepositoryError("malformed \(Kind.displayName) in the database: \(text)") }
+        return id
+    }
+
+    private static func enumValue<E: RawRepresentable>(_ text: String) throws -> E where E.RawValue == String {
+        guard let v = E(rawValue: text) else { throw RepositoryError("unexpected value in the database: \(text)") }
+        return v
+    }
+}
+
+extension PostgresRepository {
+    /// Creates database `name` on the server `url` points at (for tests and first-time setup).
+    /// `name` must be a plain identifier.
+    public static func createDatabase(named name: String, url: String) async throws {
+        // A one-shot client: its pool may not be running yet when the query is queued, which is
+        // harmless here (the query waits), so only errors are logged.
+        var logger = Logger(label: "keyhold.postgres.setup")
+        logger.logLevel = .error
+        guard name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" }), !name.isEmpty else {
+            throw RepositoryError("not a plain database name: \(name)")
+        }
+        let client = PostgresClient(configuration: try configuration(url: url), backgroundLogger: logger)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await client.run() }
+            try await client.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \(name)"), logger: logger)
+            group.cancelAll()
+        }
+    }
+
+    /// `url` with its database replaced by `name`.
+    public static func url(_ url: String, database name: String) throws -> String {
+        guard var c = URLComponents(string: url) else { throw RepositoryError("not a URL: \(url)") }
+        c.path = "/" + name
+        return c.string ?? url
+    }
+}

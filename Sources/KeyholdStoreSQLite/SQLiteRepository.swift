@@ -1,0 +1,289 @@
+public import Foundation
+import GRDB
+public import KeyholdCore
+public import KeyholdStore
+
+/// The embedded default ``Repository``: one SQLite file in WAL mode with `synchronous=FULL`, so a
+/// committed transaction survives a crash or power loss before the call returns.
+public final class SQLiteRepository: Repository, RepositoryFaultInjection {
+    private let pool: DatabasePool
+    /// Where the database lives.
+    public let path: String
+
+    /// Opens (creating if needed) the database at `path`. Call ``migrate()`` before use.
+    public init(path: String) throws {
+        var config = Configuration()
+        config.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = FULL")
+        }
+        config.busyMode = .timeout(10)
+        self.path = path
+        self.pool = try DatabasePool(path: path, configuration: config)
+    }
+
+    public func migrate() async throws {
+        try await pool.write { db in
+            try db.execute(sql: "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied REAL NOT NULL)")
+            let done = Set(try Int.fetchAll(db, sql: "SELECT version FROM schema_migrations"))
+            for m in Schema.migrations where !done.contains(m.version) {
+                for statement in m.sqlite { try db.execute(sql: statement) }
+                try db.execute(
+                    sql: "INSERT INTO schema_migrations (version, name, applied) VALUES (?, ?, ?)",
+                    arguments: [m.version, m.name, Date().timeIntervalSince1970]
+                )
+            }
+        }
+    }
+
+    public func breakAuditWrites() async throws {
+        try await pool.write { db in
+            try db.execute(sql: "CREATE TRIGGER IF NOT EXISTS fault_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit write failed (fault injected)'); END")
+        }
+    }
+
+    // MARK: Keys
+
+    public func insertKey(_ key: StoredKey, audit: AuditEvent?) async throws -> KeyInsertOutcome {
+        try await pool.write { db in
+            if let existing = try Data.fetchOne(db, sql: "SELECT secret_fingerprint FROM keys WHERE id = ?", arguments: [key.record.id.description]) {
+                let outcome: KeyInsertOutcome = [UInt8](existing) == key.secretFingerprint ? .alreadyPresent : .conflict
+                if var a = audit {
+                    if outcome == .conflict { a.result = "conflict" }
+                    try Self.insertAudit(db, a)
+                }
+                return outcome
+            }
+            try db.execute(
+                sql: """
+                INSERT INTO keys (id, kind, origin_server_id, origin_device_id, created, label, state,
+                                  wrapped_secret, secret_fingerprint, provenance, stored, blocked)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+                arguments: [
+                    key.record.id.description, key.record.kind.rawValue, key.record.originServerID.description,
+                    key.record.originDeviceID.description, key.record.created.timeIntervalSince1970, key.record.label,
+                    key.record.state.rawValue, Data(key.wrappedSecret), Data(key.secretFingerprint), key.provenance.rawValue,
+                    key.stored.timeIntervalSince1970, key.blocked,
+                ]
+            )
+            if let audit { try Self.insertAudit(db, audit) }
+            return .inserted
+        }
+    }
+
+    public func key(id: KeyID) async throws -> StoredKey? {
+        try await pool.read { db in try Self.fetchKey(db, id) }
+    }
+
+    public func releaseKey(id: KeyID, audit: @Sendable (StoredKey?) -> AuditEvent) async throws -> StoredKey? {
+        try await pool.write { db in
+            let key = try Self.fetchKey(db, id)
+            try Self.insertAudit(db, audit(key))
+            return key
+        }
+    }
+
+    public func setBlocked(id: KeyID, blocked: Bool, audit: AuditEvent) async throws -> Bool {
+        try await pool.write { db in
+            try db.execute(sql: "UPDATE keys SET blocked = ? WHERE id = ?", arguments: [blocked, id.description])
+            guard db.changesCount > 0 else { return false }
+            try Self.insertAudit(db, audit)
+            return true
+        }
+    }
+
+    public func listKeys(after: KeyID?, limit: Int) async throws -> [StoredKey] {
+        try await pool.read { db in
+            try Row.fetchAll(
+                db, sql: "SELECT * FROM keys WHERE id > ? ORDER BY id LIMIT ?",
+                arguments: [after?.description ?? "", limit]
+            ).map(Self.decodeKey)
+        }
+    }
+
+    public func keyCount() async throws -> Int {
+        try await pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM keys") ?? 0 }
+    }
+
+    private static func fetchKey(_ db: Database, _ id: KeyID) throws -> StoredKey? {
+        try Row.fetchOne(db, sql: "SELECT * FROM keys WHERE id = ?", arguments: [id.description]).map(decodeKey)
+    }
+
+    private static func decodeKey(_ row: Row) throws -> StoredKey {
+        StoredKey(
+            record: KeyRecord(
+                id: try ident(row["id"]), kind: try enumValue(row["kind"]), originServerID: try ident(row["origin_server_id"]),
+                originDeviceID: try ident(row["origin_device_id"]), created: Date(timeIntervalSince1970: row["created"]),
+                label: row["label"], state: try enumValue(row["state"])
+            ),
+            wrappedSecret: [UInt8](row["wrapped_secret"] as Data),
+            secretFingerprint: [UInt8](row["secret_fingerprint"] as Data),
+            provenance: try enumValue(row["provenance"]),
+            stored: Date(timeIntervalSince1970: row["stored"]),
+            blocked: row["blocked"]
+        )
+    }
+
+    // MARK: Clients
+
+    public func insertClient(_ c: EnrolledClient) async throws {
+        try await pool.write { db in
+            try db.execute(
+                sql: """
+                INSERT INTO clients (id, role, name, certificate_fingerprint, enrolled, state, last_seen, agent_version, key_count)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+                arguments: [
+                    c.id.description, c.role.rawValue, c.name, c.certificateFingerprint, c.enrolled.timeIntervalSince1970,
+                    c.state.rawValue, c.lastSeen?.timeIntervalSince1970, c.agentVersion, c.reportedKeyCount,
+                ]
+            )
+        }
+    }
+
+    public func client(id: DeviceID) async throws -> EnrolledClient? {
+        try await pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM clients WHERE id = ?", arguments: [id.description]).map(Self.decodeClient)
+        }
+    }
+
+    public func listClients(role: ClientRole?) async throws -> [EnrolledClient] {
+        try await pool.read { db in
+            try Row.fetchAll(
+                db, sql: "SELECT * FROM clients WHERE ? IS NULL OR role = ? ORDER BY enrolled, id",
+                arguments: [role?.rawValue, role?.rawValue]
+            ).map(Self.decodeClient)
+        }
+    }
+
+    public func setClientState(id: DeviceID, state: EnrollmentState) async throws -> Bool {
+        try await pool.write { db in
+            try db.execute(sql: "UPDATE clients SET state = ? WHERE id = ?", arguments: [state.rawValue, id.description])
+            return db.changesCount > 0
+        }
+    }
+
+    public func recordHeartbeat(id: DeviceID, at: Date, agentVersion: String, keyCount: Int) async throws {
+        try await pool.write { db in
+            try db.execute(
+                sql: "UPDATE clients SET last_seen = ?, agent_version = ?, key_count = ? WHERE id = ?",
+                arguments: [at.timeIntervalSince1970, agentVersion, keyCount, id.description]
+            )
+        }
+    }
+
+    private static func decodeClient(_ row: Row) throws -> EnrolledClient {
+        EnrolledClient(
+            id: try ident(row["id"]), role: try enumValue(row["role"]), name: row["name"],
+            certificateFingerprint: row["certificate_fingerprint"], enrolled: Date(timeIntervalSince1970: row["enrolled"]),
+            state: try enumValue(row["state"]), lastSeen: (row["last_seen"] as Double?).map(Date.init(timeIntervalSince1970:)),
+            agentVersion: row["agent_version"], reportedKeyCount: row["key_count"]
+        )
+    }
+
+    // MARK: Tokens
+
+    public func insertToken(_ t: EnrollmentTokenRecord) async throws {
+        try await pool.write { db in
+            try db.execute(
+                sql: "INSERT INTO enrollment_tokens (id, secret_hash, role, uses_left, expires, created, revoked) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                arguments: [
+                    t.id.description, Data(t.secretHash), t.role.rawValue, t.usesLeft, t.expires.timeIntervalSince1970,
+                    t.created.timeIntervalSince1970, t.revoked,
+                ]
+            )
+        }
+    }
+
+    public func redeemToken(id: KeyID, secretHash: [UInt8], now: Date) async throws -> TokenRedemption {
+        try await pool.write { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM enrollment_tokens WHERE id = ?", arguments: [id.description]) else {
+                return .unknown
+            }
+            var t = try Self.decodeToken(row)
+            guard t.secretHash == secretHash else { return .unknown }
+            if t.revoked { return .revoked }
+            if t.expires <= now { return .expired }
+            if t.usesLeft <= 0 { return .usedUp }
+            try db.execute(sql: "UPDATE enrollment_tokens SET uses_left = uses_left - 1 WHERE id = ?", arguments: [id.description])
+            t.usesLeft -= 1
+            return .redeemed(t)
+        }
+    }
+
+    public func listTokens() async throws -> [EnrollmentTokenRecord] {
+        try await pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM enrollment_tokens ORDER BY created, id").map(Self.decodeToken)
+        }
+    }
+
+    public func revokeToken(id: KeyID) async throws -> Bool {
+        try await pool.write { db in
+            try db.execute(sql: "UPDATE enrollment_tokens SET revoked = 1 WHERE id = ?", arguments: [id.description])
+            return db.changesCount > 0
+        }
+    }
+
+    private static func decodeToken(_ row: Row) throws -> EnrollmentTokenRecord {
+        EnrollmentTokenRecord(
+            id: try ident(row["id"]), secretHash: [UInt8](row["secret_hash"] as Data), role: try enumValue(row["role"]),
+            usesLeft: row["uses_left"], expires: Date(timeIntervalSince1970: row["expires"]),
+            created: Date(timeIntervalSince1970: row["created"]), revoked: row["revoked"]
+        )
+    }
+
+    // MARK: Audit
+
+    public func appendAudit(_ event: AuditEvent) async throws {
+        try await pool.write { db in try Self.insertAudit(db, event) }
+    }
+
+    private static func insertAudit(_ db: Database, _ e: AuditEvent) throws {
+        try db.execute(
+            sql: "INSERT INTO audit (time, actor, action, key_id, route, result, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            arguments: [e.time.timeIntervalSince1970, e.actor, e.action, e.keyID?.description, e.route, e.result, e.detail]
+        )
+    }
+
+    public func audit(after: Int64, limit: Int) async throws -> [AuditEvent] {
+        try await pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", arguments: [after, limit]).map { row in
+                AuditEvent(
+                    sequence: row["seq"], time: Date(timeIntervalSince1970: row["time"]), actor: row["actor"], action: row["action"],
+                    keyID: try (row["key_id"] as String?).map(Self.ident), route: row["route"], result: row["result"], detail: row["detail"]
+                )
+            }
+        }
+    }
+
+    // MARK: Settings
+
+    public func setting(_ name: String) async throws -> String? {
+        try await pool.read { db in try String.fetchOne(db, sql: "SELECT value FROM settings WHERE name = ?", arguments: [name]) }
+    }
+
+    public func setSetting(_ name: String, _ value: String) async throws {
+        try await pool.write { db in
+            try db.execute(
+                sql: "INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                arguments: [name, value]
+            )
+        }
+    }
+
+    public func close() async throws {
+        try pool.close()
+    }
+
+    // MARK: Decoding helpers
+
+    private static func ident<Kind>(_ text: String) throws -> Identifier<Kind> {
+        guard let id = Identifier<Kind>(text) else { throw RepositoryError("malformed \(Kind.displayName) in the database: \(text)") }
+        return id
+    }
+
+    private static func enumValue<E: RawRepresentable>(_ text: String) throws -> E where E.RawValue == String {
+        guard let v = E(rawValue: text) else { throw RepositoryError("unexpected value in the database: \(text)") }
+        return v
+    }
+}

@@ -1,0 +1,253 @@
+import Foundation
+import KeyholdCore
+import KeyholdStore
+import KeyholdStoreSQLite
+import KeyholdStorePostgres
+import KeyholdTestSupport
+import Testing
+
+/// The storage backends every conformance test runs against.
+enum Backend: String, CaseIterable, CustomStringConvertible, Sendable {
+    case memory, sqlite, postgres
+    var description: String { rawValue }
+}
+
+/// A fresh, migrated repository of one backend, with a way to open it again (durability checks).
+struct Fixture {
+    let repository: any Repository
+    let reopen: @Sendable () async throws -> any Repository
+    let cleanup: @Sendable () async -> Void
+
+    static func make(_ backend: Backend) async throws -> Fixture {
+        switch backend {
+        case .memory:
+            let repo = MemoryRepository()
+            return Fixture(repository: repo, reopen: { repo }, cleanup: {})
+        case .sqlite:
+            let dir = try Paths.temporaryFolder("sqlite")
+            let path = dir.appendingPathComponent("keyhold.sqlite").path
+            let repo = try SQLiteRepository(path: path)
+            try await repo.migrate()
+            return Fixture(
+                repository: repo,
+                reopen: { let r = try SQLiteRepository(path: path); try await r.migrate(); return r },
+                cleanup: { try? FileManager.default.removeItem(at: dir) }
+            )
+        case .postgres:
+            let base = try PostgresSettings.url()
+            let name = "conformance_\(UUID().uuidString.prefix(8).lowercased())"
+            try await PostgresRepository.createDatabase(named: name, url: base)
+            let url = try PostgresRepository.url(base, database: name)
+            let repo = try PostgresRepository(url: url)
+            try await repo.migrate()
+            return Fixture(
+                repository: repo,
+                reopen: { let r = try PostgresRepository(url: url); try await r.migrate(); return r },
+                cleanup: { try? await repo.close() }
+            )
+        }
+    }
+}
+
+/// Where the PostgreSQL tests connect. `make test` starts a throwaway cluster and sets the URL;
+/// without it the PostgreSQL cases fail (they never skip silently).
+enum PostgresSettings {
+    static func url() throws -> String {
+        if let url = ProcessInfo.processInfo.environment["KEYHOLD_TEST_POSTGRES_URL"], !url.isEmpty { return url }
+        throw RepositoryError(
+            "KEYHOLD_TEST_POSTGRES_URL is not set: run the tests with 'make test' (it starts a throwaway PostgreSQL) "
+                + "or 'scripts/test-postgres.sh swift test'"
+        )
+    }
+}
+
+func sampleKey(fingerprint: UInt8 = 1, label: String = "k", provenance: KeyProvenance = .escrow) -> StoredKey {
+    StoredKey(
+        record: KeyRecord(
+            kind: .file, originServerID: .random(), originDeviceID: .random(),
+            created: Date(timeIntervalSince1970: 1_800_000_000.25), label: label
+        ),
+        wrappedSecret: [UInt8](repeating: 0xEE, count: 60), secretFingerprint: [UInt8](repeating: fingerprint, count: 32),
+        provenance: provenance, stored: Date(timeIntervalSince1970: 1_800_000_001.5)
+    )
+}
+
+func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> AuditEvent {
+    AuditEvent(actor: "device:test", action: action, keyID: key, route: "agent", result: result)
+}
+
+@Suite struct RepositoryConformanceTests {
+    @Test(arguments: Backend.allCases)
+    func migrationIsIdempotent(_ backend: Backend) async throws {
+        let f = try await Fixture.make(backend)
+        defer { Task { await f.cleanup() } }
+        try await f.repository.migrate()
+        try await f.repository.migrate()
+        #expect(try await f.repository.keyCount() == 0)
+    }
+
+    @Test(arguments: Backend.allCases)
+    func keysAreNeverSilentlyOverwritten(_ backend: Backend) async throws {
+        let f = try await Fixture.make(backend)
+        defer { Task { await f.cleanup() } }
+        let repo = f.repository
+        let key = sampleKey(fingerprint: 1, label: "original")
+        #expect(try await repo.insertKey(key, audit: audit("escrow", key.record.id)) == .inserted)
+        #expect(try await repo.insertKey(key, audit: audit("escrow", key.record.id)) == .alreadyPresent)
+        var other = key
+        other.secretFingerprint = [UInt8](repeating: 2, count: 32)
+        other.wrappedSecret = [UInt8](repeating: 0xDD, count: 60)
+        other.record.label = "impostor"
+        #expect(try await repo.insertKey(other, audit: audit("escrow", key.record.id)) == .conflict)
+
+        let stored = try #require(try await repo.key(id: key.record.id))
+        #expect(stored.record.label == "original")
+        #expect(stored.wrappedSecret == key.wrappedSecret)
+        #expect(stored.secretFingerprint == key.secretFingerprint)
+        #expect(abs(stored.record.created.timeIntervalSince(key.record.created)) < 0.001)
+        #expect(stored.record.originServerID == key.record.originServerID)
+        #expect(stored.provenance == .escrow)
+        #expect(try await repo.keyCount() == 1)
+        let results = try await repo.audit(after: 0, limit: 10).map(\.result)
+        #expect(results == ["ok", "ok", "conflict"])
+    }
+
+    @Test(arguments: Backend.allCases)
+    func releaseWritesItsAuditInTheSameTransaction(_ backend: Backend) async throws {
+        let f = try await Fixture.make(backend)
+        defer { Task { await f.cleanup() } }
+        let repo = f.repository
+        let key = sampleKey()
+        _ = try await repo.insertKey(key, audit: nil)
+        let released = try await repo.releaseKey(id: key.record.id) { k in audit("release", key.record.id, result: k == nil ? "not_found" : "ok") }
+        #expect(released?.record.id == key.record.id)
+        let missing = KeyID.random()
+        #expect(try await repo.releaseKey(id: missing) { k in audit("release", missing, result: k == nil ? "not_found" : "ok") } == nil)
+        let events = try await repo.audit(after: 0, limit: 10)
+        #expect(events.map(\.result) == ["ok", "not_found"])
+        #expect(events.map(\.keyID) == [key.record.id, missing])
+        #expect(events[0].sequence! < events[1].sequence!)
+
+        // A broken audit trail stops the release: the call throws and returns no key.
+        try await (repo as! any RepositoryFaultInjection).breakAuditWrites()
+        await #expect(throws: (any Error).self) {
+            _ = try await repo.releaseKey(id: key.record.id) { _ in audit("release", key.record.id) }
+        }
+        #expect(try await repo.audit(after: 0, limit: 10).count == 2)
+    }
+
+    @Test(arguments: Backend.allCases)
+    func blockingAndListing(_ backend: Backend) async throws {
+        let f = try await Fixture.make(backend)
+        defer { Task { await f.cleanup() } }
+        let repo = f.repository
+        var ids: [KeyID] = []
+        for i in 0..<25 {
+            let k = sampleKey(label: "k\(i)")
+            ids.append(k.record.id)
+            _ = try await repo.insertKey(k, audit: nil)
+        }
+        #expect(try await repo.setBlocked(id: ids[3], blocked: true, audit: audit("block", ids[3])))
+        #expect(try await repo.key(id: ids[3])?.blocked == true)
+        #expect(try await !repo.setBlocked(id: .random(), blocked: true, audit: audit("block")))
+        var seen: [KeyID] = []
+        var after: KeyID? = nil
+        while true {
+            let page = try await repo.listKeys(after: after, limit: 10)
+            if page.isEmpty { break }
+            seen += page.map(\.record.id)
+            after = page.last?.record.id
+        }
+        #expect(seen == ids.sorted())
+        #expect(try await repo.keyCount() == 25)
+    }
+
+    @Test(arguments: Backend.allCases)
+    func enrolledClients(_ backend: Backend) async throws {
+        let f = try await Fixture.make(backend)
+        defer { Task { await f.cleanup() } }
+        let repo = f.repository
+        let d = EnrolledClient(id: .random(), role: .device, name: "laptop-7", certificateFingerprint: "ab12", enrolled: Date(timeIntervalSince1970: 1_800_000_000))
+        let s = EnrolledClient(id: .random(), role: .server, name: "branch", certificateFingerprint: "cd34", enrolled: Date(timeIntervalSince1970: 1_800_000_100))
+        try await repo.insertClient(d)
+        try await repo.insertClient(s)
+        await #expect(throws: (any Error).self) { try await repo.insertClient(d) }
+        #expect(try await repo.client(id: d.id)?.name == "laptop-7")
+        #expect(try await repo.listClients(role: .device).map(\.id) == [d.id])
+        #expect(try await repo.listClients(role: nil).map(\.id) == [d.id, s.id])
+        try await repo.recordHeartbeat(id: d.id, at: Date(timeIntervalSince1970: 1_800_000_500), agentVersion: "0.1.0", keyCount: 3)
+        let seen = try #require(try await repo.client(id: d.id))
+        #expect(seen.agentVersion == "0.1.0")
+        #expect(seen.reportedKeyCount == 3)
+        #expect(abs((seen.lastSeen?.timeIntervalSince1970 ?? 0) - 1_800_000_500) < 0.001)
+        #expect(try await repo.setClientState(id: d.id, state: .revoked))
+        #expect(try await repo.client(id: d.id)?.state == .revoked)
+        #expect(try await !repo.setClientState(id: .random(), state: .revoked))
+    }
+
+    @Test(arguments: Backend.allCases)
+    func enrollmentTokens(_ backend: Backend) async throws {
+        let f = try await Fixture.make(backend)
+        defer { Task { await f.cleanup() } }
+        let repo = f.repository
+        let now = Date()
+        let hash = [UInt8](repeating: 7, count: 32)
+        let t = EnrollmentTokenRecord(id: .random(), secretHash: hash, role: .device, usesLeft: 2, expires: now.addingTimeInterval(600))
+        try await repo.insertToken(t)
+        #expect(try await repo.redeemToken(id: t.id, secretHash: [UInt8](repeating: 8, count: 32), now: now) == .unknown)
+        #expect(try await repo.redeemToken(id: .random(), secretHash: hash, now: now) == .unknown)
+        guard case .redeemed(let r1) = try await repo.redeemToken(id: t.id, secretHash: hash, now: now) else { Issue.record("first use refused"); return }
+        #expect(r1.usesLeft == 1)
+        #expect(try await repo.redeemToken(id: t.id, secretHash: hash, now: now.addingTimeInterval(601)) == .expired)
+        guard case .redeemed = try await repo.redeemToken(id: t.id, secretHash: hash, now: now) else { Issue.record("second use refused"); return }
+        #expect(try await repo.redeemToken(id: t.id, secretHash: hash, now: now) == .usedUp)
+
+        let single = EnrollmentTokenRecord(id: .random(), secretHash: hash, role: .server, usesLeft: 1, expires: now.addingTimeInterval(600))
+        try await repo.insertToken(single)
+        // Ten concurrent redemptions of a single-use token: exactly one wins.
+        let wins = try await withThrowingTaskGroup(of: Bool.self) { group in
+            for _ in 0..<10 {
+                group.addTask {
+                    if case .redeemed = try await repo.redeemToken(id: single.id, secretHash: hash, now: now) { return true }
+                    return false
+                }
+            }
+            return try await group.reduce(0) { $0 + ($1 ? 1 : 0) }
+        }
+        #expect(wins == 1)
+
+        let revocable = EnrollmentTokenRecord(id: .random(), secretHash: hash, role: .device, usesLeft: 5, expires: now.addingTimeInterval(600))
+        try await repo.insertToken(revocable)
+        #expect(try await repo.revokeToken(id: revocable.id))
+        #expect(try await repo.redeemToken(id: revocable.id, secretHash: hash, now: now) == .revoked)
+        #expect(try await repo.listTokens().count == 3)
+    }
+
+    @Test(arguments: Backend.allCases)
+    func auditAndSettings(_ backend: Backend) async throws {
+        let f = try await Fixture.make(backend)
+        defer { Task { await f.cleanup() } }
+        let repo = f.repository
+        for i in 0..<7 { try await repo.appendAudit(audit("event\(i)")) }
+        let first = try await repo.audit(after: 0, limit: 3)
+        #expect(first.map(\.action) == ["event0", "event1", "event2"])
+        let rest = try await repo.audit(after: first.last!.sequence!, limit: 100)
+        #expect(rest.map(\.action) == ["event3", "event4", "event5", "event6"])
+        #expect(try await repo.setting("use_hierarchy") == nil)
+        try await repo.setSetting("use_hierarchy", "true")
+        try await repo.setSetting("use_hierarchy", "false")
+        #expect(try await repo.setting("use_hierarchy") == "false")
+    }
+
+    @Test(arguments: [Backend.sqlite, .postgres])
+    func committedDataSurvivesReopening(_ backend: Backend) async throws {
+        let f = try await Fixture.make(backend)
+        defer { Task { await f.cleanup() } }
+        let key = sampleKey()
+        _ = try await f.repository.insertKey(key, audit: audit("escrow", key.record.id))
+        let again = try await f.reopen()
+        #expect(try await again.key(id: key.record.id)?.wrappedSecret == key.wrappedSecret)
+        #expect(try await again.audit(after: 0, limit: 5).count == 1)
+        try await again.close()
+    }
+}
