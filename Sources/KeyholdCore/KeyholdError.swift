@@ -30,6 +30,30 @@ public struct KeyholdError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let ioFailed = Code(rawValue: "io_failed")
         /// The command line asks for something inconsistent.
         public static let usage = Code(rawValue: "usage")
+        /// An enrollment token is malformed, unknown, expired, used up or revoked.
+        public static let tokenInvalid = Code(rawValue: "token_invalid")
+        /// The caller presented no valid client certificate.
+        public static let unauthenticated = Code(rawValue: "unauthenticated")
+        /// The caller may not do this.
+        public static let forbidden = Code(rawValue: "forbidden")
+        /// The caller's enrollment was revoked.
+        public static let clientRevoked = Code(rawValue: "client_revoked")
+        /// No such key (or other object).
+        public static let notFound = Code(rawValue: "not_found")
+        /// The key id exists with another secret.
+        public static let conflict = Code(rawValue: "conflict")
+        /// The key is blocked and is never released.
+        public static let keyBlocked = Code(rawValue: "key_blocked")
+        /// The request is malformed.
+        public static let invalidRequest = Code(rawValue: "invalid_request")
+        /// The audit record could not be written, so nothing was released.
+        public static let auditFailed = Code(rawValue: "audit_failed")
+        /// The server could not be reached or did not answer in time.
+        public static let unreachable = Code(rawValue: "unreachable")
+        /// The server failed unexpectedly.
+        public static let internalError = Code(rawValue: "internal")
+        /// The server's or the device's configuration is missing or wrong.
+        public static let configuration = Code(rawValue: "configuration")
         /// The destination already exists and would be overwritten.
         public static let destinationExists = Code(rawValue: "destination_exists")
     }

@@ -1,6 +1,9 @@
 import ArgumentParser
 import Foundation
+import KeyholdClient
 import KeyholdCore
+import KeyholdProtocol
+import Logging
 
 /// The `keyhold-server` command tree.
 struct ServerCommand: AsyncParsableCommand {
@@ -8,8 +11,259 @@ struct ServerCommand: AsyncParsableCommand {
         commandName: "keyhold-server",
         abstract: "The Keyhold administration server: key escrow, release and audit.",
         version: KeyholdVersion.current,
-        subcommands: []
+        subcommands: [Init.self, Run.self, Status.self, TokenCommand.self, DeviceCommand.self, KeyAdminCommand.self, Audit.self]
     )
+}
+
+/// `--data-dir`, shared by every subcommand.
+struct DataDirOption: ParsableArguments {
+    @Option(help: ArgumentHelp("The server's data directory (default: $KEYHOLD_SERVER_DATA_DIR or /var/lib/keyhold-server).", valueName: "dir"))
+    var dataDir: String?
+
+    var directory: DataDirectory {
+        DataDirectory(dataDir ?? ProcessInfo.processInfo.environment["KEYHOLD_SERVER_DATA_DIR"] ?? "/var/lib/keyhold-server")
+    }
+
+    /// An admin client for the running server of this data directory.
+    func adminClient() throws -> APIClient {
+        let dir = directory
+        let config = try ServerRuntime.loadConfig(dir)
+        var address = config.listen
+        if let data = FileManager.default.contents(atPath: dir.runtime),
+           let runtime = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let api = runtime["api"] as? String {
+            address = api
+        }
+        return try APIClient(
+            address: address, caPEM: String(decoding: try dir.read(dir.caCertificate), as: UTF8.self),
+            certificatePEM: String(decoding: try dir.read(dir.adminCertificate), as: UTF8.self),
+            keyPEM: String(decoding: try dir.read(dir.adminKey), as: UTF8.self)
+        )
+    }
+}
+
+/// Runs `body` with an admin client and shuts the client down afterwards.
+func withAdmin<T>(_ options: DataDirOption, _ body: (APIClient) async throws -> T) async throws -> T {
+    let client = try options.adminClient()
+    do {
+        let result = try await body(client)
+        await client.shutdown()
+        return result
+    } catch {
+        await client.shutdown()
+        throw error
+    }
+}
+
+func printJSON<T: Encodable>(_ value: T) throws {
+    let encoder = WireFormat.encoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    print(String(decoding: try encoder.encode(value), as: UTF8.self))
+}
+
+func formatDate(_ date: Date?) -> String {
+    guard let date else { return "-" }
+    return ISO8601DateFormatter().string(from: date)
+}
+
+extension ServerCommand {
+    struct Init: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Create a data directory: master key, CA, TLS and administrator certificates, configuration."
+        )
+        @OptionGroup var data: DataDirOption
+        @Option(help: ArgumentHelp("host:port of the mutual-TLS API.", valueName: "address")) var listen = "127.0.0.1:8443"
+        @Option(help: ArgumentHelp("host:port of the enrollment listener.", valueName: "address")) var enrollListen = "127.0.0.1:8444"
+        @Option(help: "A name for this server (also a host name in its TLS certificate).") var name = ""
+        @Option(name: .customLong("host-name"), help: ArgumentHelp("Another host name or address for the TLS certificate (repeatable).", valueName: "name"))
+        var hostNames: [String] = []
+        @Option(help: ArgumentHelp("\"sqlite\" (default) or a postgres:// URL.", valueName: "url")) var db = "sqlite"
+
+        func run() async throws {
+            let dir = data.directory
+            let config = try await ServerRuntime.initialize(
+                dir, .init(listen: listen, enrollListen: enrollListen, name: name, database: db, hostNames: hostNames)
+            )
+            print("""
+            Created Keyhold server \(config.serverID) in \(dir.path)
+              database:        \(ServerRuntime.describe(config.database))
+              API (mutual TLS): \(config.listen)
+              enrollment:      \(config.enrollListen)
+              administrator:   \(dir.adminCertificate) + admin.key
+            Back up master.key: without it no stored key can be released.
+            Next: keyhold-server run --data-dir \(dir.path)
+            """)
+        }
+    }
+
+    struct Run: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Run the server until SIGTERM or SIGINT (graceful stop).")
+        @OptionGroup var data: DataDirOption
+        @Option(help: ArgumentHelp("Override the API address.", valueName: "address")) var listen: String?
+        @Option(help: ArgumentHelp("Override the enrollment address.", valueName: "address")) var enrollListen: String?
+        @Option(help: ArgumentHelp("Override the database (\"sqlite\" or a postgres:// URL).", valueName: "url")) var db: String?
+        @Option(help: "trace, debug, info, notice, warning, error or critical.") var logLevel = "info"
+
+        func run() async throws {
+            let dir = data.directory
+            var config = try ServerRuntime.loadConfig(dir)
+            if let listen { config.listen = listen }
+            if let enrollListen { config.enrollListen = enrollListen }
+            if let db { config.database = db }
+            var logger = Logger(label: "keyhold-server")
+            logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+            logger[metadataKey: "server"] = "\(config.serverID)"
+            try await ServerRuntime.run(dir, config: config, logger: logger)
+        }
+    }
+
+    struct Status: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show the running server's state.")
+        @OptionGroup var data: DataDirOption
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let status = try await withAdmin(data) { try await $0.get(APIPath.adminStatus, as: StatusResponse.self) }
+            if json { return try printJSON(status) }
+            print("""
+            server:       \(status.serverID) (keyhold \(status.version))
+            database:     \(status.database)
+            keys:         \(status.keyCount)
+            devices:      \(status.devices) active
+            secondaries:  \(status.secondaries) active
+            running since \(formatDate(status.started))
+            """)
+        }
+    }
+
+    struct Audit: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show the audit trail (oldest first).")
+        @OptionGroup var data: DataDirOption
+        @Option(help: "Show events after this sequence number.") var after: Int64 = 0
+        @Option(help: "At most this many events.") var limit = 1000
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let events = try await withAdmin(data) {
+                try await $0.get("\(APIPath.adminAudit)?after=\(after)&limit=\(limit)", as: [AuditEntry].self)
+            }
+            if json { return try printJSON(events) }
+            for e in events {
+                print("\(e.sequence)\t\(formatDate(e.time))\t\(e.actor)\t\(e.action)\t\(e.keyID?.description ?? "-")\t\(e.route)\t\(e.result)\t\(e.detail)")
+            }
+        }
+    }
+}
+
+struct TokenCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "token", abstract: "Enrollment tokens.", subcommands: [Create.self])
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create an enrollment token and print it.")
+        @OptionGroup var data: DataDirOption
+        @Option(help: "device (an agent) or server (a secondary).") var role = "device"
+        @Option(help: "How many enrollments it allows.") var uses = 1
+        @Option(help: ArgumentHelp("How long it is valid: 90s, 30m, 24h, 7d.", valueName: "duration")) var ttl = "24h"
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let seconds = try Duration.parse(ttl)
+            let response = try await withAdmin(data) {
+                try await $0.post(APIPath.adminTokens, TokenCreateRequest(role: role, uses: uses, ttlSeconds: seconds), as: TokenCreateResponse.self)
+            }
+            if json { return try printJSON(response) }
+            print(response.token)
+        }
+    }
+}
+
+struct DeviceCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "device", abstract: "Enrolled devices and secondaries.", subcommands: [List.self, Revoke.self])
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List enrolled devices and secondaries.")
+        @OptionGroup var data: DataDirOption
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let clients = try await withAdmin(data) { try await $0.get(APIPath.adminClients, as: [ClientInfo].self) }
+            if json { return try printJSON(clients) }
+            print("id\trole\tstate\tname\tlast seen\tversion\tkeys")
+            for c in clients {
+                print("\(c.id)\t\(c.role)\t\(c.state)\t\(c.name)\t\(formatDate(c.lastSeen))\t\(c.agentVersion ?? "-")\t\(c.keyCount.map(String.init) ?? "-")")
+            }
+        }
+    }
+
+    struct Revoke: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Revoke a device or secondary: refused on its next request.")
+        @OptionGroup var data: DataDirOption
+        @Argument(help: "The device id.") var id: String
+
+        func run() async throws {
+            guard DeviceID(id) != nil else { throw KeyholdError(.usage, "'\(id)' is not a device id", hint: "ids are UUIDs; see 'keyhold-server device list'") }
+            try await withAdmin(data) { try await $0.post(APIPath.adminClientRevoke(id)) }
+            print("revoked \(id)")
+        }
+    }
+}
+
+struct KeyAdminCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "key", abstract: "Escrowed keys (metadata only).", subcommands: [List.self, Block.self, Unblock.self])
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List escrowed keys (never their secrets).")
+        @OptionGroup var data: DataDirOption
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            var all: [KeyInfo] = []
+            try await withAdmin(data) { client in
+                var after: KeyID? = nil
+                repeat {
+                    let page = try await client.get("\(APIPath.adminKeys)?limit=1000" + (after.map { "&after=\($0)" } ?? ""), as: KeyListResponse.self)
+                    all += page.keys
+                    after = page.next
+                } while after != nil
+            }
+            if json { return try printJSON(all) }
+            print("id\tkind\tstate\tblocked\tprovenance\torigin server\torigin device\tlabel")
+            for k in all {
+                print("\(k.record.id)\t\(k.record.kind.rawValue)\t\(k.record.state.rawValue)\t\(k.blocked)\t\(k.provenance)\t\(k.record.originServerID)\t\(k.record.originDeviceID)\t\(k.record.label)")
+            }
+        }
+    }
+
+    struct Block: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Make a key unreleasable.")
+        @OptionGroup var data: DataDirOption
+        @Argument(help: "The key id.") var id: String
+        func run() async throws {
+            guard KeyID(id) != nil else { throw KeyholdError(.usage, "'\(id)' is not a key id", hint: "key ids are UUIDs; see 'keyhold-server key list'") }
+            try await withAdmin(data) { try await $0.post(APIPath.adminKeyBlock(id)) }
+            print("blocked \(id)")
+        }
+    }
+
+    struct Unblock: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Allow a blocked key to be released again.")
+        @OptionGroup var data: DataDirOption
+        @Argument(help: "The key id.") var id: String
+        func run() async throws {
+            guard KeyID(id) != nil else { throw KeyholdError(.usage, "'\(id)' is not a key id", hint: "key ids are UUIDs; see 'keyhold-server key list'") }
+            try await withAdmin(data) { try await $0.post("/v1/admin/keys/\(id)/unblock") }
+            print("unblocked \(id)")
+        }
+    }
+}
+
+extension Duration {
+    /// Seconds in `90s`, `30m`, `24h`, `7d` or a plain number of seconds.
+    static func parse(_ text: String) throws -> Int {
+        let units: [Character: Int] = ["s": 1, "m": 60, "h": 3600, "d": 86_400]
+        if let n = Int(text), n > 0 { return n }
+        if let unit = text.last, let factor = units[unit], let n = Int(text.dropLast()), n > 0 { return n * factor }
+        throw KeyholdError(.usage, "'\(text)' is not a duration", hint: "write it like 90s, 30m, 24h or 7d")
+    }
 }
 
 /// The entry point of the `keyhold-server` executable.
@@ -38,6 +292,7 @@ public enum KeyholdServerMain {
             var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
             var first = lines.removeFirst()
             if first.hasPrefix("Error: ") { first.removeFirst("Error: ".count) }
+            if first.isEmpty { first = "\(error)" }
             let usage = lines.first { $0.hasPrefix("Usage: ") }?.trimmingCharacters(in: .whitespaces)
             FileHandle.standardError.write(Data("keyhold-server: error: \(first)\nhint: \(usage ?? "run 'keyhold-server --help'")\n".utf8))
             exit(code.rawValue)

@@ -1,0 +1,124 @@
+import AsyncHTTPClient
+public import Foundation
+public import KeyholdCore
+import KeyholdProtocol
+import NIOCore
+import NIOFoundationCompat
+import NIOHTTP1
+import NIOSSL
+
+/// A JSON-over-HTTPS client for a Keyhold server, with mutual TLS when given a certificate.
+///
+/// The server is trusted only through `caPEM` (its own CA), never the system trust store. Every call
+/// has a bounded timeout; errors become ``KeyholdError``s with the server's code, message and hint,
+/// or `unreachable` when no answer came.
+public final class APIClient: Sendable {
+    private let http: HTTPClient
+    private let base: String
+    private let timeout: TimeAmount
+
+    /// - Parameters:
+    ///   - address: `host:port` of the server.
+    ///   - caPEM: the server's CA certificate.
+    ///   - certificatePEM/keyPEM: this client's certificate and key (omit for the enrollment listener).
+    ///   - verifyHostname: check the server certificate's names (on for the API; the enrollment
+    ///     listener is reached before names are known to match, and is pinned by the CA alone).
+    public init(address: String, caPEM: String, certificatePEM: String? = nil, keyPEM: String? = nil,
+                verifyHostname: Bool = true, timeout: Duration = .seconds(15)) throws {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(Array(caPEM.utf8)))
+        tls.certificateVerification = verifyHostname ? .fullVerification : .noHostnameVerification
+        if let certificatePEM, let keyPEM {
+            tls.certificateChain = try NIOSSLCertificate.fromPEMBytes(Array(certificatePEM.utf8)).map { .certificate($0) }
+            tls.privateKey = .privateKey(try NIOSSLPrivateKey(bytes: Array(keyPEM.utf8), format: .pem))
+        }
+        let seconds = Int64(timeout.components.seconds)
+        var config = HTTPClient.Configuration(tlsConfiguration: tls)
+        config.timeout = .init(connect: .seconds(min(seconds, 10)), read: .seconds(seconds))
+        self.http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
+        self.base = "https://\(address)"
+        self.timeout = .seconds(seconds)
+    }
+
+    /// Fetches the CA certificate from an enrollment listener without trusting it yet: the caller
+    /// must compare its fingerprint with the one in the token before using it.
+    public static func fetchCA(address: String, timeout: Duration = .seconds(10)) async throws -> String {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.certificateVerification = .none
+        let http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls))
+        let request = HTTPClientRequest(url: "https://\(address)\(APIPath.ca)")
+        do {
+            let response = try await http.execute(request, timeout: .seconds(Int64(timeout.components.seconds)))
+            let body = try await response.body.collect(upTo: 64 * 1024)
+            try? await http.shutdown()
+            guard response.status == .ok else { throw KeyholdError(.unreachable, "\(address) answered \(response.status.code) for its CA", hint: "check the address in the token") }
+            return String(buffer: body)
+        } catch let error as KeyholdError {
+            throw error
+        } catch {
+            try? await http.shutdown()
+            throw Self.unreachable(address, error)
+        }
+    }
+
+    public func get<R: Decodable>(_ path: String, as: R.Type = R.self) async throws -> R {
+        try await decode(try await send(path, method: .GET, body: nil))
+    }
+
+    public func put<B: Encodable, R: Decodable>(_ path: String, _ body: B, as: R.Type = R.self) async throws -> R {
+        try await decode(try await send(path, method: .PUT, body: try WireFormat.encoder().encode(body)))
+    }
+
+    public func post<B: Encodable, R: Decodable>(_ path: String, _ body: B, as: R.Type = R.self) async throws -> R {
+        try await decode(try await send(path, method: .POST, body: try WireFormat.encoder().encode(body)))
+    }
+
+    /// POST without a body, expecting no content back.
+    public func post(_ path: String) async throws {
+        _ = try await send(path, method: .POST, body: nil)
+    }
+
+    public func shutdown() async {
+        try? await http.shutdown()
+    }
+
+    private func decode<R: Decodable>(_ data: Data) throws -> R {
+        do {
+            return try WireFormat.decoder().decode(R.self, from: data)
+        } catch {
+            throw KeyholdError(.internalError, "the server's answer is not a valid \(R.self)", hint: "check that client and server versions match")
+        }
+    }
+
+    private func send(_ path: String, method: HTTPMethod, body: Data?) async throws -> Data {
+        var request = HTTPClientRequest(url: base + path)
+        request.method = method
+        if let body {
+            request.headers.add(name: "content-type", value: "application/json")
+            request.body = .bytes(ByteBuffer(data: body))
+        }
+        let response: HTTPClientResponse
+        let data: Data
+        do {
+            response = try await http.execute(request, timeout: timeout)
+            data = Data(buffer: try await response.body.collect(upTo: 64 << 20))
+        } catch {
+            throw Self.unreachable(String(base.dropFirst("https://".count)), error)
+        }
+        guard (200..<300).contains(Int(response.status.code)) else {
+            if let e = try? WireFormat.decoder().decode(ErrorBody.self, from: data) {
+                throw KeyholdError(.init(rawValue: e.code), e.message, hint: e.hint)
+            }
+            throw KeyholdError(.internalError, "the server answered HTTP \(response.status.code)", hint: "see the server's log")
+        }
+        return data
+    }
+
+    static func unreachable(_ address: String, _ error: any Error) -> KeyholdError {
+        let text = "\(error)"
+        if text.contains("certificate") || text.contains("handshake") || text.contains("TLS") || text.contains("SSL") {
+            return KeyholdError(.unreachable, "the TLS handshake with \(address) failed: \(text)", hint: "check that this client's certificate was issued by that server and is not revoked")
+        }
+        return KeyholdError(.unreachable, "cannot reach the Keyhold server at \(address): \(text)", hint: "check that the server is running and the address is right")
+    }
+}

@@ -1,0 +1,159 @@
+import Crypto
+import Foundation
+import KeyholdCore
+import SwiftASN1
+import X509
+
+/// Who a certificate issued by a Keyhold CA belongs to, read from its `urn:keyhold:<role>:<id>`
+/// subject alternative name.
+struct CertificateIdentity: Equatable, Sendable {
+    var role: String
+    var id: DeviceID
+
+    var uri: String { "urn:keyhold:\(role):\(id)" }
+
+    init(role: String, id: DeviceID) {
+        self.role = role
+        self.id = id
+    }
+
+    /// Finds the identity URI in a certificate's SANs.
+    init?(certificate: Certificate) {
+        guard let sans = try? certificate.extensions.subjectAlternativeNames else { return nil }
+        for name in sans {
+            if case .uniformResourceIdentifier(let uri) = name, uri.hasPrefix("urn:keyhold:") {
+                let parts = uri.split(separator: ":")
+                if parts.count == 4, let id = DeviceID(String(parts[3])) {
+                    self.init(role: String(parts[2]), id: id)
+                    return
+                }
+            }
+        }
+        return nil
+    }
+}
+
+/// The server's certificate authority: issues its own TLS certificate, the administrator's
+/// certificate and, at enrollment, device and secondary certificates from their CSRs.
+///
+/// Keys are ECDSA P-256; certificates are ordinary X.509 that `openssl verify` accepts.
+struct CertificateAuthority: Sendable {
+    let certificate: Certificate
+    let privateKey: Certificate.PrivateKey
+
+    static let caLifetime: TimeInterval = 20 * 365 * 86_400
+    static let leafLifetime: TimeInterval = 5 * 365 * 86_400
+
+    /// A new self-signed CA for server `serverID`; returns it with its key's PEM.
+    static func create(serverID: ServerID, name: String) throws -> (CertificateAuthority, keyPEM: String) {
+        let key = P256.Signing.PrivateKey()
+        let subject = try DistinguishedName {
+            OrganizationName("Keyhold")
+            CommonName("Keyhold CA \(name) \(serverID)")
+        }
+        let now = Date()
+        let cert = try Certificate(
+            version: .v3, serialNumber: .init(), publicKey: .init(key.publicKey),
+            notValidBefore: now.addingTimeInterval(-300), notValidAfter: now.addingTimeInterval(caLifetime),
+            issuer: subject, subject: subject, signatureAlgorithm: .ecdsaWithSHA256,
+            extensions: try Certificate.Extensions {
+                Critical(BasicConstraints.isCertificateAuthority(maxPathLength: 0))
+                Critical(KeyUsage(keyCertSign: true, cRLSign: true))
+                SubjectKeyIdentifier(hash: .init(key.publicKey))
+            },
+            issuerPrivateKey: .init(key)
+        )
+        return (CertificateAuthority(certificate: cert, privateKey: .init(key)), key.pemRepresentation)
+    }
+
+    init(certificate: Certificate, privateKey: Certificate.PrivateKey) {
+        self.certificate = certificate
+        self.privateKey = privateKey
+    }
+
+    init(certificatePEM: String, keyPEM: String) throws {
+        self.certificate = try Certificate(pemEncoded: certificatePEM)
+        self.privateKey = try Certificate.PrivateKey(pemEncoded: keyPEM)
+    }
+
+    /// Lowercase hex SHA-256 of the CA certificate's DER encoding (what tokens carry).
+    var fingerprint: String { Self.fingerprint(certificate) }
+
+    static func fingerprint(_ certificate: Certificate) -> String {
+        var serializer = DER.Serializer()
+        try? serializer.serialize(certificate)
+        return SHA256.hash(data: serializer.serializedBytes).map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// The server's TLS certificate, valid for `names` (host names or IP addresses).
+    func issueServerCertificate(serverID: ServerID, names: [String]) throws -> (Certificate, keyPEM: String) {
+        let key = P256.Signing.PrivateKey()
+        var sans: [GeneralName] = [.uniformResourceIdentifier(CertificateIdentity(role: "server", id: DeviceID(high: serverID.high, low: serverID.low)).uri)]
+        for name in Set(names).sorted() {
+            if let ip = Self.ipAddressBytes(name) {
+                sans.append(.ipAddress(ASN1OctetString(contentBytes: ArraySlice(ip))))
+            } else {
+                sans.append(.dnsName(name))
+            }
+        }
+        let cert = try issue(
+            publicKey: .init(key.publicKey), commonName: "keyhold-server \(serverID)",
+            usage: [.serverAuth, .clientAuth], sans: sans
+        )
+        return (cert, key.pemRepresentation)
+    }
+
+    /// A client certificate for `identity` on the key in a verified CSR.
+    func issueClientCertificate(csr: CertificateSigningRequest, identity: CertificateIdentity, name: String) throws -> Certificate {
+        guard csr.publicKey.isValidSignature(csr.signature, for: csr) else {
+            throw KeyholdError(.invalidRequest, "the certificate request's signature does not verify", hint: "send a CSR signed by its own private key")
+        }
+        return try issue(
+            publicKey: csr.publicKey, commonName: "keyhold \(identity.role) \(name)".prefix(64).description,
+            usage: [.clientAuth], sans: [.uniformResourceIdentifier(identity.uri)]
+        )
+    }
+
+    /// A client certificate with a new key (the administrator's, made by `init`).
+    func issueClientCertificate(identity: CertificateIdentity, name: String) throws -> (Certificate, keyPEM: String) {
+        let key = P256.Signing.PrivateKey()
+        let cert = try issue(publicKey: .init(key.publicKey), commonName: "keyhold \(identity.role) \(name)", usage: [.clientAuth], sans: [.uniformResourceIdentifier(identity.uri)])
+        return (cert, key.pemRepresentation)
+    }
+
+    private func issue(publicKey: Certificate.PublicKey, commonName: String, usage: [ExtendedKeyUsage.Usage], sans: [GeneralName]) throws -> Certificate {
+        let now = Date()
+        return try Certificate(
+            version: .v3, serialNumber: .init(), publicKey: publicKey,
+            notValidBefore: now.addingTimeInterval(-300), notValidAfter: now.addingTimeInterval(Self.leafLifetime),
+            issuer: certificate.subject,
+            subject: try DistinguishedName {
+                OrganizationName("Keyhold")
+                CommonName(commonName)
+            },
+            signatureAlgorithm: .ecdsaWithSHA256,
+            extensions: try Certificate.Extensions {
+                Critical(BasicConstraints.notCertificateAuthority)
+                Critical(KeyUsage(digitalSignature: true))
+                try ExtendedKeyUsage(usage)
+                SubjectAlternativeNames(sans)
+                AuthorityKeyIdentifier(keyIdentifier: try certificate.extensions.subjectKeyIdentifier?.keyIdentifier)
+            },
+            issuerPrivateKey: privateKey
+        )
+    }
+
+    /// IPv4 or IPv6 address bytes, or nil for a host name.
+    static func ipAddressBytes(_ text: String) -> [UInt8]? {
+        var v4 = in_addr()
+        if inet_pton(AF_INET, text, &v4) == 1 { return withUnsafeBytes(of: &v4) { Array($0) } }
+        var v6 = in6_addr()
+        if inet_pton(AF_INET6, text, &v6) == 1 { return withUnsafeBytes(of: &v6) { Array($0) } }
+        return nil
+    }
+}
+
+extension Certificate {
+    /// PEM text.
+    var pem: String { (try? serializeAsPEM().pemString) ?? "" }
+}

@@ -1,0 +1,217 @@
+import Foundation
+import Hummingbird
+import HummingbirdTLS
+import KeyholdCore
+import KeyholdProtocol
+import KeyholdStore
+import Logging
+import NIOCore
+import NIOSSL
+import SwiftASN1
+import X509
+
+/// Request context that keeps the channel, so handlers can read the TLS peer certificate.
+struct ServerContext: RequestContext {
+    var coreContext: CoreRequestContextStorage
+    let channel: any Channel
+
+    init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        channel = source.channel
+    }
+
+    /// The verified client certificate of this connection, if any.
+    func peerCertificate() async -> Certificate? {
+        guard let cert = try? await channel.nioSSL_peerCertificate().get(), let der = try? cert.toDERBytes() else { return nil }
+        return try? Certificate(derEncoded: der)
+    }
+}
+
+/// HTTP status for each error code (docs/spec/protocol.md).
+enum ErrorStatus {
+    static func status(for code: KeyholdError.Code) -> HTTPResponse.Status {
+        switch code {
+        case .unauthenticated, .tokenInvalid: return .unauthorized
+        case .forbidden, .clientRevoked, .keyBlocked: return .forbidden
+        case .notFound: return .notFound
+        case .conflict: return .conflict
+        case .invalidRequest, .invalidKey, .usage: return .badRequest
+        case .auditFailed, .unreachable: return .serviceUnavailable
+        default: return .internalServerError
+        }
+    }
+}
+
+/// JSON in, JSON out, errors as `ErrorBody`.
+enum JSONRoute {
+    static func decode<T: Decodable>(_ type: T.Type, _ request: Request) async throws -> T {
+        let buffer: ByteBuffer
+        do {
+            buffer = try await request.body.collect(upTo: 1 << 20)
+        } catch {
+            throw KeyholdError(.invalidRequest, "the request body is too large", hint: "send at most 1 MiB")
+        }
+        do {
+            return try WireFormat.decoder().decode(T.self, from: Data(buffer.readableBytesView))
+        } catch {
+            throw KeyholdError(.invalidRequest, "the request body is not a valid \(T.self): \(error)", hint: "see docs/spec/protocol.md")
+        }
+    }
+
+    static func respond<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) throws -> Response {
+        let data = try WireFormat.encoder().encode(value)
+        return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    /// Wraps a handler so every thrown error becomes a JSON error response.
+    static func handle(
+        _ logger: Logger, _ body: @escaping @Sendable (Request, ServerContext) async throws -> Response
+    ) -> @Sendable (Request, ServerContext) async throws -> Response {
+        { request, context in
+            do {
+                return try await body(request, context)
+            } catch let error as KeyholdError {
+                return try respond(ErrorBody(code: error.code.rawValue, message: error.message, hint: error.hint), status: ErrorStatus.status(for: error.code))
+            } catch {
+                logger.error("request failed", metadata: ["path": "\(request.uri.path)", "error": "\(error)"])
+                return try respond(
+                    ErrorBody(code: "internal", message: "the server failed to handle the request", hint: "see the server's log"),
+                    status: .internalServerError
+                )
+            }
+        }
+    }
+
+    static func keyID(_ context: ServerContext) throws -> KeyID {
+        guard let text = context.parameters.get("id"), let id = KeyID(text) else {
+            throw KeyholdError(.invalidRequest, "the path does not name a valid key id", hint: "key ids are lowercase UUIDs")
+        }
+        return id
+    }
+}
+
+/// Builds the two listeners of a server.
+enum ServerAPI {
+    /// Enrollment listener: TLS that authenticates the server only (the caller has no certificate yet).
+    static func enrollmentRouter(_ core: ServerCore, logger: Logger) -> Router<ServerContext> {
+        let router = Router(context: ServerContext.self)
+        router.get(RouterPath(APIPath.health)) { _, _ in "ok\n" }
+        router.get(RouterPath(APIPath.ca)) { _, _ in
+            Response(status: .ok, headers: [.contentType: "application/x-pem-file"], body: .init(byteBuffer: ByteBuffer(string: core.authority.certificate.pem)))
+        }
+        router.post(RouterPath(APIPath.enroll), use: JSONRoute.handle(logger) { request, _ in
+            try JSONRoute.respond(try await core.enroll(try await JSONRoute.decode(EnrollRequest.self, request)), status: .created)
+        })
+        return router
+    }
+
+    /// Mutual-TLS listener: every caller presents a certificate this server's CA issued.
+    static func apiRouter(_ core: ServerCore, addresses: BoundAddresses, logger: Logger) -> Router<ServerContext> {
+        let router = Router(context: ServerContext.self)
+        router.get(RouterPath(APIPath.health)) { _, _ in "ok\n" }
+        @Sendable func caller(_ context: ServerContext) async throws -> Caller {
+            try await core.authenticate(await context.peerCertificate())
+        }
+        router.put(RouterPath("/v1/keys/:id"), use: JSONRoute.handle(logger) { request, context in
+            let who = try await caller(context)
+            let id = try JSONRoute.keyID(context)
+            return try JSONRoute.respond(try await core.escrow(try await JSONRoute.decode(EscrowRequest.self, request), keyID: id, caller: who))
+        })
+        router.get(RouterPath("/v1/keys/:id"), use: JSONRoute.handle(logger) { _, context in
+            let who = try await caller(context)
+            return try JSONRoute.respond(try await core.release(try JSONRoute.keyID(context), caller: who))
+        })
+        router.post(RouterPath(APIPath.heartbeat), use: JSONRoute.handle(logger) { request, context in
+            let who = try await caller(context)
+            return try JSONRoute.respond(try await core.heartbeat(try await JSONRoute.decode(HeartbeatRequest.self, request), caller: who))
+        })
+
+        // Administrators.
+        @Sendable func admin(_ context: ServerContext) async throws -> Caller {
+            let who = try await caller(context)
+            try core.require(who, .admin)
+            return who
+        }
+        router.get(RouterPath(APIPath.adminStatus), use: JSONRoute.handle(logger) { _, context in
+            _ = try await admin(context)
+            return try JSONRoute.respond(try await core.status())
+        })
+        router.get(RouterPath(APIPath.adminAudit), use: JSONRoute.handle(logger) { request, context in
+            _ = try await admin(context)
+            let after = Int64(request.uri.queryParameters.get("after") ?? "") ?? 0
+            let limit = min(10_000, Int(request.uri.queryParameters.get("limit") ?? "") ?? 1000)
+            return try JSONRoute.respond(try await core.audit(after: after, limit: limit))
+        })
+        router.get(RouterPath(APIPath.adminKeys), use: JSONRoute.handle(logger) { request, context in
+            _ = try await admin(context)
+            let after = request.uri.queryParameters.get("after").flatMap { KeyID(String($0)) }
+            let limit = min(10_000, Int(request.uri.queryParameters.get("limit") ?? "") ?? 1000)
+            return try JSONRoute.respond(try await core.keys(after: after, limit: limit))
+        })
+        for (suffix, blocked) in [("block", true), ("unblock", false)] {
+            router.post(RouterPath("/v1/admin/keys/:id/\(suffix)"), use: JSONRoute.handle(logger) { _, context in
+                let who = try await admin(context)
+                try await core.block(try JSONRoute.keyID(context), blocked: blocked, caller: who)
+                return Response(status: .noContent)
+            })
+        }
+        router.get(RouterPath(APIPath.adminClients), use: JSONRoute.handle(logger) { _, context in
+            _ = try await admin(context)
+            return try JSONRoute.respond(try await core.clients())
+        })
+        router.post(RouterPath("/v1/admin/clients/:id/revoke"), use: JSONRoute.handle(logger) { _, context in
+            let who = try await admin(context)
+            guard let text = context.parameters.get("id"), let id = DeviceID(text) else {
+                throw KeyholdError(.invalidRequest, "the path does not name a valid device id", hint: "ids are lowercase UUIDs")
+            }
+            try await core.revoke(id, caller: who)
+            return Response(status: .noContent)
+        })
+        router.post(RouterPath(APIPath.adminTokens), use: JSONRoute.handle(logger) { request, context in
+            let who = try await admin(context)
+            let body = try await JSONRoute.decode(TokenCreateRequest.self, request)
+            let (api, enroll) = await addresses.advertised()
+            return try JSONRoute.respond(try await core.createToken(body, caller: who, api: api, enroll: enroll), status: .created)
+        })
+        return router
+    }
+}
+
+/// The addresses the listeners actually bound (known once they run; port 0 picks a free port).
+actor BoundAddresses {
+    private var api: String
+    private var enroll: String
+    private let advertiseAPI: String
+    private let advertiseEnroll: String
+    private var waiters: [CheckedContinuation<Void, Never>] = []
+    private var bound = 0
+
+    init(config: ServerConfig) {
+        api = config.listen
+        enroll = config.enrollListen
+        advertiseAPI = config.advertiseAPI
+        advertiseEnroll = config.advertiseEnroll
+    }
+
+    func set(api address: String) { api = address; bound += 1; wake() }
+    func set(enroll address: String) { enroll = address; bound += 1; wake() }
+
+    private func wake() {
+        guard bound >= 2 else { return }
+        for w in waiters { w.resume() }
+        waiters = []
+    }
+
+    /// Waits until both listeners are bound.
+    func waitUntilBound() async {
+        if bound >= 2 { return }
+        await withCheckedContinuation { waiters.append($0) }
+    }
+
+    func current() -> (api: String, enroll: String) { (api, enroll) }
+
+    /// What tokens carry: the configured advertised addresses, else the bound ones.
+    func advertised() -> (String, String) {
+        (advertiseAPI.isEmpty ? api : advertiseAPI, advertiseEnroll.isEmpty ? enroll : advertiseEnroll)
+    }
+}

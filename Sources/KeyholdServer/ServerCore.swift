@@ -1,0 +1,219 @@
+import Crypto
+import Foundation
+import KeyholdCore
+import KeyholdProtocol
+import KeyholdStore
+import Logging
+import SwiftASN1
+import X509
+
+/// An authenticated caller of the mutual-TLS API.
+struct Caller: Sendable {
+    var client: EnrolledClient
+    var actor: String { "\(client.role.rawValue):\(client.id)" }
+}
+
+/// The server's behaviour, independent of HTTP: enrollment, escrow, release, heartbeats and the
+/// administrator's operations. Every key release and every refusal is audited; a key leaves only
+/// after its audit record committed.
+struct ServerCore: Sendable {
+    let serverID: ServerID
+    let repository: any Repository
+    let masterKey: MasterKey
+    let authority: CertificateAuthority
+    let databaseDescription: String
+    let started = Date()
+    let logger: Logger
+
+    // MARK: Authentication
+
+    /// Maps a verified peer certificate to an enrolled, active client.
+    func authenticate(_ certificate: Certificate?) async throws -> Caller {
+        guard let certificate, let identity = CertificateIdentity(certificate: certificate) else {
+            throw KeyholdError(.unauthenticated, "the client certificate names no Keyhold identity", hint: "use the certificate this server issued at enrollment")
+        }
+        guard let client = try await repository.client(id: identity.id), client.role.rawValue == identity.role,
+              client.certificateFingerprint == CertificateAuthority.fingerprint(certificate)
+        else {
+            throw KeyholdError(.unauthenticated, "\(identity.role) \(identity.id) is not enrolled with this server", hint: "enroll again with a new token ('keyhold enroll TOKEN')")
+        }
+        guard client.state == .active else {
+            try? await repository.appendAudit(AuditEvent(actor: "\(identity.role):\(identity.id)", action: "request", route: "api", result: "client_\(client.state.rawValue)"))
+            throw KeyholdError(
+                .clientRevoked, "\(identity.role) \(identity.id) is \(client.state.rawValue) on this server",
+                hint: client.state == .moved ? "this device moved to another server; use that one" : "ask an administrator to enroll this device again"
+            )
+        }
+        return Caller(client: client)
+    }
+
+    func require(_ caller: Caller, _ roles: ClientRole...) throws {
+        guard roles.contains(caller.client.role) else {
+            throw KeyholdError(.forbidden, "a \(caller.client.role.rawValue) certificate may not use this endpoint", hint: "use a \(roles.map(\.rawValue).joined(separator: " or ")) certificate")
+        }
+    }
+
+    // MARK: Enrollment
+
+    func enroll(_ request: EnrollRequest) async throws -> EnrollResponse {
+        guard let secret = Base64URL.decode(request.secret) else {
+            throw KeyholdError(.tokenInvalid, "the enrollment token's secret is malformed", hint: "copy the whole token")
+        }
+        let redemption = try await repository.redeemToken(id: request.tokenID, secretHash: Array(SHA256.hash(data: secret)), now: Date())
+        let token: EnrollmentTokenRecord
+        switch redemption {
+        case .redeemed(let t): token = t
+        case .unknown, .expired, .usedUp, .revoked:
+            let why: String
+            switch redemption {
+            case .expired: why = "expired"
+            case .usedUp: why = "used up"
+            case .revoked: why = "revoked"
+            default: why = "not known to this server"
+            }
+            try await repository.appendAudit(AuditEvent(actor: "anonymous", action: "enroll", route: "enroll", result: "token_invalid", detail: "token \(request.tokenID) \(why)"))
+            throw KeyholdError(.tokenInvalid, "the enrollment token is \(why)", hint: "ask the administrator for a new token ('keyhold-server token create')")
+        }
+        let csr: CertificateSigningRequest
+        do {
+            csr = try CertificateSigningRequest(pemEncoded: request.csrPEM)
+        } catch {
+            throw KeyholdError(.invalidRequest, "the certificate signing request is not valid PEM", hint: "send a PEM-encoded PKCS#10 request")
+        }
+        let id = DeviceID.random()
+        let name = String(request.name.prefix(64))
+        let certificate = try authority.issueClientCertificate(csr: csr, identity: CertificateIdentity(role: token.role.rawValue, id: id), name: name)
+        try await repository.insertClient(EnrolledClient(
+            id: id, role: token.role, name: name, certificateFingerprint: CertificateAuthority.fingerprint(certificate)
+        ))
+        try await repository.appendAudit(AuditEvent(actor: "\(token.role.rawValue):\(id)", action: "enroll", route: "enroll", result: "ok", detail: "name \(name), token \(token.id)"))
+        logger.info("enrolled", metadata: ["role": "\(token.role.rawValue)", "id": "\(id)", "name": "\(name)"])
+        return EnrollResponse(clientID: id, role: token.role.rawValue, certificatePEM: certificate.pem, caPEM: authority.certificate.pem, serverID: serverID)
+    }
+
+    // MARK: Keys
+
+    func escrow(_ request: EscrowRequest, keyID: KeyID, caller: Caller) async throws -> EscrowResponse {
+        try require(caller, .device)
+        guard request.record.id == keyID else {
+            throw KeyholdError(.invalidRequest, "the path names key \(keyID) but the record is key \(request.record.id)", hint: "PUT the record to its own key id")
+        }
+        guard var secretBytes = Data(base64Encoded: request.secret) else {
+            throw KeyholdError(.invalidRequest, "the secret is not base64", hint: "send the 32 key bytes in standard base64")
+        }
+        defer { secretBytes.withUnsafeMutableBytes { SecretKey.wipe($0) } }
+        let secret = try SecretKey(bytes: secretBytes)
+        let stored = StoredKey(
+            record: request.record, wrappedSecret: try masterKey.wrap(secret, keyID: keyID),
+            secretFingerprint: masterKey.fingerprint(secret, keyID: keyID), provenance: .escrow
+        )
+        let outcome = try await repository.insertKey(
+            stored, audit: AuditEvent(actor: caller.actor, action: "escrow", keyID: keyID, route: "agent", result: "ok", detail: "\(request.record.kind.rawValue) key")
+        )
+        if outcome == .conflict {
+            logger.warning("escrow conflict: key id exists with another secret", metadata: ["key": "\(keyID)", "caller": "\(caller.actor)"])
+            throw KeyholdError(.conflict, "key \(keyID) is already escrowed with a different secret", hint: "create a new key; an escrowed key is never replaced")
+        }
+        return EscrowResponse(keyID: keyID, outcome: outcome.rawValue)
+    }
+
+    func release(_ keyID: KeyID, caller: Caller) async throws -> KeyResponse {
+        try require(caller, .device)
+        let actor = caller.actor
+        let key: StoredKey?
+        do {
+            key = try await repository.releaseKey(id: keyID) { key in
+                AuditEvent(actor: actor, action: "release", keyID: keyID, route: "agent", result: Self.releaseResult(key))
+            }
+        } catch {
+            logger.error("audit write failed; key not released", metadata: ["key": "\(keyID)", "error": "\(error)"])
+            throw KeyholdError(.auditFailed, "the audit record could not be written, so the key was not released", hint: "the server's database needs attention; try again later")
+        }
+        guard let key else {
+            throw KeyholdError(.notFound, "key \(keyID) is not known to this server", hint: "the key was escrowed elsewhere; import it or use the hierarchy")
+        }
+        if key.blocked {
+            throw KeyholdError(.keyBlocked, "key \(keyID) is blocked and is not released", hint: "ask an administrator ('keyhold-server key unblock')")
+        }
+        if key.record.state == .revoked {
+            throw KeyholdError(.keyBlocked, "key \(keyID) is revoked and is not released", hint: "ask an administrator")
+        }
+        let secret = try masterKey.unwrap(key.wrappedSecret, keyID: keyID)
+        return KeyResponse(record: key.record, secret: secret.withUnsafeBytes { Data($0).base64EncodedString() })
+    }
+
+    static func releaseResult(_ key: StoredKey?) -> String {
+        guard let key else { return "not_found" }
+        if key.blocked || key.record.state == .revoked { return "key_blocked" }
+        return "ok"
+    }
+
+    func heartbeat(_ request: HeartbeatRequest, caller: Caller) async throws -> HeartbeatResponse {
+        try await repository.recordHeartbeat(id: caller.client.id, at: Date(), agentVersion: String(request.agentVersion.prefix(32)), keyCount: max(0, request.keyCount))
+        return HeartbeatResponse(serverID: serverID, serverTime: Date())
+    }
+
+    // MARK: Administration
+
+    func status() async throws -> StatusResponse {
+        let clients = try await repository.listClients(role: nil)
+        return StatusResponse(
+            serverID: serverID, version: KeyholdVersion.current, database: databaseDescription, keyCount: try await repository.keyCount(),
+            devices: clients.filter { $0.role == .device && $0.state == .active }.count,
+            secondaries: clients.filter { $0.role == .server && $0.state == .active }.count, started: started
+        )
+    }
+
+    func createToken(_ request: TokenCreateRequest, caller: Caller, api: String, enroll: String) async throws -> TokenCreateResponse {
+        guard let role = ClientRole(rawValue: request.role), role != .admin else {
+            throw KeyholdError(.invalidRequest, "a token's role is device or server, not '\(request.role)'", hint: "use --role device or --role server")
+        }
+        guard request.uses >= 1, request.ttlSeconds >= 1 else {
+            throw KeyholdError(.invalidRequest, "uses and ttl must be positive", hint: "for example --uses 1 --ttl 24h")
+        }
+        let secret = SecureRandom.bytes(count: 32)
+        let record = EnrollmentTokenRecord(
+            id: .random(), secretHash: Array(SHA256.hash(data: secret)), role: role, usesLeft: request.uses,
+            expires: Date().addingTimeInterval(TimeInterval(request.ttlSeconds))
+        )
+        try await repository.insertToken(record)
+        try await repository.appendAudit(AuditEvent(actor: caller.actor, action: "token_create", route: "admin-api", result: "ok", detail: "token \(record.id) role \(role.rawValue) uses \(request.uses)"))
+        let token = EnrollmentToken(apiAddress: api, enrollAddress: enroll, caFingerprint: authority.fingerprint, id: record.id, secret: Base64URL.encode(secret))
+        return TokenCreateResponse(token: token.text, id: record.id, expires: record.expires)
+    }
+
+    func block(_ keyID: KeyID, blocked: Bool, caller: Caller) async throws {
+        let found = try await repository.setBlocked(
+            id: keyID, blocked: blocked,
+            audit: AuditEvent(actor: caller.actor, action: blocked ? "block" : "unblock", keyID: keyID, route: "admin-api", result: "ok")
+        )
+        guard found else { throw KeyholdError(.notFound, "key \(keyID) is not known to this server", hint: "list keys with 'keyhold-server key list'") }
+    }
+
+    func revoke(_ id: DeviceID, caller: Caller) async throws {
+        guard try await repository.setClientState(id: id, state: .revoked) else {
+            throw KeyholdError(.notFound, "no device or secondary \(id) is enrolled here", hint: "list them with 'keyhold-server device list'")
+        }
+        try await repository.appendAudit(AuditEvent(actor: caller.actor, action: "revoke", route: "admin-api", result: "ok", detail: "client \(id)"))
+    }
+
+    func clients() async throws -> [ClientInfo] {
+        try await repository.listClients(role: nil).filter { $0.role != .admin }.map {
+            ClientInfo(id: $0.id, role: $0.role.rawValue, name: $0.name, state: $0.state.rawValue, enrolled: $0.enrolled, lastSeen: $0.lastSeen, agentVersion: $0.agentVersion, keyCount: $0.reportedKeyCount)
+        }
+    }
+
+    func keys(after: KeyID?, limit: Int) async throws -> KeyListResponse {
+        let page = try await repository.listKeys(after: after, limit: limit)
+        return KeyListResponse(
+            keys: page.map { KeyInfo(record: $0.record, provenance: $0.provenance.rawValue, stored: $0.stored, blocked: $0.blocked) },
+            next: page.count == limit ? page.last?.record.id : nil
+        )
+    }
+
+    func audit(after: Int64, limit: Int) async throws -> [AuditEntry] {
+        try await repository.audit(after: after, limit: limit).map {
+            AuditEntry(sequence: $0.sequence ?? 0, time: $0.time, actor: $0.actor, action: $0.action, keyID: $0.keyID, route: $0.route, result: $0.result, detail: $0.detail)
+        }
+    }
+}
