@@ -22,8 +22,8 @@ fi
 apt_packages=(libsqlite3-dev)
 case "$LEVEL" in
   build) ;;
-  test) apt_packages+=(python3-venv postgresql) ;;
-  bench) apt_packages+=(python3-venv postgresql openssl age gnupg time) ;;
+  test) apt_packages+=(python3-venv postgresql systemd) ;;
+  bench) apt_packages+=(python3-venv postgresql systemd openssl age gnupg time) ;;
   *) echo "usage: $0 [build|test|bench]" >&2; exit 2 ;;
 esac
 missing=()

@@ -24,7 +24,7 @@ public struct KeyRecord: Hashable, Sendable, Codable {
     public var originServerID: ServerID
     /// The device that created the key.
     public var originDeviceID: DeviceID
-    /// When the key was created (whole seconds are kept in the JSON form).
+    /// When the key was created, in whole seconds (the precision every form of the record keeps).
     public var created: Date
     /// A human hint: the drive's model and serial, or a file key's purpose.
     public var label: String
@@ -43,7 +43,7 @@ public struct KeyRecord: Hashable, Sendable, Codable {
         self.kind = kind
         self.originServerID = originServerID
         self.originDeviceID = originDeviceID
-        self.created = created
+        self.created = Date(timeIntervalSince1970: created.timeIntervalSince1970.rounded(.down))
         self.label = label
         self.state = state
     }

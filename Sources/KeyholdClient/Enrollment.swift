@@ -1,0 +1,80 @@
+import Crypto
+public import Foundation
+public import KeyholdCore
+public import KeyholdProtocol
+import SwiftASN1
+import X509
+
+/// What a client keeps after enrolling: its certificate and private key, the server's CA, and
+/// where to reach the server. Written to a root-only state directory by the agent.
+public struct EnrolledIdentity: Codable, Sendable {
+    public var clientID: DeviceID
+    public var role: String
+    public var serverID: ServerID
+    public var apiAddress: String
+    public var caPEM: String
+    public var certificatePEM: String
+    public var keyPEM: String
+
+    enum CodingKeys: String, CodingKey {
+        case clientID = "client_id", role, serverID = "server_id", apiAddress = "api_address"
+        case caPEM = "ca_pem", certificatePEM = "certificate_pem", keyPEM = "key_pem"
+    }
+
+    /// A mutual-TLS client for the enrolled server.
+    public func client(timeout: Duration = .seconds(15)) throws -> APIClient {
+        try APIClient(address: apiAddress, caPEM: caPEM, certificatePEM: certificatePEM, keyPEM: keyPEM, timeout: timeout)
+    }
+}
+
+/// Enrolling with a server from a token: the private key is made here and never leaves.
+public enum Enrollment {
+    /// 1. fetch the CA from the enrollment listener and compare its SHA-256 with the token's;
+    /// 2. make a P-256 key and a CSR; 3. send token and CSR over TLS pinned to that CA;
+    /// 4. check the returned certificate chains to the CA and carries our public key.
+    public static func enroll(token: EnrollmentToken, name: String) async throws -> EnrolledIdentity {
+        let caPEM = try await APIClient.fetchCA(address: token.enrollAddress)
+        let ca: Certificate
+        do {
+            ca = try Certificate(pemEncoded: caPEM)
+        } catch {
+            throw KeyholdError(.tokenInvalid, "the server at \(token.enrollAddress) sent no valid CA certificate", hint: "check the address in the token")
+        }
+        var der = DER.Serializer()
+        try der.serialize(ca)
+        let fingerprint = SHA256.hash(data: der.serializedBytes).map { String(format: "%02x", $0) }.joined()
+        guard fingerprint == token.caFingerprint.lowercased() else {
+            throw KeyholdError(
+                .tokenInvalid, "the server at \(token.enrollAddress) is not the one the token names (CA fingerprint \(fingerprint.prefix(16))… ≠ \(token.caFingerprint.prefix(16))…)",
+                hint: "do not enroll: the address may be wrong or intercepted; ask the administrator for a fresh token"
+            )
+        }
+        let key = P256.Signing.PrivateKey()
+        let csr = try CertificateSigningRequest(
+            version: .v1, subject: try DistinguishedName { CommonName(String(name.prefix(64))) },
+            privateKey: .init(key), attributes: .init(), signatureAlgorithm: .ecdsaWithSHA256
+        )
+        let enrollClient = try APIClient(address: token.enrollAddress, caPEM: caPEM, verifyHostname: false)
+        let response: EnrollResponse
+        do {
+            response = try await enrollClient.post(
+                APIPath.enroll, EnrollRequest(tokenID: token.id, secret: token.secret, csrPEM: try csr.serializeAsPEM().pemString, name: name),
+                as: EnrollResponse.self
+            )
+            await enrollClient.shutdown()
+        } catch {
+            await enrollClient.shutdown()
+            throw error
+        }
+        let issued = try Certificate(pemEncoded: response.certificatePEM)
+        guard issued.publicKey == Certificate.PublicKey(key.publicKey), issued.issuer == ca.subject,
+              ca.publicKey.isValidSignature(issued.signature, for: issued)
+        else {
+            throw KeyholdError(.internalError, "the server returned a certificate that is not ours or not from its CA", hint: "report this; do not use this server")
+        }
+        return EnrolledIdentity(
+            clientID: response.clientID, role: response.role, serverID: response.serverID, apiAddress: token.apiAddress,
+            caPEM: caPEM, certificatePEM: response.certificatePEM, keyPEM: key.pemRepresentation
+        )
+    }
+}
