@@ -16,7 +16,7 @@ PYTEST := .venv/bin/python -m pytest
 help:
 	@echo "make run     build and run the narrated demo (keyhold demo)"
 	@echo "make test    build once and run every test (Swift, Python/Tink interop, fuzz smoke)"
-	@echo "make bench   release build; file encryption vs openssl, age and gpg on 1 GiB"
+	@echo "make bench   release build; file encryption vs openssl, age and gpg on 1 GiB; key release load"
 	@echo "make fuzz    run the header fuzzer for 5 minutes (FUZZ_LONG=300)"
 	@echo "make vectors regenerate Tests/Vectors from scripts/"
 
@@ -50,7 +50,10 @@ fuzz:
 bench:
 	@scripts/install-deps.sh bench
 	swift build -c release --product keyhold
+	swift build -c release --product keyhold-server
+	swift build -c release --product keyhold-release-bench
 	Benchmarks/file-bench.sh $(RELEASE_DIR)/keyhold
+	scripts/test-postgres.sh Benchmarks/release-bench.sh $(RELEASE_DIR)
 
 vectors: deps
 	.venv/bin/python scripts/gen-file-vectors.py

@@ -126,6 +126,16 @@ let package = Package(
         ),
         // Helpers shared by the test suites: vector files, repository paths, running the real executables.
         .target(name: "KeyholdTestSupport", path: "Tests/KeyholdTestSupport", swiftSettings: swiftSettings),
+        // Load generator for `make bench` (key release over mutual TLS; storage limit on SQLite).
+        .executableTarget(
+            name: "keyhold-release-bench",
+            dependencies: [
+                "KeyholdCore", "KeyholdProtocol", "KeyholdClient", "KeyholdStore", "KeyholdStoreSQLite",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Benchmarks/ReleaseBench",
+            swiftSettings: swiftSettings
+        ),
         .testTarget(name: "KeyholdCoreTests", dependencies: ["KeyholdCore"], swiftSettings: swiftSettings),
         .testTarget(
             name: "KeyholdFormatTests",

@@ -24,7 +24,7 @@ public final class APIClient: Sendable {
     ///   - verifyHostname: check the server certificate's names (on for the API; the enrollment
     ///     listener is reached before names are known to match, and is pinned by the CA alone).
     public init(address: String, caPEM: String, certificatePEM: String? = nil, keyPEM: String? = nil,
-                verifyHostname: Bool = true, timeout: Duration = .seconds(15)) throws {
+                verifyHostname: Bool = true, timeout: Duration = .seconds(15), maximumConnections: Int = 8) throws {
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(Array(caPEM.utf8)))
         tls.certificateVerification = verifyHostname ? .fullVerification : .noHostnameVerification
@@ -35,6 +35,7 @@ public final class APIClient: Sendable {
         let seconds = Int64(timeout.components.seconds)
         var config = HTTPClient.Configuration(tlsConfiguration: tls)
         config.timeout = .init(connect: .seconds(min(seconds, 10)), read: .seconds(seconds))
+        config.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = maximumConnections
         self.http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
         self.base = "https://\(address)"
         self.timeout = .seconds(seconds)

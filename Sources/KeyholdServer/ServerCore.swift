@@ -122,9 +122,7 @@ struct ServerCore: Sendable {
         let actor = caller.actor
         let key: StoredKey?
         do {
-            key = try await repository.releaseKey(id: keyID) { key in
-                AuditEvent(actor: actor, action: "release", keyID: keyID, route: "agent", result: Self.releaseResult(key))
-            }
+            key = try await repository.releaseKey(ReleaseRequest(keyID: keyID, actor: actor, route: "agent"))
         } catch {
             logger.error("audit write failed; key not released", metadata: ["key": "\(keyID)", "error": "\(error)"])
             throw KeyholdError(.auditFailed, "the audit record could not be written, so the key was not released", hint: "the server's database needs attention; try again later")
@@ -140,12 +138,6 @@ struct ServerCore: Sendable {
         }
         let secret = try masterKey.unwrap(key.wrappedSecret, keyID: keyID)
         return KeyResponse(record: key.record, secret: secret.withUnsafeBytes { Data($0).base64EncodedString() })
-    }
-
-    static func releaseResult(_ key: StoredKey?) -> String {
-        guard let key else { return "not_found" }
-        if key.blocked || key.record.state == .revoked { return "key_blocked" }
-        return "ok"
     }
 
     func heartbeat(_ request: HeartbeatRequest, caller: Caller) async throws -> HeartbeatResponse {

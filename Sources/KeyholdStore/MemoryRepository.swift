@@ -39,9 +39,9 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
 
     public func key(id: KeyID) async throws -> StoredKey? { keys[id] }
 
-    public func releaseKey(id: KeyID, audit: @Sendable (StoredKey?) -> AuditEvent) async throws -> StoredKey? {
-        let key = keys[id]
-        try append(audit(key))
+    public func releaseKey(_ request: ReleaseRequest) async throws -> StoredKey? {
+        let key = keys[request.keyID]
+        try append(request.auditEvent(for: key))
         return key
     }
 

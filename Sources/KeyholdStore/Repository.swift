@@ -17,10 +17,11 @@ public protocol Repository: Sendable {
     func insertKey(_ key: StoredKey, audit: AuditEvent?) async throws -> KeyInsertOutcome
     /// The key with `id`, if stored.
     func key(id: KeyID) async throws -> StoredKey?
-    /// Reads the key and appends `audit` in one transaction, committed before returning: a key is
-    /// never returned unless its audit record is durable. `audit.result` is set by the caller for the
-    /// outcome it expects (`ok` when the key is returned).
-    func releaseKey(id: KeyID, audit: @Sendable (StoredKey?) -> AuditEvent) async throws -> StoredKey?
+    /// Reads the key and appends its `release` audit record atomically, committed before returning:
+    /// a key is never returned unless its audit record is durable. The record's result follows
+    /// ``ReleaseRequest/result(for:)``. Returns the key whatever its state; the caller refuses
+    /// blocked or revoked keys (whose audit record already says `key_blocked`).
+    func releaseKey(_ request: ReleaseRequest) async throws -> StoredKey?
     /// Sets or clears the block on a key; `false` if there is no such key.
     func setBlocked(id: KeyID, blocked: Bool, audit: AuditEvent) async throws -> Bool
     /// Key records in id order after `after`, at most `limit`.
@@ -69,4 +70,33 @@ public struct RepositoryError: Error, CustomStringConvertible {
 /// or broken database would, so tests can show that no key leaves without its audit record.
 public protocol RepositoryFaultInjection: Repository {
     func breakAuditWrites() async throws
+}
+
+/// Who asks for a key and how, for its `release` audit record.
+public struct ReleaseRequest: Sendable {
+    public var keyID: KeyID
+    public var actor: String
+    public var route: String
+    public var detail: String
+    public var time: Date
+
+    public init(keyID: KeyID, actor: String, route: String, detail: String = "", time: Date = Date()) {
+        self.keyID = keyID
+        self.actor = actor
+        self.route = route
+        self.detail = detail
+        self.time = time
+    }
+
+    /// The audit result of a release, the same in every driver: `not_found` without a key,
+    /// `key_blocked` for a blocked or revoked key, else `ok`.
+    public static func result(for key: StoredKey?) -> String {
+        guard let key else { return "not_found" }
+        return key.blocked || key.record.state == .revoked ? "key_blocked" : "ok"
+    }
+
+    /// The audit record for `key`.
+    public func auditEvent(for key: StoredKey?) -> AuditEvent {
+        AuditEvent(time: time, actor: actor, action: "release", keyID: keyID, route: route, result: Self.result(for: key), detail: detail)
+    }
 }

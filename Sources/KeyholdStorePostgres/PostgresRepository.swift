@@ -139,15 +139,28 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         return nil
     }
 
-    public func releaseKey(id: KeyID, audit: @Sendable (StoredKey?) -> AuditEvent) async throws -> StoredKey? {
-        try await client.withTransaction(logger: logger) { conn in
-            var key: StoredKey?
-            for try await row in try await conn.query("SELECT \(unescaped: Self.keyColumns) FROM keys WHERE id = \(id.description)", logger: logger) {
-                key = try Self.decodeKey(row)
-            }
-            try await Self.insertAudit(conn, audit(key), logger)
-            return key
+    public func releaseKey(_ request: ReleaseRequest) async throws -> StoredKey? {
+        // One statement, so one round trip and one atomic, durable commit: the key is read and its
+        // audit record inserted together, or neither (a failing insert fails the whole statement).
+        // The CASE is ReleaseRequest.result(for:) in SQL; the conformance suite checks they agree.
+        let id = request.keyID.description
+        let rows = try await client.query(
+            """
+            WITH k AS (SELECT \(unescaped: Self.keyColumns) FROM keys WHERE id = \(id)),
+                 a AS (INSERT INTO audit (time, actor, action, key_id, route, result, detail)
+                       VALUES (\(request.time), \(request.actor), 'release', \(id), \(request.route),
+                               COALESCE((SELECT CASE WHEN blocked OR state = 'revoked' THEN 'key_blocked' ELSE 'ok' END FROM k), 'not_found'),
+                               \(request.detail))
+                       RETURNING seq)
+            SELECT k.* FROM a LEFT JOIN k ON TRUE
+            """, logger: logger
+        )
+        for try await row in rows {
+            // LEFT JOIN: the key's columns are NULL when there is no such key.
+            guard try row.makeRandomAccess()[0].decode(String?.self, context: .default) != nil else { return nil }
+            return try Self.decodeKey(row)
         }
+        throw RepositoryError("the release statement returned no row")
     }
 
     public func setBlocked(id: KeyID, blocked: Bool, audit: AuditEvent) async throws -> Bool {

@@ -75,10 +75,10 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         try await pool.read { db in try Self.fetchKey(db, id) }
     }
 
-    public func releaseKey(id: KeyID, audit: @Sendable (StoredKey?) -> AuditEvent) async throws -> StoredKey? {
+    public func releaseKey(_ request: ReleaseRequest) async throws -> StoredKey? {
         try await pool.write { db in
-            let key = try Self.fetchKey(db, id)
-            try Self.insertAudit(db, audit(key))
+            let key = try Self.fetchKey(db, request.keyID)
+            try Self.insertAudit(db, request.auditEvent(for: key))
             return key
         }
     }

@@ -119,21 +119,27 @@ func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> Audi
         let repo = f.repository
         let key = sampleKey()
         _ = try await repo.insertKey(key, audit: nil)
-        let released = try await repo.releaseKey(id: key.record.id) { k in audit("release", key.record.id, result: k == nil ? "not_found" : "ok") }
+        let released = try await repo.releaseKey(ReleaseRequest(keyID: key.record.id, actor: "device:test", route: "agent"))
         #expect(released?.record.id == key.record.id)
+        #expect(released?.wrappedSecret == key.wrappedSecret)
         let missing = KeyID.random()
-        #expect(try await repo.releaseKey(id: missing) { k in audit("release", missing, result: k == nil ? "not_found" : "ok") } == nil)
-        let events = try await repo.audit(after: 0, limit: 10)
-        #expect(events.map(\.result) == ["ok", "not_found"])
-        #expect(events.map(\.keyID) == [key.record.id, missing])
+        #expect(try await repo.releaseKey(ReleaseRequest(keyID: missing, actor: "device:test", route: "agent")) == nil)
+        _ = try await repo.setBlocked(id: key.record.id, blocked: true, audit: audit("block", key.record.id))
+        let blocked = try await repo.releaseKey(ReleaseRequest(keyID: key.record.id, actor: "device:test", route: "agent", detail: "third"))
+        #expect(blocked?.blocked == true)
+        let events = try await repo.audit(after: 0, limit: 10).filter { $0.action == "release" }
+        #expect(events.map(\.result) == ["ok", "not_found", "key_blocked"])
+        #expect(events.map(\.keyID) == [key.record.id, missing, key.record.id])
+        #expect(events.map(\.actor) == ["device:test", "device:test", "device:test"])
+        #expect(events[2].detail == "third")
         #expect(events[0].sequence! < events[1].sequence!)
 
         // A broken audit trail stops the release: the call throws and returns no key.
         try await (repo as! any RepositoryFaultInjection).breakAuditWrites()
         await #expect(throws: (any Error).self) {
-            _ = try await repo.releaseKey(id: key.record.id) { _ in audit("release", key.record.id) }
+            _ = try await repo.releaseKey(ReleaseRequest(keyID: key.record.id, actor: "device:test", route: "agent"))
         }
-        #expect(try await repo.audit(after: 0, limit: 10).count == 2)
+        #expect(try await repo.audit(after: 0, limit: 10).count == 4)
     }
 
     @Test(arguments: Backend.allCases)

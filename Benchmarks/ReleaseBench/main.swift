@@ -1,0 +1,151 @@
+// keyhold-release-bench: measures key release from a running keyhold-server.
+//
+//   keyhold-release-bench load --data-dir DIR --keys 100000 --clients 32 --seconds 10
+//       enrolls a device, escrows KEYS keys (skipped when enough are there), then CLIENTS concurrent
+//       keep-alive mutual-TLS clients fetch random keys for SECONDS; prints keys/s, p50, p99 (JSON).
+//   keyhold-release-bench sqlite-limit --database FILE --seconds 10
+//       the storage limit on SQLite: the server's release transaction (point read + durable audit
+//       insert) through the same driver, without HTTP.
+import ArgumentParser
+import Foundation
+import KeyholdClient
+import KeyholdCore
+import KeyholdProtocol
+import KeyholdStore
+import KeyholdStoreSQLite
+
+@main
+struct ReleaseBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "keyhold-release-bench", subcommands: [Load.self, SQLiteLimit.self])
+}
+
+struct Result: Codable {
+    var mode: String
+    var operations: Int
+    var seconds: Double
+    var perSecond: Double
+    var p50ms: Double
+    var p99ms: Double
+    var errors: Int
+}
+
+func percentile(_ sorted: [Double], _ p: Double) -> Double {
+    sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]
+}
+
+func emit(_ r: Result) throws {
+    let e = JSONEncoder()
+    e.outputFormatting = [.sortedKeys]
+    print(String(decoding: try e.encode(r), as: UTF8.self))
+}
+
+/// Runs `work` from `concurrency` tasks until `seconds` pass; returns latencies (ms) and errors.
+func drive(concurrency: Int, seconds: Double, _ work: @escaping @Sendable (Int) async throws -> Void) async -> ([Double], Int, Double) {
+    let start = ContinuousClock.now
+    let end = start + .milliseconds(Int(seconds * 1000))
+    let results = await withTaskGroup(of: ([Double], Int).self) { group in
+        for worker in 0..<concurrency {
+            group.addTask {
+                var lat: [Double] = []
+                var errors = 0
+                var i = worker
+                while ContinuousClock.now < end {
+                    let t0 = ContinuousClock.now
+                    do { try await work(i) } catch { errors += 1 }
+                    let d = ContinuousClock.now - t0
+                    lat.append(Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15)
+                    i += concurrency
+                }
+                return (lat, errors)
+            }
+        }
+        var all: [Double] = []
+        var errors = 0
+        for await (l, e) in group {
+            all += l
+            errors += e
+        }
+        return (all, errors)
+    }
+    let elapsed = ContinuousClock.now - start
+    return (results.0.sorted(), results.1, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+}
+
+struct Load: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "load")
+    @Option var dataDir: String
+    @Option var keys = 100_000
+    @Option var clients = 32
+    @Option var seconds = 10.0
+
+    func run() async throws {
+        let dir = URL(fileURLWithPath: dataDir)
+        func read(_ name: String) throws -> String { try String(contentsOf: dir.appendingPathComponent(name), encoding: .utf8) }
+        let runtime = try JSONSerialization.jsonObject(with: Data(contentsOf: dir.appendingPathComponent("runtime.json"))) as! [String: Any]
+        let api = runtime["api"] as! String
+        let admin = try APIClient(address: api, caPEM: try read("ca.pem"), certificatePEM: try read("admin.pem"), keyPEM: try read("admin.key"))
+        let token = try await admin.post(APIPath.adminTokens, TokenCreateRequest(role: "device", uses: 1, ttlSeconds: 600), as: TokenCreateResponse.self)
+        let device = try await Enrollment.enroll(token: try EnrollmentToken(text: token.token), name: "bench")
+        let client = try APIClient(address: api, caPEM: device.caPEM, certificatePEM: device.certificatePEM, keyPEM: device.keyPEM,
+                                   maximumConnections: clients)
+
+        // Populate: escrow `keys` keys, 64 at a time.
+        FileHandle.standardError.write(Data("escrowing \(keys) keys…\n".utf8))
+        let ids = (0..<keys).map { _ in KeyID.random() }
+        let serverID = device.serverID
+        let deviceID = device.clientID
+        let t0 = Date()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for worker in 0..<64 {
+                group.addTask {
+                    for i in stride(from: worker, to: ids.count, by: 64) {
+                        let record = KeyRecord(id: ids[i], kind: .file, originServerID: serverID, originDeviceID: deviceID, label: "bench")
+                        let secret = SecretKey.generate().withUnsafeBytes { Data($0).base64EncodedString() }
+                        _ = try await client.put(APIPath.key(ids[i].description), EscrowRequest(record: record, secret: secret), as: EscrowResponse.self)
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let escrowSeconds = Date().timeIntervalSince(t0)
+        FileHandle.standardError.write(Data("escrowed in \(String(format: "%.1f", escrowSeconds)) s (\(Int(Double(keys) / escrowSeconds))/s)\n".utf8))
+
+        // Warm up the connections, then measure.
+        _ = await drive(concurrency: clients, seconds: 1) { i in _ = try await client.get(APIPath.key(ids[i % ids.count].description), as: KeyResponse.self) }
+        let (lat, errors, elapsed) = await drive(concurrency: clients, seconds: seconds) { _ in
+            let id = ids[Int.random(in: 0..<ids.count)]
+            _ = try await client.get(APIPath.key(id.description), as: KeyResponse.self)
+        }
+        try emit(Result(mode: "http-release", operations: lat.count, seconds: elapsed, perSecond: Double(lat.count) / elapsed,
+                        p50ms: percentile(lat, 0.5), p99ms: percentile(lat, 0.99), errors: errors))
+        await client.shutdown()
+        await admin.shutdown()
+    }
+}
+
+struct SQLiteLimit: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "sqlite-limit")
+    @Option var database: String
+    @Option var seconds = 10.0
+    @Option var clients = 16
+
+    func run() async throws {
+        let repo = try SQLiteRepository(path: database)
+        var ids: [KeyID] = []
+        var after: KeyID? = nil
+        while true {
+            let page = try await repo.listKeys(after: after, limit: 10_000)
+            if page.isEmpty { break }
+            ids += page.map(\.record.id)
+            after = page.last?.record.id
+        }
+        let all = ids
+        let (lat, errors, elapsed) = await drive(concurrency: clients, seconds: seconds) { _ in
+            let id = all[Int.random(in: 0..<all.count)]
+            _ = try await repo.releaseKey(ReleaseRequest(keyID: id, actor: "bench", route: "bench"))
+        }
+        try emit(Result(mode: "sqlite-limit", operations: lat.count, seconds: elapsed, perSecond: Double(lat.count) / elapsed,
+                        p50ms: percentile(lat, 0.5), p99ms: percentile(lat, 0.99), errors: errors))
+        try await repo.close()
+    }
+}

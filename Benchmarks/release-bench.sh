@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Key-release benchmark: keyhold-server over mutual TLS vs. the storage limit, SQLite and PostgreSQL.
+#   Benchmarks/release-bench.sh BIN_DIR      (run inside scripts/test-postgres.sh; make bench does)
+# Knobs: KEYS (100000), CLIENTS (32 concurrent keep-alive clients), SECONDS (10).
+# The storage limit is the same work done directly on the database, without HTTP: a point read of
+# the key plus a durable audit insert, in one transaction — pgbench -M prepared with 16 clients on
+# PostgreSQL, and the server's own release transaction through the driver on SQLite.
+set -euo pipefail
+BIN=$(readlink -f "${1:?usage: $0 BIN_DIR}")
+KEYS=${KEYS:-100000}; CLIENTS=${CLIENTS:-32}; SECONDS_RUN=${SECONDS:-10}
+: "${KEYHOLD_TEST_POSTGRES_URL:?run this through scripts/test-postgres.sh}"
+PGHOST=$(python3 -c 'import sys,urllib.parse as u; q=u.parse_qs(u.urlparse(sys.argv[1]).query); print(q["host"][0])' "$KEYHOLD_TEST_POSTGRES_URL")
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+W=$(mktemp -d /tmp/keyhold-release-bench-XXXXXX)
+SERVER_PID=""
+cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; rm -rf "$W"; }
+trap cleanup EXIT
+
+start_server() { # DIR
+  rm -f "$1/runtime.json"
+  "$BIN/keyhold-server" run --data-dir "$1" --log-level error > "$W/server.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 300); do [ -s "$1/runtime.json" ] && return 0; sleep 0.1; done
+  echo "server did not start:"; cat "$W/server.log"; exit 1
+}
+stop_server() { kill -TERM "$SERVER_PID"; wait "$SERVER_PID" || true; SERVER_PID=""; }
+field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+
+declare -A HTTP LIMIT P50 P99
+for backend in sqlite postgres; do
+  dir="$W/$backend"
+  db=sqlite
+  if [ $backend = postgres ]; then
+    "$PGBIN/createdb" -h "$PGHOST" -U keyhold keyhold_bench
+    db="postgres:///keyhold_bench?host=$PGHOST&user=keyhold"
+  fi
+  "$BIN/keyhold-server" init --data-dir "$dir" --listen 127.0.0.1:0 --enroll-listen 127.0.0.1:0 --db "$db" > /dev/null
+  start_server "$dir"
+  echo "== $backend: $KEYS keys, $CLIENTS concurrent mutual-TLS keep-alive clients, ${SECONDS_RUN}s"
+  out=$("$BIN/keyhold-release-bench" load --data-dir "$dir" --keys "$KEYS" --clients "$CLIENTS" --seconds "$SECONDS_RUN")
+  HTTP[$backend]=$(field "$out" perSecond); P50[$backend]=$(field "$out" p50ms); P99[$backend]=$(field "$out" p99ms)
+  echo "   http: $out"
+  stop_server
+  if [ $backend = sqlite ]; then
+    lim=$("$BIN/keyhold-release-bench" sqlite-limit --database "$dir/keyhold.sqlite" --seconds "$SECONDS_RUN")
+    LIMIT[$backend]=$(field "$lim" perSecond)
+    echo "   storage limit (driver, read + durable audit insert): $lim"
+  else
+    psql -q -h "$PGHOST" -U keyhold keyhold_bench -c \
+      "CREATE TABLE bench_ids AS SELECT row_number() OVER () AS n, id FROM keys; CREATE UNIQUE INDEX ON bench_ids (n); ANALYZE;"
+    n=$(psql -At -h "$PGHOST" -U keyhold keyhold_bench -c "SELECT count(*) FROM bench_ids")
+    cat > "$W/release.sql" <<SQL
+\set n random(1, $n)
+BEGIN;
+SELECT k.wrapped_secret FROM keys k JOIN bench_ids b ON b.id = k.id WHERE b.n = :n;
+INSERT INTO audit (time, actor, action, key_id, route, result, detail) VALUES (now(), 'bench', 'release', (SELECT id FROM bench_ids WHERE n = :n), 'bench', 'ok', '');
+END;
+SQL
+    tps=$("$PGBIN/pgbench" -n -M prepared -c 16 -j 2 -T "$SECONDS_RUN" -f "$W/release.sql" -h "$PGHOST" -U keyhold keyhold_bench 2>&1 \
+          | awk '/^tps/ {print $3; exit}')
+    LIMIT[$backend]=$tps
+    echo "   storage limit (pgbench -M prepared, 16 clients, read + durable audit insert): $tps tps"
+  fi
+done
+
+python3 - "${HTTP[sqlite]}" "${LIMIT[sqlite]}" "${P50[sqlite]}" "${P99[sqlite]}" "${HTTP[postgres]}" "${LIMIT[postgres]}" "${P50[postgres]}" "${P99[postgres]}" <<'PY'
+import sys
+v = list(map(float, sys.argv[1:]))
+print(f"\n{'backend':<10}{'keys/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'storage limit/s':>17}{'ratio':>8}")
+for name, (h, l, p50, p99) in (("sqlite", v[0:4]), ("postgres", v[4:8])):
+    print(f"{name:<10}{h:>10.0f}{p50:>9.2f}{p99:>9.2f}{l:>17.0f}{h / l:>7.2f}x")
+h, l = v[4], v[5]
+print(f"\ntargets (PostgreSQL): >= 10000 keys/s: {'met' if h >= 10000 else 'MISSED'} ({h:.0f}); "
+      f">= 0.8x the storage limit: {'met' if h >= 0.8 * l else 'MISSED'} ({h / l:.2f}x)")
+PY
