@@ -100,6 +100,21 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // SO_PEERCRED and group membership for the agent's local socket.
+        .target(name: "CKeyholdPeer"),
+        // The device agent: state directory, sealed key cache, escrow-first keys, heartbeat, local socket.
+        .target(
+            name: "KeyholdAgent",
+            dependencies: [
+                "KeyholdCore", "KeyholdProtocol", "KeyholdClient", "CKeyholdPeer",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // One glibc allocator setting for the streaming commands (see KeyholdCLI/Keyhold.swift).
         .target(name: "CKeyholdAllocator"),
         // The `keyhold` command tree.
@@ -108,6 +123,7 @@ let package = Package(
             dependencies: [
                 "KeyholdCore",
                 "KeyholdFormat",
+                "KeyholdProtocol",
                 "CKeyholdAllocator",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
@@ -121,7 +137,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "keyhold-agent",
-            dependencies: ["KeyholdCore", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["KeyholdAgent"],
             swiftSettings: swiftSettings
         ),
         // Helpers shared by the test suites: vector files, repository paths, running the real executables.
@@ -160,6 +176,11 @@ let package = Package(
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "KeyholdAgentTests",
+            dependencies: ["KeyholdCore", "KeyholdProtocol", "KeyholdClient", "KeyholdFormat", "KeyholdTestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

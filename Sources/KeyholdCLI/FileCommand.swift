@@ -7,6 +7,7 @@ import ArgumentParser
 import Foundation
 import KeyholdCore
 import KeyholdFormat
+import KeyholdProtocol
 
 /// `keyhold file …`: encrypt, decrypt and inspect files in the Keyhold file format.
 struct FileCommand: ParsableCommand {
@@ -116,8 +117,10 @@ extension FileCommand {
 
         @OptionGroup var destination: DestinationOptions
 
-        @Option(help: ArgumentHelp("A key file: 32 raw bytes, or a JSON key record from 'keyhold key new'.", valueName: "file"))
-        var keyFile: String
+        @Option(help: ArgumentHelp("Use this key file (32 raw bytes, or a JSON key record from 'keyhold key new') instead of the agent's escrowed file key.", valueName: "file"))
+        var keyFile: String?
+
+        @OptionGroup var agent: AgentOptions
 
         @Option(help: ArgumentHelp("With a raw key: the key id to record in the header.", valueName: "uuid"))
         var keyID: String?
@@ -129,9 +132,10 @@ extension FileCommand {
         var segmentSize: Int = FileHeader.defaultSegmentSize
 
         func run() throws {
-            let key = try KeyFile.load(path: keyFile)
-            let header = try makeHeader(key)
             let inputFile = try InputFile(path: input)
+            // The agent escrows a new key before handing it out; asked only once the input opened.
+            let key = try keyFile.map(KeyFile.load) ?? agent.connection().key(AgentRequest(op: "file-key"))
+            let header = try makeHeader(key)
             let target = try destination.destination(for: input, inputFile: inputFile)
             if target == "-", isatty(STDOUT_FILENO) == 1 {
                 throw KeyholdError(.usage, "refusing to write encrypted bytes to a terminal", hint: "redirect standard output to a file, or use -o FILE")
@@ -156,7 +160,7 @@ extension FileCommand {
             if let record = key.record {
                 guard keyID == nil, originServer == nil else {
                     throw KeyholdError(
-                        .usage, "--key-id and --origin-server apply only to raw keys; \(keyFile) is a key record",
+                        .usage, "--key-id and --origin-server apply only to raw keys; \(keyFile ?? "the agent's key") is a key record",
                         hint: "drop those options: the record's own ids are used"
                     )
                 }
@@ -202,18 +206,26 @@ extension FileCommand {
 
         @OptionGroup var destination: DestinationOptions
 
-        @Option(help: ArgumentHelp("A key file: 32 raw bytes, or a JSON key record.", valueName: "file"))
-        var keyFile: String
+        @Option(help: ArgumentHelp("Use this key file (32 raw bytes, or a JSON key record) instead of asking the agent.", valueName: "file"))
+        var keyFile: String?
+
+        @OptionGroup var agent: AgentOptions
 
         func run() throws {
-            let key = try KeyFile.load(path: keyFile)
             let inputFile = try InputFile(path: input)
             let target = try destination.destination(for: input, inputFile: inputFile)
+            // Read the header first: it names the key the agent must provide.
+            var head = [UInt8](repeating: 0, count: FileHeader.length)
+            var peek = inputFile.source
+            let n = try head.withUnsafeMutableBytes { try peek.readFully(into: $0) }
+            let header = try FileHeader(parsing: head[..<n])
+            let key = try keyFile.map(KeyFile.load) ?? agent.connection().key(AgentRequest(op: "key", keyID: header.keyID))
             let summary = try Transform.run(
                 input: inputFile, destination: target, inPlace: destination.inPlace,
                 newFileMode: 0o600, progressLabel: "decrypting"
             ) { source, sink, progress in
-                try KeyholdFile.decrypt(from: &source, to: &sink, key: key.secret, expecting: key.record?.id, progress: progress.update)
+                var replay = PrefixedSource(prefix: Array(head[..<n]), base: source)
+                return try KeyholdFile.decrypt(from: &replay, to: &sink, key: key.secret, expecting: key.record?.id, progress: progress.update)
             }
             let where_ = target == "-" ? "standard output" : target
             destination.say("decrypted \(inputFile.name) to \(where_) (\(summary.plaintextBytes) bytes)")
@@ -259,6 +271,28 @@ extension FileCommand {
                 print(info.text)
             }
         }
+    }
+}
+
+/// Gives back bytes already read (the header) before the rest of a source.
+struct PrefixedSource<Base: ByteSource>: ByteSource {
+    var prefix: [UInt8]
+    var base: Base
+    private var offset = 0
+
+    init(prefix: [UInt8], base: Base) {
+        self.prefix = prefix
+        self.base = base
+    }
+
+    mutating func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        if offset < prefix.count {
+            let n = min(buffer.count, prefix.count - offset)
+            prefix.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress! + offset, byteCount: n) }
+            offset += n
+            return n
+        }
+        return try base.read(into: buffer)
     }
 }
 

@@ -14,7 +14,7 @@ struct Keyhold: ParsableCommand {
         commandName: "keyhold",
         abstract: "Encrypt files and drives with escrowed keys.",
         version: KeyholdVersion.current,
-        subcommands: [FileCommand.self, KeyCommand.self, DemoCommand.self]
+        subcommands: [FileCommand.self, EnrollCommand.self, StatusCommand.self, KeyCommand.self, DemoCommand.self]
     )
 
     /// Parses the command line, runs the command, and turns every failure into

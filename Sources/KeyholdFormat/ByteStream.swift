@@ -11,7 +11,7 @@ public protocol ByteSink {
 
 extension ByteSource {
     /// Reads until `buffer` is full or the input ends; returns how many bytes were read.
-    mutating func readFully(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+    public mutating func readFully(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         var filled = 0
         while filled < buffer.count {
             let n = try read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled...]))

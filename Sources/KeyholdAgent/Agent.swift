@@ -1,0 +1,128 @@
+import Foundation
+import KeyholdClient
+import KeyholdCore
+import KeyholdProtocol
+import Logging
+
+/// The agent's state and behaviour. One actor, so the identity and the cache change one step at a time.
+actor Agent {
+    private let state: StateDirectory
+    private var identity: EnrolledIdentity?
+    private var client: APIClient?
+    private var cache: KeyCache
+    private var creatingFileKey: Task<KeyMaterial, any Error>?
+    private var lastHeartbeat: Date?
+    private var lastHeartbeatError: String?
+    private let logger: Logger
+    private let serverTimeout: Duration
+
+    init(state: StateDirectory, logger: Logger, serverTimeout: Duration = .seconds(15)) throws {
+        try state.prepare()
+        self.state = state
+        self.logger = logger
+        self.serverTimeout = serverTimeout
+        self.cache = try KeyCache(state: state)
+        self.identity = try state.loadIdentity()
+        if let identity { client = try identity.client(timeout: serverTimeout) }
+    }
+
+    // MARK: Requests
+
+    func status() -> AgentStatus {
+        AgentStatus(
+            enrolled: identity != nil, serverID: identity?.serverID, serverAddress: identity?.apiAddress, deviceID: identity?.clientID,
+            lastHeartbeat: lastHeartbeat, lastHeartbeatError: lastHeartbeatError, cachedKeys: cache.keys.count,
+            activeFileKey: cache.activeFileKey, outbox: creatingFileKey == nil ? 0 : 1, version: KeyholdVersion.current
+        )
+    }
+
+    /// Enrolls with the server named by `tokenText`. Nothing is written unless enrollment succeeds.
+    func enroll(tokenText: String) async throws -> AgentStatus {
+        if let identity {
+            throw KeyholdError(
+                .usage, "this device is already enrolled with server \(identity.serverID) at \(identity.apiAddress)",
+                hint: "a device has one server at a time; to start over, stop the agent and move \(state.identity) away (its cached keys stay)"
+            )
+        }
+        let token = try EnrollmentToken(text: tokenText)
+        let enrolled = try await Enrollment.enroll(token: token, name: ProcessInfo.processInfo.hostName)
+        try state.save(identity: enrolled)
+        identity = enrolled
+        client = try enrolled.client(timeout: serverTimeout)
+        logger.info("enrolled", metadata: ["server": "\(enrolled.serverID)", "device": "\(enrolled.clientID)"])
+        return status()
+    }
+
+    /// The key new files are encrypted with. When there is none, a new key is made and escrowed
+    /// first: it is cached and used only after the server acknowledged its commit.
+    func fileKey() async throws -> KeyMaterial {
+        if let id = cache.activeFileKey, let key = cache.key(id), key.record.state == .active { return key }
+        if let pending = creatingFileKey { return try await pending.value }
+        let task = Task { try await self.createFileKey() }
+        creatingFileKey = task
+        defer { creatingFileKey = nil }
+        return try await task.value
+    }
+
+    private func createFileKey() async throws -> KeyMaterial {
+        let (identity, client) = try enrolled()
+        let material = KeyMaterial(
+            record: KeyRecord(kind: .file, originServerID: identity.serverID, originDeviceID: identity.clientID, label: "file key of \(ProcessInfo.processInfo.hostName)"),
+            secret: .generate()
+        )
+        let request = EscrowRequest(record: material.record, secret: material.secret.withUnsafeBytes { Data($0).base64EncodedString() })
+        do {
+            _ = try await client.put(APIPath.key(material.record.id.description), request, as: EscrowResponse.self)
+        } catch let error as KeyholdError {
+            logger.warning("escrow failed; no key created", metadata: ["error": "\(error.code)"])
+            throw KeyholdError(
+                error.code, "the new file key could not be escrowed, so nothing was encrypted: \(error.message)",
+                hint: error.code == .unreachable ? "check that the Keyhold server is reachable, then try again" : error.hint
+            )
+        }
+        try cache.add(material, makeActive: true)
+        logger.info("new file key escrowed", metadata: ["key": "\(material.record.id)"])
+        return material
+    }
+
+    /// A key by id: from the cache, else from the server (then cached).
+    func key(_ id: KeyID) async throws -> KeyMaterial {
+        if let key = cache.key(id) { return key }
+        let (_, client) = try enrolled()
+        let response = try await client.get(APIPath.key(id.description), as: KeyResponse.self)
+        guard var bytes = Data(base64Encoded: response.secret), response.record.id == id else {
+            throw KeyholdError(.internalError, "the server's answer for key \(id) is malformed", hint: "check that client and server versions match")
+        }
+        defer { bytes.withUnsafeMutableBytes { SecretKey.wipe($0) } }
+        let material = KeyMaterial(record: response.record, secret: try SecretKey(bytes: bytes))
+        try cache.add(material, makeActive: false)
+        return material
+    }
+
+    private func enrolled() throws -> (EnrolledIdentity, APIClient) {
+        guard let identity, let client else {
+            throw KeyholdError(.configuration, "this device is not enrolled with a Keyhold server", hint: "enroll it: 'keyhold enroll TOKEN' (the administrator makes the token)")
+        }
+        return (identity, client)
+    }
+
+    // MARK: Heartbeat
+
+    func heartbeat() async {
+        guard let client else { return }
+        do {
+            _ = try await client.post(APIPath.heartbeat, HeartbeatRequest(agentVersion: KeyholdVersion.current, keyCount: cache.keys.count), as: HeartbeatResponse.self)
+            lastHeartbeat = Date()
+            lastHeartbeatError = nil
+        } catch let error as KeyholdError {
+            lastHeartbeatError = "\(error.code): \(error.message)"
+            logger.notice("heartbeat failed", metadata: ["error": "\(error.code)"])
+        } catch {
+            lastHeartbeatError = "\(error)"
+        }
+    }
+
+    func shutdown() async {
+        await client?.shutdown()
+    }
+}

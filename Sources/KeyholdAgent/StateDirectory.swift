@@ -1,0 +1,77 @@
+import Foundation
+import KeyholdClient
+import KeyholdCore
+
+/// The agent's state directory (default `/var/lib/keyhold`, mode 0700): the enrolled identity
+/// (certificate, private key, server address), the cache key and the sealed key cache. Every file
+/// is root-only; the agent refuses to start when any is looser.
+struct StateDirectory: Sendable {
+    let path: String
+
+    var identity: String { path + "/identity.json" }
+    var cacheKey: String { path + "/cache.key" }
+    var cache: String { path + "/cache.sealed" }
+
+    /// Creates the directory if needed and checks its permissions and those of its files.
+    func prepare() throws {
+        let fm = FileManager.default
+        if !fm.fileExists(atPath: path) {
+            try fm.createDirectory(atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        }
+        for file in [path, identity, cacheKey, cache] where fm.fileExists(atPath: file) {
+            let attrs = try fm.attributesOfItem(atPath: file)
+            let mode = (attrs[.posixPermissions] as? Int) ?? 0
+            let owner = (attrs[.ownerAccountID] as? NSNumber)?.uint32Value ?? 0
+            guard mode & 0o077 == 0, owner == geteuid() else {
+                throw KeyholdError(
+                    .configuration, "\(file) is accessible to other users (mode \(String(mode, radix: 8)), owner \(owner))",
+                    hint: "the state directory holds the device's private key and keys: run 'chown -R root: \(path) && chmod -R go-rwx \(path)'"
+                )
+            }
+        }
+    }
+
+    /// Writes a root-only file atomically: temporary file, fsync, rename, fsync of the folder.
+    func write(_ target: String, _ data: Data) throws {
+        let temp = target + ".tmp"
+        let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw ioError("create", temp) }
+        defer { close(fd) }
+        var written = 0
+        try data.withUnsafeBytes { raw in
+            while written < raw.count {
+                let n = Glibc.write(fd, raw.baseAddress! + written, raw.count - written)
+                if n < 0 { if errno == EINTR { continue }; throw ioError("write", temp) }
+                written += n
+            }
+        }
+        guard fchmod(fd, 0o600) == 0, fsync(fd) == 0 else { throw ioError("sync", temp) }
+        guard rename(temp, target) == 0 else { throw ioError("rename", target) }
+        let dir = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dir >= 0 {
+            fsync(dir)
+            close(dir)
+        }
+    }
+
+    func read(_ file: String) -> Data? { FileManager.default.contents(atPath: file) }
+
+    private func ioError(_ what: String, _ file: String) -> KeyholdError {
+        KeyholdError(.ioFailed, "cannot \(what) \(file): \(String(cString: strerror(errno)))", hint: "check the state directory's permissions and free space")
+    }
+
+    func loadIdentity() throws -> EnrolledIdentity? {
+        guard let data = read(identity) else { return nil }
+        do {
+            return try JSONDecoder().decode(EnrolledIdentity.self, from: data)
+        } catch {
+            throw KeyholdError(.configuration, "\(identity) is damaged", hint: "restore it from a backup, or remove it and enroll again")
+        }
+    }
+
+    func save(identity value: EnrolledIdentity) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try write(identity, try encoder.encode(value))
+    }
+}

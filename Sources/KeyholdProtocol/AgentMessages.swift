@@ -1,0 +1,81 @@
+public import Foundation
+public import KeyholdCore
+
+// The local socket API between `keyhold` and `keyhold-agent` (docs/spec/agent-socket.md):
+// one JSON request line, one JSON response line, then the agent closes the connection.
+
+/// A request to the agent.
+public struct AgentRequest: Codable, Sendable {
+    /// `status`, `enroll`, `file-key` or `key`.
+    public var op: String
+    /// For `enroll`: the token text.
+    public var token: String?
+    /// For `key`: the key id.
+    public var keyID: KeyID?
+
+    public init(op: String, token: String? = nil, keyID: KeyID? = nil) {
+        self.op = op
+        self.token = token
+        self.keyID = keyID
+    }
+
+    enum CodingKeys: String, CodingKey { case op, token, keyID = "key_id" }
+}
+
+/// A key handed to a local client: its record and base64 secret.
+public struct AgentKey: Codable, Sendable {
+    public var record: KeyRecord
+    public var secret: String
+    public init(record: KeyRecord, secret: String) {
+        self.record = record
+        self.secret = secret
+    }
+}
+
+/// What `status` reports.
+public struct AgentStatus: Codable, Sendable, Equatable {
+    public var enrolled: Bool
+    public var serverID: ServerID?
+    public var serverAddress: String?
+    public var deviceID: DeviceID?
+    public var lastHeartbeat: Date?
+    public var lastHeartbeatError: String?
+    public var cachedKeys: Int
+    public var activeFileKey: KeyID?
+    /// Keys whose escrow was started but not acknowledged (they are never used).
+    public var outbox: Int
+    public var version: String
+
+    public init(enrolled: Bool, serverID: ServerID?, serverAddress: String?, deviceID: DeviceID?, lastHeartbeat: Date?,
+                lastHeartbeatError: String?, cachedKeys: Int, activeFileKey: KeyID?, outbox: Int, version: String) {
+        self.enrolled = enrolled
+        self.serverID = serverID
+        self.serverAddress = serverAddress
+        self.deviceID = deviceID
+        self.lastHeartbeat = lastHeartbeat
+        self.lastHeartbeatError = lastHeartbeatError
+        self.cachedKeys = cachedKeys
+        self.activeFileKey = activeFileKey
+        self.outbox = outbox
+        self.version = version
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case enrolled, serverID = "server_id", serverAddress = "server_address", deviceID = "device_id"
+        case lastHeartbeat = "last_heartbeat", lastHeartbeatError = "last_heartbeat_error", cachedKeys = "cached_keys"
+        case activeFileKey = "active_file_key", outbox, version
+    }
+}
+
+/// The agent's answer: exactly one of `error`, `key` or `status` is present (none for a plain ok).
+public struct AgentResponse: Codable, Sendable {
+    public var error: ErrorBody?
+    public var key: AgentKey?
+    public var status: AgentStatus?
+
+    public init(error: ErrorBody? = nil, key: AgentKey? = nil, status: AgentStatus? = nil) {
+        self.error = error
+        self.key = key
+        self.status = status
+    }
+}
