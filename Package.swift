@@ -141,7 +141,12 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         // Helpers shared by the test suites: vector files, repository paths, running the real executables.
-        .target(name: "KeyholdTestSupport", path: "Tests/KeyholdTestSupport", swiftSettings: swiftSettings),
+        .target(
+            name: "KeyholdTestSupport",
+            dependencies: ["KeyholdCore", "KeyholdProtocol", "KeyholdClient"],
+            path: "Tests/KeyholdTestSupport",
+            swiftSettings: swiftSettings
+        ),
         // Load generator for `make bench` (key release over mutual TLS; storage limit on SQLite).
         .executableTarget(
             name: "keyhold-release-bench",

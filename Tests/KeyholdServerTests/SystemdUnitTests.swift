@@ -5,7 +5,7 @@ import Testing
 /// The units in `systemd/` pass `systemd-analyze verify` without a single diagnostic (it exits 0
 /// even for lines it ignores, so silence is the check).
 @Suite struct SystemdUnitTests {
-    static let units = ["keyhold-server.service"]
+    static let units = ["keyhold-server.service", "keyhold-agent.service"]
 
     @Test(arguments: units)
     func verifies(_ unit: String) throws {

@@ -1,22 +1,21 @@
-import Foundation
-import KeyholdClient
-import KeyholdCore
-import KeyholdProtocol
-import KeyholdTestSupport
-import Testing
+public import Foundation
+public import KeyholdClient
+public import KeyholdCore
+public import KeyholdProtocol
+public import Testing
 
 /// A real `keyhold-server` process on loopback (random ports) with its own data directory.
-final class ServerProcess: @unchecked Sendable {
+public final class ServerProcess: @unchecked Sendable {
     // @unchecked: `process` is only touched from the test that owns this object, sequentially.
-    let dataDir: URL
-    let binary = Paths.executable("keyhold-server")
+    public let dataDir: URL
+    public let binary = Paths.executable("keyhold-server")
     private var process: Process?
-    private(set) var api = ""
-    private(set) var enroll = ""
+    public private(set) var api = ""
+    public private(set) var enroll = ""
     private let logFile: URL
 
     /// Creates the data directory with `keyhold-server init` (SQLite unless `database` is given).
-    init(name: String = "test", database: String? = nil, dataDir: URL? = nil) throws {
+    public init(name: String = "test", database: String? = nil, dataDir: URL? = nil) throws {
         self.dataDir = try dataDir ?? Paths.temporaryFolder("server-\(name)").appendingPathComponent("data")
         logFile = self.dataDir.deletingLastPathComponent().appendingPathComponent("server-\(UUID().uuidString.prefix(6)).log")
         if dataDir == nil {
@@ -29,7 +28,7 @@ final class ServerProcess: @unchecked Sendable {
 
     /// Starts `keyhold-server run` and waits until both listeners are bound. A restart keeps the
     /// ports of the first start, as a configured server would.
-    func start(extra: [String] = []) throws {
+    public func start(extra: [String] = []) throws {
         try? FileManager.default.removeItem(at: dataDir.appendingPathComponent("runtime.json"))
         var extra = extra
         if !api.isEmpty { extra += ["--listen", api, "--enroll-listen", enroll] }
@@ -58,11 +57,11 @@ final class ServerProcess: @unchecked Sendable {
         throw TestFailure("server did not start: \(log())")
     }
 
-    var pid: Int32 { process?.processIdentifier ?? 0 }
+    public var pid: Int32 { process?.processIdentifier ?? 0 }
 
     /// SIGTERM and wait; returns the exit status.
     @discardableResult
-    func stop() -> Int32 {
+    public func stop() -> Int32 {
         guard let p = process, p.isRunning else { return process?.terminationStatus ?? 0 }
         p.terminate()
         p.waitUntilExit()
@@ -70,39 +69,39 @@ final class ServerProcess: @unchecked Sendable {
     }
 
     /// SIGKILL: no chance to clean up.
-    func kill9() {
+    public func kill9() {
         guard let p = process, p.isRunning else { return }
         kill(p.processIdentifier, SIGKILL)
         p.waitUntilExit()
     }
 
-    func log() -> String { (try? String(contentsOf: logFile, encoding: .utf8)) ?? "" }
+    public func log() -> String { (try? String(contentsOf: logFile, encoding: .utf8)) ?? "" }
 
-    func file(_ name: String) throws -> String { try String(contentsOf: dataDir.appendingPathComponent(name), encoding: .utf8) }
+    public func file(_ name: String) throws -> String { try String(contentsOf: dataDir.appendingPathComponent(name), encoding: .utf8) }
 
     /// Runs an admin subcommand (`keyhold-server ARGS --data-dir DIR`).
-    func admin(_ args: [String]) throws -> RunResult {
+    public func admin(_ args: [String]) throws -> RunResult {
         try run(binary, args + ["--data-dir", dataDir.path])
     }
 
     /// A new enrollment token.
-    func token(role: String = "device", uses: Int = 1, ttl: String = "1h") throws -> EnrollmentToken {
+    public func token(role: String = "device", uses: Int = 1, ttl: String = "1h") throws -> EnrollmentToken {
         let r = try admin(["token", "create", "--role", role, "--uses", "\(uses)", "--ttl", ttl])
         guard r.status == 0 else { throw TestFailure("token create failed: \(r.stderr)") }
         return try EnrollmentToken(text: r.stdoutText)
     }
 
     /// Enrolls a new device through the real enrollment protocol.
-    func enrollDevice(_ name: String = "device") async throws -> EnrolledIdentity {
+    public func enrollDevice(_ name: String = "device") async throws -> EnrolledIdentity {
         try await Enrollment.enroll(token: try token(), name: name)
     }
 
     /// An admin API client.
-    func adminClient() throws -> APIClient {
+    public func adminClient() throws -> APIClient {
         try APIClient(address: api, caPEM: try file("ca.pem"), certificatePEM: try file("admin.pem"), keyPEM: try file("admin.key"))
     }
 
-    func auditEntries() async throws -> [AuditEntry] {
+    public func auditEntries() async throws -> [AuditEntry] {
         let client = try adminClient()
         defer { Task { await client.shutdown() } }
         return try await client.get(APIPath.adminAudit, as: [AuditEntry].self)
@@ -113,20 +112,20 @@ final class ServerProcess: @unchecked Sendable {
     }
 }
 
-struct TestFailure: Error, CustomStringConvertible {
-    var description: String
-    init(_ d: String) { description = d }
+public struct TestFailure: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ d: String) { description = d }
 }
 
 /// A key and its escrow request, as an agent would make them.
-func newKey(_ device: EnrolledIdentity, label: String = "test") -> (KeyRecord, SecretKey, EscrowRequest) {
+public func newKey(_ device: EnrolledIdentity, label: String = "test") -> (KeyRecord, SecretKey, EscrowRequest) {
     let record = KeyRecord(kind: .file, originServerID: device.serverID, originDeviceID: device.clientID, label: label)
     let secret = SecretKey.generate()
     return (record, secret, EscrowRequest(record: record, secret: secret.withUnsafeBytes { Data($0).base64EncodedString() }))
 }
 
 /// Runs `body` with a client and shuts it down afterwards.
-func using<T>(_ client: APIClient, _ body: (APIClient) async throws -> T) async throws -> T {
+public func using<T>(_ client: APIClient, _ body: (APIClient) async throws -> T) async throws -> T {
     do {
         let r = try await body(client)
         await client.shutdown()
@@ -138,7 +137,7 @@ func using<T>(_ client: APIClient, _ body: (APIClient) async throws -> T) async 
 }
 
 /// Asserts that `body` throws a KeyholdError with `code`.
-func expectCode(_ code: String, sourceLocation: SourceLocation = #_sourceLocation, _ body: () async throws -> Void) async {
+public func expectCode(_ code: String, sourceLocation: SourceLocation = #_sourceLocation, _ body: () async throws -> Void) async {
     do {
         try await body()
         Issue.record("expected error \(code), got success", sourceLocation: sourceLocation)
