@@ -85,6 +85,7 @@ let package = Package(
             name: "KeyholdServer",
             dependencies: [
                 "KeyholdCore", "KeyholdProtocol", "KeyholdStore", "KeyholdStoreSQLite", "KeyholdStorePostgres", "KeyholdClient",
+                "KeyholdCommandLine",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
@@ -100,13 +101,19 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // How every executable parses, runs and reports errors (`NAME: error:` + `hint:`).
+        .target(
+            name: "KeyholdCommandLine",
+            dependencies: ["KeyholdCore", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: swiftSettings
+        ),
         // SO_PEERCRED and group membership for the agent's local socket.
         .target(name: "CKeyholdPeer"),
         // The device agent: state directory, sealed key cache, escrow-first keys, heartbeat, local socket.
         .target(
             name: "KeyholdAgent",
             dependencies: [
-                "KeyholdCore", "KeyholdProtocol", "KeyholdClient", "CKeyholdPeer",
+                "KeyholdCore", "KeyholdProtocol", "KeyholdClient", "KeyholdCommandLine", "CKeyholdPeer",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -124,6 +131,7 @@ let package = Package(
                 "KeyholdCore",
                 "KeyholdFormat",
                 "KeyholdProtocol",
+                "KeyholdCommandLine",
                 "CKeyholdAllocator",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],

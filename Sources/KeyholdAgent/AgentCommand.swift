@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import KeyholdCommandLine
 import KeyholdCore
 import Logging
 import ServiceLifecycle
@@ -47,27 +48,6 @@ struct AgentCommand: AsyncParsableCommand {
 /// The entry point of the `keyhold-agent` executable.
 public enum KeyholdAgentMain {
     public static func run() async -> Never {
-        do {
-            var command = try AgentCommand.parseAsRoot()
-            if var async = command as? any AsyncParsableCommand {
-                try await async.run()
-            } else {
-                try command.run()
-            }
-            exit(0)
-        } catch let error as KeyholdError {
-            FileHandle.standardError.write(Data("keyhold-agent: error: \(error.message)\nhint: \(error.hint)\n".utf8))
-            exit(1)
-        } catch {
-            let code = AgentCommand.exitCode(for: error)
-            let text = AgentCommand.fullMessage(for: error)
-            if code == .success {
-                print(text)
-                exit(0)
-            }
-            let first = text.split(separator: "\n").first.map(String.init) ?? "\(error)"
-            FileHandle.standardError.write(Data("keyhold-agent: error: \(first.replacingOccurrences(of: "Error: ", with: ""))\nhint: run 'keyhold-agent --help'\n".utf8))
-            exit(code.rawValue)
-        }
+        await CommandRunner.run(AgentCommand.self)
     }
 }

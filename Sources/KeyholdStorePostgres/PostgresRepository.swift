@@ -194,10 +194,10 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
             try row.decode((String, String, String, String, Date, String, String, ByteBuffer, ByteBuffer, String, Date, Bool).self)
         return StoredKey(
             record: KeyRecord(
-                id: try ident(id), kind: try enumValue(kind), originServerID: try ident(origin), originDeviceID: try ident(device),
-                created: created, label: label, state: try enumValue(state)
+                id: try StoredValue.identifier(id), kind: try StoredValue.enumeration(kind), originServerID: try StoredValue.identifier(origin), originDeviceID: try StoredValue.identifier(device),
+                created: created, label: label, state: try StoredValue.enumeration(state)
             ),
-            wrappedSecret: Array(wrapped.readableBytesView), secretFingerprint: Array(fingerprint.readableBytesView), provenance: try enumValue(provenance), stored: stored, blocked: blocked
+            wrappedSecret: Array(wrapped.readableBytesView), secretFingerprint: Array(fingerprint.readableBytesView), provenance: try StoredValue.enumeration(provenance), stored: stored, blocked: blocked
         )
     }
 
@@ -249,8 +249,8 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         let (id, role, name, fingerprint, enrolled, state, lastSeen, version, count) =
             try row.decode((String, String, String, String, Date, String, Date?, String?, Int64?).self)
         return EnrolledClient(
-            id: try ident(id), role: try enumValue(role), name: name, certificateFingerprint: fingerprint, enrolled: enrolled,
-            state: try enumValue(state), lastSeen: lastSeen, agentVersion: version, reportedKeyCount: count.map(Int.init)
+            id: try StoredValue.identifier(id), role: try StoredValue.enumeration(role), name: name, certificateFingerprint: fingerprint, enrolled: enrolled,
+            state: try StoredValue.enumeration(state), lastSeen: lastSeen, agentVersion: version, reportedKeyCount: count.map(Int.init)
         )
     }
 
@@ -302,7 +302,7 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     private static func decodeToken(_ row: PostgresRow) throws -> EnrollmentTokenRecord {
         let (id, hash, role, uses, expires, created, revoked) = try row.decode((String, ByteBuffer, String, Int64, Date, Date, Bool).self)
         return EnrollmentTokenRecord(
-            id: try ident(id), secretHash: Array(hash.readableBytesView), role: try enumValue(role), usesLeft: Int(uses), expires: expires, created: created, revoked: revoked
+            id: try StoredValue.identifier(id), secretHash: Array(hash.readableBytesView), role: try StoredValue.enumeration(role), usesLeft: Int(uses), expires: expires, created: created, revoked: revoked
         )
     }
 
@@ -329,7 +329,7 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         )
         for try await (seq, time, actor, action, keyID, route, result, detail) in rows.decode((Int64, Date, String, String, String?, String, String, String).self) {
             out.append(AuditEvent(
-                sequence: seq, time: time, actor: actor, action: action, keyID: try keyID.map(Self.ident), route: route, result: result, detail: detail
+                sequence: seq, time: time, actor: actor, action: action, keyID: try keyID.map(StoredValue.identifier), route: route, result: result, detail: detail
             ))
         }
         return out
@@ -359,16 +359,6 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
 
     /// `bytea` parameters travel as byte buffers (`[UInt8]` would bind as `char[]`).
     private func bytea(_ bytes: [UInt8]) -> ByteBuffer { ByteBuffer(bytes: bytes) }
-
-    private static func ident<Kind>(_ text: String) throws -> Identifier<Kind> {
-        guard let id = Identifier<Kind>(text) else { throw RepositoryError("malformed \(Kind.displayName) in the database: \(text)") }
-        return id
-    }
-
-    private static func enumValue<E: RawRepresentable>(_ text: String) throws -> E where E.RawValue == String {
-        guard let v = E(rawValue: text) else { throw RepositoryError("unexpected value in the database: \(text)") }
-        return v
-    }
 }
 
 extension PostgresRepository {

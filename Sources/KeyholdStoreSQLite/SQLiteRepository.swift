@@ -112,13 +112,13 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
     private static func decodeKey(_ row: Row) throws -> StoredKey {
         StoredKey(
             record: KeyRecord(
-                id: try ident(row["id"]), kind: try enumValue(row["kind"]), originServerID: try ident(row["origin_server_id"]),
-                originDeviceID: try ident(row["origin_device_id"]), created: Date(timeIntervalSince1970: row["created"]),
-                label: row["label"], state: try enumValue(row["state"])
+                id: try StoredValue.identifier(row["id"]), kind: try StoredValue.enumeration(row["kind"]), originServerID: try StoredValue.identifier(row["origin_server_id"]),
+                originDeviceID: try StoredValue.identifier(row["origin_device_id"]), created: Date(timeIntervalSince1970: row["created"]),
+                label: row["label"], state: try StoredValue.enumeration(row["state"])
             ),
             wrappedSecret: [UInt8](row["wrapped_secret"] as Data),
             secretFingerprint: [UInt8](row["secret_fingerprint"] as Data),
-            provenance: try enumValue(row["provenance"]),
+            provenance: try StoredValue.enumeration(row["provenance"]),
             stored: Date(timeIntervalSince1970: row["stored"]),
             blocked: row["blocked"]
         )
@@ -174,9 +174,9 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
 
     private static func decodeClient(_ row: Row) throws -> EnrolledClient {
         EnrolledClient(
-            id: try ident(row["id"]), role: try enumValue(row["role"]), name: row["name"],
+            id: try StoredValue.identifier(row["id"]), role: try StoredValue.enumeration(row["role"]), name: row["name"],
             certificateFingerprint: row["certificate_fingerprint"], enrolled: Date(timeIntervalSince1970: row["enrolled"]),
-            state: try enumValue(row["state"]), lastSeen: (row["last_seen"] as Double?).map(Date.init(timeIntervalSince1970:)),
+            state: try StoredValue.enumeration(row["state"]), lastSeen: (row["last_seen"] as Double?).map(Date.init(timeIntervalSince1970:)),
             agentVersion: row["agent_version"], reportedKeyCount: row["key_count"]
         )
     }
@@ -226,7 +226,7 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
 
     private static func decodeToken(_ row: Row) throws -> EnrollmentTokenRecord {
         EnrollmentTokenRecord(
-            id: try ident(row["id"]), secretHash: [UInt8](row["secret_hash"] as Data), role: try enumValue(row["role"]),
+            id: try StoredValue.identifier(row["id"]), secretHash: [UInt8](row["secret_hash"] as Data), role: try StoredValue.enumeration(row["role"]),
             usesLeft: row["uses_left"], expires: Date(timeIntervalSince1970: row["expires"]),
             created: Date(timeIntervalSince1970: row["created"]), revoked: row["revoked"]
         )
@@ -250,7 +250,7 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
             try Row.fetchAll(db, sql: "SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", arguments: [after, limit]).map { row in
                 AuditEvent(
                     sequence: row["seq"], time: Date(timeIntervalSince1970: row["time"]), actor: row["actor"], action: row["action"],
-                    keyID: try (row["key_id"] as String?).map(Self.ident), route: row["route"], result: row["result"], detail: row["detail"]
+                    keyID: try (row["key_id"] as String?).map(StoredValue.identifier), route: row["route"], result: row["result"], detail: row["detail"]
                 )
             }
         }
@@ -273,17 +273,5 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
 
     public func close() async throws {
         try pool.close()
-    }
-
-    // MARK: Decoding helpers
-
-    private static func ident<Kind>(_ text: String) throws -> Identifier<Kind> {
-        guard let id = Identifier<Kind>(text) else { throw RepositoryError("malformed \(Kind.displayName) in the database: \(text)") }
-        return id
-    }
-
-    private static func enumValue<E: RawRepresentable>(_ text: String) throws -> E where E.RawValue == String {
-        guard let v = E(rawValue: text) else { throw RepositoryError("unexpected value in the database: \(text)") }
-        return v
     }
 }

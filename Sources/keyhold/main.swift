@@ -1,3 +1,3 @@
 import KeyholdCLI
 
-KeyholdMain.run()
+await KeyholdMain.run()
