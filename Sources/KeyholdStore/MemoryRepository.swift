@@ -9,6 +9,12 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
     private var events: [AuditEvent] = []
     private var settings: [String: String] = [:]
     private var auditBroken = false
+    private var lastSequence: Int64 = 0
+
+    private func nextSequence() -> Int64 {
+        lastSequence += 1
+        return lastSequence
+    }
 
     public init() {}
 
@@ -33,8 +39,43 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
             return outcome
         }
         if let audit { try append(audit) }
-        keys[key.record.id] = key
+        var stored = key
+        stored.sequence = nextSequence()
+        keys[key.record.id] = stored
         return .inserted
+    }
+
+    public func insertKeys(_ batch: [StoredKey], audit: AuditEvent) async throws -> [KeyInsertOutcome] {
+        // All or nothing: compute on a copy, commit by assignment.
+        var next = keys
+        var sequence = lastSequence
+        var outcomes: [KeyInsertOutcome] = []
+        for key in batch {
+            if let existing = next[key.record.id] {
+                guard existing.secretFingerprint == key.secretFingerprint else { outcomes.append(.conflict); continue }
+                if key.blocked, !existing.blocked {
+                    sequence += 1
+                    next[key.record.id]?.blocked = true
+                    next[key.record.id]?.sequence = sequence
+                }
+                outcomes.append(.alreadyPresent)
+            } else {
+                sequence += 1
+                var stored = key
+                stored.sequence = sequence
+                next[key.record.id] = stored
+                outcomes.append(.inserted)
+            }
+        }
+        try append(BatchAudit.summary(audit, outcomes))
+        for (key, outcome) in zip(batch, outcomes) where outcome == .conflict { try append(BatchAudit.conflict(audit, key.record.id)) }
+        keys = next
+        lastSequence = sequence
+        return outcomes
+    }
+
+    public func keys(afterSequence after: Int64, limit: Int) async throws -> [StoredKey] {
+        Array(keys.values.filter { $0.sequence > after }.sorted { $0.sequence < $1.sequence }.prefix(limit))
     }
 
     public func key(id: KeyID) async throws -> StoredKey? { keys[id] }
@@ -49,6 +90,7 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         guard keys[id] != nil else { return false }
         try append(audit)
         keys[id]?.blocked = blocked
+        keys[id]?.sequence = nextSequence()
         return true
     }
 

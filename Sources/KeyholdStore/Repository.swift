@@ -22,8 +22,14 @@ public protocol Repository: Sendable {
     /// ``ReleaseRequest/result(for:)``. Returns the key whatever its state; the caller refuses
     /// blocked or revoked keys (whose audit record already says `key_blocked`).
     func releaseKey(_ request: ReleaseRequest) async throws -> StoredKey?
-    /// Sets or clears the block on a key; `false` if there is no such key.
+    /// Sets or clears the block on a key (giving it a new sequence number); `false` if there is no such key.
     func setBlocked(id: KeyID, blocked: Bool, audit: AuditEvent) async throws -> Bool
+    /// Stores a batch received from a secondary in one transaction, in order. A key already present
+    /// with the same secret counts as `alreadyPresent` and takes the incoming `blocked = true`.
+    /// `audit` is appended once for the batch (with the counts in its detail) and once per conflict.
+    func insertKeys(_ keys: [StoredKey], audit: AuditEvent) async throws -> [KeyInsertOutcome]
+    /// Keys with a sequence number greater than `after`, in sequence order, at most `limit`.
+    func keys(afterSequence after: Int64, limit: Int) async throws -> [StoredKey]
     /// Key records in id order after `after`, at most `limit`.
     func listKeys(after: KeyID?, limit: Int) async throws -> [StoredKey]
     func keyCount() async throws -> Int

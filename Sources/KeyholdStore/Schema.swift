@@ -12,7 +12,7 @@ public protocol SchemaMigration: Sendable {
 
 /// The repository schema's history. Never edit a released migration: add a new one.
 public enum Schema {
-    public static let migrations: [any SchemaMigration] = [CreateRepository()]
+    public static let migrations: [any SchemaMigration] = [CreateRepository(), AddKeySequence()]
 }
 
 /// Version 1: keys, enrolled clients, enrollment tokens, audit, settings.
@@ -75,6 +75,28 @@ struct CreateRepository: SchemaMigration {
             """,
             "CREATE INDEX audit_key ON audit (key_id)",
             "CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        ]
+    }
+}
+
+/// Version 2: a sequence number per key, for the hierarchy's incremental push (docs/spec/hierarchy.md §3).
+struct AddKeySequence: SchemaMigration {
+    let version = 2
+    let name = "add key sequence"
+
+    var sqlite: [String] {
+        [
+            "ALTER TABLE keys ADD COLUMN seq INTEGER NOT NULL DEFAULT 0",
+            "UPDATE keys SET seq = rowid",
+            "CREATE INDEX keys_seq ON keys (seq)",
+        ]
+    }
+
+    var postgres: [String] {
+        [
+            "ALTER TABLE keys ADD COLUMN seq BIGINT NOT NULL DEFAULT 0",
+            "UPDATE keys SET seq = t.n FROM (SELECT id, row_number() OVER (ORDER BY stored, id) AS n FROM keys) t WHERE keys.id = t.id",
+            "CREATE INDEX keys_seq ON keys (seq)",
         ]
     }
 }

@@ -28,6 +28,9 @@ public struct StoredKey: Sendable, Equatable {
     public var stored: Date
     /// Whether the key may be released (`keyhold-server key block`).
     public var blocked: Bool
+    /// Assigned by the repository: strictly increasing in commit order, renewed when the key is
+    /// blocked or unblocked (the hierarchy's push cursor follows it). 0 before storing.
+    public var sequence: Int64 = 0
 
     public init(record: KeyRecord, wrappedSecret: [UInt8], secretFingerprint: [UInt8], provenance: KeyProvenance, stored: Date = Date(), blocked: Bool = false) {
         self.record = record

@@ -13,3 +13,25 @@ public enum StoredValue {
         return v
     }
 }
+
+/// The audit records of a received batch, the same in every driver.
+public enum BatchAudit {
+    /// One record for the batch: `base` with the counts in its detail.
+    public static func summary(_ base: AuditEvent, _ outcomes: [KeyInsertOutcome]) -> AuditEvent {
+        var e = base
+        let inserted = outcomes.filter { $0 == .inserted }.count
+        let present = outcomes.filter { $0 == .alreadyPresent }.count
+        let conflicts = outcomes.filter { $0 == .conflict }.count
+        e.detail = "\(outcomes.count) keys: \(inserted) inserted, \(present) already present, \(conflicts) conflicts" + (base.detail.isEmpty ? "" : "; \(base.detail)")
+        return e
+    }
+
+    /// One record per conflicting key.
+    public static func conflict(_ base: AuditEvent, _ id: KeyID) -> AuditEvent {
+        var e = base
+        e.keyID = id
+        e.result = "conflict"
+        e.detail = "key id known here with another secret; not stored"
+        return e
+    }
+}

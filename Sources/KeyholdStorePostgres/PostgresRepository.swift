@@ -101,22 +101,18 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     // MARK: Keys
 
     private static let keyColumns = """
-        id, kind, origin_server_id, origin_device_id, created, label, state, wrapped_secret, secret_fingerprint, provenance, stored, blocked
+        id, kind, origin_server_id, origin_device_id, created, label, state, wrapped_secret, secret_fingerprint, provenance, stored, blocked, seq
         """
+
+    /// Serialises writers of `keys.seq` for the rest of the transaction, so a smaller sequence
+    /// number can never commit after a larger one was read (docs/spec/hierarchy.md §3).
+    private static let sequenceLock: Int64 = 7_882_829_014
 
     public func insertKey(_ key: StoredKey, audit: AuditEvent?) async throws -> KeyInsertOutcome {
         let r = key.record
         return try await client.withTransaction(logger: logger) { conn in
-            let inserted = try await conn.query(
-                """
-                INSERT INTO keys (id, kind, origin_server_id, origin_device_id, created, label, state,
-                                  wrapped_secret, secret_fingerprint, provenance, stored, blocked)
-                VALUES (\(r.id.description), \(r.kind.rawValue), \(r.originServerID.description), \(r.originDeviceID.description),
-                        \(r.created), \(r.label), \(r.state.rawValue), \(bytea(key.wrappedSecret)), \(bytea(key.secretFingerprint)),
-                        \(key.provenance.rawValue), \(key.stored), \(key.blocked))
-                ON CONFLICT (id) DO NOTHING RETURNING id
-                """, logger: logger
-            ).collect().count == 1
+            try await conn.query("SELECT pg_advisory_xact_lock(\(Self.sequenceLock))", logger: logger)
+            let inserted = try await self.insertRow(conn, key)
             var outcome = KeyInsertOutcome.inserted
             if !inserted {
                 var existing: [UInt8] = []
@@ -131,6 +127,66 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
             }
             return outcome
         }
+    }
+
+    /// Inserts one key row with the next sequence number unless the id exists; true if inserted.
+    /// Call inside a transaction holding `sequenceLock`.
+    private func insertRow(_ conn: PostgresConnection, _ key: StoredKey) async throws -> Bool {
+        let r = key.record
+        return try await conn.query(
+            """
+            INSERT INTO keys (id, kind, origin_server_id, origin_device_id, created, label, state,
+                              wrapped_secret, secret_fingerprint, provenance, stored, blocked, seq)
+            VALUES (\(r.id.description), \(r.kind.rawValue), \(r.originServerID.description), \(r.originDeviceID.description),
+                    \(r.created), \(r.label), \(r.state.rawValue), \(bytea(key.wrappedSecret)), \(bytea(key.secretFingerprint)),
+                    \(key.provenance.rawValue), \(key.stored), \(key.blocked), (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys))
+            ON CONFLICT (id) DO NOTHING RETURNING id
+            """, logger: logger
+        ).collect().count == 1
+    }
+
+    public func insertKeys(_ batch: [StoredKey], audit: AuditEvent) async throws -> [KeyInsertOutcome] {
+        try await client.withTransaction(logger: logger) { conn in
+            try await conn.query("SELECT pg_advisory_xact_lock(\(Self.sequenceLock))", logger: logger)
+            var outcomes: [KeyInsertOutcome] = []
+            for key in batch {
+                if try await self.insertRow(conn, key) {
+                    outcomes.append(.inserted)
+                    continue
+                }
+                var existing: (ByteBuffer, Bool)?
+                for try await row in try await conn.query(
+                    "SELECT secret_fingerprint, blocked FROM keys WHERE id = \(key.record.id.description)", logger: logger
+                ).decode((ByteBuffer, Bool).self) {
+                    existing = row
+                }
+                guard let (fingerprint, blocked) = existing, Array(fingerprint.readableBytesView) == key.secretFingerprint else {
+                    outcomes.append(.conflict)
+                    continue
+                }
+                if key.blocked, !blocked {
+                    try await conn.query(
+                        "UPDATE keys SET blocked = TRUE, seq = (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys) WHERE id = \(key.record.id.description)",
+                        logger: logger
+                    )
+                }
+                outcomes.append(.alreadyPresent)
+            }
+            try await Self.insertAudit(conn, BatchAudit.summary(audit, outcomes), logger)
+            for (key, outcome) in zip(batch, outcomes) where outcome == .conflict {
+                try await Self.insertAudit(conn, BatchAudit.conflict(audit, key.record.id), logger)
+            }
+            return outcomes
+        }
+    }
+
+    public func keys(afterSequence after: Int64, limit: Int) async throws -> [StoredKey] {
+        var out: [StoredKey] = []
+        let rows = try await client.query(
+            "SELECT \(unescaped: Self.keyColumns) FROM keys WHERE seq > \(after) ORDER BY seq LIMIT \(Int64(limit))", logger: logger
+        )
+        for try await row in rows { out.append(try Self.decodeKey(row)) }
+        return out
     }
 
     public func key(id: KeyID) async throws -> StoredKey? {
@@ -165,8 +221,10 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
 
     public func setBlocked(id: KeyID, blocked: Bool, audit: AuditEvent) async throws -> Bool {
         try await client.withTransaction(logger: logger) { conn in
+            try await conn.query("SELECT pg_advisory_xact_lock(\(Self.sequenceLock))", logger: logger)
             let changed = try await conn.query(
-                "UPDATE keys SET blocked = \(blocked) WHERE id = \(id.description) RETURNING id", logger: logger
+                "UPDATE keys SET blocked = \(blocked), seq = (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys) WHERE id = \(id.description) RETURNING id",
+                logger: logger
             ).collect().count
             guard changed > 0 else { return false }
             try await Self.insertAudit(conn, audit, logger)
@@ -190,15 +248,17 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     }
 
     private static func decodeKey(_ row: PostgresRow) throws -> StoredKey {
-        let (id, kind, origin, device, created, label, state, wrapped, fingerprint, provenance, stored, blocked) =
-            try row.decode((String, String, String, String, Date, String, String, ByteBuffer, ByteBuffer, String, Date, Bool).self)
-        return StoredKey(
+        let (id, kind, origin, device, created, label, state, wrapped, fingerprint, provenance, stored, blocked, sequence) =
+            try row.decode((String, String, String, String, Date, String, String, ByteBuffer, ByteBuffer, String, Date, Bool, Int64).self)
+        var key = StoredKey(
             record: KeyRecord(
                 id: try StoredValue.identifier(id), kind: try StoredValue.enumeration(kind), originServerID: try StoredValue.identifier(origin), originDeviceID: try StoredValue.identifier(device),
                 created: created, label: label, state: try StoredValue.enumeration(state)
             ),
             wrappedSecret: Array(wrapped.readableBytesView), secretFingerprint: Array(fingerprint.readableBytesView), provenance: try StoredValue.enumeration(provenance), stored: stored, blocked: blocked
         )
+        key.sequence = sequence
+        return key
     }
 
     // MARK: Clients

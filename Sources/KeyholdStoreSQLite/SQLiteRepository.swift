@@ -53,21 +53,60 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
                 }
                 return outcome
             }
-            try db.execute(
-                sql: """
-                INSERT INTO keys (id, kind, origin_server_id, origin_device_id, created, label, state,
-                                  wrapped_secret, secret_fingerprint, provenance, stored, blocked)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """,
-                arguments: [
-                    key.record.id.description, key.record.kind.rawValue, key.record.originServerID.description,
-                    key.record.originDeviceID.description, key.record.created.timeIntervalSince1970, key.record.label,
-                    key.record.state.rawValue, Data(key.wrappedSecret), Data(key.secretFingerprint), key.provenance.rawValue,
-                    key.stored.timeIntervalSince1970, key.blocked,
-                ]
-            )
+            try Self.insertRow(db, key)
             if let audit { try Self.insertAudit(db, audit) }
             return .inserted
+        }
+    }
+
+    /// Inserts one key row with the next sequence number. Call inside a write transaction: SQLite
+    /// has one writer at a time, so sequence order is commit order.
+    private static func insertRow(_ db: Database, _ key: StoredKey) throws {
+        try db.execute(
+            sql: """
+            INSERT INTO keys (id, kind, origin_server_id, origin_device_id, created, label, state,
+                              wrapped_secret, secret_fingerprint, provenance, stored, blocked, seq)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys))
+            """,
+            arguments: [
+                key.record.id.description, key.record.kind.rawValue, key.record.originServerID.description,
+                key.record.originDeviceID.description, key.record.created.timeIntervalSince1970, key.record.label,
+                key.record.state.rawValue, Data(key.wrappedSecret), Data(key.secretFingerprint), key.provenance.rawValue,
+                key.stored.timeIntervalSince1970, key.blocked,
+            ]
+        )
+    }
+
+    public func insertKeys(_ batch: [StoredKey], audit: AuditEvent) async throws -> [KeyInsertOutcome] {
+        try await pool.write { db in
+            var outcomes: [KeyInsertOutcome] = []
+            for key in batch {
+                let row = try Row.fetchOne(db, sql: "SELECT secret_fingerprint, blocked FROM keys WHERE id = ?", arguments: [key.record.id.description])
+                if let row {
+                    guard [UInt8](row["secret_fingerprint"] as Data) == key.secretFingerprint else { outcomes.append(.conflict); continue }
+                    if key.blocked, !(row["blocked"] as Bool) {
+                        try db.execute(
+                            sql: "UPDATE keys SET blocked = 1, seq = (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys) WHERE id = ?",
+                            arguments: [key.record.id.description]
+                        )
+                    }
+                    outcomes.append(.alreadyPresent)
+                } else {
+                    try Self.insertRow(db, key)
+                    outcomes.append(.inserted)
+                }
+            }
+            try Self.insertAudit(db, BatchAudit.summary(audit, outcomes))
+            for (key, outcome) in zip(batch, outcomes) where outcome == .conflict {
+                try Self.insertAudit(db, BatchAudit.conflict(audit, key.record.id))
+            }
+            return outcomes
+        }
+    }
+
+    public func keys(afterSequence after: Int64, limit: Int) async throws -> [StoredKey] {
+        try await pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM keys WHERE seq > ? ORDER BY seq LIMIT ?", arguments: [after, limit]).map(Self.decodeKey)
         }
     }
 
@@ -85,7 +124,10 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
 
     public func setBlocked(id: KeyID, blocked: Bool, audit: AuditEvent) async throws -> Bool {
         try await pool.write { db in
-            try db.execute(sql: "UPDATE keys SET blocked = ? WHERE id = ?", arguments: [blocked, id.description])
+            try db.execute(
+                sql: "UPDATE keys SET blocked = ?, seq = (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys) WHERE id = ?",
+                arguments: [blocked, id.description]
+            )
             guard db.changesCount > 0 else { return false }
             try Self.insertAudit(db, audit)
             return true
@@ -110,6 +152,12 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
     }
 
     private static func decodeKey(_ row: Row) throws -> StoredKey {
+        var key = try decodeKeyColumns(row)
+        key.sequence = row["seq"]
+        return key
+    }
+
+    private static func decodeKeyColumns(_ row: Row) throws -> StoredKey {
         StoredKey(
             record: KeyRecord(
                 id: try StoredValue.identifier(row["id"]), kind: try StoredValue.enumeration(row["kind"]), originServerID: try StoredValue.identifier(row["origin_server_id"]),

@@ -245,6 +245,48 @@ func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> Audi
         #expect(try await repo.setting("use_hierarchy") == "false")
     }
 
+    @Test(arguments: Backend.allCases)
+    func sequencesFollowChangesAndBatchesAreAtomic(_ backend: Backend) async throws {
+        let f = try await Fixture.make(backend)
+        defer { Task { await f.cleanup() } }
+        let repo = f.repository
+        let a = sampleKey(label: "a"), b = sampleKey(label: "b"), c = sampleKey(label: "c")
+        _ = try await repo.insertKey(a, audit: nil)
+        _ = try await repo.insertKey(b, audit: nil)
+        var seqs = try await repo.keys(afterSequence: 0, limit: 10).map(\.record.id)
+        #expect(seqs == [a.record.id, b.record.id])
+        let cursor = try #require(try await repo.keys(afterSequence: 0, limit: 10).last?.sequence)
+        #expect(try await repo.keys(afterSequence: cursor, limit: 10).isEmpty, "nothing new after the cursor")
+        // Blocking renews the sequence: the change travels.
+        _ = try await repo.setBlocked(id: a.record.id, blocked: true, audit: audit("block", a.record.id))
+        seqs = try await repo.keys(afterSequence: cursor, limit: 10).map(\.record.id)
+        #expect(seqs == [a.record.id])
+
+        // A received batch: new, same secret (carrying blocked), and a conflict.
+        var bBlocked = b
+        bBlocked.blocked = true
+        var impostor = sampleKey()
+        impostor.record.id = a.record.id
+        impostor.secretFingerprint = [UInt8](repeating: 9, count: 32)
+        let outcomes = try await repo.insertKeys([c, bBlocked, impostor], audit: audit("push_receive"))
+        #expect(outcomes == [.inserted, .alreadyPresent, .conflict])
+        #expect(try await repo.key(id: b.record.id)?.blocked == true)
+        #expect(try await repo.key(id: a.record.id)?.secretFingerprint == a.secretFingerprint)
+        let latest = try await repo.keys(afterSequence: cursor, limit: 10)
+        #expect(Set(latest.map(\.record.id)) == [a.record.id, b.record.id, c.record.id])
+        #expect(latest.map(\.sequence) == latest.map(\.sequence).sorted())
+        #expect(Set(latest.map(\.sequence)).count == 3)
+        let events = try await repo.audit(after: 0, limit: 10)
+        #expect(events.contains { $0.action == "push_receive" && $0.detail.hasPrefix("3 keys: 1 inserted, 1 already present, 1 conflicts") })
+        #expect(events.contains { $0.action == "push_receive" && $0.result == "conflict" && $0.keyID == a.record.id })
+
+        // A batch whose audit cannot be written stores nothing.
+        try await (repo as! any RepositoryFaultInjection).breakAuditWrites()
+        let d = sampleKey(label: "d")
+        await #expect(throws: (any Error).self) { _ = try await repo.insertKeys([d], audit: audit("push_receive")) }
+        #expect(try await repo.key(id: d.record.id) == nil)
+    }
+
     @Test(arguments: [Backend.sqlite, .postgres])
     func committedDataSurvivesReopening(_ backend: Backend) async throws {
         let f = try await Fixture.make(backend)
