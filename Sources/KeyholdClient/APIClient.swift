@@ -74,6 +74,11 @@ public final class APIClient: Sendable {
         try await decode(try await send(path, method: .POST, body: try WireFormat.encoder().encode(body)))
     }
 
+    /// DELETE, expecting no content back.
+    public func delete(_ path: String) async throws {
+        _ = try await send(path, method: .DELETE, body: nil)
+    }
+
     /// POST without a body, expecting no content back.
     public func post(_ path: String) async throws {
         _ = try await send(path, method: .POST, body: nil)

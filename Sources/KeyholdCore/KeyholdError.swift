@@ -54,6 +54,12 @@ public struct KeyholdError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let internalError = Code(rawValue: "internal")
         /// The server's or the device's configuration is missing or wrong.
         public static let configuration = Code(rawValue: "configuration")
+        /// A server's "use hierarchy" option is off, so it neither pushes nor answers its secondaries.
+        public static let hierarchyDisabled = Code(rawValue: "hierarchy_disabled")
+        /// A hierarchy request came back to a server already on its route.
+        public static let hierarchyLoop = Code(rawValue: "hierarchy_loop")
+        /// A hierarchy request ran out of hops.
+        public static let hierarchyTooDeep = Code(rawValue: "hierarchy_too_deep")
         /// The destination already exists and would be overwritten.
         public static let destinationExists = Code(rawValue: "destination_exists")
     }

@@ -16,4 +16,10 @@ public enum APIPath {
     public static let adminClients = "/v1/admin/clients"
     public static func adminClientRevoke(_ id: String) -> String { "/v1/admin/clients/\(id)/revoke" }
     public static let adminTokens = "/v1/admin/tokens"
+    public static let adminPrimary = "/v1/admin/primary"
+    public static let adminHierarchy = "/v1/admin/hierarchy"
+    public static let adminHierarchySync = "/v1/admin/hierarchy/sync"
+    // Secondaries (server certificate).
+    public static let hierarchyPush = "/v1/hierarchy/push"
+    public static func hierarchyKey(_ id: String) -> String { "/v1/hierarchy/keys/\(id)" }
 }

@@ -207,7 +207,9 @@ public struct StatusResponse: Codable, Sendable {
     public var devices: Int
     public var secondaries: Int
     public var started: Date
-    public init(serverID: ServerID, version: String, database: String, keyCount: Int, devices: Int, secondaries: Int, started: Date) {
+    public var hierarchy: HierarchyStatus?
+    public init(serverID: ServerID, version: String, database: String, keyCount: Int, devices: Int, secondaries: Int, started: Date, hierarchy: HierarchyStatus? = nil) {
+        self.hierarchy = hierarchy
         self.serverID = serverID
         self.version = version
         self.database = database
@@ -217,7 +219,7 @@ public struct StatusResponse: Codable, Sendable {
         self.started = started
     }
     enum CodingKeys: String, CodingKey {
-        case serverID = "server_id", version, database, keyCount = "key_count", devices, secondaries, started
+        case serverID = "server_id", version, database, keyCount = "key_count", devices, secondaries, started, hierarchy
     }
 }
 

@@ -36,6 +36,8 @@ enum ErrorStatus {
         case .notFound: return .notFound
         case .conflict: return .conflict
         case .invalidRequest, .invalidKey, .usage: return .badRequest
+        case .hierarchyDisabled: return .forbidden
+        case .hierarchyLoop, .hierarchyTooDeep: return .conflict
         case .auditFailed, .unreachable: return .serviceUnavailable
         default: return .internalServerError
         }
@@ -172,6 +174,41 @@ enum ServerAPI {
             let body = try await JSONRoute.decode(TokenCreateRequest.self, request)
             let (api, enroll) = await addresses.advertised()
             return try JSONRoute.respond(try await core.createToken(body, caller: who, api: api, enroll: enroll), status: .created)
+        })
+        // The hierarchy: secondaries calling this server, administrators steering it.
+        router.post(RouterPath(APIPath.hierarchyPush), use: JSONRoute.handle(logger) { request, context in
+            let who = try await caller(context)
+            return try JSONRoute.respond(try await core.receivePush(try await JSONRoute.decode(PushRequest.self, request), caller: who))
+        })
+        router.get(RouterPath("/v1/hierarchy/keys/:id"), use: JSONRoute.handle(logger) { request, context in
+            let who = try await caller(context)
+            let chainText = request.uri.queryParameters.get("chain") ?? ""
+            let chain = try chainText.split(separator: ",").map { part -> ServerID in
+                guard let id = ServerID(String(part)) else { throw KeyholdError(.invalidRequest, "chain holds an invalid server id", hint: "see docs/spec/hierarchy.md") }
+                return id
+            }
+            let hops = Int(request.uri.queryParameters.get("hops") ?? "") ?? 0
+            return try JSONRoute.respond(try await core.lookup(try JSONRoute.keyID(context), chain: chain, hops: hops, caller: who))
+        })
+        router.post(RouterPath(APIPath.adminPrimary), use: JSONRoute.handle(logger) { request, context in
+            _ = try await admin(context)
+            return try JSONRoute.respond(try await core.hierarchy.join(tokenText: try await JSONRoute.decode(JoinRequest.self, request).token))
+        })
+        router.delete(RouterPath(APIPath.adminPrimary), use: JSONRoute.handle(logger) { _, context in
+            _ = try await admin(context)
+            try await core.hierarchy.leave()
+            return Response(status: .noContent)
+        })
+        router.post(RouterPath(APIPath.adminHierarchy), use: JSONRoute.handle(logger) { request, context in
+            let who = try await admin(context)
+            let body = try await JSONRoute.decode(HierarchyOptionRequest.self, request)
+            try await core.hierarchy.setEnabled(body.enabled)
+            try await core.repository.appendAudit(AuditEvent(actor: who.actor, action: body.enabled ? "hierarchy_enable" : "hierarchy_disable", route: "admin-api", result: "ok"))
+            return try JSONRoute.respond(try await core.hierarchy.status())
+        })
+        router.post(RouterPath(APIPath.adminHierarchySync), use: JSONRoute.handle(logger) { _, context in
+            _ = try await admin(context)
+            return try JSONRoute.respond(try await core.hierarchy.sync())
         })
         return router
     }

@@ -12,7 +12,10 @@ struct ServerCommand: AsyncParsableCommand {
         commandName: "keyhold-server",
         abstract: "The Keyhold administration server: key escrow, release and audit.",
         version: KeyholdVersion.current,
-        subcommands: [Init.self, Run.self, Status.self, TokenCommand.self, DeviceCommand.self, KeyAdminCommand.self, Audit.self]
+        subcommands: [
+            Init.self, Run.self, Status.self, TokenCommand.self, DeviceCommand.self, KeyAdminCommand.self, Audit.self,
+            PrimaryCommand.self, SecondaryCommand.self, HierarchyCommand.self,
+        ]
     )
 }
 
@@ -78,11 +81,12 @@ extension ServerCommand {
         @Option(name: .customLong("host-name"), help: ArgumentHelp("Another host name or address for the TLS certificate (repeatable).", valueName: "name"))
         var hostNames: [String] = []
         @Option(help: ArgumentHelp("\"sqlite\" (default) or a postgres:// URL.", valueName: "url")) var db = "sqlite"
+        @Flag(help: "Turn on \"use hierarchy to obtain encryption keys\" (off by default).") var useHierarchy = false
 
         func run() async throws {
             let dir = data.directory
             let config = try await ServerRuntime.initialize(
-                dir, .init(listen: listen, enrollListen: enrollListen, name: name, database: db, hostNames: hostNames)
+                dir, .init(listen: listen, enrollListen: enrollListen, name: name, database: db, hostNames: hostNames, useHierarchy: useHierarchy)
             )
             print("""
             Created Keyhold server \(config.serverID) in \(dir.path)
@@ -103,6 +107,8 @@ extension ServerCommand {
         @Option(help: ArgumentHelp("Override the enrollment address.", valueName: "address")) var enrollListen: String?
         @Option(help: ArgumentHelp("Override the database (\"sqlite\" or a postgres:// URL).", valueName: "url")) var db: String?
         @Option(help: "trace, debug, info, notice, warning, error or critical.") var logLevel = "info"
+        @Option(help: ArgumentHelp("Seconds between pushes to the primary (hierarchy heartbeat).", valueName: "seconds"))
+        var hierarchyHeartbeat = 30
 
         func run() async throws {
             let dir = data.directory
@@ -113,7 +119,7 @@ extension ServerCommand {
             var logger = Logger(label: "keyhold-server")
             logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
             logger[metadataKey: "server"] = "\(config.serverID)"
-            try await ServerRuntime.run(dir, config: config, logger: logger)
+            try await ServerRuntime.run(dir, config: config, hierarchyHeartbeat: .seconds(max(1, hierarchyHeartbeat)), logger: logger)
         }
     }
 
@@ -133,6 +139,7 @@ extension ServerCommand {
             secondaries:  \(status.secondaries) active
             running since \(formatDate(status.started))
             """)
+            if let h = status.hierarchy { print(describe(h)) }
         }
     }
 
@@ -154,6 +161,111 @@ extension ServerCommand {
         }
     }
 }
+
+/// The hierarchy lines of `status`.
+func describe(_ h: HierarchyStatus) -> String {
+    var lines = ["use hierarchy: \(h.useHierarchy ? "on" : "off")"]
+    if let id = h.primaryServerID {
+        lines.append("primary:      \(id) at \(h.primaryAddress ?? "?")\(h.primaryRefuses ? " — REFUSES (hierarchy_disabled on the primary)" : "")")
+        lines.append("push cursor:  \(h.pushCursor) acknowledged, \(h.pending) key(s) pending")
+        lines.append("last push:    \(formatDate(h.lastPush)) \(h.lastPushResult ?? "")")
+    } else {
+        lines.append("primary:      none")
+    }
+    return lines.joined(separator: "\n")
+}
+
+struct PrimaryCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "primary", abstract: "This server's primary.", subcommands: [Join.self, Leave.self])
+
+    struct Join: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Enroll this (running) server with a primary, using a server token from it.")
+        @OptionGroup var data: DataDirOption
+        @Argument(help: "The token from 'keyhold-server token create --role server' on the primary.") var token: String
+        func run() async throws {
+            let h = try await withAdmin(data) { try await $0.post(APIPath.adminPrimary, JoinRequest(token: token), as: HierarchyStatus.self) }
+            print("joined primary \(h.primaryServerID?.description ?? "?") at \(h.primaryAddress ?? "?")")
+            if !h.useHierarchy { print("note: 'use hierarchy' is off here; turn it on with 'keyhold-server hierarchy enable'") }
+        }
+    }
+
+    struct Leave: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Forget the primary (it keeps the keys it received).")
+        @OptionGroup var data: DataDirOption
+        func run() async throws {
+            try await withAdmin(data) { client -> Void in
+                _ = try await client.delete(APIPath.adminPrimary)
+            }
+            print("left the primary")
+        }
+    }
+}
+
+struct SecondaryCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "secondary", abstract: "Servers that joined this one as their primary.", subcommands: [List.self, Revoke.self])
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List secondaries.")
+        @OptionGroup var data: DataDirOption
+        @Flag(help: "Print JSON.") var json = false
+        func run() async throws {
+            let all = try await withAdmin(data) { try await $0.get(APIPath.adminClients, as: [ClientInfo].self) }.filter { $0.role == "server" }
+            if json { return try printJSON(all) }
+            print("id\tstate\tname\tenrolled")
+            for c in all { print("\(c.id)\t\(c.state)\t\(c.name)\t\(formatDate(c.enrolled))") }
+        }
+    }
+
+    struct Revoke: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Refuse a secondary from now on.")
+        @OptionGroup var data: DataDirOption
+        @Argument(help: "The secondary's id (see 'secondary list').") var id: String
+        func run() async throws {
+            guard DeviceID(id) != nil else { throw KeyholdError(.usage, "'\(id)' is not an id", hint: "see 'keyhold-server secondary list'") }
+            try await withAdmin(data) { try await $0.post(APIPath.adminClientRevoke(id)) }
+            print("revoked secondary \(id)")
+        }
+    }
+}
+
+struct HierarchyCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "hierarchy", abstract: "The \"use hierarchy to obtain encryption keys\" option and pushes.",
+        subcommands: [Enable.self, Disable.self, Sync.self]
+    )
+
+    struct Enable: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Push keys to the primary and answer secondaries.")
+        @OptionGroup var data: DataDirOption
+        func run() async throws {
+            let h = try await withAdmin(data) { try await $0.post(APIPath.adminHierarchy, HierarchyOptionRequest(enabled: true), as: HierarchyStatus.self) }
+            print(describe(h))
+        }
+    }
+
+    struct Disable: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Neither push nor answer secondaries (they get hierarchy_disabled).")
+        @OptionGroup var data: DataDirOption
+        func run() async throws {
+            let h = try await withAdmin(data) { try await $0.post(APIPath.adminHierarchy, HierarchyOptionRequest(enabled: false), as: HierarchyStatus.self) }
+            print(describe(h))
+        }
+    }
+
+    struct Sync: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Push now instead of at the next heartbeat.")
+        @OptionGroup var data: DataDirOption
+        @Flag(help: "Print JSON.") var json = false
+        func run() async throws {
+            let r = try await withAdmin(data) { try await $0.post(APIPath.adminHierarchySync, Empty(), as: SyncResponse.self) }
+            if json { return try printJSON(r) }
+            print("pushed \(r.pushed) key(s) in \(r.batches) batch(es); cursor \(r.cursor)")
+        }
+    }
+}
+
+/// An empty JSON object body.
+struct Empty: Codable {}
 
 struct TokenCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "token", abstract: "Enrollment tokens.", subcommands: [Create.self])

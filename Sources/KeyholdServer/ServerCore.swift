@@ -22,6 +22,7 @@ struct ServerCore: Sendable {
     let masterKey: MasterKey
     let authority: CertificateAuthority
     let databaseDescription: String
+    let hierarchy: Hierarchy
     let started = Date()
     let logger: Logger
 
@@ -119,25 +120,100 @@ struct ServerCore: Sendable {
 
     func release(_ keyID: KeyID, caller: Caller) async throws -> KeyResponse {
         try require(caller, .device)
-        let actor = caller.actor
-        let key: StoredKey?
-        do {
-            key = try await repository.releaseKey(ReleaseRequest(keyID: keyID, actor: actor, route: "agent"))
-        } catch {
-            logger.error("audit write failed; key not released", metadata: ["key": "\(keyID)", "error": "\(error)"])
-            throw KeyholdError(.auditFailed, "the audit record could not be written, so the key was not released", hint: "the server's database needs attention; try again later")
+        return try await resolve(keyID, actor: caller.actor, route: "agent", chain: [serverID], hops: Hierarchy.hopLimit)
+    }
+
+    /// The key for a caller: from this repository, else (option on, primary configured) from the
+    /// primary, which is then kept here. Every attempt is audited before anything is released.
+    func resolve(_ keyID: KeyID, actor: String, route: String, chain: [ServerID], hops: Int) async throws -> KeyResponse {
+        var key = try await audited { try await repository.releaseKey(ReleaseRequest(keyID: keyID, actor: actor, route: route)) }
+        if key == nil, let found = try await hierarchy.ask(keyID, chain: chain, hops: hops) {
+            guard found.record.id == keyID, var bytes = Data(base64Encoded: found.secret) else {
+                throw KeyholdError(.internalError, "the primary's answer for key \(keyID) is malformed", hint: "check that the servers' versions match")
+            }
+            defer { bytes.withUnsafeMutableBytes { SecretKey.wipe($0) } }
+            let secret = try SecretKey(bytes: bytes)
+            let stored = StoredKey(
+                record: found.record, wrappedSecret: try masterKey.wrap(secret, keyID: keyID),
+                secretFingerprint: masterKey.fingerprint(secret, keyID: keyID), provenance: .hierarchy
+            )
+            let outcome = try await repository.insertKey(stored, audit: AuditEvent(actor: "server:\(serverID)", action: "obtain", keyID: keyID, route: "primary", result: "ok", detail: "through the hierarchy"))
+            if outcome == .conflict {
+                throw KeyholdError(.conflict, "key \(keyID) from the primary conflicts with this server's copy", hint: "an administrator must investigate: two secrets exist for one key id")
+            }
+            key = try await audited {
+                try await repository.releaseKey(ReleaseRequest(keyID: keyID, actor: actor, route: route, detail: "obtained through the hierarchy"))
+            }
         }
         guard let key else {
-            throw KeyholdError(.notFound, "key \(keyID) is not known to this server", hint: "the key was escrowed elsewhere; import it or use the hierarchy")
+            throw KeyholdError(
+                .notFound, "key \(keyID) is not known to this server or its primaries",
+                hint: try await hierarchy.enabled()
+                    ? "the key may not have reached the top yet (pushes happen at each heartbeat); try again later, or import it"
+                    : "the key was escrowed elsewhere: enable the hierarchy ('keyhold-server hierarchy enable') or import it"
+            )
         }
-        if key.blocked {
+        if key.blocked || key.record.state == .revoked {
             throw KeyholdError(.keyBlocked, "key \(keyID) is blocked and is not released", hint: "ask an administrator ('keyhold-server key unblock')")
-        }
-        if key.record.state == .revoked {
-            throw KeyholdError(.keyBlocked, "key \(keyID) is revoked and is not released", hint: "ask an administrator")
         }
         let secret = try masterKey.unwrap(key.wrappedSecret, keyID: keyID)
         return KeyResponse(record: key.record, secret: secret.withUnsafeBytes { Data($0).base64EncodedString() })
+    }
+
+    /// Runs a release; a failure to write its audit record becomes `audit_failed`.
+    private func audited(_ body: () async throws -> StoredKey?) async throws -> StoredKey? {
+        do {
+            return try await body()
+        } catch {
+            logger.error("audit write failed; key not released", metadata: ["error": "\(error)"])
+            throw KeyholdError(.auditFailed, "the audit record could not be written, so the key was not released", hint: "the server's database needs attention; try again later")
+        }
+    }
+
+    // MARK: Hierarchy (secondaries calling this server)
+
+    func requireHierarchy(_ caller: Caller, action: String) async throws {
+        try require(caller, .server)
+        guard try await hierarchy.enabled() else {
+            try? await repository.appendAudit(AuditEvent(actor: caller.actor, action: action, route: "secondary:\(caller.client.id)", result: "hierarchy_disabled"))
+            throw KeyholdError(
+                .hierarchyDisabled, "server \(serverID) refuses hierarchy requests (hierarchy_disabled: its 'use hierarchy to obtain encryption keys' option is off)",
+                hint: "on server \(serverID) an administrator can run 'keyhold-server hierarchy enable'; until then move keys by export/import"
+            )
+        }
+    }
+
+    func receivePush(_ request: PushRequest, caller: Caller) async throws -> PushResponse {
+        try await requireHierarchy(caller, action: "push_receive")
+        guard request.keys.count <= 10_000 else { throw KeyholdError(.invalidRequest, "a push carries at most 10000 keys", hint: "send smaller batches") }
+        let batch = try request.keys.map { pushed -> StoredKey in
+            guard var bytes = Data(base64Encoded: pushed.secret) else {
+                throw KeyholdError(.invalidRequest, "key \(pushed.record.id) has a malformed secret", hint: "send 32 bytes in base64")
+            }
+            defer { bytes.withUnsafeMutableBytes { SecretKey.wipe($0) } }
+            let secret = try SecretKey(bytes: bytes)
+            return StoredKey(
+                record: pushed.record, wrappedSecret: try masterKey.wrap(secret, keyID: pushed.record.id),
+                secretFingerprint: masterKey.fingerprint(secret, keyID: pushed.record.id), provenance: .pushed, blocked: pushed.blocked
+            )
+        }
+        let outcomes = try await repository.insertKeys(
+            batch, audit: AuditEvent(actor: caller.actor, action: "push_receive", route: "secondary:\(caller.client.id)", result: "ok")
+        )
+        let conflicts = zip(batch, outcomes).filter { $0.1 == .conflict }.map { $0.0.record.id }
+        if !conflicts.isEmpty { logger.warning("pushed keys conflict with stored ones", metadata: ["count": "\(conflicts.count)", "from": "\(caller.actor)"]) }
+        return PushResponse(accepted: outcomes.filter { $0 == .inserted }.count, alreadyPresent: outcomes.filter { $0 == .alreadyPresent }.count, conflicts: conflicts)
+    }
+
+    func lookup(_ keyID: KeyID, chain: [ServerID], hops: Int, caller: Caller) async throws -> KeyResponse {
+        try await requireHierarchy(caller, action: "release")
+        guard !chain.contains(serverID) else {
+            throw KeyholdError(.hierarchyLoop, "the lookup for key \(keyID) came back to server \(serverID): the configured hierarchy has a loop", hint: "fix the primaries so that they form a tree ('keyhold-server primary leave' on one server of the loop)")
+        }
+        guard hops > 0 else {
+            throw KeyholdError(.hierarchyTooDeep, "the lookup for key \(keyID) passed \(Hierarchy.hopLimit) servers", hint: "the hierarchy is deeper than Keyhold allows; flatten it")
+        }
+        return try await resolve(keyID, actor: caller.actor, route: "secondary:\(caller.client.id)", chain: chain + [serverID], hops: hops - 1)
     }
 
     func heartbeat(_ request: HeartbeatRequest, caller: Caller) async throws -> HeartbeatResponse {
@@ -152,7 +228,8 @@ struct ServerCore: Sendable {
         return StatusResponse(
             serverID: serverID, version: KeyholdVersion.current, database: databaseDescription, keyCount: try await repository.keyCount(),
             devices: clients.filter { $0.role == .device && $0.state == .active }.count,
-            secondaries: clients.filter { $0.role == .server && $0.state == .active }.count, started: started
+            secondaries: clients.filter { $0.role == .server && $0.state == .active }.count, started: started,
+            hierarchy: try await hierarchy.status()
         )
     }
 

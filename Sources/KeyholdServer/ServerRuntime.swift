@@ -21,6 +21,8 @@ enum ServerRuntime {
         var database = "sqlite"
         /// Extra host names or addresses for the TLS certificate.
         var hostNames: [String] = []
+        /// Initial value of the "use hierarchy" option.
+        var useHierarchy = false
     }
 
     /// Creates a new data directory: master key, CA, TLS and admin certificates, config, schema.
@@ -63,6 +65,7 @@ enum ServerRuntime {
         try await repository.insertClient(EnrolledClient(
             id: adminID, role: .admin, name: "administrator", certificateFingerprint: CertificateAuthority.fingerprint(admin)
         ))
+        try await repository.setSetting("use_hierarchy", options.useHierarchy ? "true" : "false")
         try await repository.appendAudit(AuditEvent(actor: "admin:\(adminID)", action: "init", route: "local", result: "ok", detail: "server \(serverID)"))
         try await repository.close()
         // The config goes last: a data directory without it is an interrupted init, not a server.
@@ -92,7 +95,7 @@ enum ServerRuntime {
     }
 
     /// Runs both listeners until SIGTERM or SIGINT, then stops gracefully.
-    static func run(_ dir: DataDirectory, config: ServerConfig, logger: Logger) async throws {
+    static func run(_ dir: DataDirectory, config: ServerConfig, hierarchyHeartbeat: Duration = .seconds(30), logger: Logger) async throws {
         try dir.checkSecretPermissions()
         let master = try SecretKey(bytes: try dir.read(dir.masterKey))
         let authority = try CertificateAuthority(
@@ -101,9 +104,10 @@ enum ServerRuntime {
         )
         let repository = try openRepository(config, dir)
         try await repository.migrate()
+        let hierarchy = try Hierarchy(serverID: config.serverID, repository: repository, masterKey: MasterKey(master), dir: dir, logger: logger)
         let core = ServerCore(
             serverID: config.serverID, repository: repository, masterKey: MasterKey(master), authority: authority,
-            databaseDescription: describe(config.database), logger: logger
+            databaseDescription: describe(config.database), hierarchy: hierarchy, logger: logger
         )
 
         let chain = try NIOSSLCertificate.fromPEMFile(dir.tlsCertificate).map { NIOSSLCertificateSource.certificate($0) }
@@ -133,10 +137,12 @@ enum ServerRuntime {
         )
         let announcer = Announcer(dir: dir, addresses: addresses, serverID: config.serverID, logger: logger)
         let group = ServiceGroup(
-            configuration: .init(services: [.init(service: api), .init(service: enroll), .init(service: announcer)],
+            configuration: .init(services: [.init(service: api), .init(service: enroll), .init(service: announcer),
+                                            .init(service: HierarchyHeartbeat(hierarchy: hierarchy, interval: hierarchyHeartbeat))],
                                  gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )
         try await group.run()
+        await hierarchy.shutdown()
         try? await repository.close()
         try? FileManager.default.removeItem(atPath: dir.runtime)
         logger.info("stopped")

@@ -15,12 +15,13 @@ public final class ServerProcess: @unchecked Sendable {
     private let logFile: URL
 
     /// Creates the data directory with `keyhold-server init` (SQLite unless `database` is given).
-    public init(name: String = "test", database: String? = nil, dataDir: URL? = nil) throws {
+    public init(name: String = "test", database: String? = nil, dataDir: URL? = nil, initOptions: [String] = []) throws {
         self.dataDir = try dataDir ?? Paths.temporaryFolder("server-\(name)").appendingPathComponent("data")
         logFile = self.dataDir.deletingLastPathComponent().appendingPathComponent("server-\(UUID().uuidString.prefix(6)).log")
         if dataDir == nil {
             var args = ["init", "--data-dir", self.dataDir.path, "--listen", "127.0.0.1:0", "--enroll-listen", "127.0.0.1:0", "--name", name]
             if let database { args += ["--db", database] }
+            args += initOptions
             let r = try run(binary, args)
             guard r.status == 0 else { throw TestFailure("init failed: \(r.stderr)") }
         }

@@ -1,0 +1,174 @@
+import Foundation
+import KeyholdClient
+import KeyholdCore
+import KeyholdProtocol
+import KeyholdStore
+import Logging
+import ServiceLifecycle
+
+/// This server's place in the hierarchy (docs/spec/hierarchy.md): its primary, the
+/// `use_hierarchy` option, the push cursor, pushes at heartbeat and lookups upward.
+actor Hierarchy {
+    static let batchSize = 1000
+    static let hopLimit = 8
+
+    private let serverID: ServerID
+    private let repository: any Repository
+    private let masterKey: MasterKey
+    private let primaryFile: String
+    private let state: DataDirectory
+    private let logger: Logger
+    private var primary: EnrolledIdentity?
+    private var client: APIClient?
+    private var lastPush: Date?
+    private var lastPushResult: String?
+    private var primaryRefuses = false
+    private var syncing: Task<SyncResponse, any Error>?
+
+    init(serverID: ServerID, repository: any Repository, masterKey: MasterKey, dir: DataDirectory, logger: Logger) throws {
+        self.serverID = serverID
+        self.repository = repository
+        self.masterKey = masterKey
+        self.state = dir
+        self.primaryFile = dir.file("primary.json")
+        self.logger = logger
+        if let data = FileManager.default.contents(atPath: primaryFile) {
+            guard let identity = try? JSONDecoder().decode(EnrolledIdentity.self, from: data) else {
+                throw KeyholdError(.configuration, "\(primaryFile) is damaged", hint: "run 'keyhold-server primary leave' and join again")
+            }
+            primary = identity
+            client = try identity.client(timeout: .seconds(10))
+        }
+    }
+
+    // MARK: Option and primary
+
+    func enabled() async throws -> Bool { try await repository.setting("use_hierarchy") == "true" }
+
+    func setEnabled(_ on: Bool) async throws {
+        try await repository.setSetting("use_hierarchy", on ? "true" : "false")
+        logger.info("use_hierarchy \(on ? "enabled" : "disabled")")
+    }
+
+    func join(tokenText: String) async throws -> HierarchyStatus {
+        if let primary {
+            throw KeyholdError(.usage, "this server already has primary \(primary.serverID) at \(primary.apiAddress)", hint: "run 'keyhold-server primary leave' first")
+        }
+        let identity = try await Enrollment.enroll(token: try EnrollmentToken(text: tokenText), name: "server \(serverID)")
+        guard identity.role == "server" else {
+            throw KeyholdError(.tokenInvalid, "the token is for a device, not a server", hint: "on the primary run 'keyhold-server token create --role server'")
+        }
+        guard identity.serverID != serverID else {
+            throw KeyholdError(.hierarchyLoop, "a server cannot be its own primary", hint: "use a token of another server")
+        }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try state.write("primary.json", try encoder.encode(identity), mode: 0o600)
+        primary = identity
+        client = try identity.client(timeout: .seconds(10))
+        try await repository.setSetting("push_cursor", "0")
+        logger.info("joined primary", metadata: ["primary": "\(identity.serverID)", "address": "\(identity.apiAddress)"])
+        return try await status()
+    }
+
+    func leave() async throws {
+        guard primary != nil else { throw KeyholdError(.notFound, "this server has no primary", hint: "nothing to leave") }
+        try FileManager.default.removeItem(atPath: primaryFile)
+        await client?.shutdown()
+        primary = nil
+        client = nil
+        primaryRefuses = false
+    }
+
+    func status() async throws -> HierarchyStatus {
+        let cursor = try await self.cursor()
+        let pending = try await repository.keys(afterSequence: cursor, limit: 100_000).count
+        return HierarchyStatus(
+            useHierarchy: try await enabled(), primaryServerID: primary?.serverID, primaryAddress: primary?.apiAddress,
+            pushCursor: cursor, pending: pending, lastPush: lastPush, lastPushResult: lastPushResult, primaryRefuses: primaryRefuses
+        )
+    }
+
+    private func cursor() async throws -> Int64 { Int64(try await repository.setting("push_cursor") ?? "0") ?? 0 }
+
+    // MARK: Push
+
+    /// One heartbeat's push: every key after the cursor, in batches; the cursor moves only after
+    /// the primary acknowledged a batch. Concurrent calls share one run.
+    func sync() async throws -> SyncResponse {
+        if let syncing { return try await syncing.value }
+        let task = Task { try await self.push() }
+        syncing = task
+        defer { syncing = nil }
+        return try await task.value
+    }
+
+    private func push() async throws -> SyncResponse {
+        var cursor = try await self.cursor()
+        guard try await enabled(), let client, let primary else { return SyncResponse(pushed: 0, batches: 0, cursor: cursor) }
+        var pushed = 0
+        var batches = 0
+        while true {
+            let batch = try await repository.keys(afterSequence: cursor, limit: Self.batchSize)
+            if batch.isEmpty { break }
+            let keys = try batch.map { key in
+                PushedKey(record: key.record, secret: try masterKey.unwrap(key.wrappedSecret, keyID: key.record.id).withUnsafeBytes { Data($0).base64EncodedString() }, blocked: key.blocked)
+            }
+            let response: PushResponse
+            do {
+                response = try await client.post(APIPath.hierarchyPush, PushRequest(keys: keys), as: PushResponse.self)
+            } catch let error as KeyholdError {
+                lastPush = Date()
+                lastPushResult = "\(error.code.rawValue): \(error.message)"
+                primaryRefuses = error.code == .hierarchyDisabled
+                logger.notice("push to primary failed", metadata: ["error": "\(error.code)"])
+                throw error
+            }
+            primaryRefuses = false
+            cursor = batch[batch.count - 1].sequence
+            try await repository.setSetting("push_cursor", String(cursor))
+            try await repository.appendAudit(AuditEvent(
+                actor: "server:\(serverID)", action: "push", route: "primary:\(primary.serverID)", result: "ok",
+                detail: "\(batch.count) keys up to sequence \(cursor): \(response.accepted) new, \(response.alreadyPresent) already there, \(response.conflicts.count) conflicts"
+            ))
+            pushed += batch.count
+            batches += 1
+            if batch.count < Self.batchSize { break }
+        }
+        lastPush = Date()
+        lastPushResult = "ok: \(pushed) keys"
+        return SyncResponse(pushed: pushed, batches: batches, cursor: cursor)
+    }
+
+    // MARK: Lookup
+
+    /// Asks the primary for a key (it applies the same rule upward). Nil when there is no primary
+    /// or the option is off here.
+    func ask(_ keyID: KeyID, chain: [ServerID], hops: Int) async throws -> KeyResponse? {
+        guard try await enabled(), let client else { return nil }
+        let query = "chain=\(chain.map(\.description).joined(separator: ","))&hops=\(hops)"
+        do {
+            let response = try await client.get(APIPath.hierarchyKey(keyID.description) + "?" + query, as: KeyResponse.self)
+            primaryRefuses = false
+            return response
+        } catch let error as KeyholdError {
+            if error.code == .hierarchyDisabled { primaryRefuses = true }
+            throw error
+        }
+    }
+
+    func shutdown() async { await client?.shutdown() }
+}
+
+/// Runs a push at every hierarchy heartbeat.
+struct HierarchyHeartbeat: Service {
+    let hierarchy: Hierarchy
+    let interval: Duration
+
+    func run() async throws {
+        while !Task.isShuttingDownGracefully {
+            _ = try? await hierarchy.sync()
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
+        }
+    }
+}

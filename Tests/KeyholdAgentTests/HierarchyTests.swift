@@ -1,0 +1,188 @@
+import Foundation
+import KeyholdClient
+import KeyholdCore
+import KeyholdProtocol
+import KeyholdTestSupport
+import Testing
+
+/// The hierarchy with real processes: top T; S1 and S2 under T; S3 under S1; D1 on S3, D2 on S2.
+/// Heartbeats are long; the tests push with `keyhold-server hierarchy sync` to control the timing.
+@Suite struct HierarchyTests {
+    struct Tree {
+        let t, s1, s2, s3: ServerProcess
+        let d1, d2: AgentProcess
+        func stop() {
+            d1.stop(); d2.stop()
+            for s in [s3, s2, s1, t] { s.stop() }
+        }
+    }
+
+    static func server(_ name: String, hierarchy: Bool = true) throws -> ServerProcess {
+        let s = try ServerProcess(name: name, initOptions: hierarchy ? ["--use-hierarchy"] : [])
+        try s.start(extra: ["--hierarchy-heartbeat", "3600"])
+        return s
+    }
+
+    static func join(_ secondary: ServerProcess, to primary: ServerProcess) throws {
+        let token = try primary.admin(["token", "create", "--role", "server"]).stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+        let r = try secondary.admin(["primary", "join", token])
+        guard r.status == 0 else { throw TestFailure("join failed: \(r.stderr)") }
+    }
+
+    static func tree() throws -> Tree {
+        let t = try server("T"), s1 = try server("S1"), s2 = try server("S2"), s3 = try server("S3")
+        try join(s1, to: t)
+        try join(s2, to: t)
+        try join(s3, to: s1)
+        return Tree(t: t, s1: s1, s2: s2, s3: s3,
+                    d1: try AgentIntegrationTests.enrolledAgent(s3, name: "D1"), d2: try AgentIntegrationTests.enrolledAgent(s2, name: "D2"))
+    }
+
+    static func sync(_ s: ServerProcess) throws -> RunResult { try s.admin(["hierarchy", "sync"]) }
+
+    static func status(_ s: ServerProcess) throws -> HierarchyStatus {
+        let r = try s.admin(["status", "--json"])
+        return try WireFormat.decoder().decode(StatusResponse.self, from: r.stdout).hierarchy!
+    }
+
+    /// D1 encrypts a new file; returns its name and plaintext.
+    static func encryptOnD1(_ tree: Tree, _ name: String) throws -> Data {
+        let plain = try AgentIntegrationTests.write(tree.d1, name, 4000)
+        let r = try tree.d1.keyhold(["file", "encrypt", name, "-o", name + ".khf"])
+        guard r.status == 0 else { throw TestFailure("encrypt failed: \(r.stderr)") }
+        try FileManager.default.copyItem(atPath: tree.d1.path(name + ".khf"), toPath: tree.d2.path(name + ".khf"))
+        return plain
+    }
+
+    @Test func aFileFromD1OpensOnD2AfterTheKeyClimbed() async throws {
+        let tree = try Self.tree()
+        defer { tree.stop() }
+        let plain = try Self.encryptOnD1(tree, "f1")
+        // Before any heartbeat the key is only on S3: D2's server cannot find it.
+        var r = try tree.d2.keyhold(["file", "decrypt", "f1.khf", "-o", "f1.txt"])
+        #expect(r.status != 0 && r.stderr.contains("not known to this server or its primaries"), "\(r.stderr)")
+        #expect(r.stderr.contains("heartbeat"))
+        #expect(try Self.sync(tree.s3).stdoutText.contains("pushed 1 key"))
+        // S3 → S1 only: T still lacks it.
+        r = try tree.d2.keyhold(["file", "decrypt", "f1.khf", "-o", "f1.txt"])
+        #expect(r.status != 0)
+        #expect(try Self.sync(tree.s1).stdoutText.contains("pushed 1 key"))
+        r = try tree.d2.keyhold(["file", "decrypt", "f1.khf", "-o", "f1.txt"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: tree.d2.path("f1.txt"))) == plain)
+
+        // Cursors: acknowledged, nothing pending; an idle heartbeat sends nothing.
+        let s3 = try Self.status(tree.s3)
+        #expect(s3.pushCursor > 0 && s3.pending == 0 && !s3.primaryRefuses)
+        #expect(try Self.sync(tree.s3).stdoutText.contains("pushed 0 key(s) in 0 batch(es)"))
+        // S2 keeps the key it obtained, marked as such; T audited the release to S2.
+        #expect(try tree.s2.admin(["key", "list"]).stdoutText.contains("\thierarchy\t"))
+        #expect(try await tree.t.auditEntries().contains { $0.action == "release" && $0.result == "ok" && $0.route.hasPrefix("secondary:") && $0.actor.hasPrefix("server:") })
+        #expect(try await tree.s2.auditEntries().contains { $0.action == "obtain" && $0.route == "primary" })
+        #expect(try await tree.t.auditEntries().contains { $0.action == "push_receive" && $0.detail.hasPrefix("1 keys: 1 inserted") })
+    }
+
+    @Test func optionOffOnTheTopRefusesWithItsOwnError() async throws {
+        let tree = try Self.tree()
+        defer { tree.stop() }
+        #expect(try tree.t.admin(["hierarchy", "disable"]).status == 0)
+        let plain = try Self.encryptOnD1(tree, "f2")
+        #expect(try Self.sync(tree.s3).status == 0)
+        let refused = try Self.sync(tree.s1)
+        #expect(refused.status != 0 && refused.stderr.contains("hierarchy_disabled"), "\(refused.stderr)")
+        #expect(try Self.status(tree.s1).primaryRefuses)
+        #expect(try tree.s1.admin(["status"]).stdoutText.contains("REFUSES"))
+        let r = try tree.d2.keyhold(["file", "decrypt", "f2.khf", "-o", "f2.txt"])
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("hierarchy_disabled") && r.stderr.contains("hint: ") && r.stderr.contains("hierarchy enable"), "\(r.stderr)")
+        // Turned back on: S1 resumes from its cursor and D2 opens the file.
+        #expect(try tree.t.admin(["hierarchy", "enable"]).status == 0)
+        #expect(try Self.sync(tree.s1).stdoutText.contains("pushed 1 key"))
+        #expect(!(try Self.status(tree.s1).primaryRefuses))
+        #expect(try tree.d2.keyhold(["file", "decrypt", "f2.khf", "-o", "f2.txt"]).status == 0)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: tree.d2.path("f2.txt"))) == plain)
+    }
+
+    @Test func optionOffInTheMiddleStopsKeysThere() async throws {
+        let tree = try Self.tree()
+        defer { tree.stop() }
+        #expect(try tree.s1.admin(["hierarchy", "disable"]).status == 0)
+        _ = try Self.encryptOnD1(tree, "f3")
+        let refused = try Self.sync(tree.s3)
+        #expect(refused.status != 0 && refused.stderr.contains("hierarchy_disabled"))
+        let before = try Self.status(tree.s3)
+        #expect(before.pending == 1 && before.primaryRefuses)
+        #expect(try Self.sync(tree.s1).stdoutText.contains("pushed 0"), "S1 with the option off does not push")
+        #expect(try tree.d2.keyhold(["file", "decrypt", "f3.khf", "-o", "f3.txt"]).status != 0)
+        #expect(try tree.s1.admin(["hierarchy", "enable"]).status == 0)
+        #expect(try Self.sync(tree.s3).stdoutText.contains("pushed 1 key"))
+        #expect(try Self.status(tree.s3).pending == 0)
+        #expect(try Self.sync(tree.s1).stdoutText.contains("pushed 1 key"))
+        #expect(try tree.d2.keyhold(["file", "decrypt", "f3.khf", "-o", "f3.txt"]).status == 0)
+    }
+
+    @Test func aConfiguredLoopAndASilentPrimaryGiveBoundedClearErrors() async throws {
+        let a = try Self.server("A"), b = try Self.server("B")
+        defer { a.stop(); b.stop() }
+        try Self.join(a, to: b)
+        try Self.join(b, to: a)
+        let d = try AgentIntegrationTests.enrolledAgent(a, name: "loopdev")
+        defer { d.stop() }
+        _ = try d.keyhold(["key", "new", "-o", "k.json"])
+        _ = try AgentIntegrationTests.write(d, "x", 10)
+        _ = try d.keyhold(["file", "encrypt", "x", "-o", "x.khf", "--key-file", "k.json"])
+        let loop = try d.keyhold(["file", "decrypt", "x.khf", "-o", "x.out"])
+        #expect(loop.status != 0 && loop.stderr.contains("loop") && loop.stderr.contains("hint: "), "\(loop.stderr)")
+
+        // B stops answering (SIGSTOP): A's lookup gives up within its bounded timeout.
+        kill(b.pid, SIGSTOP)
+        defer { kill(b.pid, SIGCONT) }
+        let start = Date()
+        let silent = try d.keyhold(["file", "decrypt", "x.khf", "-o", "x.out"])
+        let waited = Date().timeIntervalSince(start)
+        #expect(silent.status != 0 && silent.stderr.contains("cannot reach"), "\(silent.stderr)")
+        #expect(waited < 30, "bounded wait, not a hang (\(waited) s)")
+    }
+
+    @Test func killingThePrimaryMidPushLosesAndDuplicatesNothing() async throws {
+        let t = try Self.server("T-kill")
+        let s1 = try Self.server("S1-kill")
+        defer { s1.stop(); t.stop() }
+        try Self.join(s1, to: t)
+        let device = try await s1.enrollDevice("loader")
+        let count = 50_000
+        // Escrow the keys directly over the device API, 64 at a time.
+        let ids = (0..<count).map { _ in KeyID.random() }
+        let client = try device.client()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for worker in 0..<64 {
+                group.addTask {
+                    for i in stride(from: worker, to: count, by: 64) {
+                        let record = KeyRecord(id: ids[i], kind: .file, originServerID: device.serverID, originDeviceID: device.clientID, label: "bulk")
+                        let secret = SecretKey.generate().withUnsafeBytes { Data($0).base64EncodedString() }
+                        _ = try await client.put(APIPath.key(ids[i].description), EscrowRequest(record: record, secret: secret), as: EscrowResponse.self)
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        await client.shutdown()
+        // Push, and kill -9 the primary while it is receiving.
+        let pushing = Task { try Self.sync(s1) }
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline, (try Self.status(s1)).pushCursor == 0 { try await Task.sleep(for: .milliseconds(50)) }
+        t.kill9()
+        _ = try await pushing.value
+        let cursorAtKill = try Self.status(s1).pushCursor
+        #expect(cursorAtKill > 0 && cursorAtKill < Int64(count), "the kill happened mid-push (cursor \(cursorAtKill))")
+        try t.start(extra: ["--hierarchy-heartbeat", "3600"])
+        let resumed = try Self.sync(s1)
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        #expect(try Self.status(s1).pending == 0)
+        // Every key arrived exactly once.
+        let list = try t.admin(["key", "list", "--json"])
+        let keys = try WireFormat.decoder().decode([KeyInfo].self, from: list.stdout)
+        #expect(keys.count == count)
+        #expect(Set(keys.map(\.record.id)) == Set(ids))
+    }
+}
