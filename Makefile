@@ -54,6 +54,7 @@ bench:
 	swift build -c release --product keyhold-release-bench
 	Benchmarks/file-bench.sh $(RELEASE_DIR)/keyhold
 	scripts/test-postgres.sh Benchmarks/release-bench.sh $(RELEASE_DIR)
+	scripts/test-postgres.sh Benchmarks/hierarchy-bench.sh $(RELEASE_DIR)
 
 vectors: deps
 	.venv/bin/python scripts/gen-file-vectors.py

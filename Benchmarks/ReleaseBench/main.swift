@@ -16,7 +16,7 @@ import KeyholdStoreSQLite
 
 @main
 struct ReleaseBench: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "keyhold-release-bench", subcommands: [Load.self, SQLiteLimit.self])
+    static let configuration = CommandConfiguration(commandName: "keyhold-release-bench", subcommands: [Load.self, SQLiteLimit.self, HierarchyBench.self])
 }
 
 struct Result: Codable {
@@ -147,5 +147,108 @@ struct SQLiteLimit: AsyncParsableCommand {
         try emit(Result(mode: "sqlite-limit", operations: lat.count, seconds: elapsed, perSecond: Double(lat.count) / elapsed,
                         p50ms: percentile(lat, 0.5), p99ms: percentile(lat, 0.99), errors: errors))
         try await repo.close()
+    }
+}
+
+/// Runs `body` with `client` and shuts the client down afterwards, also when `body` throws.
+func using<T>(_ client: APIClient, _ body: (APIClient) async throws -> T) async throws -> T {
+    do {
+        let result = try await body(client)
+        await client.shutdown()
+        return result
+    } catch {
+        await client.shutdown()
+        throw error
+    }
+}
+
+/// A server's admin client and address, from its data directory.
+func adminClient(_ dataDir: String) throws -> (APIClient, String) {
+    let dir = URL(fileURLWithPath: dataDir)
+    func read(_ name: String) throws -> String { try String(contentsOf: dir.appendingPathComponent(name), encoding: .utf8) }
+    let runtime = try JSONSerialization.jsonObject(with: Data(contentsOf: dir.appendingPathComponent("runtime.json"))) as! [String: Any]
+    let api = runtime["api"] as! String
+    return (try APIClient(address: api, caPEM: try read("ca.pem"), certificatePEM: try read("admin.pem"), keyPEM: try read("admin.key"), timeout: .seconds(600)), api)
+}
+
+/// Enrolls a new client of `role` with the server of `dataDir`.
+func enroll(_ dataDir: String, role: String, name: String) async throws -> EnrolledIdentity {
+    let token = try await using(try adminClient(dataDir).0) {
+        try await $0.post(APIPath.adminTokens, TokenCreateRequest(role: role, uses: 1, ttlSeconds: 600), as: TokenCreateResponse.self)
+    }
+    return try await Enrollment.enroll(token: try EnrollmentToken(text: token.token), name: name)
+}
+
+/// Loads `count` new keys into a server by pushing them as a secondary would (batches of 10000).
+func load(into dataDir: String, count: Int) async throws -> [KeyID] {
+    let pusher = try await enroll(dataDir, role: "server", name: "bench-loader")
+    return try await using(try pusher.client(timeout: .seconds(600))) { client in
+        var ids: [KeyID] = []
+        ids.reserveCapacity(count)
+        var done = 0
+        while done < count {
+            let n = min(10_000, count - done)
+            let keys = (0..<n).map { _ -> PushedKey in
+                let record = KeyRecord(kind: .file, originServerID: pusher.serverID, originDeviceID: .random(), label: "bench")
+                ids.append(record.id)
+                return PushedKey(record: record, secret: SecretKey.generate().withUnsafeBytes { Data($0).base64EncodedString() }, blocked: false)
+            }
+            _ = try await client.post(APIPath.hierarchyPush, PushRequest(keys: keys), as: PushResponse.self)
+            done += n
+        }
+        return ids
+    }
+}
+
+func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
+
+/// Hierarchy benchmark over running servers TOP <- MIDDLE <- BOTTOM (all with the option on):
+/// time to push KEYS keys from MIDDLE to TOP, the cost of an idle push, and depth-3 lookups
+/// (a device on BOTTOM asking for keys that only TOP holds).
+struct HierarchyBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "hierarchy")
+    @Option var top: String
+    @Option var middle: String
+    @Option var bottom: String
+    @Option var keys = 1_000_000
+    @Option var lookups = 2000
+
+    func run() async throws {
+        let clock = ContinuousClock()
+        FileHandle.standardError.write(Data("loading \(keys) keys into the secondary…\n".utf8))
+        var t0 = clock.now
+        _ = try await load(into: middle, count: keys)
+        let loadSeconds = seconds(clock.now - t0)
+        var pushSeconds = 0.0, idleMs = 0.0
+        let (sync, idle) = try await using(try adminClient(middle).0) { admin in
+            t0 = clock.now
+            let sync = try await admin.post(APIPath.adminHierarchySync, [String: String](), as: SyncResponse.self)
+            pushSeconds = seconds(clock.now - t0)
+            t0 = clock.now
+            let idle = try await admin.post(APIPath.adminHierarchySync, [String: String](), as: SyncResponse.self)
+            idleMs = seconds(clock.now - t0) * 1000
+            return (sync, idle)
+        }
+
+        // Depth 3: keys only at the top, asked for by a device of the bottom server.
+        let onlyAtTop = try await load(into: top, count: lookups)
+        let device = try await enroll(bottom, role: "device", name: "bench-device")
+        var latencies = try await using(try device.client()) { client in
+            var latencies: [Double] = []
+            for id in onlyAtTop {
+                let start = clock.now
+                _ = try await client.get(APIPath.key(id.description), as: KeyResponse.self)
+                latencies.append(seconds(clock.now - start) * 1000)
+            }
+            return latencies
+        }
+        latencies.sort()
+        let result: [String: Double] = [
+            "keys": Double(sync.pushed), "load_seconds": loadSeconds, "push_seconds": pushSeconds, "push_per_second": Double(sync.pushed) / pushSeconds,
+            "idle_sync_ms": idleMs, "idle_keys_sent": Double(idle.pushed), "lookup_p50_ms": percentile(latencies, 0.5), "lookup_p99_ms": percentile(latencies, 0.99),
+        ]
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys]
+        print(String(decoding: try e.encode(result), as: UTF8.self))
     }
 }

@@ -46,12 +46,13 @@ enum ErrorStatus {
 
 /// JSON in, JSON out, errors as `ErrorBody`.
 enum JSONRoute {
-    static func decode<T: Decodable>(_ type: T.Type, _ request: Request) async throws -> T {
+    /// Decodes a JSON body of at most `limit` bytes (1 MiB; pushes of up to 10000 keys get 8 MiB).
+    static func decode<T: Decodable>(_ type: T.Type, _ request: Request, limit: Int = 1 << 20) async throws -> T {
         let buffer: ByteBuffer
         do {
-            buffer = try await request.body.collect(upTo: 1 << 20)
+            buffer = try await request.body.collect(upTo: limit)
         } catch {
-            throw KeyholdError(.invalidRequest, "the request body is too large", hint: "send at most 1 MiB")
+            throw KeyholdError(.invalidRequest, "the request body is larger than \(limit >> 20) MiB", hint: "send smaller requests")
         }
         do {
             return try WireFormat.decoder().decode(T.self, from: Data(buffer.readableBytesView))
@@ -178,7 +179,7 @@ enum ServerAPI {
         // The hierarchy: secondaries calling this server, administrators steering it.
         router.post(RouterPath(APIPath.hierarchyPush), use: JSONRoute.handle(logger) { request, context in
             let who = try await caller(context)
-            return try JSONRoute.respond(try await core.receivePush(try await JSONRoute.decode(PushRequest.self, request), caller: who))
+            return try JSONRoute.respond(try await core.receivePush(try await JSONRoute.decode(PushRequest.self, request, limit: 8 << 20), caller: who))
         })
         router.get(RouterPath("/v1/hierarchy/keys/:id"), use: JSONRoute.handle(logger) { request, context in
             let who = try await caller(context)

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Hierarchy benchmark: push KEYS keys from a secondary to its primary, the cost of an idle push,
+# and depth-3 lookups (T <- S1 <- S3, a device on S3 asking for keys only T holds).
+#   Benchmarks/hierarchy-bench.sh BIN_DIR      (run inside scripts/test-postgres.sh; make bench does)
+# Knobs: KEYS (1000000), LOOKUPS (2000). Targets: push < 60 s, no keys sent when idle, p99 < 20 ms.
+set -euo pipefail
+BIN=$(readlink -f "${1:?usage: $0 BIN_DIR}")
+KEYS=${KEYS:-1000000}; LOOKUPS=${LOOKUPS:-2000}
+: "${KEYHOLD_TEST_POSTGRES_URL:?run this through scripts/test-postgres.sh}"
+PGHOST=$(python3 -c 'import sys,urllib.parse as u; print(u.parse_qs(u.urlparse(sys.argv[1]).query)["host"][0])' "$KEYHOLD_TEST_POSTGRES_URL")
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+W=$(mktemp -d /tmp/keyhold-hierarchy-bench-XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
+trap cleanup EXIT
+
+start() { # NAME DB
+  local dir="$W/$1"
+  "$BIN/keyhold-server" init --data-dir "$dir" --listen 127.0.0.1:0 --enroll-listen 127.0.0.1:0 --use-hierarchy --db "$2" > /dev/null
+  "$BIN/keyhold-server" run --data-dir "$dir" --log-level error --hierarchy-heartbeat 3600 > "$W/$1.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 300); do [ -s "$dir/runtime.json" ] && return 0; sleep 0.1; done
+  echo "server $1 did not start"; cat "$W/$1.log"; exit 1
+}
+join() { # SECONDARY PRIMARY
+  local token; token=$("$BIN/keyhold-server" token create --role server --data-dir "$W/$2")
+  "$BIN/keyhold-server" primary join "$token" --data-dir "$W/$1" > /dev/null
+}
+field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+
+declare -A OUT
+for backend in sqlite postgres; do
+  for s in T S1 S3; do
+    db=sqlite
+    if [ $backend = postgres ]; then
+      "$PGBIN/createdb" -h "$PGHOST" -U keyhold "hb_$s"
+      db="postgres:///hb_$s?host=$PGHOST&user=keyhold"
+    fi
+    start "$backend-$s" "$db"
+  done
+  join "$backend-S1" "$backend-T"
+  join "$backend-S3" "$backend-S1"
+  echo "== $backend: $KEYS keys S1 -> T, $LOOKUPS depth-3 lookups"
+  OUT[$backend]=$("$BIN/keyhold-release-bench" hierarchy --top "$W/$backend-T" --middle "$W/$backend-S1" --bottom "$W/$backend-S3" --keys "$KEYS" --lookups "$LOOKUPS")
+  echo "   ${OUT[$backend]}"
+done
+
+python3 - "${OUT[sqlite]}" "${OUT[postgres]}" <<'PY'
+import json, sys
+rows = {"sqlite": json.loads(sys.argv[1]), "postgres": json.loads(sys.argv[2])}
+print(f"\n{'backend':<10}{'keys':>9}{'push s':>9}{'keys/s':>9}{'idle ms':>9}{'idle sent':>10}{'p50 ms':>8}{'p99 ms':>8}")
+for name, r in rows.items():
+    print(f"{name:<10}{r['keys']:>9.0f}{r['push_seconds']:>9.1f}{r['push_per_second']:>9.0f}{r['idle_sync_ms']:>9.1f}{r['idle_keys_sent']:>10.0f}{r['lookup_p50_ms']:>8.2f}{r['lookup_p99_ms']:>8.2f}")
+for name, r in rows.items():
+    print(f"targets ({name}): push < 60 s: {'met' if r['push_seconds'] < 60 else 'MISSED'}; "
+          f"idle sends no keys: {'met' if r['idle_keys_sent'] == 0 else 'MISSED'}; "
+          f"depth-3 p99 < 20 ms: {'met' if r['lookup_p99_ms'] < 20 else 'MISSED'}")
+PY
