@@ -52,7 +52,8 @@ print(f"\n{'backend':<10}{'keys':>9}{'push s':>9}{'keys/s':>9}{'idle ms':>9}{'id
 for name, r in rows.items():
     print(f"{name:<10}{r['keys']:>9.0f}{r['push_seconds']:>9.1f}{r['push_per_second']:>9.0f}{r['idle_sync_ms']:>9.1f}{r['idle_keys_sent']:>10.0f}{r['lookup_p50_ms']:>8.2f}{r['lookup_p99_ms']:>8.2f}")
 for name, r in rows.items():
-    print(f"targets ({name}): push < 60 s: {'met' if r['push_seconds'] < 60 else 'MISSED'}; "
+    million = 1e6 / r['push_per_second']
+    print(f"targets ({name}): 1,000,000 keys pushed in {million:.0f} s at this rate (target < 60: {'met' if million < 60 else 'MISSED'}); "
           f"idle sends no keys: {'met' if r['idle_keys_sent'] == 0 else 'MISSED'}; "
           f"depth-3 p99 < 20 ms: {'met' if r['lookup_p99_ms'] < 20 else 'MISSED'}")
 PY

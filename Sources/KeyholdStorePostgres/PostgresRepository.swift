@@ -146,31 +146,63 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     }
 
     public func insertKeys(_ batch: [StoredKey], audit: AuditEvent) async throws -> [KeyInsertOutcome] {
+        // A handful of statements per batch, whatever its size: look up the ids that exist, insert
+        // the new ones from arrays (sequence numbers in batch order), flag newly blocked ones.
         try await client.withTransaction(logger: logger) { conn in
             try await conn.query("SELECT pg_advisory_xact_lock(\(Self.sequenceLock))", logger: logger)
+            var existing: [String: (fingerprint: [UInt8], blocked: Bool)] = [:]
+            let ids = batch.map { $0.record.id.description }
+            for try await (id, fingerprint, blocked) in try await conn.query(
+                "SELECT id, secret_fingerprint, blocked FROM keys WHERE id = ANY(\(ids))", logger: logger
+            ).decode((String, ByteBuffer, Bool).self) {
+                existing[id] = (Array(fingerprint.readableBytesView), blocked)
+            }
             var outcomes: [KeyInsertOutcome] = []
+            var fresh: [StoredKey] = []
+            var newlyBlocked: [String] = []
+            var seen = Set<String>()
             for key in batch {
-                if try await self.insertRow(conn, key) {
+                let id = key.record.id.description
+                if let old = existing[id] {
+                    guard old.fingerprint == key.secretFingerprint else { outcomes.append(.conflict); continue }
+                    if key.blocked, !old.blocked, !newlyBlocked.contains(id) { newlyBlocked.append(id) }
+                    outcomes.append(.alreadyPresent)
+                } else if seen.contains(id) {
+                    // The same id twice in one batch: the second is judged against the first.
+                    let first = fresh.first { $0.record.id == key.record.id }!
+                    outcomes.append(first.secretFingerprint == key.secretFingerprint ? .alreadyPresent : .conflict)
+                } else {
+                    seen.insert(id)
+                    fresh.append(key)
                     outcomes.append(.inserted)
-                    continue
                 }
-                var existing: (ByteBuffer, Bool)?
-                for try await row in try await conn.query(
-                    "SELECT secret_fingerprint, blocked FROM keys WHERE id = \(key.record.id.description)", logger: logger
-                ).decode((ByteBuffer, Bool).self) {
-                    existing = row
-                }
-                guard let (fingerprint, blocked) = existing, Array(fingerprint.readableBytesView) == key.secretFingerprint else {
-                    outcomes.append(.conflict)
-                    continue
-                }
-                if key.blocked, !blocked {
-                    try await conn.query(
-                        "UPDATE keys SET blocked = TRUE, seq = (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys) WHERE id = \(key.record.id.description)",
-                        logger: logger
-                    )
-                }
-                outcomes.append(.alreadyPresent)
+            }
+            if !fresh.isEmpty {
+                try await conn.query(
+                    """
+                    INSERT INTO keys (id, kind, origin_server_id, origin_device_id, created, label, state,
+                                      wrapped_secret, secret_fingerprint, provenance, stored, blocked, seq)
+                    SELECT t.id, t.kind, t.origin_server_id, t.origin_device_id, t.created, t.label, t.state,
+                           t.wrapped_secret, t.secret_fingerprint, t.provenance, t.stored, t.blocked,
+                           (SELECT COALESCE(MAX(seq), 0) FROM keys) + t.ord
+                    FROM unnest(\(fresh.map { $0.record.id.description })::text[], \(fresh.map { $0.record.kind.rawValue })::text[],
+                                \(fresh.map { $0.record.originServerID.description })::text[], \(fresh.map { $0.record.originDeviceID.description })::text[],
+                                \(fresh.map(\.record.created))::timestamptz[], \(fresh.map(\.record.label))::text[], \(fresh.map { $0.record.state.rawValue })::text[],
+                                \(fresh.map { bytea($0.wrappedSecret) })::bytea[], \(fresh.map { bytea($0.secretFingerprint) })::bytea[],
+                                \(fresh.map { $0.provenance.rawValue })::text[], \(fresh.map(\.stored))::timestamptz[], \(fresh.map(\.blocked))::bool[])
+                         WITH ORDINALITY AS t(id, kind, origin_server_id, origin_device_id, created, label, state,
+                                              wrapped_secret, secret_fingerprint, provenance, stored, blocked, ord)
+                    ORDER BY t.ord
+                    """, logger: logger
+                )
+            }
+            if !newlyBlocked.isEmpty {
+                try await conn.query(
+                    """
+                    UPDATE keys SET blocked = TRUE, seq = (SELECT COALESCE(MAX(seq), 0) FROM keys) + u.ord
+                    FROM unnest(\(newlyBlocked)::text[]) WITH ORDINALITY AS u(id, ord) WHERE keys.id = u.id
+                    """, logger: logger
+                )
             }
             try await Self.insertAudit(conn, BatchAudit.summary(audit, outcomes), logger)
             for (key, outcome) in zip(batch, outcomes) where outcome == .conflict {
