@@ -61,13 +61,17 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
 
     /// Inserts one key row with the next sequence number. Call inside a write transaction: SQLite
     /// has one writer at a time, so sequence order is commit order.
-    private static func insertRow(_ db: Database, _ key: StoredKey) throws {
-        try db.execute(
-            sql: """
+    /// Returns false (and changes nothing) when the id exists. The statement is prepared once per
+    /// connection: batches of thousands of keys would otherwise re-parse it for every key.
+    @discardableResult
+    private static func insertRow(_ db: Database, _ key: StoredKey) throws -> Bool {
+        let statement = try db.cachedStatement(sql: """
             INSERT INTO keys (id, kind, origin_server_id, origin_device_id, created, label, state,
                               wrapped_secret, secret_fingerprint, provenance, stored, blocked, seq)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys))
-            """,
+            ON CONFLICT (id) DO NOTHING
+            """)
+        try statement.execute(
             arguments: [
                 key.record.id.description, key.record.kind.rawValue, key.record.originServerID.description,
                 key.record.originDeviceID.description, key.record.created.timeIntervalSince1970, key.record.label,
@@ -75,13 +79,18 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
                 key.stored.timeIntervalSince1970, key.blocked,
             ]
         )
+        return db.changesCount > 0
     }
 
     public func insertKeys(_ batch: [StoredKey], audit: AuditEvent) async throws -> [KeyInsertOutcome] {
         try await pool.write { db in
             var outcomes: [KeyInsertOutcome] = []
             for key in batch {
-                let row = try Row.fetchOne(db, sql: "SELECT secret_fingerprint, blocked FROM keys WHERE id = ?", arguments: [key.record.id.description])
+                if try Self.insertRow(db, key) {
+                    outcomes.append(.inserted)
+                    continue
+                }
+                let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT secret_fingerprint, blocked FROM keys WHERE id = ?"), arguments: [key.record.id.description])
                 if let row {
                     guard [UInt8](row["secret_fingerprint"] as Data) == key.secretFingerprint else { outcomes.append(.conflict); continue }
                     if key.blocked, !(row["blocked"] as Bool) {
@@ -92,8 +101,7 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
                     }
                     outcomes.append(.alreadyPresent)
                 } else {
-                    try Self.insertRow(db, key)
-                    outcomes.append(.inserted)
+                    throw RepositoryError("key \(key.record.id) was neither inserted nor found")
                 }
             }
             try Self.insertAudit(db, BatchAudit.summary(audit, outcomes))

@@ -82,6 +82,25 @@ import Testing
         #expect(try await tree.t.auditEntries().contains { $0.action == "push_receive" && $0.detail.hasPrefix("1 keys: 1 inserted") })
     }
 
+    @Test func aBlockTravelsUpAndNoServerReleasesTheKey() async throws {
+        let tree = try Self.tree()
+        defer { tree.stop() }
+        _ = try Self.encryptOnD1(tree, "f4")
+        #expect(try Self.sync(tree.s3).status == 0)
+        #expect(try Self.sync(tree.s1).status == 0)
+        let info = try JSONSerialization.jsonObject(with: try tree.d1.keyhold(["file", "info", "f4.khf", "--json"]).stdout) as? [String: Any]
+        let keyID = try #require(info?["key_id"] as? String)
+        // Blocked where it was escrowed, after it already reached the top: the block follows it.
+        #expect(try tree.s3.admin(["key", "block", keyID]).status == 0)
+        #expect(try Self.sync(tree.s3).stdoutText.contains("pushed 1 key"))
+        #expect(try Self.sync(tree.s1).stdoutText.contains("pushed 1 key"))
+        #expect(try tree.t.admin(["key", "list", "--json"]).stdoutText.contains("\"blocked\" : true"))
+        let r = try tree.d2.keyhold(["file", "decrypt", "f4.khf", "-o", "f4.txt"])
+        #expect(r.status != 0 && r.stderr.contains("blocked"), "\(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: tree.d2.path("f4.txt")))
+        #expect(try await tree.t.auditEntries().contains { $0.action == "release" && $0.result == "key_blocked" })
+    }
+
     @Test func optionOffOnTheTopRefusesWithItsOwnError() async throws {
         let tree = try Self.tree()
         defer { tree.stop() }
