@@ -152,14 +152,7 @@ struct SQLiteLimit: AsyncParsableCommand {
 
 /// Runs `body` with `client` and shuts the client down afterwards, also when `body` throws.
 func using<T>(_ client: APIClient, _ body: (APIClient) async throws -> T) async throws -> T {
-    do {
-        let result = try await body(client)
-        await client.shutdown()
-        return result
-    } catch {
-        await client.shutdown()
-        throw error
-    }
+    try await client.using(body)
 }
 
 /// A server's admin client and address, from its data directory.

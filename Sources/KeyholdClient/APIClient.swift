@@ -88,6 +88,18 @@ public final class APIClient: Sendable {
         try? await http.shutdown()
     }
 
+    /// Runs `body` with this client, then shuts the client down, also when `body` throws.
+    public func using<T>(_ body: (APIClient) async throws -> T) async throws -> T {
+        do {
+            let result = try await body(self)
+            await shutdown()
+            return result
+        } catch {
+            await shutdown()
+            throw error
+        }
+    }
+
     private func decode<R: Decodable>(_ data: Data) throws -> R {
         do {
             return try WireFormat.decoder().decode(R.self, from: data)

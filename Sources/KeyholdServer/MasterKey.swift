@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import KeyholdCore
+import KeyholdStore
 
 /// The server's master key: wraps every key secret the repository stores (AES-256-GCM with the
 /// key id as associated data) and computes the fingerprint that detects conflicting secrets.
@@ -36,6 +37,14 @@ struct MasterKey: Sendable {
                 hint: "check that master.key in the data directory is the one this repository was written with"
             )
         }
+    }
+
+    /// A key ready for the repository: its secret wrapped and fingerprinted under this master key.
+    func store(_ record: KeyRecord, secret: SecretKey, provenance: KeyProvenance, blocked: Bool = false) throws -> StoredKey {
+        StoredKey(
+            record: record, wrappedSecret: try wrap(secret, keyID: record.id), secretFingerprint: fingerprint(secret, keyID: record.id),
+            provenance: provenance, blocked: blocked
+        )
     }
 
     /// HMAC-SHA256 over the key id and the secret: equal for equal secrets, useless without the master key.

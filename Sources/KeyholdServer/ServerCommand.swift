@@ -47,15 +47,7 @@ struct DataDirOption: ParsableArguments {
 
 /// Runs `body` with an admin client and shuts the client down afterwards.
 func withAdmin<T>(_ options: DataDirOption, _ body: (APIClient) async throws -> T) async throws -> T {
-    let client = try options.adminClient()
-    do {
-        let result = try await body(client)
-        await client.shutdown()
-        return result
-    } catch {
-        await client.shutdown()
-        throw error
-    }
+    try await options.adminClient().using(body)
 }
 
 func printJSON<T: Encodable>(_ value: T) throws {

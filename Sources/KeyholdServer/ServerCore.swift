@@ -104,10 +104,7 @@ struct ServerCore: Sendable {
         }
         defer { secretBytes.withUnsafeMutableBytes { SecretKey.wipe($0) } }
         let secret = try SecretKey(bytes: secretBytes)
-        let stored = StoredKey(
-            record: request.record, wrappedSecret: try masterKey.wrap(secret, keyID: keyID),
-            secretFingerprint: masterKey.fingerprint(secret, keyID: keyID), provenance: .escrow
-        )
+        let stored = try masterKey.store(request.record, secret: secret, provenance: .escrow)
         let outcome = try await repository.insertKey(
             stored, audit: AuditEvent(actor: caller.actor, action: "escrow", keyID: keyID, route: "agent", result: "ok", detail: "\(request.record.kind.rawValue) key")
         )
@@ -133,10 +130,7 @@ struct ServerCore: Sendable {
             }
             defer { bytes.withUnsafeMutableBytes { SecretKey.wipe($0) } }
             let secret = try SecretKey(bytes: bytes)
-            let stored = StoredKey(
-                record: found.record, wrappedSecret: try masterKey.wrap(secret, keyID: keyID),
-                secretFingerprint: masterKey.fingerprint(secret, keyID: keyID), provenance: .hierarchy
-            )
+            let stored = try masterKey.store(found.record, secret: secret, provenance: .hierarchy)
             let outcome = try await repository.insertKey(stored, audit: AuditEvent(actor: "server:\(serverID)", action: "obtain", keyID: keyID, route: "primary", result: "ok", detail: "through the hierarchy"))
             if outcome == .conflict {
                 throw KeyholdError(.conflict, "key \(keyID) from the primary conflicts with this server's copy", hint: "an administrator must investigate: two secrets exist for one key id")
@@ -192,10 +186,7 @@ struct ServerCore: Sendable {
             }
             defer { bytes.withUnsafeMutableBytes { SecretKey.wipe($0) } }
             let secret = try SecretKey(bytes: bytes)
-            return StoredKey(
-                record: pushed.record, wrappedSecret: try masterKey.wrap(secret, keyID: pushed.record.id),
-                secretFingerprint: masterKey.fingerprint(secret, keyID: pushed.record.id), provenance: .pushed, blocked: pushed.blocked
-            )
+            return try masterKey.store(pushed.record, secret: secret, provenance: .pushed, blocked: pushed.blocked)
         }
         let outcomes = try await repository.insertKeys(
             batch, audit: AuditEvent(actor: caller.actor, action: "push_receive", route: "secondary:\(caller.client.id)", result: "ok")

@@ -127,14 +127,7 @@ public func newKey(_ device: EnrolledIdentity, label: String = "test") -> (KeyRe
 
 /// Runs `body` with a client and shuts it down afterwards.
 public func using<T>(_ client: APIClient, _ body: (APIClient) async throws -> T) async throws -> T {
-    do {
-        let r = try await body(client)
-        await client.shutdown()
-        return r
-    } catch {
-        await client.shutdown()
-        throw error
-    }
+    try await client.using(body)
 }
 
 /// Asserts that `body` throws a KeyholdError with `code`.
