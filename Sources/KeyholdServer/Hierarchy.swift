@@ -108,12 +108,15 @@ actor Hierarchy {
         guard try await enabled(), let client, let primary else { return SyncResponse(pushed: 0, batches: 0, cursor: cursor) }
         var pushed = 0
         var batches = 0
+        // The next batch is read and unwrapped while the current one is in flight; batches are
+        // still sent one at a time, and the cursor still moves only on each acknowledgement.
+        let start = cursor
+        var next = Task { try await self.prepare(after: start) }
+        defer { next.cancel() }
         while true {
-            let batch = try await repository.keys(afterSequence: cursor, limit: Self.batchSize)
-            if batch.isEmpty { break }
-            let keys = try batch.map { key in
-                PushedKey(record: key.record, secret: try masterKey.unwrap(key.wrappedSecret, keyID: key.record.id).withUnsafeBytes { Data($0).base64EncodedString() }, blocked: key.blocked)
-            }
+            let (keys, last) = try await next.value
+            if keys.isEmpty { break }
+            next = Task { try await self.prepare(after: last) }
             let response: PushResponse
             do {
                 response = try await client.post(APIPath.hierarchyPush, PushRequest(keys: keys), as: PushResponse.self)
@@ -125,19 +128,28 @@ actor Hierarchy {
                 throw error
             }
             primaryRefuses = false
-            cursor = batch[batch.count - 1].sequence
+            cursor = last
             try await repository.setSetting("push_cursor", String(cursor))
             try await repository.appendAudit(AuditEvent(
                 actor: "server:\(serverID)", action: "push", route: "primary:\(primary.serverID)", result: "ok",
-                detail: "\(batch.count) keys up to sequence \(cursor): \(response.accepted) new, \(response.alreadyPresent) already there, \(response.conflicts.count) conflicts"
+                detail: "\(keys.count) keys up to sequence \(cursor): \(response.accepted) new, \(response.alreadyPresent) already there, \(response.conflicts.count) conflicts"
             ))
-            pushed += batch.count
+            pushed += keys.count
             batches += 1
-            if batch.count < Self.batchSize { break }
+            if keys.count < Self.batchSize { break }
         }
         lastPush = Date()
         lastPushResult = "ok: \(pushed) keys"
         return SyncResponse(pushed: pushed, batches: batches, cursor: cursor)
+    }
+
+    /// Up to one batch of keys after `after`, secrets unwrapped for the wire, and the batch's last sequence number.
+    private nonisolated func prepare(after: Int64) async throws -> ([PushedKey], Int64) {
+        let batch = try await repository.keys(afterSequence: after, limit: Self.batchSize)
+        let keys = try batch.map { key in
+            PushedKey(record: key.record, secret: try masterKey.unwrap(key.wrappedSecret, keyID: key.record.id).withUnsafeBytes { Data($0).base64EncodedString() }, blocked: key.blocked)
+        }
+        return (keys, batch.last?.sequence ?? after)
     }
 
     // MARK: Lookup
