@@ -9,7 +9,7 @@ import ServiceLifecycle
 /// This server's place in the hierarchy (docs/spec/hierarchy.md): its primary, the
 /// `use_hierarchy` option, the push cursor, pushes at heartbeat and lookups upward.
 actor Hierarchy {
-    static let batchSize = 5000
+    static let batchSize = 10_000
     static let hopLimit = 8
 
     private let serverID: ServerID
