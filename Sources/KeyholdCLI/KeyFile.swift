@@ -1,5 +1,6 @@
 import Foundation
 import KeyholdCore
+import KeyholdFormat
 
 /// A key read from `--key-file`: 32 raw bytes, or the JSON key record written by `keyhold key new`.
 struct KeyFile {
@@ -13,14 +14,7 @@ struct KeyFile {
         // A key file is small; refuse to slurp anything large by mistake.
         var bytes = [UInt8](repeating: 0, count: 64 * 1024 + 1)
         defer { bytes.withUnsafeMutableBytes { SecretKey.wipe($0) } }
-        var count = 0
-        while count < bytes.count {
-            let n = try bytes.withUnsafeMutableBytes {
-                try source.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[count...]))
-            }
-            if n == 0 { break }
-            count += n
-        }
+        let count = try bytes.withUnsafeMutableBytes { try source.readFully(into: $0) }
         guard count <= 64 * 1024 else {
             throw KeyholdError(.invalidKey, "\(path) is too large to be a key file", hint: Self.hint)
         }

@@ -41,12 +41,14 @@ struct SegmentCipher {
     func seal(_ plaintext: UnsafeRawBufferPointer, segment: UInt32, last: Bool, to sink: inout some ByteSink) throws {
         let box = try AES.GCM.seal(plaintext, using: derivedKey, nonce: nonce(segment: segment, last: last))
         // `combined` is nonce || ciphertext || tag: write its tail in one piece, without the copies
-        // that `ciphertext` and `tag` would make.
-        // (`combined` is nil only for nonces other than 12 bytes, which this format never uses.)
-        let combined: Data = box.combined ?? (box.ciphertext + box.tag)
-        let skip = box.combined == nil ? 0 : 12
-        try combined.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
-            try sink.write(UnsafeRawBufferPointer(rebasing: raw[skip...]))
+        // that `ciphertext` and `tag` would make. (It is nil only for nonces other than 12 bytes,
+        // which this format never uses.)
+        if let combined = box.combined {
+            try combined.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
+                try sink.write(UnsafeRawBufferPointer(rebasing: raw[12...]))
+            }
+        } else {
+            try (box.ciphertext + box.tag).withUnsafeBytes { (raw: UnsafeRawBufferPointer) in try sink.write(raw) }
         }
     }
 
