@@ -82,7 +82,7 @@ actor Hierarchy {
 
     func status() async throws -> HierarchyStatus {
         let cursor = try await self.cursor()
-        let pending = try await repository.keys(afterSequence: cursor, limit: 100_000).count
+        let pending = try await repository.keyCount(afterSequence: cursor)
         return HierarchyStatus(
             useHierarchy: try await enabled(), primaryServerID: primary?.serverID, primaryAddress: primary?.apiAddress,
             pushCursor: cursor, pending: pending, lastPush: lastPush, lastPushResult: lastPushResult, primaryRefuses: primaryRefuses

@@ -100,6 +100,8 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
 
     public func keyCount() async throws -> Int { keys.count }
 
+    public func keyCount(afterSequence after: Int64) async throws -> Int { keys.values.filter { $0.sequence > after }.count }
+
     public func insertClient(_ client: EnrolledClient) async throws {
         guard clients[client.id] == nil else { throw RepositoryError("client \(client.id) exists") }
         clients[client.id] = client

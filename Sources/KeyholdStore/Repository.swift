@@ -30,6 +30,8 @@ public protocol Repository: Sendable {
     func insertKeys(_ keys: [StoredKey], audit: AuditEvent) async throws -> [KeyInsertOutcome]
     /// Keys with a sequence number greater than `after`, in sequence order, at most `limit`.
     func keys(afterSequence after: Int64, limit: Int) async throws -> [StoredKey]
+    /// How many keys have a sequence number greater than `after` (what a push has yet to send).
+    func keyCount(afterSequence after: Int64) async throws -> Int
     /// Key records in id order after `after`, at most `limit`.
     func listKeys(after: KeyID?, limit: Int) async throws -> [StoredKey]
     func keyCount() async throws -> Int

@@ -279,6 +279,11 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         return 0
     }
 
+    public func keyCount(afterSequence after: Int64) async throws -> Int {
+        for try await n in try await client.query("SELECT COUNT(*) FROM keys WHERE seq > \(after)", logger: logger).decode(Int.self) { return n }
+        return 0
+    }
+
     private static func decodeKey(_ row: PostgresRow) throws -> StoredKey {
         let (id, kind, origin, device, created, label, state, wrapped, fingerprint, provenance, stored, blocked, sequence) =
             try row.decode((String, String, String, String, Date, String, String, ByteBuffer, ByteBuffer, String, Date, Bool, Int64).self)

@@ -155,6 +155,10 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         try await pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM keys") ?? 0 }
     }
 
+    public func keyCount(afterSequence after: Int64) async throws -> Int {
+        try await pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM keys WHERE seq > ?", arguments: [after]) ?? 0 }
+    }
+
     private static func fetchKey(_ db: Database, _ id: KeyID) throws -> StoredKey? {
         try Row.fetchOne(db, sql: "SELECT * FROM keys WHERE id = ?", arguments: [id.description]).map(decodeKey)
     }

@@ -257,6 +257,8 @@ func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> Audi
         #expect(seqs == [a.record.id, b.record.id])
         let cursor = try #require(try await repo.keys(afterSequence: 0, limit: 10).last?.sequence)
         #expect(try await repo.keys(afterSequence: cursor, limit: 10).isEmpty, "nothing new after the cursor")
+        #expect(try await repo.keyCount(afterSequence: cursor) == 0)
+        #expect(try await repo.keyCount(afterSequence: 0) == 2)
         // Blocking renews the sequence: the change travels.
         _ = try await repo.setBlocked(id: a.record.id, blocked: true, audit: audit("block", a.record.id))
         seqs = try await repo.keys(afterSequence: cursor, limit: 10).map(\.record.id)
@@ -274,6 +276,7 @@ func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> Audi
         #expect(try await repo.key(id: a.record.id)?.secretFingerprint == a.secretFingerprint)
         let latest = try await repo.keys(afterSequence: cursor, limit: 10)
         #expect(Set(latest.map(\.record.id)) == [a.record.id, b.record.id, c.record.id])
+        #expect(try await repo.keyCount(afterSequence: cursor) == 3)
         #expect(latest.map(\.sequence) == latest.map(\.sequence).sorted())
         #expect(Set(latest.map(\.sequence)).count == 3)
         let events = try await repo.audit(after: 0, limit: 10)
