@@ -31,6 +31,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
+        .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
     ],
     targets: [
         // Key ids, secret bytes, key records, errors. No I/O and no third-party dependency, so the
@@ -42,6 +43,16 @@ let package = Package(
             dependencies: [
                 "KeyholdCore",
                 .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Password-protected key export files: age v1 (scrypt recipient) around a streamed JSON document.
+        .target(
+            name: "KeyholdExport",
+            dependencies: [
+                "KeyholdCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "CryptoExtras", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -85,7 +96,7 @@ let package = Package(
             name: "KeyholdServer",
             dependencies: [
                 "KeyholdCore", "KeyholdProtocol", "KeyholdStore", "KeyholdStoreSQLite", "KeyholdStorePostgres", "KeyholdClient",
-                "KeyholdCommandLine",
+                "KeyholdCommandLine", "KeyholdExport",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
@@ -94,6 +105,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -166,6 +178,7 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "KeyholdCoreTests", dependencies: ["KeyholdCore"], swiftSettings: swiftSettings),
+        .testTarget(name: "KeyholdExportTests", dependencies: ["KeyholdCore", "KeyholdExport", "KeyholdTestSupport"], swiftSettings: swiftSettings),
         .testTarget(
             name: "KeyholdFormatTests",
             dependencies: [

@@ -22,7 +22,7 @@ fi
 apt_packages=(libsqlite3-dev)
 case "$LEVEL" in
   build) ;;
-  test) apt_packages+=(python3-venv postgresql systemd) ;;
+  test) apt_packages+=(python3-venv postgresql systemd age) ;;
   bench) apt_packages+=(python3-venv postgresql systemd openssl age gnupg time) ;;
   *) echo "usage: $0 [build|test|bench]" >&2; exit 2 ;;
 esac

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import ArgumentParser
 import Foundation
+import KeyholdCommandLine
 import KeyholdCore
 import KeyholdProtocol
 

@@ -5,6 +5,7 @@ import Darwin
 #endif
 import ArgumentParser
 import Foundation
+import KeyholdCommandLine
 import KeyholdCore
 
 /// `keyhold demo`: the narrated tour that `make run` shows. It runs the real `keyhold` commands

@@ -5,6 +5,7 @@ import Darwin
 #endif
 import ArgumentParser
 import Foundation
+import KeyholdCommandLine
 import KeyholdCore
 import KeyholdFormat
 import KeyholdProtocol

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import KeyholdCommandLine
 import KeyholdCore
 import KeyholdFormat
 
@@ -64,4 +65,9 @@ final class InputFile {
     var source: FileDescriptorSource { FileDescriptorSource(fd: fd, name: name) }
 
     deinit { if owned { close(fd) } }
+}
+
+extension AtomicFileWriter {
+    /// Where to write.
+    var sink: FileDescriptorSink { FileDescriptorSink(fd: fd, name: destination) }
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import KeyholdCommandLine
 import KeyholdCore
 
 /// `keyhold key …`: offline key files, for tools and tests that work without an agent.

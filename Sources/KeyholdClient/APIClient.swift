@@ -84,6 +84,62 @@ public final class APIClient: Sendable {
         _ = try await send(path, method: .POST, body: nil)
     }
 
+    /// POSTs a JSON body and streams the binary answer into `receive`, a piece at a time. Throws
+    /// when the transfer ends early (the server failed mid-way): the caller must then discard what
+    /// it received.
+    public func download<B: Encodable>(_ path: String, _ body: B, receive: ([UInt8]) async throws -> Void) async throws {
+        var request = HTTPClientRequest(url: base + path)
+        request.method = .POST
+        request.headers.add(name: "content-type", value: "application/json")
+        request.body = .bytes(ByteBuffer(data: try WireFormat.encoder().encode(body)))
+        let response: HTTPClientResponse
+        do {
+            response = try await http.execute(request, timeout: timeout)
+        } catch {
+            throw Self.unreachable(String(base.dropFirst("https://".count)), error)
+        }
+        guard response.status == .ok else {
+            let data = Data(buffer: (try? await response.body.collect(upTo: 1 << 20)) ?? ByteBuffer())
+            throw Self.failure(response.status.code, data)
+        }
+        do {
+            for try await piece in response.body { try await receive(Array(piece.readableBytesView)) }
+        } catch let error as KeyholdError {
+            throw error
+        } catch {
+            throw KeyholdError(.unreachable, "the transfer from the server ended early: \(error)", hint: "see the server's log, then run the command again")
+        }
+    }
+
+    /// POSTs the file at `file` as the body (streamed, with `headers`) and decodes the JSON answer.
+    /// `progress` gets the bytes sent so far.
+    public func upload<R: Decodable>(
+        _ path: String, file: String, headers: [(String, String)], as: R.Type = R.self, progress: @escaping @Sendable (Int) -> Void = { _ in }
+    ) async throws -> R {
+        guard let attributes = try? FileManager.default.attributesOfItem(atPath: file), let size = attributes[.size] as? Int,
+              FileManager.default.isReadableFile(atPath: file)
+        else {
+            throw KeyholdError(.ioFailed, "cannot read \(file)", hint: "check the path and its permissions")
+        }
+        var request = HTTPClientRequest(url: base + path)
+        request.method = .POST
+        request.headers.add(name: "content-type", value: "application/octet-stream")
+        for (name, value) in headers { request.headers.add(name: name, value: value) }
+        request.body = .stream(FileChunks(path: file, progress: progress), length: .known(Int64(size)))
+        let response: HTTPClientResponse
+        let data: Data
+        do {
+            response = try await http.execute(request, timeout: timeout)
+            data = Data(buffer: try await response.body.collect(upTo: 64 << 20))
+        } catch let error as KeyholdError {
+            throw error
+        } catch {
+            throw Self.unreachable(String(base.dropFirst("https://".count)), error)
+        }
+        guard (200..<300).contains(Int(response.status.code)) else { throw Self.failure(response.status.code, data) }
+        return try decode(data)
+    }
+
     public func shutdown() async {
         try? await http.shutdown()
     }
@@ -123,13 +179,16 @@ public final class APIClient: Sendable {
         } catch {
             throw Self.unreachable(String(base.dropFirst("https://".count)), error)
         }
-        guard (200..<300).contains(Int(response.status.code)) else {
-            if let e = try? WireFormat.decoder().decode(ErrorBody.self, from: data) {
-                throw KeyholdError(.init(rawValue: e.code), e.message, hint: e.hint)
-            }
-            throw KeyholdError(.internalError, "the server answered HTTP \(response.status.code)", hint: "see the server's log")
-        }
+        guard (200..<300).contains(Int(response.status.code)) else { throw Self.failure(response.status.code, data) }
         return data
+    }
+
+    /// The error an unsuccessful answer carries.
+    static func failure(_ status: UInt, _ data: Data) -> KeyholdError {
+        if let e = try? WireFormat.decoder().decode(ErrorBody.self, from: data) {
+            return KeyholdError(.init(rawValue: e.code), e.message, hint: e.hint)
+        }
+        return KeyholdError(.internalError, "the server answered HTTP \(status)", hint: "see the server's log")
     }
 
     static func unreachable(_ address: String, _ error: any Error) -> KeyholdError {
@@ -139,4 +198,30 @@ public final class APIClient: Sendable {
         }
         return KeyholdError(.unreachable, "cannot reach the Keyhold server at \(address): \(text)", hint: "check that the server is running and the address is right")
     }
+}
+
+/// A file as a sequence of 1 MiB buffers, for streamed uploads.
+struct FileChunks: AsyncSequence, Sendable {
+    typealias Element = ByteBuffer
+    let path: String
+    let progress: @Sendable (Int) -> Void
+
+    struct AsyncIterator: AsyncIteratorProtocol {
+        let handle: FileHandle?
+        let progress: @Sendable (Int) -> Void
+        var sent = 0
+
+        mutating func next() async throws -> ByteBuffer? {
+            guard let handle else { throw KeyholdError(.ioFailed, "cannot open the file to send", hint: "check the path and its permissions") }
+            guard let data = try handle.read(upToCount: 1 << 20), !data.isEmpty else {
+                try? handle.close()
+                return nil
+            }
+            sent += data.count
+            progress(sent)
+            return ByteBuffer(data: data)
+        }
+    }
+
+    func makeAsyncIterator() -> AsyncIterator { AsyncIterator(handle: FileHandle(forReadingAtPath: path), progress: progress) }
 }

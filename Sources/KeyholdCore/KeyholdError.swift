@@ -62,6 +62,8 @@ public struct KeyholdError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let hierarchyTooDeep = Code(rawValue: "hierarchy_too_deep")
         /// The destination already exists and would be overwritten.
         public static let destinationExists = Code(rawValue: "destination_exists")
+        /// The password does not open the (export) file.
+        public static let wrongPassword = Code(rawValue: "wrong_password")
     }
 
     /// The stable error code.

@@ -13,6 +13,8 @@ public enum APIPath {
     public static let adminAudit = "/v1/admin/audit"
     public static let adminKeys = "/v1/admin/keys"
     public static func adminKeyBlock(_ id: String) -> String { "/v1/admin/keys/\(id)/block" }
+    public static let adminKeysExport = "/v1/admin/keys/export"
+    public static let adminKeysImport = "/v1/admin/keys/import"
     public static let adminClients = "/v1/admin/clients"
     public static func adminClientRevoke(_ id: String) -> String { "/v1/admin/clients/\(id)/revoke" }
     public static let adminTokens = "/v1/admin/tokens"

@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import HummingbirdTLS
+import HTTPTypes
 import KeyholdCore
 import KeyholdProtocol
 import KeyholdStore
@@ -36,6 +37,8 @@ enum ErrorStatus {
         case .notFound: return .notFound
         case .conflict: return .conflict
         case .invalidRequest, .invalidKey, .usage: return .badRequest
+        // An uploaded export file that does not open or is damaged.
+        case .wrongPassword, .truncated, .authenticationFailed, .invalidHeader, .unsupportedVersion: return .unprocessableContent
         case .hierarchyDisabled: return .forbidden
         case .hierarchyLoop, .hierarchyTooDeep: return .conflict
         case .auditFailed, .unreachable: return .serviceUnavailable
@@ -151,6 +154,33 @@ enum ServerAPI {
             let limit = min(10_000, Int(request.uri.queryParameters.get("limit") ?? "") ?? 1000)
             return try JSONRoute.respond(try await core.keys(after: after, limit: limit))
         })
+        router.post(RouterPath(APIPath.adminKeysExport), use: JSONRoute.handle(logger) { request, context in
+            let who = try await admin(context)
+            let body = try await JSONRoute.decode(ExportRequest.self, request)
+            try await core.checkExport(body)
+            // From here on the answer is the file: a failure closes the connection before the
+            // final chunk, so the client sees an incomplete transfer, never a short file.
+            return Response(status: .ok, headers: [.contentType: "application/octet-stream"], body: ResponseBody { writer in
+                do {
+                    try await core.export(body, caller: who) { bytes in try await writer.write(ByteBuffer(bytes: bytes)) }
+                } catch {
+                    logger.error("export failed mid-stream", metadata: ["error": "\(error)"])
+                    throw error
+                }
+                try await writer.finish(nil)
+            })
+        })
+        router.post(RouterPath(APIPath.adminKeysImport), use: JSONRoute.handle(logger) { request, context in
+            let who = try await admin(context)
+            guard let field = HTTPField.Name(TransferPassword.header), let encoded = request.headers[field],
+                  let bytes = Data(base64Encoded: encoded), let password = String(data: bytes, encoding: .utf8)
+            else {
+                throw KeyholdError(.invalidRequest, "the import names no password (header \(TransferPassword.header), base64)", hint: "use 'keyhold-server key import'")
+            }
+            let spool = try await Spool.receive(request.body, into: core.spoolDirectory, limit: 8 << 30)
+            defer { try? FileManager.default.removeItem(atPath: spool) }
+            return try JSONRoute.respond(try await core.importFile(at: spool, password: password, caller: who))
+        })
         for (suffix, blocked) in [("block", true), ("unblock", false)] {
             router.post(RouterPath("/v1/admin/keys/:id/\(suffix)"), use: JSONRoute.handle(logger) { _, context in
                 let who = try await admin(context)
@@ -251,5 +281,31 @@ actor BoundAddresses {
     /// What tokens carry: the configured advertised addresses, else the bound ones.
     func advertised() -> (String, String) {
         (advertiseAPI.isEmpty ? api : advertiseAPI, advertiseEnroll.isEmpty ? enroll : advertiseEnroll)
+    }
+}
+
+/// Uploaded files, written to a private file in the data directory as they arrive.
+enum Spool {
+    static func receive(_ body: RequestBody, into directory: String, limit: Int) async throws -> String {
+        let path = "\(directory)/import-\(UUID().uuidString.lowercased()).spool"
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw KeyholdError(.ioFailed, "cannot create a spool file in \(directory): errno \(errno)", hint: "check the data directory's free space and permissions") }
+        let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
+        do {
+            var total = 0
+            for try await buffer in body {
+                total += buffer.readableBytes
+                guard total <= limit else {
+                    throw KeyholdError(.invalidRequest, "the upload is larger than \(limit >> 30) GiB", hint: "split the export (--device, --since)")
+                }
+                try handle.write(contentsOf: buffer.readableBytesView)
+            }
+            try handle.close()
+            return path
+        } catch {
+            try? handle.close()
+            try? FileManager.default.removeItem(atPath: path)
+            throw error
+        }
     }
 }

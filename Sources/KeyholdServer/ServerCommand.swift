@@ -29,7 +29,7 @@ struct DataDirOption: ParsableArguments {
     }
 
     /// An admin client for the running server of this data directory.
-    func adminClient() throws -> APIClient {
+    func adminClient(timeout: Duration = .seconds(15)) throws -> APIClient {
         let dir = directory
         let config = try ServerRuntime.loadConfig(dir)
         var address = config.listen
@@ -40,7 +40,7 @@ struct DataDirOption: ParsableArguments {
         return try APIClient(
             address: address, caPEM: String(decoding: try dir.read(dir.caCertificate), as: UTF8.self),
             certificatePEM: String(decoding: try dir.read(dir.adminCertificate), as: UTF8.self),
-            keyPEM: String(decoding: try dir.read(dir.adminKey), as: UTF8.self)
+            keyPEM: String(decoding: try dir.read(dir.adminKey), as: UTF8.self), timeout: timeout
         )
     }
 }
@@ -313,7 +313,7 @@ struct DeviceCommand: AsyncParsableCommand {
 }
 
 struct KeyAdminCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "key", abstract: "Escrowed keys (metadata only).", subcommands: [List.self, Block.self, Unblock.self])
+    static let configuration = CommandConfiguration(commandName: "key", abstract: "Escrowed keys (metadata only).", subcommands: [List.self, Block.self, Unblock.self, Export.self, Import.self])
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List escrowed keys (never their secrets).")

@@ -23,6 +23,8 @@ struct ServerCore: Sendable {
     let authority: CertificateAuthority
     let databaseDescription: String
     let hierarchy: Hierarchy
+    /// Where uploaded import files are spooled (the data directory): never in memory, never in /tmp.
+    let spoolDirectory: String
     let started = Date()
     let logger: Logger
 

@@ -107,7 +107,7 @@ enum ServerRuntime {
         let hierarchy = try Hierarchy(serverID: config.serverID, repository: repository, masterKey: MasterKey(master), dir: dir, logger: logger)
         let core = ServerCore(
             serverID: config.serverID, repository: repository, masterKey: MasterKey(master), authority: authority,
-            databaseDescription: describe(config.database), hierarchy: hierarchy, logger: logger
+            databaseDescription: describe(config.database), hierarchy: hierarchy, spoolDirectory: dir.path, logger: logger
         )
 
         let chain = try NIOSSLCertificate.fromPEMFile(dir.tlsCertificate).map { NIOSSLCertificateSource.certificate($0) }

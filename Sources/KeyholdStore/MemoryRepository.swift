@@ -49,6 +49,37 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         // All or nothing: compute on a copy, commit by assignment.
         var next = keys
         var sequence = lastSequence
+        let outcomes = Self.merge(batch, into: &next, sequence: &sequence)
+        try append(BatchAudit.summary(audit, outcomes))
+        for (key, outcome) in zip(batch, outcomes) where outcome == .conflict { try append(BatchAudit.conflict(audit, key.record.id)) }
+        keys = next
+        lastSequence = sequence
+        return outcomes
+    }
+
+    public func importKeys(from source: any KeyBatchSource, audit: AuditEvent) async throws -> KeyImportResult {
+        var next = keys
+        var sequence = lastSequence
+        var tally = ImportTally()
+        var pending: [AuditEvent] = []
+        while let batch = try source.nextBatch() {
+            pending += tally.add(batch, Self.merge(batch, into: &next, sequence: &sequence), base: audit)
+        }
+        try tally.checkConflicts()
+        let saved = events
+        do {
+            for e in pending { try append(e) }
+            try append(tally.summary(audit))
+        } catch {
+            events = saved
+            throw error
+        }
+        keys = next
+        lastSequence = sequence
+        return tally.result
+    }
+
+    private static func merge(_ batch: [StoredKey], into next: inout [KeyID: StoredKey], sequence: inout Int64) -> [KeyInsertOutcome] {
         var outcomes: [KeyInsertOutcome] = []
         for key in batch {
             if let existing = next[key.record.id] {
@@ -67,10 +98,6 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
                 outcomes.append(.inserted)
             }
         }
-        try append(BatchAudit.summary(audit, outcomes))
-        for (key, outcome) in zip(batch, outcomes) where outcome == .conflict { try append(BatchAudit.conflict(audit, key.record.id)) }
-        keys = next
-        lastSequence = sequence
         return outcomes
     }
 
@@ -146,6 +173,11 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
     }
 
     public func appendAudit(_ event: AuditEvent) async throws { try append(event) }
+
+    public func appendAudit(_ batch: [AuditEvent]) async throws {
+        if auditBroken { throw RepositoryError("audit write failed (fault injected)") }
+        for e in batch { try append(e) }
+    }
 
     public func audit(after: Int64, limit: Int) async throws -> [AuditEvent] {
         Array(events.filter { ($0.sequence ?? 0) > after }.prefix(limit))

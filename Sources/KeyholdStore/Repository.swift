@@ -28,6 +28,12 @@ public protocol Repository: Sendable {
     /// with the same secret counts as `alreadyPresent` and takes the incoming `blocked = true`.
     /// `audit` is appended once for the batch (with the counts in its detail) and once per conflict.
     func insertKeys(_ keys: [StoredKey], audit: AuditEvent) async throws -> [KeyInsertOutcome]
+    /// Imports keys in one transaction: every key or none. Batches come from `source` inside the
+    /// transaction (so memory stays bounded by one batch). Keys already present with the same secret
+    /// count as present (and take an incoming block); if any key conflicts, the whole import is rolled
+    /// back and ``KeyImportConflict`` names the conflicting ids. Each key gets an `import` audit record
+    /// and `audit` is appended once with the counts, in the same transaction.
+    func importKeys(from source: any KeyBatchSource, audit: AuditEvent) async throws -> KeyImportResult
     /// Keys with a sequence number greater than `after`, in sequence order, at most `limit`.
     func keys(afterSequence after: Int64, limit: Int) async throws -> [StoredKey]
     /// How many keys have a sequence number greater than `after` (what a push has yet to send).
@@ -56,6 +62,8 @@ public protocol Repository: Sendable {
     // MARK: Audit
 
     func appendAudit(_ event: AuditEvent) async throws
+    /// Appends several events in one transaction (an export writes one per key before sending it).
+    func appendAudit(_ events: [AuditEvent]) async throws
     /// Events with a sequence greater than `after`, oldest first, at most `limit`.
     func audit(after: Int64, limit: Int) async throws -> [AuditEvent]
 
@@ -106,5 +114,71 @@ public struct ReleaseRequest: Sendable {
     /// The audit record for `key`.
     public func auditEvent(for key: StoredKey?) -> AuditEvent {
         AuditEvent(time: time, actor: actor, action: "release", keyID: keyID, route: route, result: Self.result(for: key), detail: detail)
+    }
+}
+
+/// Supplies an import's keys, batch by batch, synchronously: it is called inside the import's
+/// database transaction. Returns nil at the end; throws to abort (and roll back) the import.
+public protocol KeyBatchSource: Sendable {
+    func nextBatch() throws -> [StoredKey]?
+}
+
+/// What an import stored.
+public struct KeyImportResult: Sendable, Equatable {
+    public var inserted: Int
+    public var alreadyPresent: Int
+    public init(inserted: Int, alreadyPresent: Int) {
+        self.inserted = inserted
+        self.alreadyPresent = alreadyPresent
+    }
+}
+
+/// An import was refused and rolled back because these key ids exist here with other secrets.
+public struct KeyImportConflict: Error, Sendable {
+    /// The conflicting ids, at most ``limit`` of them.
+    public var ids: [KeyID]
+    /// How many keys conflicted in all.
+    public var count: Int
+    public static let limit = 1000
+}
+
+/// Per-key audit records of an import and the conflict bookkeeping, the same in every driver.
+public struct ImportTally: Sendable {
+    public var inserted = 0
+    public var alreadyPresent = 0
+    public var conflicts: [KeyID] = []
+    public var conflictCount = 0
+    public init() {}
+
+    /// Counts `outcomes` and returns the per-key audit records of the batch.
+    public mutating func add(_ batch: [StoredKey], _ outcomes: [KeyInsertOutcome], base: AuditEvent) -> [AuditEvent] {
+        var events: [AuditEvent] = []
+        events.reserveCapacity(batch.count)
+        for (key, outcome) in zip(batch, outcomes) {
+            switch outcome {
+            case .inserted: inserted += 1
+            case .alreadyPresent: alreadyPresent += 1
+            case .conflict:
+                conflictCount += 1
+                if conflicts.count < KeyImportConflict.limit { conflicts.append(key.record.id) }
+                continue
+            }
+            events.append(AuditEvent(time: base.time, actor: base.actor, action: "import", keyID: key.record.id, route: base.route, result: outcome.rawValue == "inserted" ? "ok" : outcome.rawValue, detail: ""))
+        }
+        return events
+    }
+
+    /// Throws ``KeyImportConflict`` if any key conflicted (the driver then rolls back).
+    public func checkConflicts() throws {
+        if conflictCount > 0 { throw KeyImportConflict(ids: conflicts, count: conflictCount) }
+    }
+
+    public var result: KeyImportResult { KeyImportResult(inserted: inserted, alreadyPresent: alreadyPresent) }
+
+    /// The summary record: `base` with the counts.
+    public func summary(_ base: AuditEvent) -> AuditEvent {
+        var e = base
+        e.detail = "\(inserted + alreadyPresent) keys: \(inserted) inserted, \(alreadyPresent) already present" + (base.detail.isEmpty ? "" : "; \(base.detail)")
+        return e
     }
 }

@@ -146,70 +146,99 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     }
 
     public func insertKeys(_ batch: [StoredKey], audit: AuditEvent) async throws -> [KeyInsertOutcome] {
-        // A handful of statements per batch, whatever its size: look up the ids that exist, insert
-        // the new ones from arrays (sequence numbers in batch order), flag newly blocked ones.
         try await client.withTransaction(logger: logger) { conn in
             try await conn.query("SELECT pg_advisory_xact_lock(\(Self.sequenceLock))", logger: logger)
-            var existing: [String: (fingerprint: [UInt8], blocked: Bool)] = [:]
-            let ids = batch.map { $0.record.id.description }
-            for try await (id, fingerprint, blocked) in try await conn.query(
-                "SELECT id, secret_fingerprint, blocked FROM keys WHERE id = ANY(\(ids))", logger: logger
-            ).decode((String, ByteBuffer, Bool).self) {
-                existing[id] = (Array(fingerprint.readableBytesView), blocked)
-            }
-            var outcomes: [KeyInsertOutcome] = []
-            var fresh: [StoredKey] = []
-            var newlyBlocked: [String] = []
-            var seen = Set<String>()
-            for key in batch {
-                let id = key.record.id.description
-                if let old = existing[id] {
-                    guard old.fingerprint == key.secretFingerprint else { outcomes.append(.conflict); continue }
-                    if key.blocked, !old.blocked, !newlyBlocked.contains(id) { newlyBlocked.append(id) }
-                    outcomes.append(.alreadyPresent)
-                } else if seen.contains(id) {
-                    // The same id twice in one batch: the second is judged against the first.
-                    let first = fresh.first { $0.record.id == key.record.id }!
-                    outcomes.append(first.secretFingerprint == key.secretFingerprint ? .alreadyPresent : .conflict)
-                } else {
-                    seen.insert(id)
-                    fresh.append(key)
-                    outcomes.append(.inserted)
-                }
-            }
-            if !fresh.isEmpty {
-                try await conn.query(
-                    """
-                    INSERT INTO keys (id, kind, origin_server_id, origin_device_id, created, label, state,
-                                      wrapped_secret, secret_fingerprint, provenance, stored, blocked, seq)
-                    SELECT t.id, t.kind, t.origin_server_id, t.origin_device_id, t.created, t.label, t.state,
-                           t.wrapped_secret, t.secret_fingerprint, t.provenance, t.stored, t.blocked,
-                           (SELECT COALESCE(MAX(seq), 0) FROM keys) + t.ord
-                    FROM unnest(\(fresh.map { $0.record.id.description })::text[], \(fresh.map { $0.record.kind.rawValue })::text[],
-                                \(fresh.map { $0.record.originServerID.description })::text[], \(fresh.map { $0.record.originDeviceID.description })::text[],
-                                \(fresh.map(\.record.created))::timestamptz[], \(fresh.map(\.record.label))::text[], \(fresh.map { $0.record.state.rawValue })::text[],
-                                \(fresh.map { bytea($0.wrappedSecret) })::bytea[], \(fresh.map { bytea($0.secretFingerprint) })::bytea[],
-                                \(fresh.map { $0.provenance.rawValue })::text[], \(fresh.map(\.stored))::timestamptz[], \(fresh.map(\.blocked))::bool[])
-                         WITH ORDINALITY AS t(id, kind, origin_server_id, origin_device_id, created, label, state,
-                                              wrapped_secret, secret_fingerprint, provenance, stored, blocked, ord)
-                    ORDER BY t.ord
-                    """, logger: logger
-                )
-            }
-            if !newlyBlocked.isEmpty {
-                try await conn.query(
-                    """
-                    UPDATE keys SET blocked = TRUE, seq = (SELECT COALESCE(MAX(seq), 0) FROM keys) + u.ord
-                    FROM unnest(\(newlyBlocked)::text[]) WITH ORDINALITY AS u(id, ord) WHERE keys.id = u.id
-                    """, logger: logger
-                )
-            }
+            let outcomes = try await insertBatch(conn, batch)
             try await Self.insertAudit(conn, BatchAudit.summary(audit, outcomes), logger)
             for (key, outcome) in zip(batch, outcomes) where outcome == .conflict {
                 try await Self.insertAudit(conn, BatchAudit.conflict(audit, key.record.id), logger)
             }
             return outcomes
         }
+    }
+
+    public func importKeys(from source: any KeyBatchSource, audit: AuditEvent) async throws -> KeyImportResult {
+        // One transaction; postgres-nio rolls it back when the closure throws (a conflict included),
+        // and reports the closure's error inside its own: pass that on when the rollback worked.
+        do {
+            return try await importInTransaction(from: source, audit: audit)
+        } catch let error as PostgresTransactionError where error.rollbackError == nil && error.closureError != nil {
+            throw error.closureError!
+        }
+    }
+
+    private func importInTransaction(from source: any KeyBatchSource, audit: AuditEvent) async throws -> KeyImportResult {
+        try await client.withTransaction(logger: logger) { conn in
+            try await conn.query("SELECT pg_advisory_xact_lock(\(Self.sequenceLock))", logger: logger)
+            var tally = ImportTally()
+            while let batch = try source.nextBatch() {
+                try await Self.insertAudits(conn, tally.add(batch, try await insertBatch(conn, batch), base: audit), logger)
+            }
+            try tally.checkConflicts()
+            try await Self.insertAudit(conn, tally.summary(audit), logger)
+            return tally.result
+        }
+    }
+
+    /// Stores a batch inside the caller's transaction (holding `sequenceLock`): a handful of
+    /// statements whatever its size: look up the ids that exist, insert the new ones from arrays
+    /// (sequence numbers in batch order), flag newly blocked ones.
+    private func insertBatch(_ conn: PostgresConnection, _ batch: [StoredKey]) async throws -> [KeyInsertOutcome] {
+        var existing: [String: (fingerprint: [UInt8], blocked: Bool)] = [:]
+        let ids = batch.map { $0.record.id.description }
+        for try await (id, fingerprint, blocked) in try await conn.query(
+            "SELECT id, secret_fingerprint, blocked FROM keys WHERE id = ANY(\(ids))", logger: logger
+        ).decode((String, ByteBuffer, Bool).self) {
+            existing[id] = (Array(fingerprint.readableBytesView), blocked)
+        }
+        var outcomes: [KeyInsertOutcome] = []
+        var fresh: [StoredKey] = []
+        var newlyBlocked: [String] = []
+        var seen = Set<String>()
+        for key in batch {
+            let id = key.record.id.description
+            if let old = existing[id] {
+                guard old.fingerprint == key.secretFingerprint else { outcomes.append(.conflict); continue }
+                if key.blocked, !old.blocked, !newlyBlocked.contains(id) { newlyBlocked.append(id) }
+                outcomes.append(.alreadyPresent)
+            } else if seen.contains(id) {
+                // The same id twice in one batch: the second is judged against the first.
+                let first = fresh.first { $0.record.id == key.record.id }!
+                outcomes.append(first.secretFingerprint == key.secretFingerprint ? .alreadyPresent : .conflict)
+            } else {
+                seen.insert(id)
+                fresh.append(key)
+                outcomes.append(.inserted)
+            }
+        }
+        if !fresh.isEmpty {
+            try await conn.query(
+                """
+                INSERT INTO keys (id, kind, origin_server_id, origin_device_id, created, label, state,
+                                  wrapped_secret, secret_fingerprint, provenance, stored, blocked, seq)
+                SELECT t.id, t.kind, t.origin_server_id, t.origin_device_id, t.created, t.label, t.state,
+                       t.wrapped_secret, t.secret_fingerprint, t.provenance, t.stored, t.blocked,
+                       (SELECT COALESCE(MAX(seq), 0) FROM keys) + t.ord
+                FROM unnest(\(fresh.map { $0.record.id.description })::text[], \(fresh.map { $0.record.kind.rawValue })::text[],
+                            \(fresh.map { $0.record.originServerID.description })::text[], \(fresh.map { $0.record.originDeviceID.description })::text[],
+                            \(fresh.map(\.record.created))::timestamptz[], \(fresh.map(\.record.label))::text[], \(fresh.map { $0.record.state.rawValue })::text[],
+                            \(fresh.map { bytea($0.wrappedSecret) })::bytea[], \(fresh.map { bytea($0.secretFingerprint) })::bytea[],
+                            \(fresh.map { $0.provenance.rawValue })::text[], \(fresh.map(\.stored))::timestamptz[], \(fresh.map(\.blocked))::bool[])
+                     WITH ORDINALITY AS t(id, kind, origin_server_id, origin_device_id, created, label, state,
+                                          wrapped_secret, secret_fingerprint, provenance, stored, blocked, ord)
+                ORDER BY t.ord
+                """, logger: logger
+            )
+        }
+        if !newlyBlocked.isEmpty {
+            try await conn.query(
+                """
+                UPDATE keys SET blocked = TRUE, seq = (SELECT COALESCE(MAX(seq), 0) FROM keys) + u.ord
+                FROM unnest(\(newlyBlocked)::text[]) WITH ORDINALITY AS u(id, ord) WHERE keys.id = u.id
+                """, logger: logger
+            )
+        }
+        return outcomes
     }
 
     public func keys(afterSequence after: Int64, limit: Int) async throws -> [StoredKey] {
@@ -407,6 +436,26 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
 
     public func appendAudit(_ event: AuditEvent) async throws {
         try await client.withConnection { conn in try await Self.insertAudit(conn, event, self.logger) }
+    }
+
+    public func appendAudit(_ events: [AuditEvent]) async throws {
+        try await client.withTransaction(logger: logger) { conn in try await Self.insertAudits(conn, events, logger) }
+    }
+
+    /// Many audit records in one statement (in order, so their sequence numbers follow the array).
+    private static func insertAudits(_ conn: PostgresConnection, _ events: [AuditEvent], _ logger: Logger) async throws {
+        guard !events.isEmpty else { return }
+        try await conn.query(
+            """
+            INSERT INTO audit (time, actor, action, key_id, route, result, detail)
+            SELECT t.time, t.actor, t.action, NULLIF(t.key_id, ''), t.route, t.result, t.detail
+            FROM unnest(\(events.map(\.time))::timestamptz[], \(events.map(\.actor))::text[], \(events.map(\.action))::text[],
+                        \(events.map { $0.keyID?.description ?? "" })::text[], \(events.map(\.route))::text[], \(events.map(\.result))::text[],
+                        \(events.map(\.detail))::text[])
+                 WITH ORDINALITY AS t(time, actor, action, key_id, route, result, detail, ord)
+            ORDER BY t.ord
+            """, logger: logger
+        )
     }
 
     private static func insertAudit(_ conn: PostgresConnection, _ e: AuditEvent, _ logger: Logger) async throws {

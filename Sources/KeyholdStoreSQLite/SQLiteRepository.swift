@@ -84,32 +84,51 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
 
     public func insertKeys(_ batch: [StoredKey], audit: AuditEvent) async throws -> [KeyInsertOutcome] {
         try await pool.write { db in
-            var outcomes: [KeyInsertOutcome] = []
-            for key in batch {
-                if try Self.insertRow(db, key) {
-                    outcomes.append(.inserted)
-                    continue
-                }
-                let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT secret_fingerprint, blocked FROM keys WHERE id = ?"), arguments: [key.record.id.description])
-                if let row {
-                    guard [UInt8](row["secret_fingerprint"] as Data) == key.secretFingerprint else { outcomes.append(.conflict); continue }
-                    if key.blocked, !(row["blocked"] as Bool) {
-                        try db.execute(
-                            sql: "UPDATE keys SET blocked = 1, seq = (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys) WHERE id = ?",
-                            arguments: [key.record.id.description]
-                        )
-                    }
-                    outcomes.append(.alreadyPresent)
-                } else {
-                    throw RepositoryError("key \(key.record.id) was neither inserted nor found")
-                }
-            }
+            let outcomes = try Self.insertBatch(db, batch)
             try Self.insertAudit(db, BatchAudit.summary(audit, outcomes))
             for (key, outcome) in zip(batch, outcomes) where outcome == .conflict {
                 try Self.insertAudit(db, BatchAudit.conflict(audit, key.record.id))
             }
             return outcomes
         }
+    }
+
+    public func importKeys(from source: any KeyBatchSource, audit: AuditEvent) async throws -> KeyImportResult {
+        // One write transaction: GRDB rolls it back when the closure throws (a conflict included).
+        try await pool.write { db in
+            var tally = ImportTally()
+            while let batch = try source.nextBatch() {
+                for event in tally.add(batch, try Self.insertBatch(db, batch), base: audit) { try Self.insertAudit(db, event) }
+            }
+            try tally.checkConflicts()
+            try Self.insertAudit(db, tally.summary(audit))
+            return tally.result
+        }
+    }
+
+    /// Stores a batch inside the caller's write transaction; the outcome of each key.
+    private static func insertBatch(_ db: Database, _ batch: [StoredKey]) throws -> [KeyInsertOutcome] {
+        var outcomes: [KeyInsertOutcome] = []
+        for key in batch {
+            if try Self.insertRow(db, key) {
+                outcomes.append(.inserted)
+                continue
+            }
+            let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT secret_fingerprint, blocked FROM keys WHERE id = ?"), arguments: [key.record.id.description])
+            if let row {
+                guard [UInt8](row["secret_fingerprint"] as Data) == key.secretFingerprint else { outcomes.append(.conflict); continue }
+                if key.blocked, !(row["blocked"] as Bool) {
+                    try db.execute(
+                        sql: "UPDATE keys SET blocked = 1, seq = (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys) WHERE id = ?",
+                        arguments: [key.record.id.description]
+                    )
+                }
+                outcomes.append(.alreadyPresent)
+            } else {
+                throw RepositoryError("key \(key.record.id) was neither inserted nor found")
+            }
+        }
+        return outcomes
     }
 
     public func keys(afterSequence after: Int64, limit: Int) async throws -> [StoredKey] {
@@ -298,9 +317,14 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         try await pool.write { db in try Self.insertAudit(db, event) }
     }
 
+    public func appendAudit(_ events: [AuditEvent]) async throws {
+        try await pool.write { db in
+            for e in events { try Self.insertAudit(db, e) }
+        }
+    }
+
     private static func insertAudit(_ db: Database, _ e: AuditEvent) throws {
-        try db.execute(
-            sql: "INSERT INTO audit (time, actor, action, key_id, route, result, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        try db.cachedStatement(sql: "INSERT INTO audit (time, actor, action, key_id, route, result, detail) VALUES (?, ?, ?, ?, ?, ?, ?)").execute(
             arguments: [e.time.timeIntervalSince1970, e.actor, e.action, e.keyID?.description, e.route, e.result, e.detail]
         )
     }

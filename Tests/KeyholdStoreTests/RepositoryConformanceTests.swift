@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import KeyholdCore
 import KeyholdStore
 import KeyholdStoreSQLite
@@ -290,6 +291,51 @@ func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> Audi
         #expect(try await repo.key(id: d.record.id) == nil)
     }
 
+    @Test(arguments: Backend.allCases)
+    func importsAreAllOrNothing(_ backend: Backend) async throws {
+        let f = try await Fixture.make(backend)
+        defer { Task { await f.cleanup() } }
+        let repo = f.repository
+        let known = sampleKey(label: "known")
+        _ = try await repo.insertKey(known, audit: audit("escrow", known.record.id))
+        let fresh = (0..<2500).map { sampleKey(label: "import \($0)") }
+        var impostor = sampleKey()
+        impostor.record.id = known.record.id
+        impostor.secretFingerprint = [UInt8](repeating: 7, count: 32)
+        let auditBefore = try await repo.audit(after: 0, limit: 100_000)
+
+        // A conflict in the last batch rolls back the batches before it.
+        let refused = Batches(fresh + [impostor], size: 1000)
+        let conflict = await #expect(throws: KeyImportConflict.self) {
+            _ = try await repo.importKeys(from: refused, audit: audit("import_file"))
+        }
+        #expect(conflict?.ids == [known.record.id])
+        #expect(try await repo.keyCount() == 1)
+        #expect(try await repo.audit(after: 0, limit: 100_000) == auditBefore)
+
+        // A source that fails (a damaged file) rolls back too.
+        await #expect(throws: RepositoryError.self) {
+            _ = try await repo.importKeys(from: Batches(fresh, size: 1000, failAfter: 2), audit: audit("import_file"))
+        }
+        #expect(try await repo.keyCount() == 1)
+
+        // The same keys plus the known one with its own secret: all stored, one audit record each.
+        let result = try await repo.importKeys(from: Batches(fresh + [known], size: 1000), audit: audit("import_file"))
+        #expect(result == KeyImportResult(inserted: 2500, alreadyPresent: 1))
+        #expect(try await repo.keyCount() == 2501)
+        #expect(try await repo.key(id: fresh[1234].record.id)?.record.label == "import 1234")
+        let events = try await repo.audit(after: auditBefore.last?.sequence ?? 0, limit: 100_000)
+        #expect(events.filter { $0.action == "import" }.count == 2501)
+        #expect(events.contains { $0.action == "import" && $0.keyID == known.record.id && $0.result == "already_present" })
+        #expect(events.last?.action == "import_file")
+        #expect(events.last?.detail.hasPrefix("2501 keys: 2500 inserted, 1 already present") == true)
+
+        // Batch audit appends are ordered and atomic.
+        let batch = (0..<3).map { audit("export", fresh[$0].record.id) }
+        try await repo.appendAudit(batch)
+        #expect(try await repo.audit(after: 0, limit: 100_000).suffix(3).map(\.keyID) == batch.map(\.keyID))
+    }
+
     @Test(arguments: [Backend.sqlite, .postgres])
     func committedDataSurvivesReopening(_ backend: Backend) async throws {
         let f = try await Fixture.make(backend)
@@ -300,5 +346,23 @@ func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> Audi
         #expect(try await again.key(id: key.record.id)?.wrappedSecret == key.wrappedSecret)
         #expect(try await again.audit(after: 0, limit: 5).count == 1)
         try await again.close()
+    }
+}
+
+/// Hands out keys in batches, like the server's reader of an export file; optionally fails.
+final class Batches: KeyBatchSource {
+    private let batches: Mutex<[[StoredKey]]>
+    private let failAfter: Int?
+    private let served = Mutex(0)
+
+    init(_ keys: [StoredKey], size: Int, failAfter: Int? = nil) {
+        batches = Mutex(stride(from: 0, to: keys.count, by: size).map { Array(keys[$0..<min(keys.count, $0 + size)]) })
+        self.failAfter = failAfter
+    }
+
+    func nextBatch() throws -> [StoredKey]? {
+        let n = served.withLock { $0 += 1; return $0 }
+        if let failAfter, n > failAfter { throw RepositoryError("the file is damaged (simulated)") }
+        return batches.withLock { $0.isEmpty ? nil : $0.removeFirst() }
     }
 }

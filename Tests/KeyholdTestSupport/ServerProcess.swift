@@ -102,10 +102,23 @@ public final class ServerProcess: @unchecked Sendable {
         try APIClient(address: api, caPEM: try file("ca.pem"), certificatePEM: try file("admin.pem"), keyPEM: try file("admin.key"))
     }
 
+    /// The whole audit trail, oldest first.
     public func auditEntries() async throws -> [AuditEntry] {
         let client = try adminClient()
         defer { Task { await client.shutdown() } }
-        return try await client.get(APIPath.adminAudit, as: [AuditEntry].self)
+        var all: [AuditEntry] = []
+        while true {
+            let page = try await client.get("\(APIPath.adminAudit)?limit=10000&after=\(all.last?.sequence ?? 0)", as: [AuditEntry].self)
+            if page.isEmpty { return all }
+            all += page
+        }
+    }
+
+    /// The number of keys in the repository (`keyhold-server status`).
+    public func keyCount() async throws -> Int {
+        let client = try adminClient()
+        defer { Task { await client.shutdown() } }
+        return try await client.get(APIPath.adminStatus, as: StatusResponse.self).keyCount
     }
 
     deinit {

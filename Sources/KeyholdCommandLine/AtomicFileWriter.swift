@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+public import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
@@ -9,14 +9,15 @@ import KeyholdCore
 /// never a part: bytes go to a temporary file in the destination's folder, which ``commit()``
 /// syncs, renames over the destination, and follows with a sync of the folder. Anything not
 /// committed (an error, a thrown segment) is removed by ``abort()`` or on deinit.
-final class AtomicFileWriter {
-    let destination: String
+public final class AtomicFileWriter {
+    public let destination: String
     private let temporaryPath: String
-    private let fd: Int32
+    /// The temporary file, open for writing.
+    public let fd: Int32
     private var finished = false
 
     /// Creates the temporary file (mode 0600 until ``commit(mode:owner:)``).
-    init(destination: String) throws {
+    public init(destination: String) throws {
         self.destination = destination
         let (folder, base) = Self.split(destination)
         var template = Array("\(folder)/.\(base).keyhold-XXXXXX".utf8CString)
@@ -27,14 +28,11 @@ final class AtomicFileWriter {
         self.temporaryPath = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
-    /// Where to write.
-    var sink: FileDescriptorSink { FileDescriptorSink(fd: fd, name: destination) }
-
     /// Makes the new content durable and visible under ``destination``.
     /// - Parameters:
     ///   - mode: permission bits of the finished file.
     ///   - owner: user and group to give it (used when replacing a file in place as root).
-    func commit(mode: mode_t, owner: (uid_t, gid_t)? = nil) throws {
+    public func commit(mode: mode_t, owner: (uid_t, gid_t)? = nil) throws {
         precondition(!finished)
         defer { if !finished { abort() } }
         if let (uid, gid) = owner, geteuid() == 0 {
@@ -54,7 +52,7 @@ final class AtomicFileWriter {
     }
 
     /// Removes the temporary file; the destination is untouched.
-    func abort() {
+    public func abort() {
         guard !finished else { return }
         finished = true
         close(fd)
@@ -64,27 +62,27 @@ final class AtomicFileWriter {
     deinit { abort() }
 
     /// Syncs the folder holding `path`, so a rename in it survives a crash.
-    static func syncFolder(of path: String) throws {
+    public static func syncFolder(of path: String) throws {
         let folder = split(path).folder
         let dfd = try SystemCall.check("open folder", path: folder) { open(folder, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
         defer { close(dfd) }
         try SystemCall.check("sync folder", path: folder) { fsync(dfd) }
     }
 
-    static func split(_ path: String) -> (folder: String, base: String) {
+    public static func split(_ path: String) -> (folder: String, base: String) {
         guard let slash = path.lastIndex(of: "/") else { return (".", path) }
         let folder = String(path[..<slash])
         return (folder.isEmpty ? "/" : folder, String(path[path.index(after: slash)...]))
     }
 
     /// Whether anything exists at `path` (a file, a folder, a dangling link).
-    static func exists(_ path: String) -> Bool {
+    public static func exists(_ path: String) -> Bool {
         var st = stat()
         return lstat(path, &st) == 0
     }
 
     /// The process's umask, without changing it for more than an instant.
-    static var currentUmask: mode_t {
+    public static var currentUmask: mode_t {
         let m = umask(0o022)
         umask(m)
         return m

@@ -4,29 +4,35 @@ import Glibc
 import Darwin
 #endif
 import Foundation
+import Synchronization
 
 /// A one-line progress display on standard error, shown only when standard error is a terminal
 /// and the work lasts longer than half a second.
-final class ProgressLine {
+public final class ProgressLine: Sendable {
     private let label: String
     private let total: Int?
     private let enabled: Bool
     private let start = DispatchTime.now().uptimeNanoseconds
-    private var lastDraw: UInt64 = 0
-    private var drawn = false
+    /// When it last drew, and whether anything is on the line (updates may come from an upload task).
+    private let drawState = Mutex<(lastDraw: UInt64, drawn: Bool)>((0, false))
 
-    init(_ label: String, total: Int?) {
+    public init(_ label: String, total: Int?) {
         self.label = label
         self.total = total
         self.enabled = isatty(STDERR_FILENO) == 1 && ProcessInfo.processInfo.environment["KEYHOLD_NO_PROGRESS"] == nil
     }
 
     /// Reports `done` bytes; redraws at most ten times a second.
-    func update(_ done: Int) {
+    public func update(_ done: Int) {
         guard enabled else { return }
         let now = DispatchTime.now().uptimeNanoseconds
-        guard now - start > 500_000_000, now - lastDraw > 100_000_000 else { return }
-        lastDraw = now
+        guard now - start > 500_000_000 else { return }
+        let due = drawState.withLock { state in
+            guard now - state.lastDraw > 100_000_000 else { return false }
+            state = (now, true)
+            return true
+        }
+        guard due else { return }
         let seconds = Double(now - start) / 1e9
         let rate = Self.bytes(Int(Double(done) / max(seconds, 0.001))) + "/s"
         var line = "\(label) \(Self.bytes(done))"
@@ -34,16 +40,15 @@ final class ProgressLine {
             line = "\(label) \(Int(Double(done) * 100 / Double(total)))% \(Self.bytes(done)) of \(Self.bytes(total))"
         }
         FileHandle.standardError.write(Data("\r\u{1B}[K\(line)  \(rate)".utf8))
-        drawn = true
     }
 
     /// Clears the line.
-    func finish() {
-        if drawn { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+    public func finish() {
+        if drawState.withLock({ $0.drawn }) { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
     }
 
     /// `1.5 GiB`-style sizes.
-    static func bytes(_ n: Int) -> String {
+    public static func bytes(_ n: Int) -> String {
         let units = ["B", "KiB", "MiB", "GiB", "TiB"]
         var value = Double(n)
         var unit = 0

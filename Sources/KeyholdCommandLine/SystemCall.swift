@@ -3,14 +3,14 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import KeyholdCore
+public import KeyholdCore
 
 /// The one gate between Keyhold and failing system calls: every `-1` result becomes a
 /// ``KeyholdError`` with the operation, the path and an actionable hint.
-enum SystemCall {
+public enum SystemCall {
     /// Returns `result` unless it is `-1`; retries on `EINTR`.
     @discardableResult
-    static func check<T: BinaryInteger>(_ what: String, path: String? = nil, _ call: () -> T) throws -> T {
+    public static func check<T: BinaryInteger>(_ what: String, path: String? = nil, _ call: () -> T) throws -> T {
         while true {
             let result = call()
             if result != -1 { return result }
@@ -21,7 +21,7 @@ enum SystemCall {
     }
 
     /// The ``KeyholdError`` for a failed operation.
-    static func error(_ what: String, path: String?, errno code: Int32) -> KeyholdError {
+    public static func error(_ what: String, path: String?, errno code: Int32) -> KeyholdError {
         let reason = String(cString: strerror(code))
         let target = path.map { " \($0)" } ?? ""
         let hint: String

@@ -1,0 +1,71 @@
+public import Foundation
+public import KeyholdCore
+
+/// `POST /v1/admin/keys/export`: which keys, and the password that protects the file. The answer
+/// is the export file itself (an age file, `application/octet-stream`), streamed.
+public struct ExportRequest: Codable, Sendable {
+    public var password: String
+    /// Exactly one of the selections below.
+    public var all: Bool
+    public var keys: [KeyID]?
+    public var device: DeviceID?
+    public var since: Date?
+
+    public init(password: String, all: Bool = false, keys: [KeyID]? = nil, device: DeviceID? = nil, since: Date? = nil) {
+        self.password = password
+        self.all = all
+        self.keys = keys
+        self.device = device
+        self.since = since
+    }
+
+    /// The selection in words, for audit records and messages.
+    public var selectionDescription: String {
+        if all { return "all keys" }
+        if let keys { return "\(keys.count) named key\(keys.count == 1 ? "" : "s")" }
+        if let device { return "keys of device \(device)" }
+        if let since { return "keys created since \(ISO8601DateFormatter().string(from: since))" }
+        return "nothing"
+    }
+
+    public var selectionCount: Int { (all ? 1 : 0) + (keys == nil ? 0 : 1) + (device == nil ? 0 : 1) + (since == nil ? 0 : 1) }
+}
+
+/// The answer to `POST /v1/admin/keys/import` (body: the export file; password: the
+/// `Keyhold-Password` header, base64 of its UTF-8).
+public struct ImportResponse: Codable, Sendable {
+    public var inserted: Int
+    public var alreadyPresent: Int
+    /// The server id the document names as its source.
+    public var sourceServer: String?
+
+    public init(inserted: Int, alreadyPresent: Int, sourceServer: String?) {
+        self.inserted = inserted
+        self.alreadyPresent = alreadyPresent
+        self.sourceServer = sourceServer
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case inserted
+        case alreadyPresent = "already_present"
+        case sourceServer = "source_server"
+    }
+}
+
+/// Export passwords: what both ends accept.
+public enum TransferPassword {
+    public static let minimumLength = 8
+    public static let header = "Keyhold-Password"
+
+    /// Refuses an empty or short password for a new export file.
+    public static func checkNew(_ password: String) throws {
+        guard password.count >= minimumLength else {
+            throw KeyholdError(.usage, "the password is \(password.isEmpty ? "empty" : "shorter than \(minimumLength) characters")", hint: "choose a passphrase of at least \(minimumLength) characters (several words are best)")
+        }
+    }
+
+    /// Refuses an empty password for opening a file (a file from `age` may have any non-empty one).
+    public static func checkExisting(_ password: String) throws {
+        guard !password.isEmpty else { throw KeyholdError(.usage, "the password is empty", hint: "give the password the file was exported with") }
+    }
+}
