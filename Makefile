@@ -55,6 +55,7 @@ bench:
 	Benchmarks/file-bench.sh $(RELEASE_DIR)/keyhold
 	scripts/test-postgres.sh Benchmarks/release-bench.sh $(RELEASE_DIR)
 	scripts/test-postgres.sh Benchmarks/hierarchy-bench.sh $(RELEASE_DIR)
+	scripts/test-postgres.sh Benchmarks/transfer-bench.sh $(RELEASE_DIR)
 
 vectors: deps
 	.venv/bin/python scripts/gen-file-vectors.py

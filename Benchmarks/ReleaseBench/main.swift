@@ -16,7 +16,7 @@ import KeyholdStoreSQLite
 
 @main
 struct ReleaseBench: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "keyhold-release-bench", subcommands: [Load.self, SQLiteLimit.self, HierarchyBench.self])
+    static let configuration = CommandConfiguration(commandName: "keyhold-release-bench", subcommands: [Load.self, SQLiteLimit.self, HierarchyBench.self, Seed.self])
 }
 
 struct Result: Codable {
@@ -243,5 +243,19 @@ struct HierarchyBench: AsyncParsableCommand {
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys]
         print(String(decoding: try e.encode(result), as: UTF8.self))
+    }
+}
+
+/// Fills a running server (hierarchy option on) with KEYS new keys, as a secondary's pushes would.
+struct Seed: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "seed")
+    @Option var dataDir: String
+    @Option var keys = 1_000_000
+
+    func run() async throws {
+        let clock = ContinuousClock()
+        let start = clock.now
+        _ = try await load(into: dataDir, count: keys)
+        print("seeded \(keys) keys in \(String(format: "%.1f", seconds(clock.now - start))) s")
     }
 }

@@ -106,6 +106,89 @@ actor Agent {
         return (identity, client)
     }
 
+    // MARK: Reassignment
+
+    /// Moves this device to the server named by `tokenText` without losing access to its data
+    /// (docs/spec/agent-socket.md, `reassign`): verify the new server's CA; enroll with it (or reuse
+    /// the identity a failed earlier attempt left for the same server); re-escrow every key held
+    /// and wait for every acknowledgement; only then switch the identity file atomically; finally
+    /// tell the old server (best effort). Until the switch the device stays with its old server,
+    /// fully working.
+    func reassign(tokenText: String, dryRun: Bool) async throws -> ReassignReport {
+        let (old, oldClient) = try enrolled()
+        let token = try EnrollmentToken(text: tokenText)
+        if token.apiAddress == old.apiAddress {
+            throw KeyholdError(.usage, "this device is already with the server at \(old.apiAddress)", hint: "use a token from the server the device should move to")
+        }
+        try await Enrollment.verifyServer(token)
+        if dryRun {
+            return ReassignReport(
+                dryRun: true, fromServerID: old.serverID, fromAddress: old.apiAddress, toServerID: nil, toAddress: token.apiAddress,
+                deviceID: nil, keys: cache.keys.keys.sorted(), reescrowed: 0, alreadyPresent: 0, oldServerNotified: false, oldServerNote: nil
+            )
+        }
+
+        // 1. The new identity: a pending one for this server from an interrupted attempt, else enroll.
+        var next: EnrolledIdentity
+        if let pending = try? state.loadIdentity(state.pendingIdentity), pending.apiAddress == token.apiAddress {
+            next = pending
+            logger.info("reassign: resuming with the identity enrolled earlier", metadata: ["server": "\(pending.serverID)"])
+        } else {
+            next = try await Enrollment.enroll(token: token, name: ProcessInfo.processInfo.hostName)
+            try state.save(identity: next, to: state.pendingIdentity)
+        }
+        let newClient = try next.client(timeout: serverTimeout)
+        var switched = false
+        defer { if !switched { Task { await newClient.shutdown() } } }
+
+        // 2. Re-escrow every key held, until a pass finds none left (keys made meanwhile included).
+        var done = Set<KeyID>()
+        var stored = 0, present = 0
+        do {
+            while let id = cache.keys.keys.sorted().first(where: { !done.contains($0) }), let material = cache.key(id) {
+                let request = EscrowRequest(
+                    record: material.record, secret: material.secret.withUnsafeBytes { Data($0).base64EncodedString() }, reassignedFrom: old.serverID
+                )
+                let answer = try await newClient.put(APIPath.key(id.description), request, as: EscrowResponse.self)
+                if answer.outcome == "inserted" { stored += 1 } else { present += 1 }
+                done.insert(id)
+            }
+        } catch let error as KeyholdError {
+            logger.warning("reassign: re-escrow failed; still with the old server", metadata: ["error": "\(error.code)", "done": "\(done.count)"])
+            throw KeyholdError(
+                error.code,
+                "re-escrow to the new server failed after \(done.count) of \(cache.keys.count) keys, so this device stays with server \(old.serverID): \(error.message)",
+                hint: "fix the cause (\(error.hint)), then run 'keyhold reassign' again with the same token: it resumes"
+            )
+        }
+
+        // 3. Switch: the identity file is replaced atomically (written, synced, renamed, folder synced).
+        try state.save(identity: next)
+        identity = next
+        client = newClient
+        switched = true
+        state.remove(state.pendingIdentity)
+        lastHeartbeat = nil
+        lastHeartbeatError = nil
+        logger.notice("reassigned", metadata: ["from": "\(old.serverID)", "to": "\(next.serverID)", "keys": "\(done.count)"])
+
+        // 4. Tell the old server (best effort), then heartbeat the new one.
+        var notified = false
+        var note: String?
+        do {
+            try await oldClient.post(APIPath.leave, LeaveRequest(newServerID: next.serverID, newAddress: next.apiAddress))
+            notified = true
+        } catch let error as KeyholdError {
+            note = "\(error.code): \(error.message)"
+        }
+        await oldClient.shutdown()
+        await heartbeat()
+        return ReassignReport(
+            dryRun: false, fromServerID: old.serverID, fromAddress: old.apiAddress, toServerID: next.serverID, toAddress: next.apiAddress,
+            deviceID: next.clientID, keys: done.sorted(), reescrowed: stored, alreadyPresent: present, oldServerNotified: notified, oldServerNote: note
+        )
+    }
+
     // MARK: Heartbeat
 
     func heartbeat() async {

@@ -11,6 +11,8 @@ struct StateDirectory: Sendable {
     var identity: String { path + "/identity.json" }
     var cacheKey: String { path + "/cache.key" }
     var cache: String { path + "/cache.sealed" }
+    /// The identity at a new server while `keyhold reassign` re-escrows (removed once switched).
+    var pendingIdentity: String { path + "/reassign-pending.json" }
 
     /// Creates the directory if needed and checks its permissions and those of its files.
     func prepare() throws {
@@ -18,7 +20,7 @@ struct StateDirectory: Sendable {
         if !fm.fileExists(atPath: path) {
             try fm.createDirectory(atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         }
-        for file in [path, identity, cacheKey, cache] where fm.fileExists(atPath: file) {
+        for file in [path, identity, cacheKey, cache, pendingIdentity] where fm.fileExists(atPath: file) {
             let attrs = try fm.attributesOfItem(atPath: file)
             let mode = (attrs[.posixPermissions] as? Int) ?? 0
             let owner = (attrs[.ownerAccountID] as? NSNumber)?.uint32Value ?? 0
@@ -60,18 +62,28 @@ struct StateDirectory: Sendable {
         KeyholdError(.ioFailed, "cannot \(what) \(file): \(String(cString: strerror(errno)))", hint: "check the state directory's permissions and free space")
     }
 
-    func loadIdentity() throws -> EnrolledIdentity? {
-        guard let data = read(identity) else { return nil }
+    func loadIdentity(_ file: String? = nil) throws -> EnrolledIdentity? {
+        let file = file ?? identity
+        guard let data = read(file) else { return nil }
         do {
             return try JSONDecoder().decode(EnrolledIdentity.self, from: data)
         } catch {
-            throw KeyholdError(.configuration, "\(identity) is damaged", hint: "restore it from a backup, or remove it and enroll again")
+            throw KeyholdError(.configuration, "\(file) is damaged", hint: "restore it from a backup, or remove it and enroll again")
         }
     }
 
-    func save(identity value: EnrolledIdentity) throws {
+    func save(identity value: EnrolledIdentity, to file: String? = nil) throws {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try write(identity, try encoder.encode(value))
+        try write(file ?? identity, try encoder.encode(value))
+    }
+
+    func remove(_ file: String) {
+        unlink(file)
+        let dir = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dir >= 0 {
+            fsync(dir)
+            close(dir)
+        }
     }
 }

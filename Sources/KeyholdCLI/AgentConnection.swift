@@ -21,7 +21,8 @@ struct AgentOptions: ParsableArguments {
 struct AgentConnection {
     let path: String
 
-    func send(_ request: AgentRequest) throws -> AgentResponse {
+    /// Sends one request; waits up to `timeout` seconds for the answer.
+    func send(_ request: AgentRequest, timeout seconds: Int = 60) throws -> AgentResponse {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw SystemCall.error("create a socket for", path: path, errno: errno) }
         defer { close(fd) }
@@ -45,7 +46,7 @@ struct AgentConnection {
                 hint: "start it ('systemctl start keyhold-agent'), or point to it with --socket or KEYHOLD_SOCKET"
             )
         }
-        var timeout = timeval(tv_sec: 60, tv_usec: 0)
+        var timeout = timeval(tv_sec: seconds, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         var line = try WireFormat.encoder().encode(request)
         line.append(0x0A)
@@ -91,6 +92,50 @@ struct EnrollCommand: ParsableCommand {
     func run() throws {
         let status = try agent.connection().send(AgentRequest(op: "enroll", token: token)).status
         print("enrolled: device \(status?.deviceID?.description ?? "?") with server \(status?.serverID?.description ?? "?") at \(status?.serverAddress ?? "?")")
+    }
+}
+
+/// `keyhold reassign`.
+struct ReassignCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "reassign",
+        abstract: "Move this device to another Keyhold server without losing access to its data (root).",
+        discussion: """
+        The token comes from the new server's administrator ('keyhold-server token create'). The agent checks the new \
+        server's CA against the token, enrolls with it, re-escrows every key it holds and waits for each acknowledgement, \
+        and only then switches to the new server; it then tells the old server that the device left. If anything fails \
+        before the switch, the device stays with its old server; run the command again with the same token to resume.
+        """
+    )
+    @Argument(help: "The enrollment token of the new server (kh1.…).") var token: String
+    @Flag(help: "Check the new server and list the keys that would move; change nothing.") var dryRun = false
+    @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var agent: AgentOptions
+
+    func run() throws {
+        guard let report = try agent.connection().send(AgentRequest(op: "reassign", token: token, dryRun: dryRun), timeout: 3600).reassign else {
+            throw KeyholdError(.unreachable, "the agent answered without a report", hint: "check the agent's log")
+        }
+        if json {
+            let encoder = WireFormat.encoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+            return
+        }
+        if report.dryRun {
+            print("Dry run: nothing changed.")
+            print("The server at \(report.toAddress) presents the CA the token names.")
+            print("This device would move from server \(report.fromServerID) (\(report.fromAddress)) to it, re-escrowing \(report.keys.count) key\(report.keys.count == 1 ? "" : "s"):")
+            for id in report.keys { print("  \(id)") }
+            return
+        }
+        print("Reassigned: this device is now \(report.deviceID?.description ?? "?") at server \(report.toServerID?.description ?? "?") (\(report.toAddress)).")
+        print("Re-escrowed \(report.keys.count) key\(report.keys.count == 1 ? "" : "s") (\(report.reescrowed) new to that server, \(report.alreadyPresent) already there), each acknowledged before the switch.")
+        if report.oldServerNotified {
+            print("The old server \(report.fromServerID) marked this device as moved; it keeps its keys.")
+        } else {
+            print("The old server \(report.fromServerID) could not be told (\(report.oldServerNote ?? "no answer")); its administrator may revoke this device there.")
+        }
     }
 }
 

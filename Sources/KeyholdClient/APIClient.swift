@@ -79,6 +79,11 @@ public final class APIClient: Sendable {
         _ = try await send(path, method: .DELETE, body: nil)
     }
 
+    /// POST with a JSON body, expecting no content back.
+    public func post<B: Encodable>(_ path: String, _ body: B) async throws {
+        _ = try await send(path, method: .POST, body: try WireFormat.encoder().encode(body))
+    }
+
     /// POST without a body, expecting no content back.
     public func post(_ path: String) async throws {
         _ = try await send(path, method: .POST, body: nil)

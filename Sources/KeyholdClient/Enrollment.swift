@@ -33,22 +33,7 @@ public enum Enrollment {
     /// 2. make a P-256 key and a CSR; 3. send token and CSR over TLS pinned to that CA;
     /// 4. check the returned certificate chains to the CA and carries our public key.
     public static func enroll(token: EnrollmentToken, name: String) async throws -> EnrolledIdentity {
-        let caPEM = try await APIClient.fetchCA(address: token.enrollAddress)
-        let ca: Certificate
-        do {
-            ca = try Certificate(pemEncoded: caPEM)
-        } catch {
-            throw KeyholdError(.tokenInvalid, "the server at \(token.enrollAddress) sent no valid CA certificate", hint: "check the address in the token")
-        }
-        var der = DER.Serializer()
-        try der.serialize(ca)
-        let fingerprint = SHA256.hash(data: der.serializedBytes).map { String(format: "%02x", $0) }.joined()
-        guard fingerprint == token.caFingerprint.lowercased() else {
-            throw KeyholdError(
-                .tokenInvalid, "the server at \(token.enrollAddress) is not the one the token names (CA fingerprint \(fingerprint.prefix(16))… ≠ \(token.caFingerprint.prefix(16))…)",
-                hint: "do not enroll: the address may be wrong or intercepted; ask the administrator for a fresh token"
-            )
-        }
+        let (caPEM, ca) = try await verifiedCA(token)
         let key = P256.Signing.PrivateKey()
         let csr = try CertificateSigningRequest(
             version: .v1, subject: try DistinguishedName { CommonName(String(name.prefix(64))) },
@@ -76,5 +61,31 @@ public enum Enrollment {
             clientID: response.clientID, role: response.role, serverID: response.serverID, apiAddress: token.apiAddress,
             caPEM: caPEM, certificatePEM: response.certificatePEM, keyPEM: key.pemRepresentation
         )
+    }
+
+    /// Fetches the CA the token's server presents and checks it is the one the token names
+    /// (SHA-256 of its DER). Uses nothing secret of the token, so it checks a token without using it.
+    public static func verifyServer(_ token: EnrollmentToken) async throws {
+        _ = try await verifiedCA(token)
+    }
+
+    static func verifiedCA(_ token: EnrollmentToken) async throws -> (pem: String, certificate: Certificate) {
+        let caPEM = try await APIClient.fetchCA(address: token.enrollAddress)
+        let ca: Certificate
+        do {
+            ca = try Certificate(pemEncoded: caPEM)
+        } catch {
+            throw KeyholdError(.tokenInvalid, "the server at \(token.enrollAddress) sent no valid CA certificate", hint: "check the address in the token")
+        }
+        var der = DER.Serializer()
+        try der.serialize(ca)
+        let fingerprint = SHA256.hash(data: der.serializedBytes).map { String(format: "%02x", $0) }.joined()
+        guard fingerprint == token.caFingerprint.lowercased() else {
+            throw KeyholdError(
+                .tokenInvalid, "the server at \(token.enrollAddress) is not the one the token names (CA fingerprint \(fingerprint.prefix(16))… ≠ \(token.caFingerprint.prefix(16))…)",
+                hint: "do not enroll: the address may be wrong or intercepted; ask the administrator for a fresh token"
+            )
+        }
+        return (caPEM, ca)
     }
 }

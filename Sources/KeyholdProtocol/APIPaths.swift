@@ -8,6 +8,7 @@ public enum APIPath {
     public static let keys = "/v1/keys"
     public static func key(_ id: String) -> String { "/v1/keys/\(id)" }
     public static let heartbeat = "/v1/heartbeat"
+    public static let leave = "/v1/leave"
     // Administrators (admin certificate).
     public static let adminStatus = "/v1/admin/status"
     public static let adminAudit = "/v1/admin/audit"

@@ -12,14 +12,17 @@ public struct AgentRequest: Codable, Sendable {
     public var token: String?
     /// For `key`: the key id.
     public var keyID: KeyID?
+    /// For `reassign`: only check and report what would move.
+    public var dryRun: Bool?
 
-    public init(op: String, token: String? = nil, keyID: KeyID? = nil) {
+    public init(op: String, token: String? = nil, keyID: KeyID? = nil, dryRun: Bool? = nil) {
         self.op = op
         self.token = token
         self.keyID = keyID
+        self.dryRun = dryRun
     }
 
-    enum CodingKeys: String, CodingKey { case op, token, keyID = "key_id" }
+    enum CodingKeys: String, CodingKey { case op, token, keyID = "key_id", dryRun = "dry_run" }
 }
 
 /// A key handed to a local client: its record and base64 secret.
@@ -72,10 +75,53 @@ public struct AgentResponse: Codable, Sendable {
     public var error: ErrorBody?
     public var key: AgentKey?
     public var status: AgentStatus?
+    public var reassign: ReassignReport?
 
-    public init(error: ErrorBody? = nil, key: AgentKey? = nil, status: AgentStatus? = nil) {
+    public init(error: ErrorBody? = nil, key: AgentKey? = nil, status: AgentStatus? = nil, reassign: ReassignReport? = nil) {
         self.error = error
         self.key = key
         self.status = status
+        self.reassign = reassign
+    }
+}
+
+/// What `reassign` did (or, with `dry_run`, would do).
+public struct ReassignReport: Codable, Sendable {
+    public var dryRun: Bool
+    public var fromServerID: ServerID
+    public var fromAddress: String
+    /// Known once enrolled with the new server (not in a dry run).
+    public var toServerID: ServerID?
+    public var toAddress: String
+    /// The device's id at the new server (not in a dry run).
+    public var deviceID: DeviceID?
+    /// The keys that moved (or would move): every key the device holds.
+    public var keys: [KeyID]
+    /// Of those, how many the new server stored now and how many it already had.
+    public var reescrowed: Int
+    public var alreadyPresent: Int
+    /// Whether the old server acknowledged the move (best effort), and why not.
+    public var oldServerNotified: Bool
+    public var oldServerNote: String?
+
+    public init(dryRun: Bool, fromServerID: ServerID, fromAddress: String, toServerID: ServerID?, toAddress: String, deviceID: DeviceID?,
+                keys: [KeyID], reescrowed: Int, alreadyPresent: Int, oldServerNotified: Bool, oldServerNote: String?) {
+        self.dryRun = dryRun
+        self.fromServerID = fromServerID
+        self.fromAddress = fromAddress
+        self.toServerID = toServerID
+        self.toAddress = toAddress
+        self.deviceID = deviceID
+        self.keys = keys
+        self.reescrowed = reescrowed
+        self.alreadyPresent = alreadyPresent
+        self.oldServerNotified = oldServerNotified
+        self.oldServerNote = oldServerNote
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case dryRun = "dry_run", fromServerID = "from_server_id", fromAddress = "from_address", toServerID = "to_server_id"
+        case toAddress = "to_address", deviceID = "device_id", keys, reescrowed, alreadyPresent = "already_present"
+        case oldServerNotified = "old_server_notified", oldServerNote = "old_server_note"
     }
 }

@@ -57,10 +57,28 @@ public struct EscrowRequest: Codable, Sendable {
     public var record: KeyRecord
     /// The 32-byte secret, base64.
     public var secret: String
-    public init(record: KeyRecord, secret: String) {
+    /// Set when a device moving here (`keyhold reassign`) re-escrows a key it held with this
+    /// server; the audit record then says `reescrow` and names the previous server.
+    public var reassignedFrom: ServerID?
+    public init(record: KeyRecord, secret: String, reassignedFrom: ServerID? = nil) {
         self.record = record
         self.secret = secret
+        self.reassignedFrom = reassignedFrom
     }
+
+    enum CodingKeys: String, CodingKey { case record, secret, reassignedFrom = "reassigned_from" }
+}
+
+/// `POST /v1/leave`: a device tells its old server that it moved (best effort, `keyhold reassign`).
+public struct LeaveRequest: Codable, Sendable {
+    public var newServerID: ServerID
+    public var newAddress: String
+    public init(newServerID: ServerID, newAddress: String) {
+        self.newServerID = newServerID
+        self.newAddress = newAddress
+    }
+
+    enum CodingKeys: String, CodingKey { case newServerID = "new_server_id", newAddress = "new_address" }
 }
 
 public struct EscrowResponse: Codable, Sendable, Equatable {

@@ -127,6 +127,11 @@ enum ServerAPI {
             let who = try await caller(context)
             return try JSONRoute.respond(try await core.release(try JSONRoute.keyID(context), caller: who))
         })
+        router.post(RouterPath(APIPath.leave), use: JSONRoute.handle(logger) { request, context in
+            let who = try await caller(context)
+            try await core.leave(try await JSONRoute.decode(LeaveRequest.self, request), caller: who)
+            return Response(status: .noContent)
+        })
         router.post(RouterPath(APIPath.heartbeat), use: JSONRoute.handle(logger) { request, context in
             let who = try await caller(context)
             return try JSONRoute.respond(try await core.heartbeat(try await JSONRoute.decode(HeartbeatRequest.self, request), caller: who))

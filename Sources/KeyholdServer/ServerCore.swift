@@ -107,14 +107,27 @@ struct ServerCore: Sendable {
         defer { secretBytes.withUnsafeMutableBytes { SecretKey.wipe($0) } }
         let secret = try SecretKey(bytes: secretBytes)
         let stored = try masterKey.store(request.record, secret: secret, provenance: .escrow)
-        let outcome = try await repository.insertKey(
-            stored, audit: AuditEvent(actor: caller.actor, action: "escrow", keyID: keyID, route: "agent", result: "ok", detail: "\(request.record.kind.rawValue) key")
-        )
+        let audit = request.reassignedFrom.map {
+            AuditEvent(actor: caller.actor, action: "reescrow", keyID: keyID, route: "agent", result: "ok", detail: "\(request.record.kind.rawValue) key of a device reassigned from server \($0)")
+        } ?? AuditEvent(actor: caller.actor, action: "escrow", keyID: keyID, route: "agent", result: "ok", detail: "\(request.record.kind.rawValue) key")
+        let outcome = try await repository.insertKey(stored, audit: audit)
         if outcome == .conflict {
             logger.warning("escrow conflict: key id exists with another secret", metadata: ["key": "\(keyID)", "caller": "\(caller.actor)"])
             throw KeyholdError(.conflict, "key \(keyID) is already escrowed with a different secret", hint: "create a new key; an escrowed key is never replaced")
         }
         return EscrowResponse(keyID: keyID, outcome: outcome.rawValue)
+    }
+
+    /// A device says it moved to another server: it is marked `moved` (refused from now on, like a
+    /// revoked one, with a hint naming the move); its keys stay here.
+    func leave(_ request: LeaveRequest, caller: Caller) async throws {
+        try require(caller, .device)
+        _ = try await repository.setClientState(id: caller.client.id, state: .moved)
+        try await repository.appendAudit(AuditEvent(
+            actor: caller.actor, action: "device_moved", route: "agent", result: "ok",
+            detail: "to server \(request.newServerID) at \(request.newAddress)"
+        ))
+        logger.info("device moved to another server", metadata: ["device": "\(caller.client.id)", "to": "\(request.newServerID)"])
     }
 
     func release(_ keyID: KeyID, caller: Caller) async throws -> KeyResponse {

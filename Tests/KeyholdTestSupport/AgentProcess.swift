@@ -1,4 +1,7 @@
 public import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A real `keyhold-agent` process with its own state directory and socket, and a way to run
 /// `keyhold` against it (`KEYHOLD_SOCKET`).
@@ -58,6 +61,44 @@ public final class AgentProcess: @unchecked Sendable {
     }
 
     public func path(_ name: String) -> String { folder.appendingPathComponent(name).path }
+
+    /// Sends one raw request line to the agent's socket (docs/spec/agent-socket.md) and returns
+    /// the decoded answer; for what the `keyhold` command has no verb for (fetching a key by id).
+    public func request(_ body: [String: Any]) throws -> [String: Any] {
+        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw TestFailure("socket: errno \(errno)") }
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            let bytes = Array(self.socket.utf8)
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard connected == 0 else { throw TestFailure("connect to \(self.socket): errno \(errno)") }
+        var line = try JSONSerialization.data(withJSONObject: body)
+        line.append(0x0A)
+        _ = line.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+        var answer = Data()
+        var buffer = [UInt8](repeating: 0, count: 16_384)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n <= 0 { break }
+            answer.append(contentsOf: buffer[..<n])
+        }
+        return (try JSONSerialization.jsonObject(with: answer) as? [String: Any]) ?? [:]
+    }
+
+    /// Removes the agent's sealed key cache (the agent must be stopped): later keys come from the server.
+    public func clearCache() throws {
+        for name in ["cache.sealed", "cache.key"] {
+            let file = stateDir.appendingPathComponent(name).path
+            if FileManager.default.fileExists(atPath: file) { try FileManager.default.removeItem(atPath: file) }
+        }
+    }
 
     deinit {
         if let p = process, p.isRunning { kill(p.processIdentifier, SIGKILL) }
