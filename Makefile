@@ -11,7 +11,15 @@ FUZZ_SECONDS ?= 20
 FUZZ_LONG ?= 300
 PYTEST := .venv/bin/python -m pytest
 
-.PHONY: run test build deps unit python fuzz bench vectors clean help
+.PHONY: run test build deps unit python vm-test fuzz bench vectors install install-files clean help
+
+# make install: where the programs, units and udev rule go (DESTDIR for staging).
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+DOCDIR ?= $(PREFIX)/share/doc/keyhold
+UNITDIR ?= /etc/systemd/system
+UDEVDIR ?= /etc/udev/rules.d
+INSTALL_FROM ?= $(RELEASE_DIR)
 
 help:
 	@echo "make run     build and run the narrated demo (keyhold demo)"
@@ -19,6 +27,8 @@ help:
 	@echo "make bench   release build; file encryption vs openssl, age and gpg on 1 GiB; key release load"
 	@echo "make fuzz    run the header fuzzer for 5 minutes (FUZZ_LONG=300)"
 	@echo "make vectors regenerate Tests/Vectors from scripts/"
+	@echo "make install release build; programs to $(BINDIR), units to $(UNITDIR), udev rule to $(UDEVDIR)"
+	@echo "make vm-test the drive hot-plug test in a QEMU guest (part of make test)"
 
 run:
 	@scripts/install-deps.sh build
@@ -32,7 +42,7 @@ build: deps
 	swift build $(SWIFT_BUILD_FLAGS) --build-tests
 
 test: build
-	$(MAKE) --no-print-directory unit python
+	$(MAKE) --no-print-directory unit python vm-test
 	scripts/fuzz.sh $(FUZZ_SECONDS)
 	@echo "make test: every suite passed"
 
@@ -43,6 +53,11 @@ unit:
 
 python:
 	KEYHOLD_BIN_DIR=$(BIN_DIR) $(PYTEST) -q Tests/python
+
+# Real kernel, udev and systemd in a QEMU guest: plug a Keyhold USB stick, check the unit
+# unlocked it, unplug, plug again (Tests/VM/README.md).
+vm-test:
+	Tests/VM/vm-test.sh $(BIN_DIR)
 
 fuzz:
 	scripts/fuzz.sh $(FUZZ_LONG)
@@ -59,6 +74,23 @@ bench:
 
 vectors: deps
 	.venv/bin/python scripts/gen-file-vectors.py
+
+install:
+	@scripts/install-deps.sh build
+	swift build -c release --product keyhold
+	swift build -c release --product keyhold-server
+	swift build -c release --product keyhold-agent
+	$(MAKE) --no-print-directory install-files
+
+# Copies what is built (INSTALL_FROM, default the release build) without building.
+install-files:
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(UDEVDIR) $(DESTDIR)$(DOCDIR)
+	install -m 0755 $(INSTALL_FROM)/keyhold $(INSTALL_FROM)/keyhold-server $(INSTALL_FROM)/keyhold-agent $(DESTDIR)$(BINDIR)/
+	for f in systemd/*.service; do sed 's#/usr/local/bin/#$(BINDIR)/#g; s#/usr/local/share/doc/keyhold/#$(DOCDIR)/#g' $$f > $(DESTDIR)$(UNITDIR)/$$(basename $$f); chmod 0644 $(DESTDIR)$(UNITDIR)/$$(basename $$f); done
+	install -m 0644 udev/90-keyhold.rules $(DESTDIR)$(UDEVDIR)/90-keyhold.rules
+	install -m 0644 docs/spec/*.md $(DESTDIR)$(DOCDIR)/
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; udevadm control --reload 2>/dev/null || true; \
+	  echo "installed; next: systemctl enable --now keyhold-agent (devices) or keyhold-server (servers)"; fi
 
 clean:
 	rm -rf .build fuzz/out

@@ -46,6 +46,11 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // libcryptsetup and libblkid (Debian's -dev packages), wrapped only by KeyholdLUKS.
+        .systemLibrary(name: "CCryptsetup", pkgConfig: "libcryptsetup", providers: [.apt(["libcryptsetup-dev"])]),
+        .systemLibrary(name: "CBlkid", pkgConfig: "blkid", providers: [.apt(["libblkid-dev"])]),
+        // LUKS2 volumes, the keyhold token and device probing; every C error becomes a KeyholdError here.
+        .target(name: "KeyholdLUKS", dependencies: ["KeyholdCore", "CCryptsetup", "CBlkid"], swiftSettings: swiftSettings),
         // Password-protected key export files: age v1 (scrypt recipient) around a streamed JSON document.
         .target(
             name: "KeyholdExport",
@@ -144,6 +149,7 @@ let package = Package(
                 "KeyholdFormat",
                 "KeyholdProtocol",
                 "KeyholdCommandLine",
+                "KeyholdLUKS",
                 "CKeyholdAllocator",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],

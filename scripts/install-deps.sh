@@ -19,11 +19,13 @@ if ! command -v swift >/dev/null 2>&1; then
 fi
 
 # --- Debian packages.
-apt_packages=(libsqlite3-dev)
+apt_packages=(libsqlite3-dev libcryptsetup-dev libblkid-dev pkg-config)
+# What the VM test needs: QEMU, a static busybox for its initramfs, udev and the tools run in the guest.
+vm_packages=(qemu-system-x86 busybox-static udev kmod dmsetup e2fsprogs cryptsetup-bin util-linux)
 case "$LEVEL" in
   build) ;;
-  test) apt_packages+=(python3-venv postgresql systemd age) ;;
-  bench) apt_packages+=(python3-venv postgresql systemd openssl age gnupg time) ;;
+  test) apt_packages+=(python3-venv postgresql systemd age cryptsetup-bin "${vm_packages[@]}") ;;
+  bench) apt_packages+=(python3-venv postgresql systemd age cryptsetup-bin "${vm_packages[@]}" openssl gnupg time) ;;
   *) echo "usage: $0 [build|test|bench]" >&2; exit 2 ;;
 esac
 missing=()

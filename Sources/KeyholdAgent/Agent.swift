@@ -65,9 +65,19 @@ actor Agent {
     }
 
     private func createFileKey() async throws -> KeyMaterial {
+        try await createKey(kind: .file, label: "file key of \(ProcessInfo.processInfo.hostName)", makeActive: true)
+    }
+
+    /// A new key for a drive, escrowed (and cached) before it is returned.
+    func driveKey(label: String) async throws -> KeyMaterial {
+        try await createKey(kind: .drive, label: String(label.prefix(200)), makeActive: false)
+    }
+
+    /// Makes a key, escrows it and caches it: the caller gets it only after the server's acknowledgement.
+    private func createKey(kind: KeyKind, label: String, makeActive: Bool) async throws -> KeyMaterial {
         let (identity, client) = try enrolled()
         let material = KeyMaterial(
-            record: KeyRecord(kind: .file, originServerID: identity.serverID, originDeviceID: identity.clientID, label: "file key of \(ProcessInfo.processInfo.hostName)"),
+            record: KeyRecord(kind: kind, originServerID: identity.serverID, originDeviceID: identity.clientID, label: label),
             secret: .generate()
         )
         let request = EscrowRequest(record: material.record, secret: material.secret.withUnsafeBytes { Data($0).base64EncodedString() })
@@ -76,12 +86,12 @@ actor Agent {
         } catch let error as KeyholdError {
             logger.warning("escrow failed; no key created", metadata: ["error": "\(error.code)"])
             throw KeyholdError(
-                error.code, "the new file key could not be escrowed, so nothing was encrypted: \(error.message)",
+                error.code, "the new \(kind.rawValue) key could not be escrowed, so nothing was encrypted: \(error.message)",
                 hint: error.code == .unreachable ? "check that the Keyhold server is reachable, then try again" : error.hint
             )
         }
-        try cache.add(material, makeActive: true)
-        logger.info("new file key escrowed", metadata: ["key": "\(material.record.id)"])
+        try cache.add(material, makeActive: makeActive)
+        logger.info("new key escrowed", metadata: ["key": "\(material.record.id)", "kind": "\(kind.rawValue)"])
         return material
     }
 

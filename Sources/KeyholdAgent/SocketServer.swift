@@ -133,13 +133,15 @@ final class SocketServer: Service, Sendable {
         case "reassign":
             guard let token = request.token else { throw KeyholdError(.invalidRequest, "reassign needs a token", hint: "keyhold reassign TOKEN") }
             return AgentResponse(reassign: try await agent.reassign(tokenText: token, dryRun: request.dryRun ?? false))
+        case "drive-key":
+            return AgentResponse(key: Self.wire(try await agent.driveKey(label: request.label ?? "drive key")))
         case "file-key":
             return AgentResponse(key: Self.wire(try await agent.fileKey()))
         case "key":
             guard let id = request.keyID else { throw KeyholdError(.invalidRequest, "key needs a key_id", hint: "see docs/spec/agent-socket.md") }
             return AgentResponse(key: Self.wire(try await agent.key(id)))
         default:
-            throw KeyholdError(.invalidRequest, "unknown operation '\(request.op)'", hint: "use status, enroll, reassign, file-key or key")
+            throw KeyholdError(.invalidRequest, "unknown operation '\(request.op)'", hint: "use status, enroll, reassign, file-key, drive-key or key")
         }
     }
 

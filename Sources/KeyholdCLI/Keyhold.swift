@@ -15,7 +15,7 @@ struct Keyhold: ParsableCommand {
         commandName: "keyhold",
         abstract: "Encrypt files and drives with escrowed keys.",
         version: KeyholdVersion.current,
-        subcommands: [FileCommand.self, EnrollCommand.self, ReassignCommand.self, StatusCommand.self, KeyCommand.self, DemoCommand.self]
+        subcommands: [FileCommand.self, DriveCommand.self, EnrollCommand.self, ReassignCommand.self, StatusCommand.self, KeyCommand.self, DemoCommand.self]
     )
 }
 

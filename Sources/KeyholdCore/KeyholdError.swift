@@ -62,6 +62,12 @@ public struct KeyholdError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let hierarchyTooDeep = Code(rawValue: "hierarchy_too_deep")
         /// The destination already exists and would be overwritten.
         public static let destinationExists = Code(rawValue: "destination_exists")
+        /// libcryptsetup or libblkid failed on a drive (the message carries its words).
+        public static let driveFailed = Code(rawValue: "drive_failed")
+        /// The drive is mounted, held by another mapping or has data that would be destroyed.
+        public static let deviceBusy = Code(rawValue: "device_busy")
+        /// The kernel offers no device-mapper (dm-crypt), so a LUKS drive cannot be activated here.
+        public static let deviceMapperUnavailable = Code(rawValue: "device_mapper_unavailable")
         /// The password does not open the (export) file.
         public static let wrongPassword = Code(rawValue: "wrong_password")
     }

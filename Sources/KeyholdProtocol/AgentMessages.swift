@@ -6,7 +6,7 @@ public import KeyholdCore
 
 /// A request to the agent.
 public struct AgentRequest: Codable, Sendable {
-    /// `status`, `enroll`, `file-key` or `key`.
+    /// `status`, `enroll`, `reassign`, `file-key`, `drive-key` or `key`.
     public var op: String
     /// For `enroll`: the token text.
     public var token: String?
@@ -14,15 +14,18 @@ public struct AgentRequest: Codable, Sendable {
     public var keyID: KeyID?
     /// For `reassign`: only check and report what would move.
     public var dryRun: Bool?
+    /// For `drive-key`: the new key's label (which drive it is for).
+    public var label: String?
 
-    public init(op: String, token: String? = nil, keyID: KeyID? = nil, dryRun: Bool? = nil) {
+    public init(op: String, token: String? = nil, keyID: KeyID? = nil, dryRun: Bool? = nil, label: String? = nil) {
         self.op = op
         self.token = token
         self.keyID = keyID
         self.dryRun = dryRun
+        self.label = label
     }
 
-    enum CodingKeys: String, CodingKey { case op, token, keyID = "key_id", dryRun = "dry_run" }
+    enum CodingKeys: String, CodingKey { case op, token, keyID = "key_id", dryRun = "dry_run", label }
 }
 
 /// A key handed to a local client: its record and base64 secret.

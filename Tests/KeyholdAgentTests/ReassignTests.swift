@@ -43,19 +43,22 @@ import Testing
         #expect(try other.keyhold(["file", "encrypt", "theirs.txt", "-o", "theirs.khf"]).status == 0)
         try FileManager.default.copyItem(atPath: other.path("theirs.khf"), toPath: d1.path("theirs.khf"))
         #expect(try d1.keyhold(["file", "decrypt", "theirs.khf", "-o", "theirs.txt"]).status == 0)
-        #expect(try AgentIntegrationTests.status(d1)["cached_keys"] as? Int == 2)
+        // …and a drive key (a drive image it formatted).
+        let drive = try DriveTests.image(d1, "drive.img")
+        #expect(try d1.keyhold(["drive", "encrypt", drive]).status == 0)
+        #expect(try AgentIntegrationTests.status(d1)["cached_keys"] as? Int == 3)
 
         // A dry run checks the new server and lists what would move; it uses nothing of the token.
         let token = try Self.token(s2, uses: 1)
         let dry = try d1.keyhold(["reassign", token, "--dry-run"])
         #expect(dry.status == 0, "\(dry.stderr)")
-        #expect(dry.stdoutText.contains("would move") && dry.stdoutText.contains("re-escrowing 2 keys"), "\(dry.stdoutText)")
+        #expect(dry.stdoutText.contains("would move") && dry.stdoutText.contains("re-escrowing 3 keys"), "\(dry.stdoutText)")
         #expect(try AgentIntegrationTests.status(d1)["server_address"] as? String == s1.api)
         #expect(try Self.clients(s2).isEmpty)
 
         let moved = try d1.keyhold(["reassign", token])
         #expect(moved.status == 0, "\(moved.stderr)")
-        #expect(moved.stdoutText.contains("Re-escrowed 2 keys (2 new to that server, 0 already there)"), "\(moved.stdoutText)")
+        #expect(moved.stdoutText.contains("Re-escrowed 3 keys (3 new to that server, 0 already there)"), "\(moved.stdoutText)")
         #expect(moved.stdoutText.contains("marked this device as moved"), "\(moved.stdoutText)")
         let status = try AgentIntegrationTests.status(d1)
         #expect(status["server_address"] as? String == s2.api)
@@ -64,7 +67,7 @@ import Testing
         #expect(try Self.clients(s1).first { $0["id"] as? String == oldID }?["state"] as? String == "moved")
         #expect(try Self.clients(s2).first { $0["id"] as? String == status["device_id"] as? String }?["state"] as? String == "active")
         let reescrows = try await s2.auditEntries().filter { $0.action == "reescrow" }
-        #expect(reescrows.count == 2 && reescrows.allSatisfy { $0.detail.contains("reassigned from server") })
+        #expect(reescrows.count == 3 && reescrows.allSatisfy { $0.detail.contains("reassigned from server") })
         // The old certificate is refused at the old server now, with a hint naming the move.
         #expect(try s1.admin(["audit"]).stdoutText.contains("device_moved"))
 
@@ -76,7 +79,9 @@ import Testing
             #expect(r.status == 0, "\(name): \(r.stderr)")
             #expect(try Data(contentsOf: URL(fileURLWithPath: d1.path("\(name).back"))) == plain)
         }
-        #expect(try await s2.auditEntries().filter { $0.action == "release" && $0.result == "ok" }.count == 2)
+        let verified = try d1.keyhold(["drive", "unlock", drive, "--verify-only"])
+        #expect(verified.status == 0, "\(verified.stderr)")
+        #expect(try await s2.auditEntries().filter { $0.action == "release" && $0.result == "ok" }.count == 3)
         // New files are escrowed with S2.
         #expect(try d1.keyhold(["file", "encrypt", "mine.txt", "-o", "new.khf"]).status == 0)
     }

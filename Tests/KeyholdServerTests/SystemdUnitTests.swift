@@ -5,7 +5,8 @@ import Testing
 /// The units in `systemd/` pass `systemd-analyze verify` without a single diagnostic (it exits 0
 /// even for lines it ignores, so silence is the check).
 @Suite struct SystemdUnitTests {
-    static let units = ["keyhold-server.service", "keyhold-agent.service"]
+    /// A template is checked as one of its instances (as udev starts it for /dev/sdb).
+    static let units = ["keyhold-server.service", "keyhold-agent.service", "keyhold-unlock@.service"]
 
     @Test(arguments: units)
     func verifies(_ unit: String) throws {
@@ -14,7 +15,7 @@ import Testing
         defer { try? FileManager.default.removeItem(at: dir) }
         // verify checks that ExecStart exists: point it at the built executables.
         let local = source.replacingOccurrences(of: "/usr/local/bin/", with: Paths.executable("keyhold").deletingLastPathComponent().path + "/")
-        let path = dir.appendingPathComponent(unit)
+        let path = dir.appendingPathComponent(unit.replacingOccurrences(of: "@.", with: "@sdb."))
         try local.write(to: path, atomically: true, encoding: .utf8)
         let r = try run(URL(fileURLWithPath: "/usr/bin/systemd-analyze"), ["verify", path.path])
         #expect(r.status == 0)

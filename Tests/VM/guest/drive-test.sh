@@ -1,0 +1,57 @@
+#!/bin/bash
+# In the guest, under systemd: the host plugs the Keyhold stick; udev's rule must start
+# keyhold-unlock@<dev>.service, which unlocks it through the agent. Then: a file system and data
+# through the mapping, unplug (mapping gone), plug again (unlocked again, data reads back).
+# Markers on the console drive the host side (Tests/VM/qemu-driver.py).
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+log() { echo "VMTEST $(cut -d' ' -f1 /proc/uptime) $*" > /dev/console; }
+fail() { log "FAIL $*"; diagnose; log "DONE rc=1"; systemctl --no-block poweroff; exit 1; }
+diagnose() {
+  { systemctl status 'keyhold-*' --no-pager -l; journalctl -b --no-pager -u 'keyhold-*' -n 200
+    ls -l /dev/mapper /dev/sd* 2>&1; udevadm info --export-db | grep -A30 'ID_FS_TYPE=crypto_LUKS' | head -80; } > @VC@/out/diagnose.txt 2>&1
+}
+wait_for() { # PATH present(1)|absent(0) SECONDS
+  for _ in $(seq $((10 * $3))); do
+    if [ "$2" = 1 ]; then [ -e "$1" ] && return 0; else [ -e "$1" ] || return 0; fi
+    sleep 0.1
+  done
+  return 1
+}
+MAP=/dev/mapper/keyhold-@UUID@
+modprobe -a dm-crypt xts aesni_intel ext4 xhci-pci usb-storage sd_mod 2>/dev/null
+wait_for /run/keyhold/agent.sock 1 60 || fail "the agent's socket did not appear"
+keyhold status > @VC@/out/status.txt 2>&1 || fail "keyhold status: $(cat @VC@/out/status.txt)"
+log "READY agent $(grep -m1 server: @VC@/out/status.txt | tr -s ' ')"
+
+wait_for "$MAP" 1 180 || fail "no mapping $MAP after the plug"
+UNIT=$(systemctl list-units --plain --no-legend 'keyhold-unlock@*.service' | awk '{print $1}' | head -1)
+DEV=${UNIT#keyhold-unlock@}; DEV=${DEV%.service}
+log "MAPPED $MAP by $UNIT ($(systemctl is-active "$UNIT"))"
+udevadm info --query=property --name="/dev/$DEV" > @VC@/out/udev-props.txt
+grep -q "SYSTEMD_WANTS=.*keyhold-unlock@$DEV.service" @VC@/out/udev-props.txt || fail "udev did not set SYSTEMD_WANTS for $DEV"
+grep -q '^ID_FS_TYPE=crypto_LUKS' @VC@/out/udev-props.txt || fail "udev did not see LUKS on $DEV"
+log "UDEV RULE FIRED: /dev/$DEV $(grep -E '^(ID_BUS|SYSTEMD_WANTS)=' @VC@/out/udev-props.txt | tr '\n' ' ')"
+
+SECRET="keyhold-vm-secret-$(cat /proc/sys/kernel/random/uuid)"
+mkfs.ext4 -q -F "$MAP" || fail "mkfs.ext4 on $MAP"
+mkdir -p /mnt/k && mount "$MAP" /mnt/k || fail "mount $MAP"
+for i in $(seq 200); do echo "$SECRET line $i"; done > /mnt/k/secret.txt
+umount /mnt/k && sync
+echo "$SECRET" > @VC@/out/secret.txt
+log "WROTE a file system and data through $MAP"
+
+log "UNPLUG-REQUEST"
+wait_for "$MAP" 0 60 || fail "the mapping stayed after the unplug"
+log "MAPPING GONE ($UNIT: $(systemctl is-active "$UNIT"))"
+
+log "REPLUG-REQUEST"
+wait_for "$MAP" 1 180 || fail "no mapping after the second plug"
+log "MAPPED AGAIN $MAP"
+mount -o ro "$MAP" /mnt/k || fail "mount after the second plug"
+got=$(head -1 /mnt/k/secret.txt); lines=$(wc -l < /mnt/k/secret.txt)
+umount /mnt/k
+[ "$got" = "$SECRET line 1" ] && [ "$lines" = 200 ] || fail "data mismatch after the second plug"
+log "DATA OK (written, unplugged, plugged again, read back)"
+journalctl -b --no-pager -u 'keyhold-*' > @VC@/out/journal.txt 2>&1
+log "DONE rc=0"
+systemctl --no-block poweroff
