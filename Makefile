@@ -22,7 +22,7 @@ UDEVDIR ?= /etc/udev/rules.d
 INSTALL_FROM ?= $(RELEASE_DIR)
 
 help:
-	@echo "make run     build and run the narrated demo (keyhold demo)"
+	@echo "make run     build and run the narrated demo: servers T, S1, S2, S3 and agents D1, D2, D3 (DEMO_FLAGS=--keep leaves them running)"
 	@echo "make test    build once and run every test (Swift, Python/Tink interop, fuzz smoke)"
 	@echo "make bench   release build; file encryption vs openssl, age and gpg on 1 GiB; key release load"
 	@echo "make fuzz    run the header fuzzer for 5 minutes (FUZZ_LONG=300)"
@@ -33,7 +33,9 @@ help:
 run:
 	@scripts/install-deps.sh build
 	swift build $(SWIFT_BUILD_FLAGS) --product keyhold
-	$(BIN_DIR)/keyhold demo
+	swift build $(SWIFT_BUILD_FLAGS) --product keyhold-server
+	swift build $(SWIFT_BUILD_FLAGS) --product keyhold-agent
+	$(BIN_DIR)/keyhold demo $(DEMO_FLAGS)
 
 deps:
 	@scripts/install-deps.sh test

@@ -1,5 +1,6 @@
 #include "keyhold_allocator.h"
 
+#include <stdio.h>
 #include <stdlib.h> /* defines __GLIBC__ on glibc systems */
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -12,4 +13,8 @@ void keyhold_keep_buffers_on_heap(int bytes) {
 #else
     (void)bytes;
 #endif
+}
+
+void keyhold_line_buffered_stdout(void) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
 }

@@ -4,41 +4,55 @@ import Glibc
 import Darwin
 #endif
 import ArgumentParser
+import CKeyholdAllocator
+import Dispatch
 import Foundation
 import KeyholdCommandLine
 import KeyholdCore
+import Synchronization
 
-/// `keyhold demo`: the narrated tour that `make run` shows. It runs the real `keyhold` commands
-/// (this very executable) in a temporary folder, prints each command and its output, checks each
-/// result, and ends with a summary table. Exit status 0 only if every step gave the expected result.
+/// `keyhold demo`: the narrated tour that `make run` shows. On loopback, with the embedded SQLite
+/// default in a temporary folder, it starts real `keyhold-server` processes (a top server T with
+/// secondaries S1 and S2, the hierarchy on; and a separate server S3) and real `keyhold-agent`
+/// processes (D1 on S1, D2 on S2, D3 on S3), then runs the real commands, printing each with its
+/// output and checking each result. It ends with a summary table and stops everything it started
+/// (also on Ctrl-C), unless `--keep`.
 struct DemoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo",
-        abstract: "Walk through Keyhold's features with real commands, narrated."
+        abstract: "Walk through Keyhold with real servers and agents on this machine, narrated.",
+        discussion: "Needs keyhold-server and keyhold-agent next to this keyhold executable (make run builds them)."
     )
 
-    @Flag(help: "Keep the demo folder instead of deleting it at the end.")
+    @Flag(help: "Leave the servers and agents running at the end, and print how to talk to them.")
     var keep = false
 
-    @Option(help: ArgumentHelp("Size of the sample document in MiB.", valueName: "mib"))
-    var sizeMib: Int = 5
+    @Option(help: ArgumentHelp("Seconds between the servers' hierarchy heartbeats.", valueName: "seconds"))
+    var heartbeat = 2
 
     func run() throws {
-        let folder = try makeFolder()
-        var demo = Demo(folder: folder, executable: Self.executablePath())
-        defer {
-            if keep {
-                print("\nThe demo folder is kept: \(folder)")
-            } else {
-                try? FileManager.default.removeItem(atPath: folder)
-            }
+        keyhold_line_buffered_stdout()  // the narration and the children's output stay in order
+        let folder = try Self.makeFolder()
+        let bin = (Self.executablePath() as NSString).deletingLastPathComponent
+        for tool in ["keyhold-server", "keyhold-agent"] where !FileManager.default.isExecutableFile(atPath: "\(bin)/\(tool)") {
+            throw KeyholdError(.configuration, "\(tool) is not next to keyhold in \(bin)", hint: "build it: 'swift build --product \(tool)' (make run does)")
         }
-        try demo.tour(sizeMib: max(1, sizeMib))
+        let demo = Demo(folder: folder, bin: bin, heartbeat: max(1, heartbeat))
+        let signals = DemoChildren.shared.stopOnSignals()
+        defer { withExtendedLifetime(signals) {} }
+        demo.tour()
         demo.summary()
+        if keep && demo.failures == 0 {
+            demo.printHowToTalk()
+        } else {
+            DemoChildren.shared.stopAll()
+            try? FileManager.default.removeItem(atPath: folder)
+            print("Stopped every server and agent the demo started; removed \(folder).")
+        }
         if demo.failures > 0 { throw ExitCode(1) }
     }
 
-    private func makeFolder() throws -> String {
+    static func makeFolder() throws -> String {
         let base = FileManager.default.temporaryDirectory.path
         var template = Array("\(base)/keyhold-demo-XXXXXX".utf8CString)
         guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
@@ -52,149 +66,396 @@ struct DemoCommand: ParsableCommand {
     }
 }
 
-/// The state of one demo run.
-private struct Demo {
+/// Every process the demo started, so that the end of the demo, Ctrl-C or SIGTERM stops them all.
+final class DemoChildren: Sendable {
+    static let shared = DemoChildren()
+    private let pids = Mutex<[Int32]>([])
+
+    func add(_ pid: Int32) { pids.withLock { $0.append(pid) } }
+
+    func remove(_ pid: Int32) { pids.withLock { $0.removeAll { $0 == pid } } }
+
+    /// SIGTERM to each child (agents first, then servers: the reverse of starting), then waits.
+    func stopAll() {
+        let all = pids.withLock { p -> [Int32] in
+            defer { p = [] }
+            return p
+        }
+        for pid in all.reversed() { kill(pid, SIGTERM) }
+        for pid in all.reversed() {
+            var status: Int32 = 0
+            for _ in 0..<200 {
+                if waitpid(pid, &status, WNOHANG) != 0 { break }
+                usleep(50_000)
+            }
+            if kill(pid, 0) == 0 { kill(pid, SIGKILL) }
+        }
+    }
+
+    /// Handles SIGINT and SIGTERM from now on; keep the returned sources alive while they should act.
+    func stopOnSignals() -> [any DispatchSourceSignal] {
+        [SIGINT, SIGTERM].map { sig in
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler {
+                print("\nInterrupted: stopping every server and agent the demo started…")
+                DemoChildren.shared.stopAll()
+                exit(130)
+            }
+            source.resume()
+            return source
+        }
+    }
+}
+
+/// One demo run: its folder, its servers and agents, and the results of its steps.
+private final class Demo {
     let folder: String
-    let executable: String
+    let bin: String
+    let heartbeat: Int
     var rows: [(step: String, result: String, seconds: Double)] = []
     var failures = 0
-
-    init(folder: String, executable: String) {
-        self.folder = folder
-        self.executable = executable
-    }
+    var servers: [String: String] = [:]  // name -> API address
+    var agents: [String] = []
+    var keyID = ""
 
     struct Outcome {
         var status: Int32
         var stdout: String
         var stderr: String
+        var text: String { stdout + stderr }
     }
 
-    mutating func tour(sizeMib: Int) throws {
+    init(folder: String, bin: String, heartbeat: Int) {
+        self.folder = folder
+        self.bin = bin
+        self.heartbeat = heartbeat
+    }
+
+    // MARK: The tour
+
+    func tour() {
         print("""
-        Keyhold demo: a file is encrypted with a 32-byte key into the Keyhold file format, inspected,
-        decrypted, and then damaged to show that nothing unauthenticated is ever written out.
-        Working in \(folder)
+        Keyhold demo. On this machine, on loopback ports, each with its own SQLite database in
+        \(folder):
+          servers  T (top), S1 and S2 under T, "use hierarchy" on; S3 on its own
+          devices  D1 enrolled with S1, D2 with S2, D3 with S3 (each a real keyhold-agent)
+        Every command below is run for real; its output is indented under it.
 
         """)
 
-        step("Create a file key", expect: "a JSON key record, mode 0600") {
-            let o = $0.keyhold(["key", "new", "--label", "demo file key", "-o", "key.json"])
-            let mode = $0.mode("key.json")
-            return (o.status == 0 && mode == 0o600, "key \(o.stdout.trimmingCharacters(in: .whitespacesAndNewlines)), mode 0\(String(mode ?? 0, radix: 8))")
+        step("Start servers T, S1, S2, S3; join S1 and S2 to T", expect: "four servers; S1 and S2 push to T") {
+            for name in ["T", "S1", "S2", "S3"] { try startServer(name, hierarchy: name != "S3") }
+            for name in ["S1", "S2"] {
+                let token = try must(server("T", ["token", "create", "--role", "server"], echo: false)).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+                print("  (T made a server-role token for \(name))")
+                try must(server(name, ["primary", "join", token]))
+            }
+            return "T at \(servers["T"]!), S1 at \(servers["S1"]!), S2 at \(servers["S2"]!), S3 at \(servers["S3"]!)"
         }
 
-        let sample = "\(folder)/report.txt"
-        var text = ""
-        var line = 0
-        while text.utf8.count < sizeMib << 20 {
-            line += 1
-            text += "Quarterly report line \(line): revenue, forecasts and other things worth protecting.\n"
-        }
-        try text.write(toFile: sample, atomically: true, encoding: .utf8)
-        let original = try Data(contentsOf: URL(fileURLWithPath: sample))
-        print("Wrote a sample document report.txt (\(ProgressLine.bytes(original.count))).\n")
-
-        step("Encrypt the document", expect: "report.txt.khf, no plaintext inside") {
-            let o = $0.keyhold(["file", "encrypt", "report.txt", "-o", "report.txt.khf", "--key-file", "key.json"])
-            let cipher = (try? Data(contentsOf: URL(fileURLWithPath: "\($0.folder)/report.txt.khf"))) ?? Data()
-            let leaked = cipher.range(of: Data("Quarterly report".utf8)) != nil
-            return (o.status == 0 && !cipher.isEmpty && !leaked, "\(ProgressLine.bytes(cipher.count)), plaintext absent: \(!leaked)")
+        step("Start agents D1, D2, D3 and enroll them", expect: "each device holds a certificate from its server") {
+            for (agent, server) in [("D1", "S1"), ("D2", "S2"), ("D3", "S3")] {
+                try startAgent(agent)
+                let token = try must(self.server(server, ["token", "create"], echo: false)).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+                print("  (\(server) made a device token for \(agent))")
+                try must(keyhold(agent, ["enroll", token]))
+            }
+            return "D1 → S1, D2 → S2, D3 → S3"
         }
 
-        step("Inspect it without the key", expect: "key id, segment size and lengths") {
-            let o = $0.keyhold(["file", "info", "report.txt.khf"])
-            let ok = o.status == 0 && o.stdout.contains("plaintext length:  \(original.count) bytes")
-            return (ok, ok ? "header read, plaintext length \(original.count) bytes" : "unexpected info output")
+        let plain = (1...4000).map { "Board minutes, line \($0): figures that must not leak.\n" }.joined()
+        try? plain.write(toFile: "\(folder)/D1/minutes.txt", atomically: true, encoding: .utf8)
+
+        step("D1 encrypts a file (its key is escrowed with S1 first)", expect: "minutes.khf; S1's audit shows the escrow") {
+            try must(keyhold("D1", ["file", "encrypt", "minutes.txt", "-o", "minutes.khf"]))
+            let info = try must(keyhold("D1", ["file", "info", "minutes.khf", "--json"], echo: false))
+            keyID = ((try? JSONSerialization.jsonObject(with: Data(info.stdout.utf8))) as? [String: Any])?["key_id"] as? String ?? ""
+            let audit = try must(server("S1", ["audit"], echo: false)).stdout
+            let cipher = (try? Data(contentsOf: URL(fileURLWithPath: "\(folder)/D1/minutes.khf"))) ?? Data()
+            guard audit.contains("escrow") && audit.contains(keyID), cipher.range(of: Data("Board minutes".utf8)) == nil else { throw DemoFailure("no escrow record or plaintext in the file") }
+            return "key \(keyID.prefix(8))… escrowed with S1, then used"
         }
 
-        step("Decrypt it", expect: "the same bytes as the original") {
-            let o = $0.keyhold(["file", "decrypt", "report.txt.khf", "-o", "report.decrypted.txt", "--key-file", "key.json"])
-            let back = try? Data(contentsOf: URL(fileURLWithPath: "\($0.folder)/report.decrypted.txt"))
-            return (o.status == 0 && back == original, back == original ? "identical to the original" : "differs from the original")
+        step("D2 opens D1's file: S2 asks T, which has it from S1's heartbeat", expect: "the same bytes on D2") {
+            try copy("D1/minutes.khf", "D2/minutes.khf")
+            try waitForPush("S1")
+            try must(keyhold("D2", ["file", "decrypt", "minutes.khf", "-o", "minutes.txt"]))
+            let back = try? String(contentsOfFile: "\(folder)/D2/minutes.txt", encoding: .utf8)
+            guard back == plain else { throw DemoFailure("D2's copy differs") }
+            let obtained = try must(server("S2", ["audit"], echo: false)).stdout.contains("obtain")
+            return "identical; S2 obtained the key through the hierarchy: \(obtained)"
         }
 
-        step("Damage one byte and decrypt", expect: "authentication_failed, no output file") {
-            var bytes = (try? Data(contentsOf: URL(fileURLWithPath: "\($0.folder)/report.txt.khf"))) ?? Data()
-            if bytes.count > 200 { bytes[bytes.count / 2] ^= 0x01 }
-            try? bytes.write(to: URL(fileURLWithPath: "\($0.folder)/damaged.khf"))
+        step("A damaged copy is refused", expect: "authentication_failed, no output file") {
+            var bytes = (try? Data(contentsOf: URL(fileURLWithPath: "\(folder)/D2/minutes.khf"))) ?? Data()
+            bytes[bytes.count / 2] ^= 0x01
+            try bytes.write(to: URL(fileURLWithPath: "\(folder)/D2/damaged.khf"))
             print("  (flipped one bit in the middle of a copy: damaged.khf)")
-            let o = $0.keyhold(["file", "decrypt", "damaged.khf", "-o", "damaged.txt", "--key-file", "key.json"])
-            let absent = !FileManager.default.fileExists(atPath: "\($0.folder)/damaged.txt")
-            let ok = o.status != 0 && o.stderr.contains("failed authentication") && absent
-            return (ok, "refused (exit \(o.status)), damaged.txt \(absent ? "not created" : "EXISTS")")
+            let o = keyhold("D2", ["file", "decrypt", "damaged.khf", "-o", "damaged.txt"])
+            guard o.status != 0, o.stderr.contains("failed authentication"), !FileManager.default.fileExists(atPath: "\(folder)/D2/damaged.txt") else {
+                throw DemoFailure("the damaged file was not refused cleanly")
+            }
+            return "refused (exit \(o.status)); damaged.txt not created"
         }
 
-        step("Decrypt with another key", expect: "key_mismatch before any decryption") {
-            _ = $0.keyhold(["key", "new", "-o", "other.json"], echo: false)
-            let o = $0.keyhold(["file", "decrypt", "report.txt.khf", "-o", "wrong.txt", "--key-file", "other.json"])
-            let ok = o.status != 0 && o.stderr.contains("not with key") && !FileManager.default.fileExists(atPath: "\($0.folder)/wrong.txt")
-            return (ok, "refused (exit \(o.status))")
+        step("D1 encrypts a drive image; D2 unlocks it through the hierarchy", expect: "LUKS2 with a keyhold token; D2's key opens it") {
+            guard geteuid() == 0 else { throw DemoFailure("drive commands need root: run 'sudo make run' (or as root) to see this step") }
+            try makeImage("D1/stick.img")
+            try must(keyhold("D1", ["drive", "encrypt", "stick.img"]))
+            try must(keyhold("D1", ["drive", "info", "stick.img"]))
+            try copy("D1/stick.img", "D2/stick.img")
+            try waitForPush("S1")
+            let unlock = keyhold("D2", ["drive", "unlock", "stick.img"])
+            if unlock.status == 0 {
+                try must(keyhold("D2", ["drive", "lock", "stick.img"]))
+                return "unlocked as /dev/mapper/keyhold-… on D2, then locked"
+            }
+            guard unlock.stderr.contains("device-mapper") else { throw DemoFailure("unlock failed: \(unlock.stderr)") }
+            print("  (this kernel has no device-mapper, so nothing can be activated here; the VM test does that.")
+            print("   Checking the escrowed key against the LUKS header instead:)")
+            try must(keyhold("D2", ["drive", "unlock", "stick.img", "--verify-only"]))
+            return "key verified against the LUKS header on D2 (activation needs device-mapper, absent here)"
         }
 
-        step("Encrypt and decrypt in place", expect: "the file is replaced crash-safely, then restored") {
-            let a = $0.keyhold(["file", "encrypt", "report.decrypted.txt", "--in-place", "--key-file", "key.json"])
-            let enc = (try? Data(contentsOf: URL(fileURLWithPath: "\($0.folder)/report.decrypted.txt"))) ?? Data()
-            let b = $0.keyhold(["file", "decrypt", "report.decrypted.txt", "--in-place", "--key-file", "key.json"])
-            let dec = try? Data(contentsOf: URL(fileURLWithPath: "\($0.folder)/report.decrypted.txt"))
-            let ok = a.status == 0 && b.status == 0 && enc.starts(with: [0x89, 0x4B, 0x48, 0x46]) && dec == original
-            return (ok, ok ? "encrypted in place, then back to the original" : "round trip failed")
+        step("Switch \"use hierarchy\" off on T: D2 is refused with hierarchy_disabled", expect: "a clear error and hint; on again, it works") {
+            guard geteuid() == 0 else { throw DemoFailure("needs a second drive image: run as root") }
+            print("  (D1 encrypts a second stick; S1's heartbeat pushes its key to T)")
+            try makeImage("D1/stick2.img")
+            try must(keyhold("D1", ["drive", "encrypt", "stick2.img"], echo: false))
+            try copy("D1/stick2.img", "D2/stick2.img")
+            try waitForPush("S1")
+            try must(server("T", ["hierarchy", "disable"]))
+            let refused = keyhold("D2", ["drive", "unlock", "stick2.img", "--verify-only"])
+            guard refused.status != 0, refused.stderr.contains("hierarchy_disabled"), refused.stderr.contains("\nhint: ") else {
+                throw DemoFailure("expected a hierarchy_disabled refusal, got: \(refused.text)")
+            }
+            let s2Status = try must(server("S2", ["status"])).stdout
+            try must(server("T", ["hierarchy", "enable"]))
+            try must(keyhold("D2", ["drive", "unlock", "stick2.img", "--verify-only"]))
+            return "refused with hierarchy_disabled while off\(s2Status.lowercased().contains("refuses") ? " (S2's status: T refuses)" : ""); opened once T turned it back on"
+        }
+
+        step("Reassign D1 from S1 to S2; it still opens its data", expect: "D1 on S2; every key it holds re-escrowed there") {
+            let token = try must(server("S2", ["token", "create"], echo: false)).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            print("  (S2 made a device token for D1)")
+            try must(keyhold("D1", ["reassign", token, "--dry-run"]))
+            try must(keyhold("D1", ["reassign", token]))
+            let status = try must(keyhold("D1", ["status"])).stdout
+            guard status.contains(servers["S2"]!) else { throw DemoFailure("D1 does not name S2") }
+            try must(keyhold("D1", ["file", "decrypt", "minutes.khf", "-o", "minutes.again.txt"]))
+            let s1 = try must(server("S1", ["device", "list"])).stdout
+            guard s1.contains("moved") else { throw DemoFailure("S1 does not show D1 as moved") }
+            return "D1 now at S2, file opens; S1 lists it as moved"
+        }
+
+        step("Export S1's keys with a password; import into S3; D3 opens D1's file", expect: "an age file; D3 decrypts") {
+            let password = "\(folder)/export-password"
+            try "correct horse battery staple\n".write(toFile: password, atomically: true, encoding: .utf8)
+            print("  (the password is in export-password; interactively it is asked twice without echo)")
+            try must(server("S1", ["key", "export", "-o", "s1-keys.age", "--all", "--password-file", "export-password"]))
+            let head = (try? Data(contentsOf: URL(fileURLWithPath: "\(folder)/s1-keys.age")).prefix(22)).map { String(decoding: $0, as: UTF8.self) } ?? ""
+            guard head == "age-encryption.org/v1\n" else { throw DemoFailure("not an age file") }
+            try must(server("S3", ["key", "import", "s1-keys.age", "--password-file", "export-password"]))
+            try copy("D1/minutes.khf", "D3/minutes.khf")
+            try must(keyhold("D3", ["file", "decrypt", "minutes.khf", "-o", "minutes.txt"]))
+            let back = try? String(contentsOfFile: "\(folder)/D3/minutes.txt", encoding: .utf8)
+            guard back == plain else { throw DemoFailure("D3's copy differs") }
+            return "s1-keys.age is a standard age file (age -d opens it); D3 on S3 opened D1's file"
         }
     }
 
-    /// Runs one narrated step and records its result.
-    mutating func step(_ title: String, expect: String, _ body: (Demo) throws -> (Bool, String)) {
-        print("== \(rows.count + 1). \(title) (expected: \(expect))")
+    // MARK: Steps and processes
+
+    func step(_ title: String, expect: String, _ body: () throws -> String) {
+        print("== \(rows.count + 1). \(title)\n   (expected: \(expect))")
         let start = Date()
-        let (ok, detail) = (try? body(self)) ?? (false, "the step threw an error")
+        var ok = true
+        var detail: String
+        do {
+            detail = try body()
+        } catch let failure as DemoFailure {
+            ok = false
+            detail = failure.description
+        } catch {
+            ok = false
+            detail = "\(error)"
+        }
         let seconds = Date().timeIntervalSince(start)
         print("   \(ok ? "OK" : "FAILED"): \(detail)\n")
         rows.append((title, ok ? "ok: \(detail)" : "FAILED: \(detail)", seconds))
         if !ok { failures += 1 }
     }
 
-    /// Runs `keyhold ARGS` in the demo folder, echoing the command and its output.
-    func keyhold(_ args: [String], echo: Bool = true) -> Outcome {
-        if echo { print("  $ keyhold " + args.map(Self.quote).joined(separator: " ")) }
+    func startServer(_ name: String, hierarchy: Bool) throws {
+        var initArgs = ["init", "--data-dir", name, "--listen", "127.0.0.1:0", "--enroll-listen", "127.0.0.1:0", "--name", name]
+        if hierarchy { initArgs.append("--use-hierarchy") }
+        print("  $ keyhold-server " + initArgs.joined(separator: " "))
+        try must(execute("\(bin)/keyhold-server", initArgs, echo: false))
+        let runArgs = ["run", "--data-dir", name, "--hierarchy-heartbeat", "\(heartbeat)", "--log-level", "warning"]
+        print("  $ keyhold-server " + runArgs.joined(separator: " ") + " &")
+        try spawn("\(bin)/keyhold-server", runArgs, log: "\(name).log")
+        let runtime = "\(folder)/\(name)/runtime.json"
+        for _ in 0..<600 {
+            if let data = FileManager.default.contents(atPath: runtime),
+               let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let api = json["api"] as? String {
+                servers[name] = api
+                return
+            }
+            usleep(50_000)
+        }
+        throw DemoFailure("server \(name) did not start; see \(folder)/\(name).log")
+    }
+
+    func startAgent(_ name: String) throws {
+        try FileManager.default.createDirectory(atPath: "\(folder)/\(name)", withIntermediateDirectories: true)
+        let args = ["run", "--state-dir", "\(name)/state", "--socket", "\(name)/agent.sock", "--heartbeat", "5"]
+        print("  $ keyhold-agent " + args.joined(separator: " ") + " &")
+        try spawn("\(bin)/keyhold-agent", args, log: "\(name)/agent.log")
+        agents.append(name)
+        for _ in 0..<400 {
+            if FileManager.default.fileExists(atPath: "\(folder)/\(name)/agent.sock") { return }
+            usleep(50_000)
+        }
+        throw DemoFailure("agent \(name) did not start; see \(folder)/\(name)/agent.log")
+    }
+
+    /// Waits until `name`'s heartbeat has pushed everything to its primary (status: pending 0).
+    func waitForPush(_ name: String) throws {
+        print("  (waiting for \(name)'s next heartbeat to push its new keys to T…)")
+        for _ in 0..<(40 * heartbeat + 200) {
+            let o = server(name, ["status", "--json"], echo: false)
+            if let json = try? JSONSerialization.jsonObject(with: Data(o.stdout.utf8)) as? [String: Any],
+               let h = json["hierarchy"] as? [String: Any], (h["pending"] as? Int) == 0, (h["last_push_result"] as? String)?.hasPrefix("ok") == true {
+                let s = server(name, ["status"], echo: false).stdout.split(separator: "\n").filter { $0.contains("push") || $0.contains("pending") }
+                for line in s { print("    \(line)") }
+                return
+            }
+            usleep(100_000)
+        }
+        throw DemoFailure("\(name) did not push within its heartbeat")
+    }
+
+    func makeImage(_ path: String) throws {
+        let full = "\(folder)/\(path)"
+        FileManager.default.createFile(atPath: full, contents: nil)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: full))
+        try handle.truncate(atOffset: 48 << 20)
+        try handle.close()
+        print("  (a 48 MiB image file \(path) stands in for a USB stick)")
+    }
+
+    func copy(_ from: String, _ to: String) throws {
+        try? FileManager.default.removeItem(atPath: "\(folder)/\(to)")
+        try FileManager.default.copyItem(atPath: "\(folder)/\(from)", toPath: "\(folder)/\(to)")
+        print("  (copied \(from) to \(to))")
+    }
+
+    @discardableResult
+    func must(_ o: Outcome) throws -> Outcome {
+        guard o.status == 0 else { throw DemoFailure("exit \(o.status): \(o.stderr.trimmingCharacters(in: .whitespacesAndNewlines))") }
+        return o
+    }
+
+    func server(_ name: String, _ args: [String], echo: Bool = true) -> Outcome {
+        if echo { print("  $ keyhold-server " + args.map(Self.quote).joined(separator: " ") + " --data-dir \(name)") }
+        return execute("\(bin)/keyhold-server", args + ["--data-dir", name], echo: echo)
+    }
+
+    func keyhold(_ agent: String, _ args: [String], echo: Bool = true) -> Outcome {
+        if echo { print("  [\(agent)] $ keyhold " + args.map(Self.quote).joined(separator: " ")) }
+        return execute("\(bin)/keyhold", args, in: "\(folder)/\(agent)", environment: ["KEYHOLD_SOCKET": "\(folder)/\(agent)/agent.sock"], echo: echo)
+    }
+
+    func execute(_ path: String, _ args: [String], in directory: String? = nil, environment: [String: String] = [:], echo: Bool) -> Outcome {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
+        process.executableURL = URL(fileURLWithPath: path)
         process.arguments = args
-        process.currentDirectoryURL = URL(fileURLWithPath: folder)
+        process.currentDirectoryURL = URL(fileURLWithPath: directory ?? folder)
         var env = ProcessInfo.processInfo.environment
         env["KEYHOLD_NO_PROGRESS"] = "1"
+        for (k, v) in environment { env[k] = v }
         process.environment = env
         let out = Pipe()
         let err = Pipe()
         process.standardOutput = out
         process.standardError = err
+        process.standardInput = FileHandle.nullDevice
         do { try process.run() } catch { return Outcome(status: 127, stdout: "", stderr: "\(error)") }
+        let errData = Mutex(Data())
+        let group = DispatchGroup()
+        group.enter()
+        DispatchQueue.global().async {
+            let d = err.fileHandleForReading.readDataToEndOfFile()
+            errData.withLock { $0 = d }
+            group.leave()
+        }
         let o = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        let e = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        group.wait()
+        let e = String(decoding: errData.withLock { $0 }, as: UTF8.self)
         process.waitUntilExit()
         if echo {
-            for line in (o + e).split(separator: "\n") { print("    \(line)") }
+            for line in (o + e).split(separator: "\n") { print("      \(line)") }
         }
         return Outcome(status: process.terminationStatus, stdout: o, stderr: e)
     }
 
-    func mode(_ name: String) -> Int? {
-        var st = stat()
-        guard stat("\(folder)/\(name)", &st) == 0 else { return nil }
-        return Int(st.st_mode & 0o777)
+    /// Starts a long-running child with its output in `log`.
+    func spawn(_ path: String, _ args: [String], log: String) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: path)
+        process.arguments = args
+        process.currentDirectoryURL = URL(fileURLWithPath: folder)
+        FileManager.default.createFile(atPath: "\(folder)/\(log)", contents: nil)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: "\(folder)/\(log)"))
+        process.standardOutput = handle
+        process.standardError = handle
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        DemoChildren.shared.add(process.processIdentifier)
     }
 
+    /// How an argument is shown: quoted when it has spaces; enrollment tokens shortened (the real,
+    /// whole token is what runs).
     static func quote(_ s: String) -> String {
-        s.contains(" ") ? "'\(s)'" : s
+        if s.hasPrefix("kh1."), s.count > 24 { return String(s.prefix(16)) + "…" }
+        return s.contains(" ") || s.contains("\"") ? "'\(s)'" : s
     }
+
+    // MARK: The end
 
     func summary() {
-        let width = max(4, rows.map(\.step.count).max() ?? 0)
+        let width = min(70, max(4, rows.map(\.step.count).max() ?? 0))
         print("Summary")
-        print("  " + "step".padding(toLength: width, withPad: " ", startingAt: 0) + "  time     result")
-        for row in rows {
-            let t = String(format: "%6.2fs", row.seconds)
-            print("  " + row.step.padding(toLength: width, withPad: " ", startingAt: 0) + "  \(t)  \(row.result)")
+        print("  " + "step".padding(toLength: width, withPad: " ", startingAt: 0) + "    time  result")
+        for (i, row) in rows.enumerated() {
+            let t = String(format: "%6.1fs", row.seconds)
+            let title = "\(i + 1). \(row.step)"
+            print("  " + title.padding(toLength: width, withPad: " ", startingAt: 0) + "  \(t)  \(row.result)")
         }
         print(failures == 0 ? "\nAll \(rows.count) steps gave the expected result." : "\n\(failures) step(s) FAILED.")
     }
+
+    func printHowToTalk() {
+        print("""
+
+        Still running (--keep), in \(folder):
+          servers  \(["T", "S1", "S2", "S3"].map { "\($0) at \(servers[$0] ?? "?")" }.joined(separator: ", "))
+          agents   \(agents.map { "\($0): socket \(folder)/\($0)/agent.sock" }.joined(separator: "\n           "))
+        Try:
+          cd \(folder)
+          \(bin)/keyhold-server status --data-dir T     # also S1, S2, S3; audit, key list, device list …
+          KEYHOLD_SOCKET=$PWD/D2/agent.sock \(bin)/keyhold status
+        Stop them all with:  kill \(DemoChildren.shared.pidList())
+        """)
+    }
+}
+
+extension DemoChildren {
+    func pidList() -> String { pids.withLock { $0.map(String.init).joined(separator: " ") } }
+}
+
+struct DemoFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
 }

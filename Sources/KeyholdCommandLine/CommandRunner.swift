@@ -19,6 +19,9 @@ public enum CommandRunner {
         } catch let error as KeyholdError {
             report(name, error)
             exit(1)
+        } catch let code as ExitCode {
+            // A command that already reported (e.g. a demo with failed steps) only sets the status.
+            exit(code.rawValue)
         } catch {
             let code = root.exitCode(for: error)
             let text = root.fullMessage(for: error)

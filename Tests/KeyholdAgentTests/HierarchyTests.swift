@@ -187,10 +187,16 @@ import Testing
         }
         await client.shutdown()
         // Push, and kill -9 the primary while it is receiving.
+        // Watch S1's cursor through one open admin connection (fast enough to catch the first of
+        // five batches; spawning 'keyhold-server status' each time was not, on a busy machine).
+        let watcher = try s1.adminClient()
         let pushing = Task { try Self.sync(s1) }
         let deadline = Date().addingTimeInterval(60)
-        while Date() < deadline, (try Self.status(s1)).pushCursor == 0 { try await Task.sleep(for: .milliseconds(50)) }
+        while Date() < deadline, (try await watcher.get(APIPath.adminStatus, as: StatusResponse.self).hierarchy?.pushCursor ?? 0) == 0 {
+            try await Task.sleep(for: .milliseconds(5))
+        }
         t.kill9()
+        await watcher.shutdown()
         _ = try await pushing.value
         let cursorAtKill = try Self.status(s1).pushCursor
         #expect(cursorAtKill > 0 && cursorAtKill < Int64(count), "the kill happened mid-push (cursor \(cursorAtKill))")
