@@ -212,7 +212,10 @@ let package = Package(
         ),
         .testTarget(
             name: "KeyholdAgentTests",
-            dependencies: ["KeyholdCore", "KeyholdProtocol", "KeyholdClient", "KeyholdFormat", "KeyholdTestSupport"],
+            dependencies: [
+                "KeyholdCore", "KeyholdProtocol", "KeyholdClient", "KeyholdFormat", "KeyholdStoreSQLite", "KeyholdTestSupport",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -22,8 +22,13 @@ public final class ProgressLine: Sendable {
         self.enabled = isatty(STDERR_FILENO) == 1 && ProcessInfo.processInfo.environment["KEYHOLD_NO_PROGRESS"] == nil
     }
 
+    /// Whether `update` reported the whole total.
+    public var isComplete: Bool { doneState.withLock { $0 } >= (total ?? .max) }
+    private let doneState = Mutex(0)
+
     /// Reports `done` bytes; redraws at most ten times a second.
     public func update(_ done: Int) {
+        doneState.withLock { $0 = done }
         guard enabled else { return }
         let now = DispatchTime.now().uptimeNanoseconds
         guard now - start > 500_000_000 else { return }
@@ -40,6 +45,13 @@ public final class ProgressLine: Sendable {
             line = "\(label) \(Int(Double(done) * 100 / Double(total)))% \(Self.bytes(done)) of \(Self.bytes(total))"
         }
         FileHandle.standardError.write(Data("\r\u{1B}[K\(line)  \(rate)".utf8))
+    }
+
+    /// Shows `text` instead of a byte count (for waiting on work done elsewhere).
+    public func note(_ text: String) {
+        guard enabled else { return }
+        drawState.withLock { $0.drawn = true }
+        FileHandle.standardError.write(Data("\r\u{1B}[K\(label) \(text)".utf8))
     }
 
     /// Clears the line.

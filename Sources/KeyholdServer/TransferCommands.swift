@@ -128,7 +128,15 @@ extension KeyAdminCommand {
             let size = (try? FileManager.default.attributesOfItem(atPath: file)[.size] as? Int) ?? nil
             let password = try PasswordInput.read(prompt: "Password of the export file: ", confirm: false, file: passwordFile)
             try TransferPassword.checkExisting(password)
-            let progress = ProgressLine("sending", total: size)
+            let progress = ProgressLine("importing:", total: size)
+            // Once the file is sent the server decrypts and stores it in one transaction: say so.
+            let waiting = Task {
+                let start = ContinuousClock.now
+                while !Task.isCancelled {
+                    try await Task.sleep(for: .seconds(1))
+                    if progress.isComplete { progress.note("sent; the server is storing the keys in one transaction (\(Int((ContinuousClock.now - start).components.seconds)) s)") }
+                }
+            }
             let result: ImportResponse
             do {
                 result = try await data.adminClient(timeout: KeyAdminCommand.transferTimeout).using { client in
@@ -138,8 +146,10 @@ extension KeyAdminCommand {
                         as: ImportResponse.self, progress: { progress.update($0) }
                     )
                 }
+                waiting.cancel()
                 progress.finish()
             } catch {
+                waiting.cancel()
                 progress.finish()
                 throw error
             }

@@ -2,6 +2,7 @@ import Foundation
 import KeyholdClient
 import KeyholdCore
 import KeyholdProtocol
+import KeyholdStoreSQLite
 import KeyholdTestSupport
 import Testing
 
@@ -187,16 +188,17 @@ import Testing
         }
         await client.shutdown()
         // Push, and kill -9 the primary while it is receiving.
-        // Watch S1's cursor through one open admin connection (fast enough to catch the first of
-        // five batches; spawning 'keyhold-server status' each time was not, on a busy machine).
-        let watcher = try s1.adminClient()
+        // Watch S1's cursor in its own SQLite file (a concurrent WAL reader): a status request
+        // over HTTP, let alone a 'keyhold-server status' process, was too slow on a busy machine
+        // to see the first of five batches before the last one.
+        let watcher = try SQLiteRepository(path: s1.dataDir.appendingPathComponent("keyhold.sqlite").path)
         let pushing = Task { try Self.sync(s1) }
         let deadline = Date().addingTimeInterval(60)
-        while Date() < deadline, (try await watcher.get(APIPath.adminStatus, as: StatusResponse.self).hierarchy?.pushCursor ?? 0) == 0 {
-            try await Task.sleep(for: .milliseconds(5))
+        while Date() < deadline, Int64(try await watcher.setting("push_cursor") ?? "0") ?? 0 == 0 {
+            try await Task.sleep(for: .milliseconds(1))
         }
         t.kill9()
-        await watcher.shutdown()
+        try await watcher.close()
         _ = try await pushing.value
         let cursorAtKill = try Self.status(s1).pushCursor
         #expect(cursorAtKill > 0 && cursorAtKill < Int64(count), "the kill happened mid-push (cursor \(cursorAtKill))")

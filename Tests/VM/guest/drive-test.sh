@@ -32,9 +32,17 @@ grep -q "SYSTEMD_WANTS=.*keyhold-unlock@$DEV.service" @VC@/out/udev-props.txt ||
 grep -q '^ID_FS_TYPE=crypto_LUKS' @VC@/out/udev-props.txt || fail "udev did not see LUKS on $DEV"
 log "UDEV RULE FIRED: /dev/$DEV $(grep -E '^(ID_BUS|SYSTEMD_WANTS)=' @VC@/out/udev-props.txt | tr '\n' ' ')"
 
+# Busy devices are refused before anything is escrowed or written: the stick is held by the mapping.
+out=$(keyhold drive encrypt "/dev/$DEV" --erase 2>&1) && fail "encrypting the held stick was not refused"
+echo "$out" | grep -q "is in use by" || fail "unexpected refusal for the held stick: $out"
+log "REFUSED as expected: keyhold drive encrypt /dev/$DEV ($(echo "$out" | head -1))"
+
 SECRET="keyhold-vm-secret-$(cat /proc/sys/kernel/random/uuid)"
 mkfs.ext4 -q -F "$MAP" || fail "mkfs.ext4 on $MAP"
 mkdir -p /mnt/k && mount "$MAP" /mnt/k || fail "mount $MAP"
+out=$(keyhold drive encrypt "$MAP" --erase 2>&1) && fail "encrypting a mounted device was not refused"
+echo "$out" | grep -q "is mounted on /mnt/k" || fail "unexpected refusal for the mounted device: $out"
+log "REFUSED as expected: keyhold drive encrypt $MAP ($(echo "$out" | head -1))"
 for i in $(seq 200); do echo "$SECRET line $i"; done > /mnt/k/secret.txt
 umount /mnt/k && sync
 echo "$SECRET" > @VC@/out/secret.txt
