@@ -213,7 +213,7 @@ let package = Package(
         .testTarget(
             name: "KeyholdAgentTests",
             dependencies: [
-                "KeyholdCore", "KeyholdProtocol", "KeyholdClient", "KeyholdFormat", "KeyholdStoreSQLite", "KeyholdTestSupport",
+                "KeyholdCore", "KeyholdProtocol", "KeyholdClient", "KeyholdFormat", "KeyholdTestSupport",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings

@@ -118,16 +118,20 @@ struct DriveCommand: ParsableCommand {
             let volume = try LUKSVolume.format(device, label: "keyhold")
             var done: [String] = []
             do {
+                try TestFault.check("format")
                 let slot = try volume.addKeyslot(passphrase: DriveCommand.passphrase(key), kdf: .fullEntropyKey)
                 done.append("keyslot \(slot)")
+                try TestFault.check("keyslot")
                 let tokenID = try volume.addToken(KeyholdToken(keyslot: slot, keyID: record.id, originServerID: record.originServerID, serverAddress: serverAddress))
                 done.append("token \(tokenID)")
+                try TestFault.check("token")
                 print("  keyslot \(slot): the escrowed key (PBKDF2, 1000 iterations: the key is 256 random bits)")
                 print("  token \(tokenID): type keyhold, key \(record.id)")
                 if let recovery {
                     print("Adding the recovery keyslot (argon2id, a few seconds)…")
                     let r = try volume.addKeyslot(passphrase: recovery, kdf: .passphrase)
                     done.append("keyslot \(r)")
+                    try TestFault.check("recovery")
                     print("  keyslot \(r): the recovery passphrase")
                 }
                 try volume.verify(passphrase: DriveCommand.passphrase(key), keyslot: slot)
@@ -291,5 +295,16 @@ struct DriveCommand: ParsableCommand {
 
     static func forget(device: String) {
         try? FileManager.default.removeItem(atPath: note(for: device))
+    }
+}
+
+/// A failure injected on purpose between the steps of `drive encrypt`, so tests can show that
+/// every half-made state is rolled back (a real failure there — a full disk, a yanked stick —
+/// cannot be produced on demand). `KEYHOLD_TEST_FAULT=drive-encrypt:<step>`; it can only make
+/// the command fail, never skip a check.
+enum TestFault {
+    static func check(_ step: String) throws {
+        guard ProcessInfo.processInfo.environment["KEYHOLD_TEST_FAULT"] == "drive-encrypt:\(step)" else { return }
+        throw KeyholdError(.driveFailed, "fault injected after the \(step) step (KEYHOLD_TEST_FAULT)", hint: "unset KEYHOLD_TEST_FAULT")
     }
 }

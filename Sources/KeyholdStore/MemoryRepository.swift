@@ -45,6 +45,27 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         return .inserted
     }
 
+    public func insertAndRelease(_ key: StoredKey, obtained: AuditEvent, release: ReleaseRequest) async throws -> (KeyInsertOutcome, StoredKey?) {
+        if auditBroken { throw RepositoryError("audit write failed (fault injected)") }
+        if let existing = keys[key.record.id], existing.secretFingerprint != key.secretFingerprint {
+            var a = obtained
+            a.result = "conflict"
+            try append(a)
+            return (.conflict, nil)
+        }
+        var outcome = KeyInsertOutcome.alreadyPresent
+        if keys[key.record.id] == nil {
+            var stored = key
+            stored.sequence = nextSequence()
+            keys[key.record.id] = stored
+            outcome = .inserted
+            try append(obtained)
+        }
+        let released = keys[key.record.id]
+        try append(release.auditEvent(for: released))
+        return (outcome, released)
+    }
+
     public func insertKeys(_ batch: [StoredKey], audit: AuditEvent) async throws -> [KeyInsertOutcome] {
         // All or nothing: compute on a copy, commit by assignment.
         var next = keys

@@ -22,6 +22,11 @@ public protocol Repository: Sendable {
     /// ``ReleaseRequest/result(for:)``. Returns the key whatever its state; the caller refuses
     /// blocked or revoked keys (whose audit record already says `key_blocked`).
     func releaseKey(_ request: ReleaseRequest) async throws -> StoredKey?
+    /// Stores a key obtained from the primary (`obtained` is its audit record) and releases it to
+    /// `release`, in one transaction: one durable commit for both. A key already present with the
+    /// same secret is released as stored; another secret is a `conflict` (audited as such) and
+    /// nothing is released.
+    func insertAndRelease(_ key: StoredKey, obtained: AuditEvent, release: ReleaseRequest) async throws -> (KeyInsertOutcome, StoredKey?)
     /// Sets or clears the block on a key (giving it a new sequence number); `false` if there is no such key.
     func setBlocked(id: KeyID, blocked: Bool, audit: AuditEvent) async throws -> Bool
     /// Stores a batch received from a secondary in one transaction, in order. A key already present

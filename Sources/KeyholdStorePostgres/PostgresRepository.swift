@@ -145,6 +145,34 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         ).collect().count == 1
     }
 
+    public func insertAndRelease(_ key: StoredKey, obtained: AuditEvent, release: ReleaseRequest) async throws -> (KeyInsertOutcome, StoredKey?) {
+        let id = key.record.id.description
+        return try await client.withTransaction(logger: logger) { conn in
+            try await conn.query("SELECT pg_advisory_xact_lock(\(Self.sequenceLock))", logger: logger)
+            var outcome = KeyInsertOutcome.inserted
+            if !(try await self.insertRow(conn, key)) {
+                var existing: [UInt8] = []
+                for try await f in try await conn.query("SELECT secret_fingerprint FROM keys WHERE id = \(id)", logger: logger).decode(ByteBuffer.self) {
+                    existing = Array(f.readableBytesView)
+                }
+                outcome = existing == key.secretFingerprint ? .alreadyPresent : .conflict
+            }
+            if outcome == .conflict {
+                var a = obtained
+                a.result = "conflict"
+                try await Self.insertAudit(conn, a, logger)
+                return (.conflict, nil)
+            }
+            if outcome == .inserted { try await Self.insertAudit(conn, obtained, logger) }
+            var released: StoredKey?
+            for try await row in try await conn.query("SELECT \(unescaped: Self.keyColumns) FROM keys WHERE id = \(id)", logger: logger) {
+                released = try Self.decodeKey(row)
+            }
+            try await Self.insertAudit(conn, release.auditEvent(for: released), logger)
+            return (outcome, released)
+        }
+    }
+
     public func insertKeys(_ batch: [StoredKey], audit: AuditEvent) async throws -> [KeyInsertOutcome] {
         try await client.withTransaction(logger: logger) { conn in
             try await conn.query("SELECT pg_advisory_xact_lock(\(Self.sequenceLock))", logger: logger)

@@ -82,6 +82,26 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         return db.changesCount > 0
     }
 
+    public func insertAndRelease(_ key: StoredKey, obtained: AuditEvent, release: ReleaseRequest) async throws -> (KeyInsertOutcome, StoredKey?) {
+        try await pool.write { db in
+            var outcome = KeyInsertOutcome.inserted
+            if !(try Self.insertRow(db, key)) {
+                let existing = try Data.fetchOne(db, sql: "SELECT secret_fingerprint FROM keys WHERE id = ?", arguments: [key.record.id.description])
+                outcome = existing.map { [UInt8]($0) } == key.secretFingerprint ? .alreadyPresent : .conflict
+            }
+            if outcome == .conflict {
+                var a = obtained
+                a.result = "conflict"
+                try Self.insertAudit(db, a)
+                return (.conflict, nil)
+            }
+            if outcome == .inserted { try Self.insertAudit(db, obtained) }
+            let released = try Self.fetchKey(db, key.record.id)
+            try Self.insertAudit(db, release.auditEvent(for: released))
+            return (outcome, released)
+        }
+    }
+
     public func insertKeys(_ batch: [StoredKey], audit: AuditEvent) async throws -> [KeyInsertOutcome] {
         try await pool.write { db in
             let outcomes = try Self.insertBatch(db, batch)

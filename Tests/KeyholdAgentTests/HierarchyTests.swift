@@ -2,7 +2,6 @@ import Foundation
 import KeyholdClient
 import KeyholdCore
 import KeyholdProtocol
-import KeyholdStoreSQLite
 import KeyholdTestSupport
 import Testing
 
@@ -188,17 +187,14 @@ import Testing
         }
         await client.shutdown()
         // Push, and kill -9 the primary while it is receiving.
-        // Watch S1's cursor in its own SQLite file (a concurrent WAL reader): a status request
-        // over HTTP, let alone a 'keyhold-server status' process, was too slow on a busy machine
-        // to see the first of five batches before the last one.
-        let watcher = try SQLiteRepository(path: s1.dataDir.appendingPathComponent("keyhold.sqlite").path)
+        // The watcher kills T the moment S1 records the first acknowledged batch.
+        let watcher = try KillWatcher(
+            database: s1.dataDir.appendingPathComponent("keyhold.sqlite").path,
+            query: "SELECT value FROM settings WHERE name = 'push_cursor'", threshold: 1, pid: t.pid
+        )
         let pushing = Task { try Self.sync(s1) }
-        let deadline = Date().addingTimeInterval(60)
-        while Date() < deadline, Int64(try await watcher.setting("push_cursor") ?? "0") ?? 0 == 0 {
-            try await Task.sleep(for: .milliseconds(1))
-        }
+        #expect(try await watcher.wait(), "the watcher saw no acknowledged batch")
         t.kill9()
-        try await watcher.close()
         _ = try await pushing.value
         let cursorAtKill = try Self.status(s1).pushCursor
         #expect(cursorAtKill > 0 && cursorAtKill < Int64(count), "the kill happened mid-push (cursor \(cursorAtKill))")

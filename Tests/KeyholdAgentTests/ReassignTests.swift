@@ -137,11 +137,13 @@ import Testing
         let identityBefore = try Data(contentsOf: d1.stateDir.appendingPathComponent("identity.json"))
 
         let token = try Self.token(s2, uses: 1)
+        // Killed by a watcher process once S2 committed 50 re-escrows (of 1500).
+        let watcher = try KillWatcher(
+            database: s2.dataDir.appendingPathComponent("keyhold.sqlite").path,
+            query: "SELECT COUNT(*) FROM audit WHERE action = 'reescrow'", threshold: 50, pid: s2.pid
+        )
         let attempt = Task.detached { try d1.keyhold(["reassign", token]) }
-        let deadline = Date().addingTimeInterval(60)
-        while Date() < deadline, (try? await s2.auditEntries().filter { $0.action == "reescrow" }.count) ?? 0 < 50 {
-            try await Task.sleep(for: .milliseconds(20))
-        }
+        #expect(try await watcher.wait(), "the watcher never saw 50 re-escrows")
         s2.kill9()
         let failed = try await attempt.value
         #expect(failed.status != 0)

@@ -292,6 +292,32 @@ func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> Audi
     }
 
     @Test(arguments: Backend.allCases)
+    func obtainedKeysAreStoredAndReleasedTogether(_ backend: Backend) async throws {
+        let f = try await Fixture.make(backend)
+        defer { Task { await f.cleanup() } }
+        let repo = f.repository
+        let key = sampleKey(label: "from the primary", provenance: .hierarchy)
+        let release = ReleaseRequest(keyID: key.record.id, actor: "device:d", route: "agent", detail: "obtained through the hierarchy")
+        let (outcome, released) = try await repo.insertAndRelease(key, obtained: audit("obtain", key.record.id), release: release)
+        #expect(outcome == .inserted && released?.wrappedSecret == key.wrappedSecret && released?.provenance == .hierarchy)
+        // Again: already present, released again; another secret: conflict, nothing released.
+        #expect(try await repo.insertAndRelease(key, obtained: audit("obtain", key.record.id), release: release).0 == .alreadyPresent)
+        var other = key
+        other.secretFingerprint = [UInt8](repeating: 3, count: 32)
+        let conflict = try await repo.insertAndRelease(other, obtained: audit("obtain", key.record.id), release: release)
+        #expect(conflict.0 == .conflict && conflict.1 == nil)
+        let events = try await repo.audit(after: 0, limit: 10).map { "\($0.action):\($0.result)" }
+        #expect(events == ["obtain:ok", "release:ok", "release:ok", "obtain:conflict"])
+        // No audit, no key: with audit writes failing nothing is stored or released.
+        try await (repo as! any RepositoryFaultInjection).breakAuditWrites()
+        let fresh = sampleKey(label: "never")
+        await #expect(throws: (any Error).self) {
+            _ = try await repo.insertAndRelease(fresh, obtained: audit("obtain", fresh.record.id), release: ReleaseRequest(keyID: fresh.record.id, actor: "device:d", route: "agent"))
+        }
+        #expect(try await repo.key(id: fresh.record.id) == nil)
+    }
+
+    @Test(arguments: Backend.allCases)
     func importsAreAllOrNothing(_ backend: Backend) async throws {
         let f = try await Fixture.make(backend)
         defer { Task { await f.cleanup() } }
