@@ -218,7 +218,7 @@ private final class Demo {
             return "key verified against the LUKS header on D2 (activation needs device-mapper, absent here)"
         }
 
-        step("Switch \"use hierarchy\" off on T: D2 is refused with hierarchy_disabled", expect: "a clear error and hint; on again, it works") {
+        step("Option off on T: D2 is refused with hierarchy_disabled", expect: "a clear error and hint; on again, it works") {
             guard geteuid() == 0 else { throw DemoFailure("needs a second drive image: run as root") }
             print("  (D1 encrypts a second stick; S1's heartbeat pushes its key to T)")
             try makeImage("D1/stick2.img")
@@ -249,7 +249,7 @@ private final class Demo {
             return "D1 now at S2, file opens; S1 lists it as moved"
         }
 
-        step("Export S1's keys with a password; import into S3; D3 opens D1's file", expect: "an age file; D3 decrypts") {
+        step("Export S1's keys (password); import into S3; D3 opens D1's file", expect: "an age file; D3 decrypts") {
             let password = "\(folder)/export-password"
             try "correct horse battery staple\n".write(toFile: password, atomically: true, encoding: .utf8)
             print("  (the password is in export-password; interactively it is asked twice without echo)")

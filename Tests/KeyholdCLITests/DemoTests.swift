@@ -12,9 +12,9 @@ import Testing
         "D2 opens D1's file: S2 asks T, which has it from S1's heartbeat",
         "A damaged copy is refused",
         "D1 encrypts a drive image; D2 unlocks it through the hierarchy",
-        "Switch \"use hierarchy\" off on T: D2 is refused with hierarchy_disabled",
+        "Option off on T: D2 is refused with hierarchy_disabled",
         "Reassign D1 from S1 to S2; it still opens its data",
-        "Export S1's keys with a password; import into S3; D3 opens D1's file",
+        "Export S1's keys (password); import into S3; D3 opens D1's file",
     ]
 
     @Test func everyStepReportsSuccessAndEverythingStops() throws {
