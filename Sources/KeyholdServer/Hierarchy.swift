@@ -156,11 +156,6 @@ actor Hierarchy {
 
     /// Asks the primary for a key (it applies the same rule upward). Nil when there is no primary
     /// or the option is off here.
-    /// Whether a missing key would be asked of a primary (option on, primary configured).
-    func canAsk() async throws -> Bool {
-        try await enabled() && client != nil
-    }
-
     func ask(_ keyID: KeyID, chain: [ServerID], hops: Int) async throws -> KeyResponse? {
         guard try await enabled(), let client else { return nil }
         let query = "chain=\(chain.map(\.description).joined(separator: ","))&hops=\(hops)"

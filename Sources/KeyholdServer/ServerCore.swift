@@ -138,17 +138,24 @@ struct ServerCore: Sendable {
     /// The key for a caller: from this repository, else (option on, primary configured) from the
     /// primary, which is then kept here. Every attempt is audited before anything is released.
     func resolve(_ keyID: KeyID, actor: String, route: String, chain: [ServerID], hops: Int) async throws -> KeyResponse {
-        let request = ReleaseRequest(keyID: keyID, actor: actor, route: route)
-        var key: StoredKey?
-        // A key missing here is asked of the primary first, so that storing and releasing it cost
-        // one durable commit here (not a miss record, an insert and a release: a depth-3 lookup
-        // went from seven commits on the route to three). Every outcome is still audited here.
-        if try await repository.key(id: keyID) == nil, try await hierarchy.canAsk() {
+        // A key held here: one statement reads it and commits its release record. A key missing
+        // here writes nothing yet: it is asked of the primary (when the option is on), then stored
+        // and released in one commit, or its miss or the primary's refusal is audited. So each
+        // server on a lookup's route commits once (a depth-3 lookup: three commits, was seven).
+        var request = ReleaseRequest(keyID: keyID, actor: actor, route: route)
+        request.auditIfMissing = false
+        var key = try await audited { try await repository.releaseKey(request) }
+        if key == nil {
             let found: KeyResponse?
             do {
                 found = try await hierarchy.ask(keyID, chain: chain, hops: hops)
             } catch let error as KeyholdError {
-                try await auditRefusal(request, error)
+                try await audited {
+                    try await repository.appendAudit(AuditEvent(
+                        time: request.time, actor: actor, action: "release", keyID: keyID, route: route,
+                        result: error.code.rawValue, detail: "not here; the primary answered: \(error.message)"
+                    ))
+                }
                 throw error
             }
             if let found {
@@ -160,15 +167,15 @@ struct ServerCore: Sendable {
                 let obtained = AuditEvent(actor: "server:\(serverID)", action: "obtain", keyID: keyID, route: "primary", result: "ok", detail: "through the hierarchy")
                 var release = request
                 release.detail = "obtained through the hierarchy"
-                let (outcome, released) = try await auditedPair { try await repository.insertAndRelease(stored, obtained: obtained, release: release) }
+                let (outcome, released) = try await audited { try await repository.insertAndRelease(stored, obtained: obtained, release: release) }
                 if outcome == .conflict {
                     throw KeyholdError(.conflict, "key \(keyID) from the primary conflicts with this server's copy", hint: "an administrator must investigate: two secrets exist for one key id")
                 }
                 key = released
+            } else {
+                // No primary to ask (option off or none joined): the miss is audited here.
+                try await audited { try await repository.appendAudit(request.auditEvent(for: nil)) }
             }
-        }
-        if key == nil {
-            key = try await audited { try await repository.releaseKey(request) }
         }
         guard let key else {
             throw KeyholdError(
@@ -185,28 +192,9 @@ struct ServerCore: Sendable {
         return KeyResponse(record: key.record, secret: secret.withUnsafeBytes { Data($0).base64EncodedString() })
     }
 
-    /// Audits a lookup the primary refused (or could not answer), with the reason as its result.
-    private func auditRefusal(_ request: ReleaseRequest, _ error: KeyholdError) async throws {
-        _ = try await audited {
-            try await repository.appendAudit(AuditEvent(
-                time: request.time, actor: request.actor, action: "release", keyID: request.keyID, route: request.route,
-                result: error.code.rawValue, detail: "not here; the primary answered: \(error.message)"
-            ))
-            return nil
-        }
-    }
-
-    private func auditedPair(_ body: () async throws -> (KeyInsertOutcome, StoredKey?)) async throws -> (KeyInsertOutcome, StoredKey?) {
-        do {
-            return try await body()
-        } catch {
-            logger.error("audit write failed; key not released", metadata: ["error": "\(error)"])
-            throw KeyholdError(.auditFailed, "the audit record could not be written, so the key was not released", hint: "the server's database needs attention; try again later")
-        }
-    }
-
-    /// Runs a release; a failure to write its audit record becomes `audit_failed`.
-    private func audited(_ body: () async throws -> StoredKey?) async throws -> StoredKey? {
+    /// Runs a release or its audit record; a failure to write the record becomes `audit_failed`.
+    @discardableResult
+    private func audited<T>(_ body: () async throws -> T) async throws -> T {
         do {
             return try await body()
         } catch {

@@ -130,7 +130,7 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
 
     public func releaseKey(_ request: ReleaseRequest) async throws -> StoredKey? {
         let key = keys[request.keyID]
-        try append(request.auditEvent(for: key))
+        if key != nil || request.auditIfMissing { try append(request.auditEvent(for: key)) }
         return key
     }
 

@@ -18,7 +18,8 @@ public protocol Repository: Sendable {
     /// The key with `id`, if stored.
     func key(id: KeyID) async throws -> StoredKey?
     /// Reads the key and appends its `release` audit record atomically, committed before returning:
-    /// a key is never returned unless its audit record is durable. The record's result follows
+    /// a key is never returned unless its audit record is durable. A missing key is audited
+    /// (`not_found`) unless the request's `auditIfMissing` is false. The record's result follows
     /// ``ReleaseRequest/result(for:)``. Returns the key whatever its state; the caller refuses
     /// blocked or revoked keys (whose audit record already says `key_blocked`).
     func releaseKey(_ request: ReleaseRequest) async throws -> StoredKey?
@@ -100,6 +101,9 @@ public struct ReleaseRequest: Sendable {
     public var route: String
     public var detail: String
     public var time: Date
+    /// When false, a missing key writes no record (the caller audits the miss itself, after
+    /// asking the hierarchy): the release of a present key stays one statement either way.
+    public var auditIfMissing = true
 
     public init(keyID: KeyID, actor: String, route: String, detail: String = "", time: Date = Date()) {
         self.keyID = keyID

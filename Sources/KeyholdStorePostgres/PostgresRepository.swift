@@ -286,18 +286,20 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
 
     public func releaseKey(_ request: ReleaseRequest) async throws -> StoredKey? {
         // One statement, so one round trip and one atomic, durable commit: the key is read and its
-        // audit record inserted together, or neither (a failing insert fails the whole statement).
+        // audit record inserted together, or neither (a failing insert fails the whole statement;
+        // PostgreSQL runs a data-modifying WITH to completion whether or not the query reads it).
         // The CASE is ReleaseRequest.result(for:) in SQL; the conformance suite checks they agree.
         let id = request.keyID.description
         let rows = try await client.query(
             """
             WITH k AS (SELECT \(unescaped: Self.keyColumns) FROM keys WHERE id = \(id)),
                  a AS (INSERT INTO audit (time, actor, action, key_id, route, result, detail)
-                       VALUES (\(request.time), \(request.actor), 'release', \(id), \(request.route),
-                               COALESCE((SELECT CASE WHEN blocked OR state = 'revoked' THEN 'key_blocked' ELSE 'ok' END FROM k), 'not_found'),
-                               \(request.detail))
+                       SELECT \(request.time), \(request.actor), 'release', \(id), \(request.route),
+                              COALESCE((SELECT CASE WHEN blocked OR state = 'revoked' THEN 'key_blocked' ELSE 'ok' END FROM k), 'not_found'),
+                              \(request.detail)
+                       WHERE EXISTS (SELECT 1 FROM k) OR \(request.auditIfMissing)
                        RETURNING seq)
-            SELECT k.* FROM a LEFT JOIN k ON TRUE
+            SELECT k.* FROM (SELECT 1) AS one LEFT JOIN k ON TRUE
             """, logger: logger
         )
         for try await row in rows {

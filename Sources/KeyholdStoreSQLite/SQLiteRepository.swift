@@ -164,7 +164,7 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
     public func releaseKey(_ request: ReleaseRequest) async throws -> StoredKey? {
         try await pool.write { db in
             let key = try Self.fetchKey(db, request.keyID)
-            try Self.insertAudit(db, request.auditEvent(for: key))
+            if key != nil || request.auditIfMissing { try Self.insertAudit(db, request.auditEvent(for: key)) }
             return key
         }
     }

@@ -135,12 +135,21 @@ func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> Audi
         #expect(events[2].detail == "third")
         #expect(events[0].sequence! < events[1].sequence!)
 
+        // With auditIfMissing off, a miss writes nothing and a present key is still audited.
+        var quiet = ReleaseRequest(keyID: KeyID.random(), actor: "device:test", route: "agent")
+        quiet.auditIfMissing = false
+        #expect(try await repo.releaseKey(quiet) == nil)
+        quiet.keyID = key.record.id
+        #expect(try await repo.releaseKey(quiet)?.record.id == key.record.id)
+        let after = try await repo.audit(after: 0, limit: 10).filter { $0.action == "release" }
+        #expect(after.map(\.result) == ["ok", "not_found", "key_blocked", "key_blocked"])
+
         // A broken audit trail stops the release: the call throws and returns no key.
         try await (repo as! any RepositoryFaultInjection).breakAuditWrites()
         await #expect(throws: (any Error).self) {
             _ = try await repo.releaseKey(ReleaseRequest(keyID: key.record.id, actor: "device:test", route: "agent"))
         }
-        #expect(try await repo.audit(after: 0, limit: 10).count == 4)
+        #expect(try await repo.audit(after: 0, limit: 10).count == 5)
     }
 
     @Test(arguments: Backend.allCases)
