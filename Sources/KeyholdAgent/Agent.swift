@@ -155,13 +155,16 @@ actor Agent {
         var done = Set<KeyID>()
         var stored = 0, present = 0
         do {
-            while let id = cache.keys.keys.sorted().first(where: { !done.contains($0) }), let material = cache.key(id) {
-                let request = EscrowRequest(
-                    record: material.record, secret: material.secret.withUnsafeBytes { Data($0).base64EncodedString() }, reassignedFrom: old.serverID
-                )
-                let answer = try await newClient.put(APIPath.key(id.description), request, as: EscrowResponse.self)
-                if answer.outcome == "inserted" { stored += 1 } else { present += 1 }
-                done.insert(id)
+            while case let pending = cache.keys.keys.filter({ !done.contains($0) }).sorted(), !pending.isEmpty {
+                for id in pending {
+                    guard let material = cache.key(id) else { done.insert(id); continue }
+                    let request = EscrowRequest(
+                        record: material.record, secret: material.secret.withUnsafeBytes { Data($0).base64EncodedString() }, reassignedFrom: old.serverID
+                    )
+                    let answer = try await newClient.put(APIPath.key(id.description), request, as: EscrowResponse.self)
+                    if answer.outcome == "inserted" { stored += 1 } else { present += 1 }
+                    done.insert(id)
+                }
             }
         } catch let error as KeyholdError {
             logger.warning("reassign: re-escrow failed; still with the old server", metadata: ["error": "\(error.code)", "done": "\(done.count)"])

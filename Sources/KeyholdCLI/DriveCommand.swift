@@ -161,8 +161,9 @@ struct DriveCommand: ParsableCommand {
         func run() throws {
             try DriveCommand.requireRoot("keyhold drive unlock")
             _ = try DriveCommand.requireExisting(device)
-            guard case .luks = try BlockProbe.probe(device) else {
-                print("left alone: \(device) holds \(try BlockProbe.probe(device).summary), not LUKS")
+            let content = try BlockProbe.probe(device)
+            guard case .luks = content else {
+                print("left alone: \(device) holds \(content.summary), not LUKS")
                 return
             }
             let volume = try LUKSVolume.open(device)
