@@ -20,8 +20,9 @@ fi
 
 # --- Debian packages.
 apt_packages=(libsqlite3-dev libcryptsetup-dev libblkid-dev pkg-config)
-# What the VM test needs: QEMU, a static busybox for its initramfs, udev and the tools run in the guest.
-vm_packages=(qemu-system-x86 busybox-static udev kmod dmsetup e2fsprogs cryptsetup-bin util-linux)
+# What the VM test needs: QEMU, a static busybox for its initramfs, udev and the tools run in the guest
+# (procps: the demo test also checks with ps that nothing it started is left running).
+vm_packages=(qemu-system-x86 busybox-static udev kmod dmsetup e2fsprogs cryptsetup-bin util-linux procps)
 case "$LEVEL" in
   build) ;;
   test) apt_packages+=(python3-venv postgresql systemd age cryptsetup-bin "${vm_packages[@]}") ;;
