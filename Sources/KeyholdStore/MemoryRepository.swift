@@ -129,6 +129,7 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
     public func key(id: KeyID) async throws -> StoredKey? { keys[id] }
 
     public func releaseKey(_ request: ReleaseRequest) async throws -> StoredKey? {
+        if let caller = request.caller, !caller.matches(clients[caller.id]) { throw ReleaseCallerRefused() }
         let key = keys[request.keyID]
         if key != nil || request.auditIfMissing { try append(request.auditEvent(for: key)) }
         return key

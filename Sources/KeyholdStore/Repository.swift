@@ -22,6 +22,10 @@ public protocol Repository: Sendable {
     /// (`not_found`) unless the request's `auditIfMissing` is false. The record's result follows
     /// ``ReleaseRequest/result(for:)``. Returns the key whatever its state; the caller refuses
     /// blocked or revoked keys (whose audit record already says `key_blocked`).
+    ///
+    /// With a ``ReleaseRequest/caller``, the same statement first checks that it is an active
+    /// client with that role and certificate; if not, nothing is read or written and
+    /// ``ReleaseCallerRefused`` is thrown. Concurrent releases may share one commit.
     func releaseKey(_ request: ReleaseRequest) async throws -> StoredKey?
     /// Stores a key obtained from the primary (`obtained` is its audit record) and releases it to
     /// `release`, in one transaction: one durable commit for both. A key already present with the
@@ -104,6 +108,9 @@ public struct ReleaseRequest: Sendable {
     /// When false, a missing key writes no record (the caller audits the miss itself, after
     /// asking the hierarchy): the release of a present key stays one statement either way.
     public var auditIfMissing = true
+    /// The enrollment the request must come from, checked in the release itself, so that an
+    /// authenticated key request costs one database round trip instead of two.
+    public var caller: ReleaseCaller?
 
     public init(keyID: KeyID, actor: String, route: String, detail: String = "", time: Date = Date()) {
         self.keyID = keyID
@@ -124,6 +131,32 @@ public struct ReleaseRequest: Sendable {
     public func auditEvent(for key: StoredKey?) -> AuditEvent {
         AuditEvent(time: time, actor: actor, action: "release", keyID: keyID, route: route, result: Self.result(for: key), detail: detail)
     }
+}
+
+/// A client a release is checked against: enrolled with this role and certificate, and active.
+public struct ReleaseCaller: Sendable, Equatable {
+    public var id: DeviceID
+    public var role: ClientRole
+    /// Lowercase hex SHA-256 of the certificate it presented.
+    public var certificateFingerprint: String
+
+    public init(id: DeviceID, role: ClientRole, certificateFingerprint: String) {
+        self.id = id
+        self.role = role
+        self.certificateFingerprint = certificateFingerprint
+    }
+
+    /// Whether `client` is this caller's active enrollment (what the drivers' SQL checks too).
+    public func matches(_ client: EnrolledClient?) -> Bool {
+        guard let client else { return false }
+        return client.role == role && client.certificateFingerprint == certificateFingerprint && client.state == .active
+    }
+}
+
+/// A release named a ``ReleaseRequest/caller`` that is not an active client with that role and
+/// certificate; nothing was read or written (the server then says exactly why, and audits that).
+public struct ReleaseCallerRefused: Error, Sendable {
+    public init() {}
 }
 
 /// Supplies an import's keys, batch by batch, synchronously: it is called inside the import's

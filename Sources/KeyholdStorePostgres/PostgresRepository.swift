@@ -13,10 +13,20 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     private let runTask: Task<Void, Never>
     private let started: Task<Void, Never>
     private let logger: Logger
+    /// Concurrent releases share statements and commits; concurrent client lookups (one per
+    /// authenticated request) share statements.
+    private let releases: BatchQueue<ReleaseRequest, StoredKey?>
+    private let clientLookups: BatchQueue<DeviceID, EnrolledClient?>
 
     /// Connects lazily using `url`: `postgres://user:password@host:port/database`, or for a Unix
     /// socket `postgres:///database?host=/path/to/socket-folder&user=name` (as libpq writes it).
-    public init(url: String, logger: Logger = Logger(label: "keyhold.postgres"), maximumConnections: Int = 16) throws {
+    ///
+    /// `batchLanes` is how many release (and client lookup) batches may be in flight at once. One
+    /// is fastest: while a batch commits, the next one gathers every request that arrives, so the
+    /// fewest statements and commits carry the most keys (measured: 32 clients, 1 lane 7,400/s,
+    /// 2 lanes 5,900/s, 8 lanes 4,400/s, on 2 cores). Several server processes sharing the
+    /// database each have their own.
+    public init(url: String, logger: Logger = Logger(label: "keyhold.postgres"), maximumConnections: Int = 16, batchLanes: Int = 1) throws {
         var config = try Self.configuration(url: url)
         config.options.maximumConnections = maximumConnections
         let client = PostgresClient(configuration: config, backgroundLogger: logger)
@@ -28,6 +38,8 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
             await client.run()
         }
         self.started = Task { for await _ in signal {} }
+        self.releases = BatchQueue(lanes: batchLanes, maximumBatch: 256) { try await Self.releaseBatch($0, client, logger) }
+        self.clientLookups = BatchQueue(lanes: batchLanes, maximumBatch: 256) { try await Self.clientBatch($0, client, logger) }
     }
 
     /// Waits until the connection pool runs, so the first query does not race its start.
@@ -285,29 +297,80 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     }
 
     public func releaseKey(_ request: ReleaseRequest) async throws -> StoredKey? {
-        // One statement, so one round trip and one atomic, durable commit: the key is read and its
-        // audit record inserted together, or neither (a failing insert fails the whole statement;
-        // PostgreSQL runs a data-modifying WITH to completion whether or not the query reads it).
-        // The CASE is ReleaseRequest.result(for:) in SQL; the conformance suite checks they agree.
-        let id = request.keyID.description
-        let rows = try await client.query(
-            """
-            WITH k AS (SELECT \(unescaped: Self.keyColumns) FROM keys WHERE id = \(id)),
-                 a AS (INSERT INTO audit (time, actor, action, key_id, route, result, detail)
-                       SELECT \(request.time), \(request.actor), 'release', \(id), \(request.route),
-                              COALESCE((SELECT CASE WHEN blocked OR state = 'revoked' THEN 'key_blocked' ELSE 'ok' END FROM k), 'not_found'),
-                              \(request.detail)
-                       WHERE EXISTS (SELECT 1 FROM k) OR \(request.auditIfMissing)
-                       RETURNING seq)
-            SELECT k.* FROM (SELECT 1) AS one LEFT JOIN k ON TRUE
-            """, logger: logger
-        )
-        for try await row in rows {
-            // LEFT JOIN: the key's columns are NULL when there is no such key.
-            guard try row.makeRandomAccess()[0].decode(String?.self, context: .default) != nil else { return nil }
-            return try Self.decodeKey(row)
+        try await releases.submit(request)
+    }
+
+    /// Releases a batch of keys in one statement, so one round trip and one atomic, durable commit:
+    /// each key is read and its audit record inserted together, or nothing is (a failing insert
+    /// fails the whole statement; PostgreSQL runs a data-modifying WITH to completion whether or
+    /// not the query reads it). One result row per request, in request order: whether its caller
+    /// passed the check, then the key's columns.
+    private static func releaseBatch(_ requests: [ReleaseRequest], _ client: PostgresClient, _ logger: Logger) async throws -> [Result<StoredKey?, any Error>] {
+        var out: [Result<StoredKey?, any Error>] = []
+        out.reserveCapacity(requests.count)
+        for try await row in try await client.execute(ReleaseBatchStatement(requests), logger: logger) {
+            out.append(Result {
+                let cells = row.makeRandomAccess()
+                guard try cells[0].decode(Bool.self, context: .default) else { throw ReleaseCallerRefused() }
+                // LEFT JOIN: the key's columns are NULL when there is no such key.
+                guard try cells[1].decode(String?.self, context: .default) != nil else { return nil }
+                return try decodeKey(cells, from: 1)
+            })
         }
-        throw RepositoryError("the release statement returned no row")
+        guard out.count == requests.count else {
+            throw RepositoryError("the release statement returned \(out.count) rows for \(requests.count) requests")
+        }
+        return out
+    }
+
+    /// The batched release as a prepared statement (parsed and planned once per connection). The
+    /// CASE is ReleaseRequest.result(for:) in SQL and `allowed` is ReleaseCaller.matches(_:); the
+    /// conformance suite checks that every driver agrees.
+    private struct ReleaseBatchStatement: PostgresPreparedStatement {
+        static let name = "keyhold_release_batch_2"
+        static let sql = """
+            WITH r AS (SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::bool[],
+                                            $7::text[], $8::text[], $9::text[])
+                            WITH ORDINALITY AS r(id, time, actor, route, detail, audit_missing, caller_id, caller_role, caller_fingerprint, ord)),
+                 c AS (SELECT r.ord, r.caller_id = '' OR EXISTS (
+                           SELECT 1 FROM clients WHERE clients.id = r.caller_id AND clients.role = r.caller_role
+                               AND clients.certificate_fingerprint = r.caller_fingerprint AND clients.state = 'active') AS allowed
+                       FROM r),
+                 k AS (SELECT r.ord, \(columns("keys")) FROM r JOIN c ON c.ord = r.ord JOIN keys ON keys.id = r.id WHERE c.allowed),
+                 a AS (INSERT INTO audit (time, actor, action, key_id, route, result, detail)
+                       SELECT r.time, r.actor, 'release', r.id, r.route,
+                              CASE WHEN k.id IS NULL THEN 'not_found'
+                                   WHEN k.blocked OR k.state = 'revoked' THEN 'key_blocked' ELSE 'ok' END,
+                              r.detail
+                       FROM r JOIN c ON c.ord = r.ord LEFT JOIN k ON k.ord = r.ord
+                       WHERE c.allowed AND (k.id IS NOT NULL OR r.audit_missing)
+                       ORDER BY r.ord)
+            SELECT c.allowed, \(columns("k"))
+            FROM r JOIN c ON c.ord = r.ord LEFT JOIN k ON k.ord = r.ord ORDER BY r.ord
+            """
+        static func columns(_ table: String) -> String {
+            keyColumns.split(separator: ",").map { "\(table).\($0.trimmingCharacters(in: .whitespacesAndNewlines))" }.joined(separator: ", ")
+        }
+        typealias Row = PostgresRow
+
+        let requests: [ReleaseRequest]
+        init(_ requests: [ReleaseRequest]) { self.requests = requests }
+
+        func makeBindings() throws -> PostgresBindings {
+            var b = PostgresBindings(capacity: 9)
+            b.append(requests.map(\.keyID.description))
+            b.append(requests.map(\.time))
+            b.append(requests.map(\.actor))
+            b.append(requests.map(\.route))
+            b.append(requests.map(\.detail))
+            b.append(requests.map(\.auditIfMissing))
+            b.append(requests.map { $0.caller?.id.description ?? "" })
+            b.append(requests.map { $0.caller?.role.rawValue ?? "" })
+            b.append(requests.map { $0.caller?.certificateFingerprint ?? "" })
+            return b
+        }
+
+        func decodeRow(_ row: PostgresRow) throws -> PostgresRow { row }
     }
 
     public func setBlocked(id: KeyID, blocked: Bool, audit: AuditEvent) async throws -> Bool {
@@ -344,16 +407,22 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     }
 
     private static func decodeKey(_ row: PostgresRow) throws -> StoredKey {
-        let (id, kind, origin, device, created, label, state, wrapped, fingerprint, provenance, stored, blocked, sequence) =
-            try row.decode((String, String, String, String, Date, String, String, ByteBuffer, ByteBuffer, String, Date, Bool, Int64).self)
+        try decodeKey(row.makeRandomAccess(), from: 0)
+    }
+
+    /// The key in the 13 columns of ``keyColumns`` starting at column `first`.
+    private static func decodeKey(_ cells: PostgresRandomAccessRow, from first: Int) throws -> StoredKey {
+        func cell<T: PostgresDecodable>(_ i: Int, _: T.Type = T.self) throws -> T { try cells[first + i].decode(T.self, context: .default) }
         var key = StoredKey(
             record: KeyRecord(
-                id: try StoredValue.identifier(id), kind: try StoredValue.enumeration(kind), originServerID: try StoredValue.identifier(origin), originDeviceID: try StoredValue.identifier(device),
-                created: created, label: label, state: try StoredValue.enumeration(state)
+                id: try StoredValue.identifier(try cell(0)), kind: try StoredValue.enumeration(try cell(1)),
+                originServerID: try StoredValue.identifier(try cell(2)), originDeviceID: try StoredValue.identifier(try cell(3)),
+                created: try cell(4), label: try cell(5), state: try StoredValue.enumeration(try cell(6))
             ),
-            wrappedSecret: Array(wrapped.readableBytesView), secretFingerprint: Array(fingerprint.readableBytesView), provenance: try StoredValue.enumeration(provenance), stored: stored, blocked: blocked
+            wrappedSecret: Array(try cell(7, ByteBuffer.self).readableBytesView), secretFingerprint: Array(try cell(8, ByteBuffer.self).readableBytesView),
+            provenance: try StoredValue.enumeration(try cell(9)), stored: try cell(10), blocked: try cell(11)
         )
-        key.sequence = sequence
+        key.sequence = try cell(12)
         return key
     }
 
@@ -372,10 +441,31 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     }
 
     public func client(id: DeviceID) async throws -> EnrolledClient? {
-        for try await row in try await client.query("SELECT \(unescaped: Self.clientColumns) FROM clients WHERE id = \(id.description)", logger: logger) {
-            return try Self.decodeClient(row)
+        try await clientLookups.submit(id)
+    }
+
+    private static func clientBatch(_ ids: [DeviceID], _ client: PostgresClient, _ logger: Logger) async throws -> [Result<EnrolledClient?, any Error>] {
+        var found: [DeviceID: EnrolledClient] = [:]
+        for try await row in try await client.execute(ClientsStatement(ids: ids.map(\.description)), logger: logger) {
+            let c = try decodeClient(row)
+            found[c.id] = c
         }
-        return nil
+        return ids.map { .success(found[$0]) }
+    }
+
+    /// Every authenticated request looks its caller up: a prepared statement (parsed and planned
+    /// once per connection) for a batch of them.
+    private struct ClientsStatement: PostgresPreparedStatement {
+        static let name = "keyhold_clients_1"
+        static let sql = "SELECT \(clientColumns) FROM clients WHERE id = ANY($1::text[])"
+        typealias Row = PostgresRow
+        let ids: [String]
+        func makeBindings() throws -> PostgresBindings {
+            var b = PostgresBindings(capacity: 1)
+            b.append(ids)
+            return b
+        }
+        func decodeRow(_ row: PostgresRow) throws -> PostgresRow { row }
     }
 
     public func listClients(role: ClientRole?) async throws -> [EnrolledClient] {

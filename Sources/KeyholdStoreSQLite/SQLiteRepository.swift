@@ -7,6 +7,8 @@ public import KeyholdStore
 /// committed transaction survives a crash or power loss before the call returns.
 public final class SQLiteRepository: Repository, RepositoryFaultInjection {
     private let pool: DatabasePool
+    /// Concurrent releases share one write transaction, so one fsync (SQLite has one writer anyway).
+    private let releases: BatchQueue<ReleaseRequest, StoredKey?>
     /// Where the database lives.
     public let path: String
 
@@ -18,7 +20,21 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         }
         config.busyMode = .timeout(10)
         self.path = path
-        self.pool = try DatabasePool(path: path, configuration: config)
+        let pool = try DatabasePool(path: path, configuration: config)
+        self.pool = pool
+        self.releases = BatchQueue(lanes: 1, maximumBatch: 256) { requests in
+            // One transaction: a failing audit insert rolls back the batch and fails every release in it.
+            try await pool.write { db in
+                try requests.map { request -> Result<StoredKey?, any Error> in
+                    if let caller = request.caller, !caller.matches(try Self.fetchClient(db, caller.id)) {
+                        return .failure(ReleaseCallerRefused())
+                    }
+                    let key = try Self.fetchKey(db, request.keyID)
+                    if key != nil || request.auditIfMissing { try Self.insertAudit(db, request.auditEvent(for: key)) }
+                    return .success(key)
+                }
+            }
+        }
     }
 
     public func migrate() async throws {
@@ -162,11 +178,7 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
     }
 
     public func releaseKey(_ request: ReleaseRequest) async throws -> StoredKey? {
-        try await pool.write { db in
-            let key = try Self.fetchKey(db, request.keyID)
-            if key != nil || request.auditIfMissing { try Self.insertAudit(db, request.auditEvent(for: key)) }
-            return key
-        }
+        try await releases.submit(request)
     }
 
     public func setBlocked(id: KeyID, blocked: Bool, audit: AuditEvent) async throws -> Bool {
@@ -241,9 +253,11 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
     }
 
     public func client(id: DeviceID) async throws -> EnrolledClient? {
-        try await pool.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM clients WHERE id = ?", arguments: [id.description]).map(Self.decodeClient)
-        }
+        try await pool.read { db in try Self.fetchClient(db, id) }
+    }
+
+    private static func fetchClient(_ db: Database, _ id: DeviceID) throws -> EnrolledClient? {
+        try Row.fetchOne(db, sql: "SELECT * FROM clients WHERE id = ?", arguments: [id.description]).map(decodeClient)
     }
 
     public func listClients(role: ClientRole?) async throws -> [EnrolledClient] {

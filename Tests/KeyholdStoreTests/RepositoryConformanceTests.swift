@@ -153,6 +153,123 @@ func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> Audi
     }
 
     @Test(arguments: Backend.allCases)
+    func releaseChecksItsCallerFirst(_ backend: Backend) async throws {
+        let f = try await Fixture.make(backend)
+        defer { Task { await f.cleanup() } }
+        let repo = f.repository
+        let key = sampleKey()
+        _ = try await repo.insertKey(key, audit: nil)
+        let device = EnrolledClient(id: .random(), role: .device, name: "d", certificateFingerprint: "ab12", enrolled: Date())
+        let server = EnrolledClient(id: .random(), role: .server, name: "s", certificateFingerprint: "cd34", enrolled: Date())
+        try await repo.insertClient(device)
+        try await repo.insertClient(server)
+        func request(_ caller: ReleaseCaller) -> ReleaseRequest {
+            var r = ReleaseRequest(keyID: key.record.id, actor: "device:\(caller.id)", route: "agent")
+            r.caller = caller
+            return r
+        }
+        let good = ReleaseCaller(id: device.id, role: .device, certificateFingerprint: "ab12")
+        #expect(try await repo.releaseKey(request(good))?.record.id == key.record.id)
+
+        // Another certificate, another role, an unknown client, a revoked one: refused, nothing written.
+        let refused = [
+            ReleaseCaller(id: device.id, role: .device, certificateFingerprint: "ffff"),
+            ReleaseCaller(id: server.id, role: .device, certificateFingerprint: "cd34"),
+            ReleaseCaller(id: .random(), role: .device, certificateFingerprint: "ab12"),
+        ]
+        for caller in refused {
+            await #expect(throws: ReleaseCallerRefused.self) { _ = try await repo.releaseKey(request(caller)) }
+        }
+        #expect(try await repo.setClientState(id: device.id, state: .revoked))
+        await #expect(throws: ReleaseCallerRefused.self) { _ = try await repo.releaseKey(request(good)) }
+        var missing = request(good)
+        missing.keyID = .random()
+        await #expect(throws: ReleaseCallerRefused.self) { _ = try await repo.releaseKey(missing) }
+        let events = try await repo.audit(after: 0, limit: 100)
+        #expect(events.map(\.result) == ["ok"])
+    }
+
+    @Test(arguments: Backend.allCases)
+    func concurrentReleasesAreEachAuditedWithTheirOwnAnswer(_ backend: Backend) async throws {
+        // Drivers may share one commit among concurrent releases: each caller must still get its
+        // own key (or nil) and its own audit record, and a refused caller must not spoil the rest.
+        let f = try await Fixture.make(backend)
+        defer { Task { await f.cleanup() } }
+        let repo = f.repository
+        var keys: [StoredKey] = []
+        for i in 0..<40 {
+            let k = sampleKey(fingerprint: UInt8(i), label: "k\(i)")
+            keys.append(k)
+            _ = try await repo.insertKey(k, audit: nil)
+        }
+        _ = try await repo.setBlocked(id: keys[0].record.id, blocked: true, audit: audit("block", keys[0].record.id))
+        let device = EnrolledClient(id: .random(), role: .device, name: "d", certificateFingerprint: "ab12", enrolled: Date())
+        try await repo.insertClient(device)
+        let before = try await repo.audit(after: 0, limit: 1000).last?.sequence ?? 0
+
+        // 400 requests: every key ten times, plus misses and impostors mixed in.
+        enum Expect: Sendable, Equatable { case key(KeyID), missing, refused }
+        var plan: [(ReleaseRequest, Expect)] = []
+        for round in 0..<10 {
+            for (i, k) in keys.enumerated() {
+                var r = ReleaseRequest(keyID: k.record.id, actor: "device:\(device.id)", route: "agent", detail: "\(round)-\(i)")
+                switch (round + i) % 7 {
+                case 0:
+                    r.keyID = .random()
+                    plan.append((r, .missing))
+                case 1:
+                    r.caller = ReleaseCaller(id: device.id, role: .device, certificateFingerprint: "bad")
+                    plan.append((r, .refused))
+                default:
+                    r.caller = ReleaseCaller(id: device.id, role: .device, certificateFingerprint: "ab12")
+                    plan.append((r, .key(k.record.id)))
+                }
+            }
+        }
+        let answers = try await withThrowingTaskGroup(of: (Int, Expect).self) { group in
+            for (n, (request, _)) in plan.enumerated() {
+                group.addTask {
+                    do {
+                        guard let key = try await repo.releaseKey(request) else { return (n, .missing) }
+                        return (n, .key(key.record.id))
+                    } catch is ReleaseCallerRefused {
+                        return (n, .refused)
+                    }
+                }
+            }
+            var answers = [Expect](repeating: .missing, count: plan.count)
+            for try await (n, answer) in group { answers[n] = answer }
+            return answers
+        }
+        #expect(answers == plan.map(\.1))
+
+        let written = try await repo.audit(after: before, limit: 1000)
+        #expect(written.count == plan.filter { $0.1 != .refused }.count)
+        let byDetail = Dictionary(uniqueKeysWithValues: written.map { ($0.detail, $0) })
+        for (request, expected) in plan {
+            let record = byDetail[request.detail]
+            switch expected {
+            case .refused: #expect(record == nil)
+            case .missing: #expect(record?.result == "not_found" && record?.keyID == request.keyID)
+            case .key(let id):
+                #expect(record?.keyID == id)
+                #expect(record?.result == (id == keys[0].record.id ? "key_blocked" : "ok"))
+            }
+        }
+
+        // With the audit trail broken, every one of many concurrent releases fails.
+        try await (repo as! any RepositoryFaultInjection).breakAuditWrites()
+        let failures = await withTaskGroup(of: Bool.self) { group in
+            for k in keys {
+                group.addTask { (try? await repo.releaseKey(ReleaseRequest(keyID: k.record.id, actor: "device:test", route: "agent"))) == nil }
+            }
+            return await group.reduce(0) { $0 + ($1 ? 1 : 0) }
+        }
+        #expect(failures == keys.count)
+        #expect(try await repo.audit(after: before, limit: 1000).count == written.count)
+    }
+
+    @Test(arguments: Backend.allCases)
     func blockingAndListing(_ backend: Backend) async throws {
         let f = try await Fixture.make(backend)
         defer { Task { await f.cleanup() } }
