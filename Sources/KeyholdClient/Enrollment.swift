@@ -79,7 +79,7 @@ public enum Enrollment {
         }
         var der = DER.Serializer()
         try der.serialize(ca)
-        let fingerprint = SHA256.hash(data: der.serializedBytes).map { String(format: "%02x", $0) }.joined()
+        let fingerprint = Hex.lowercase(SHA256.hash(data: der.serializedBytes))
         guard fingerprint == token.caFingerprint.lowercased() else {
             throw KeyholdError(
                 .tokenInvalid, "the server at \(token.enrollAddress) is not the one the token names (CA fingerprint \(fingerprint.prefix(16))… ≠ \(token.caFingerprint.prefix(16))…)",

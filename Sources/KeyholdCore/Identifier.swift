@@ -78,31 +78,31 @@ extension Identifier: CustomStringConvertible, LosslessStringConvertible {
 
     /// Parses UUID text (`8-4-4-4-12` hexadecimal digits, either case); `nil` for anything else.
     public init?(_ text: String) {
-        let utf8 = Array(text.utf8)
-        guard utf8.count == 36 else { return nil }
-        var bytes = [UInt8]()
-        bytes.reserveCapacity(16)
-        var nibble: UInt8? = nil
-        for (i, c) in utf8.enumerated() {
-            if i == 8 || i == 13 || i == 18 || i == 23 {
-                guard c == UInt8(ascii: "-") else { return nil }
-                continue
+        // Straight into the two words: ids are parsed on every request and every database row.
+        var text = text
+        let parsed = text.withUTF8 { utf8 -> (UInt64, UInt64)? in
+            guard utf8.count == 36 else { return nil }
+            var words: (UInt64, UInt64) = (0, 0)
+            var digits = 0
+            for (i, c) in utf8.enumerated() {
+                if i == 8 || i == 13 || i == 18 || i == 23 {
+                    guard c == UInt8(ascii: "-") else { return nil }
+                    continue
+                }
+                let v: UInt8
+                switch c {
+                case UInt8(ascii: "0")...UInt8(ascii: "9"): v = c &- UInt8(ascii: "0")
+                case UInt8(ascii: "a")...UInt8(ascii: "f"): v = c &- UInt8(ascii: "a") &+ 10
+                case UInt8(ascii: "A")...UInt8(ascii: "F"): v = c &- UInt8(ascii: "A") &+ 10
+                default: return nil
+                }
+                if digits < 16 { words.0 = words.0 << 4 | UInt64(v) } else { words.1 = words.1 << 4 | UInt64(v) }
+                digits += 1
             }
-            let v: UInt8
-            switch c {
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): v = c - UInt8(ascii: "0")
-            case UInt8(ascii: "a")...UInt8(ascii: "f"): v = c - UInt8(ascii: "a") + 10
-            case UInt8(ascii: "A")...UInt8(ascii: "F"): v = c - UInt8(ascii: "A") + 10
-            default: return nil
-            }
-            if let hi = nibble {
-                bytes.append(hi << 4 | v)
-                nibble = nil
-            } else {
-                nibble = v
-            }
+            return words
         }
-        self.init(bytes: bytes)
+        guard let (high, low) = parsed else { return nil }
+        self.init(high: high, low: low)
     }
 }
 

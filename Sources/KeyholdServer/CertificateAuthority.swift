@@ -82,7 +82,7 @@ struct CertificateAuthority: Sendable {
     static func fingerprint(_ certificate: Certificate) -> String {
         var serializer = DER.Serializer()
         try? serializer.serialize(certificate)
-        return SHA256.hash(data: serializer.serializedBytes).map { String(format: "%02x", $0) }.joined()
+        return Hex.lowercase(SHA256.hash(data: serializer.serializedBytes))
     }
 
     /// The server's TLS certificate, valid for `names` (host names or IP addresses).

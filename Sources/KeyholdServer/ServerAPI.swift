@@ -9,6 +9,7 @@ import Logging
 import NIOCore
 import NIOSSL
 import SwiftASN1
+import Synchronization
 import X509
 
 /// Request context that keeps the channel, so handlers can read the TLS peer certificate.
@@ -21,10 +22,42 @@ struct ServerContext: RequestContext {
         channel = source.channel
     }
 
-    /// The verified client certificate of this connection, if any.
-    func peerCertificate() async -> Certificate? {
-        guard let cert = try? await channel.nioSSL_peerCertificate().get(), let der = try? cert.toDERBytes() else { return nil }
-        return try? Certificate(derEncoded: der)
+}
+
+/// What authentication needs from a connection's verified client certificate.
+struct PeerIdentity: Sendable {
+    /// The Keyhold identity its SAN names, if any.
+    var identity: CertificateIdentity?
+    /// SHA-256 of the certificate, compared with the one recorded at enrollment.
+    var fingerprint: String
+}
+
+/// Reads, parses and hashes each connection's client certificate once, not at every request on a
+/// keep-alive connection. Entries leave when their connection closes; the close callback holds the
+/// channel until then, so no new channel can reuse a cached channel's identity while it is cached.
+final class PeerIdentityCache: Sendable {
+    private let entries = Mutex<[ObjectIdentifier: PeerIdentity]>([:])
+
+    var count: Int { entries.withLock { $0.count } }
+
+    func identity(of channel: any Channel) async -> PeerIdentity? {
+        let key = ObjectIdentifier(channel)
+        if let known = entries.withLock({ $0[key] }) { return known }
+        guard let cert = try? await channel.nioSSL_peerCertificate().get(), let der = try? cert.toDERBytes(),
+              let certificate = try? Certificate(derEncoded: der)
+        else { return nil }
+        let peer = PeerIdentity(identity: CertificateIdentity(certificate: certificate), fingerprint: CertificateAuthority.fingerprint(certificate))
+        let added = entries.withLock { entries -> Bool in
+            guard entries[key] == nil else { return false }
+            entries[key] = peer
+            return true
+        }
+        if added {
+            channel.closeFuture.whenComplete { [channel] _ in
+                withExtendedLifetime(channel) { _ = self.entries.withLock { $0.removeValue(forKey: key) } }
+            }
+        }
+        return peer
     }
 }
 
@@ -115,8 +148,9 @@ enum ServerAPI {
     static func apiRouter(_ core: ServerCore, addresses: BoundAddresses, logger: Logger) -> Router<ServerContext> {
         let router = Router(context: ServerContext.self)
         router.get(RouterPath(APIPath.health)) { _, _ in "ok\n" }
+        let peers = PeerIdentityCache()
         @Sendable func caller(_ context: ServerContext) async throws -> Caller {
-            try await core.authenticate(await context.peerCertificate())
+            try await core.authenticate(await peers.identity(of: context.channel))
         }
         router.put(RouterPath("/v1/keys/:id"), use: JSONRoute.handle(logger) { request, context in
             let who = try await caller(context)
@@ -124,8 +158,14 @@ enum ServerAPI {
             return try JSONRoute.respond(try await core.escrow(try await JSONRoute.decode(EscrowRequest.self, request), keyID: id, caller: who))
         })
         router.get(RouterPath("/v1/keys/:id"), use: JSONRoute.handle(logger) { _, context in
-            let who = try await caller(context)
-            return try JSONRoute.respond(try await core.release(try JSONRoute.keyID(context), caller: who))
+            guard let id = try? JSONRoute.keyID(context) else {
+                _ = try await caller(context)  // who asks comes first, as on every endpoint
+                _ = try JSONRoute.keyID(context)
+                throw KeyholdError(.internalError, "unreachable", hint: "report this")
+            }
+            let response = try await core.release(id, peer: await peers.identity(of: context.channel))
+            guard let json = response.wireJSON() else { return try JSONRoute.respond(response) }
+            return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: json)))
         })
         router.post(RouterPath(APIPath.leave), use: JSONRoute.handle(logger) { request, context in
             let who = try await caller(context)

@@ -31,12 +31,12 @@ struct ServerCore: Sendable {
     // MARK: Authentication
 
     /// Maps a verified peer certificate to an enrolled, active client.
-    func authenticate(_ certificate: Certificate?) async throws -> Caller {
-        guard let certificate, let identity = CertificateIdentity(certificate: certificate) else {
+    func authenticate(_ peer: PeerIdentity?) async throws -> Caller {
+        guard let peer, let identity = peer.identity else {
             throw KeyholdError(.unauthenticated, "the client certificate names no Keyhold identity", hint: "use the certificate this server issued at enrollment")
         }
         guard let client = try await repository.client(id: identity.id), client.role.rawValue == identity.role,
-              client.certificateFingerprint == CertificateAuthority.fingerprint(certificate)
+              client.certificateFingerprint == peer.fingerprint
         else {
             throw KeyholdError(.unauthenticated, "\(identity.role) \(identity.id) is not enrolled with this server", hint: "enroll again with a new token ('keyhold enroll TOKEN')")
         }
@@ -135,15 +135,32 @@ struct ServerCore: Sendable {
         return try await resolve(keyID, actor: caller.actor, route: "agent", chain: [serverID], hops: Hierarchy.hopLimit)
     }
 
+    /// A device's key request straight from its connection's certificate: the enrollment check
+    /// rides in the release statement (one database round trip, shared with concurrent releases).
+    /// Anything that check refuses, and any certificate that is not a device's, takes the full
+    /// ``authenticate(_:)`` path, which says why and audits it.
+    func release(_ keyID: KeyID, peer: PeerIdentity?) async throws -> KeyResponse {
+        if let peer, let identity = peer.identity, identity.role == ClientRole.device.rawValue {
+            let check = ReleaseCaller(id: identity.id, role: .device, certificateFingerprint: peer.fingerprint)
+            do {
+                return try await resolve(keyID, actor: "\(identity.role):\(identity.id)", route: "agent", chain: [serverID], hops: Hierarchy.hopLimit, check: check)
+            } catch is ReleaseCallerRefused {}
+        }
+        return try await release(keyID, caller: try await authenticate(peer))
+    }
+
     /// The key for a caller: from this repository, else (option on, primary configured) from the
     /// primary, which is then kept here. Every attempt is audited before anything is released.
-    func resolve(_ keyID: KeyID, actor: String, route: String, chain: [ServerID], hops: Int) async throws -> KeyResponse {
+    /// With `check`, the repository verifies the caller's enrollment first and throws
+    /// ``ReleaseCallerRefused`` (having written nothing) if it does not hold.
+    func resolve(_ keyID: KeyID, actor: String, route: String, chain: [ServerID], hops: Int, check: ReleaseCaller? = nil) async throws -> KeyResponse {
         // A key held here: one statement reads it and commits its release record. A key missing
         // here writes nothing yet: it is asked of the primary (when the option is on), then stored
         // and released in one commit, or its miss or the primary's refusal is audited. So each
         // server on a lookup's route commits once (a depth-3 lookup: three commits, was seven).
         var request = ReleaseRequest(keyID: keyID, actor: actor, route: route)
         request.auditIfMissing = false
+        request.caller = check
         var key = try await audited { try await repository.releaseKey(request) }
         if key == nil {
             let found: KeyResponse?
@@ -197,6 +214,8 @@ struct ServerCore: Sendable {
     private func audited<T>(_ body: () async throws -> T) async throws -> T {
         do {
             return try await body()
+        } catch let refused as ReleaseCallerRefused {
+            throw refused  // nothing was written: the caller's enrollment did not check out
         } catch {
             logger.error("audit write failed; key not released", metadata: ["error": "\(error)"])
             throw KeyholdError(.auditFailed, "the audit record could not be written, so the key was not released", hint: "the server's database needs attention; try again later")

@@ -113,14 +113,22 @@ import Testing
         let d1 = try await server.enrollDevice("laptop")
         let client = try d1.client()
         _ = try await client.post(APIPath.heartbeat, HeartbeatRequest(agentVersion: "0.1.0", keyCount: 0), as: HeartbeatResponse.self)
+        let (record, _, request) = newKey(d1)
+        _ = try await client.put(APIPath.key(record.id.description), request, as: EscrowResponse.self)
+        _ = try await client.get(APIPath.key(record.id.description), as: KeyResponse.self)
         let list = try server.admin(["device", "list"])
         #expect(list.stdoutText.contains("\(d1.clientID)\tdevice\tactive\tlaptop"))
         #expect(try server.admin(["device", "revoke", d1.clientID.description]).status == 0)
-        // The same keep-alive client, on its very next request.
+        // The same keep-alive client, on its very next request: a key request (whose enrollment
+        // check rides in the release statement) and a heartbeat.
+        await expectCode("client_revoked") { _ = try await client.get(APIPath.key(record.id.description), as: KeyResponse.self) }
         await expectCode("client_revoked") {
             _ = try await client.post(APIPath.heartbeat, HeartbeatRequest(agentVersion: "0.1.0", keyCount: 0), as: HeartbeatResponse.self)
         }
         await client.shutdown()
+        let audit = try await server.auditEntries()
+        #expect(audit.filter { $0.action == "release" }.map(\.result) == ["ok"])
+        #expect(audit.filter { $0.result == "client_revoked" }.count == 2)
         #expect(try server.admin(["device", "list"]).stdoutText.contains("\(d1.clientID)\tdevice\trevoked"))
     }
 
