@@ -179,6 +179,10 @@ let package = Package(
             dependencies: [
                 "KeyholdCore", "KeyholdProtocol", "KeyholdClient", "KeyholdStore", "KeyholdStoreSQLite",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ],
             path: "Benchmarks/ReleaseBench",
             swiftSettings: swiftSettings

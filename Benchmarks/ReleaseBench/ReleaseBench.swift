@@ -77,6 +77,7 @@ struct Load: AsyncParsableCommand {
     @Option var keys = 100_000
     @Option var clients = 32
     @Option var seconds = 10.0
+    @Flag(help: "Also measure the health endpoint over the same connections (the HTTP ceiling).") var ceiling = false
 
     func run() async throws {
         let dir = URL(fileURLWithPath: dataDir)
@@ -110,16 +111,28 @@ struct Load: AsyncParsableCommand {
         let escrowSeconds = Date().timeIntervalSince(t0)
         FileHandle.standardError.write(Data("escrowed in \(String(format: "%.1f", escrowSeconds)) s (\(Int(Double(keys) / escrowSeconds))/s)\n".utf8))
 
-        // Warm up the connections, then measure.
-        _ = await drive(concurrency: clients, seconds: 1) { i in _ = try await client.get(APIPath.key(ids[i % ids.count].description), as: KeyResponse.self) }
-        let (lat, errors, elapsed) = await drive(concurrency: clients, seconds: seconds) { _ in
-            let id = ids[Int.random(in: 0..<ids.count)]
-            _ = try await client.get(APIPath.key(id.description), as: KeyResponse.self)
-        }
-        try emit(Result(mode: "http-release", operations: lat.count, seconds: elapsed, perSecond: Double(lat.count) / elapsed,
-                        p50ms: percentile(lat, 0.5), p99ms: percentile(lat, 0.99), errors: errors))
         await client.shutdown()
         await admin.shutdown()
+
+        // The lean client (LoadClient) drives the measurement: first the mutual-TLS HTTP ceiling
+        // (the health endpoint: TLS, HTTP and routing, no database), then key release.
+        let parts = api.split(separator: ":")
+        let host = String(parts.dropLast().joined(separator: ":")).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        let port = Int(parts.last!)!
+        let shared = ids
+        func measure(_ mode: String, seconds: Double, _ path: @escaping @Sendable () -> String) async throws -> Result {
+            let o = try await LoadClient.run(
+                host: host, port: port, caPEM: device.caPEM, certificatePEM: device.certificatePEM, keyPEM: device.keyPEM,
+                connections: clients, seconds: seconds, path: path
+            )
+            return Result(mode: mode, operations: o.latenciesMs.count, seconds: o.seconds, perSecond: Double(o.latenciesMs.count) / o.seconds,
+                          p50ms: percentile(o.latenciesMs, 0.5), p99ms: percentile(o.latenciesMs, 0.99), errors: o.errors)
+        }
+        _ = try await measure("warm-up", seconds: 1) { APIPath.key(shared[Int.random(in: 0..<shared.count)].description) }
+        if ceiling {
+            try emit(try await measure("http-ceiling", seconds: seconds) { APIPath.health })
+        }
+        try emit(try await measure("http-release", seconds: seconds) { APIPath.key(shared[Int.random(in: 0..<shared.count)].description) })
     }
 }
 
