@@ -43,10 +43,24 @@ actor Hierarchy {
 
     // MARK: Option and primary
 
-    func enabled() async throws -> Bool { try await repository.setting("use_hierarchy") == "true" }
+    /// How long a read of the option is reused. A lookup reads it at every hop, twice at middle
+    /// servers; this process's own changes apply at once, another process sharing the database
+    /// sees them within this time (docs/spec/hierarchy.md §1).
+    static let optionReuse: Duration = .seconds(1)
+    private var option: (on: Bool, read: ContinuousClock.Instant)?
+
+    func enabled() async throws -> Bool {
+        let now = ContinuousClock.now
+        if let option, now - option.read < Self.optionReuse { return option.on }
+        let on = try await repository.setting("use_hierarchy") == "true"
+        option = (on, now)
+        return on
+    }
 
     func setEnabled(_ on: Bool) async throws {
+        option = nil
         try await repository.setSetting("use_hierarchy", on ? "true" : "false")
+        option = (on, ContinuousClock.now)
         logger.info("use_hierarchy \(on ? "enabled" : "disabled")")
     }
 

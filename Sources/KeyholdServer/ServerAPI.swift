@@ -257,14 +257,20 @@ enum ServerAPI {
             return try JSONRoute.respond(try await core.receivePush(try await JSONRoute.decode(PushRequest.self, request, limit: 8 << 20), caller: who))
         })
         router.get(RouterPath("/v1/hierarchy/keys/:id"), use: JSONRoute.handle(logger) { request, context in
-            let who = try await caller(context)
-            let chainText = request.uri.queryParameters.get("chain") ?? ""
-            let chain = try chainText.split(separator: ",").map { part -> ServerID in
-                guard let id = ServerID(String(part)) else { throw KeyholdError(.invalidRequest, "chain holds an invalid server id", hint: "see docs/spec/hierarchy.md") }
-                return id
+            let parsed = Result { () throws -> (KeyID, [ServerID]) in
+                let chain = try (request.uri.queryParameters.get("chain") ?? "").split(separator: ",").map { part -> ServerID in
+                    guard let id = ServerID(String(part)) else { throw KeyholdError(.invalidRequest, "chain holds an invalid server id", hint: "see docs/spec/hierarchy.md") }
+                    return id
+                }
+                return (try JSONRoute.keyID(context), chain)
+            }
+            guard case .success(let (id, chain)) = parsed else {
+                _ = try await caller(context)  // who asks comes first, as on every endpoint
+                _ = try parsed.get()
+                throw KeyholdError(.internalError, "unreachable", hint: "report this")
             }
             let hops = Int(request.uri.queryParameters.get("hops") ?? "") ?? 0
-            return try JSONRoute.respond(try await core.lookup(try JSONRoute.keyID(context), chain: chain, hops: hops, caller: who))
+            return try JSONRoute.respond(try await core.lookup(id, chain: chain, hops: hops, peer: await peers.identity(of: context.channel)))
         })
         router.post(RouterPath(APIPath.adminPrimary), use: JSONRoute.handle(logger) { request, context in
             _ = try await admin(context)

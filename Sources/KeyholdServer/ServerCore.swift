@@ -254,6 +254,21 @@ struct ServerCore: Sendable {
         return PushResponse(accepted: outcomes.filter { $0 == .inserted }.count, alreadyPresent: outcomes.filter { $0 == .alreadyPresent }.count, conflicts: conflicts)
     }
 
+    /// A secondary's lookup straight from its connection's certificate: when the option is on and
+    /// the request is well-formed, the enrollment check rides in the release statement (as for
+    /// devices); everything else, and a failed check, takes ``lookup(_:chain:hops:caller:)``,
+    /// which authenticates first and says why.
+    func lookup(_ keyID: KeyID, chain: [ServerID], hops: Int, peer: PeerIdentity?) async throws -> KeyResponse {
+        if let peer, let identity = peer.identity, identity.role == ClientRole.server.rawValue,
+           !chain.contains(serverID), hops > 0, try await hierarchy.enabled() {
+            let check = ReleaseCaller(id: identity.id, role: .server, certificateFingerprint: peer.fingerprint)
+            do {
+                return try await resolve(keyID, actor: "\(identity.role):\(identity.id)", route: "secondary:\(identity.id)", chain: chain + [serverID], hops: hops - 1, check: check)
+            } catch is ReleaseCallerRefused {}
+        }
+        return try await lookup(keyID, chain: chain, hops: hops, caller: try await authenticate(peer))
+    }
+
     func lookup(_ keyID: KeyID, chain: [ServerID], hops: Int, caller: Caller) async throws -> KeyResponse {
         try await requireHierarchy(caller, action: "release")
         guard !chain.contains(serverID) else {

@@ -12,7 +12,7 @@ public protocol SchemaMigration: Sendable {
 
 /// The repository schema's history. Never edit a released migration: add a new one.
 public enum Schema {
-    public static let migrations: [any SchemaMigration] = [CreateRepository(), AddKeySequence()]
+    public static let migrations: [any SchemaMigration] = [CreateRepository(), AddKeySequence(), InsertAndReleaseFunction()]
 }
 
 /// Version 1: keys, enrolled clients, enrollment tokens, audit, settings.
@@ -97,6 +97,66 @@ struct AddKeySequence: SchemaMigration {
             "ALTER TABLE keys ADD COLUMN seq BIGINT NOT NULL DEFAULT 0",
             "UPDATE keys SET seq = t.n FROM (SELECT id, row_number() OVER (ORDER BY stored, id) AS n FROM keys) t WHERE keys.id = t.id",
             "CREATE INDEX keys_seq ON keys (seq)",
+        ]
+    }
+}
+
+/// Version 3 (PostgreSQL only): storing a key obtained through the hierarchy and releasing it, as
+/// one function, so the whole transaction is one round trip and one commit instead of seven
+/// statements (docs/spec/hierarchy.md, "Lookup"). Inside a function each statement still takes a
+/// fresh snapshot, so the key's sequence number is read after the sequence lock is held.
+struct InsertAndReleaseFunction: SchemaMigration {
+    let version = 3
+    let name = "insert and release function"
+
+    var sqlite: [String] { [] }
+
+    var postgres: [String] {
+        [
+            """
+            CREATE OR REPLACE FUNCTION keyhold_insert_and_release(
+                k_id text, k_kind text, k_origin_server_id text, k_origin_device_id text, k_created timestamptz, k_label text,
+                k_state text, k_wrapped_secret bytea, k_secret_fingerprint bytea, k_provenance text, k_stored timestamptz,
+                k_blocked boolean,
+                o_time timestamptz, o_actor text, o_action text, o_key_id text, o_route text, o_result text, o_detail text,
+                rq_time timestamptz, rq_actor text, rq_route text, rq_detail text)
+            RETURNS TABLE (r_outcome text, r_id text, r_kind text, r_origin_server_id text, r_origin_device_id text,
+                           r_created timestamptz, r_label text, r_state text, r_wrapped_secret bytea, r_secret_fingerprint bytea,
+                           r_provenance text, r_stored timestamptz, r_blocked boolean, r_seq bigint)
+            LANGUAGE plpgsql AS $$
+            DECLARE
+                outcome text := 'inserted';
+                existing bytea;
+            BEGIN
+                -- The sequence lock of every writer of keys.seq (docs/spec/hierarchy.md §3).
+                PERFORM pg_advisory_xact_lock(7882829014);
+                INSERT INTO keys (id, kind, origin_server_id, origin_device_id, created, label, state,
+                                  wrapped_secret, secret_fingerprint, provenance, stored, blocked, seq)
+                VALUES (k_id, k_kind, k_origin_server_id, k_origin_device_id, k_created, k_label, k_state,
+                        k_wrapped_secret, k_secret_fingerprint, k_provenance, k_stored, k_blocked,
+                        (SELECT COALESCE(MAX(keys.seq), 0) + 1 FROM keys))
+                ON CONFLICT (id) DO NOTHING;
+                IF NOT FOUND THEN
+                    SELECT keys.secret_fingerprint INTO existing FROM keys WHERE keys.id = k_id;
+                    outcome := CASE WHEN existing = k_secret_fingerprint THEN 'already_present' ELSE 'conflict' END;
+                END IF;
+                IF outcome <> 'already_present' THEN
+                    INSERT INTO audit (time, actor, action, key_id, route, result, detail)
+                    VALUES (o_time, o_actor, o_action, o_key_id, o_route,
+                            CASE WHEN outcome = 'conflict' THEN 'conflict' ELSE o_result END, o_detail);
+                END IF;
+                IF outcome <> 'conflict' THEN
+                    INSERT INTO audit (time, actor, action, key_id, route, result, detail)
+                    SELECT rq_time, rq_actor, 'release', k_id, rq_route,
+                           CASE WHEN keys.blocked OR keys.state = 'revoked' THEN 'key_blocked' ELSE 'ok' END, rq_detail
+                    FROM keys WHERE keys.id = k_id;
+                END IF;
+                RETURN QUERY SELECT outcome, keys.id, keys.kind, keys.origin_server_id, keys.origin_device_id, keys.created,
+                                    keys.label, keys.state, keys.wrapped_secret, keys.secret_fingerprint, keys.provenance,
+                                    keys.stored, keys.blocked, keys.seq
+                             FROM keys WHERE keys.id = k_id;
+            END $$
+            """,
         ]
     }
 }

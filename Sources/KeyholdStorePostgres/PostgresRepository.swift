@@ -158,31 +158,53 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     }
 
     public func insertAndRelease(_ key: StoredKey, obtained: AuditEvent, release: ReleaseRequest) async throws -> (KeyInsertOutcome, StoredKey?) {
-        let id = key.record.id.description
-        return try await client.withTransaction(logger: logger) { conn in
-            try await conn.query("SELECT pg_advisory_xact_lock(\(Self.sequenceLock))", logger: logger)
-            var outcome = KeyInsertOutcome.inserted
-            if !(try await self.insertRow(conn, key)) {
-                var existing: [UInt8] = []
-                for try await f in try await conn.query("SELECT secret_fingerprint FROM keys WHERE id = \(id)", logger: logger).decode(ByteBuffer.self) {
-                    existing = Array(f.readableBytesView)
-                }
-                outcome = existing == key.secretFingerprint ? .alreadyPresent : .conflict
-            }
-            if outcome == .conflict {
-                var a = obtained
-                a.result = "conflict"
-                try await Self.insertAudit(conn, a, logger)
-                return (.conflict, nil)
-            }
-            if outcome == .inserted { try await Self.insertAudit(conn, obtained, logger) }
-            var released: StoredKey?
-            for try await row in try await conn.query("SELECT \(unescaped: Self.keyColumns) FROM keys WHERE id = \(id)", logger: logger) {
-                released = try Self.decodeKey(row)
-            }
-            try await Self.insertAudit(conn, release.auditEvent(for: released), logger)
-            return (outcome, released)
+        // One call of the function migration 3 created: one round trip, one commit.
+        for try await row in try await client.execute(InsertAndReleaseStatement(key: key, obtained: obtained, release: release), logger: logger) {
+            let cells = row.makeRandomAccess()
+            let outcome: KeyInsertOutcome = try StoredValue.enumeration(try cells[0].decode(String.self, context: .default))
+            return (outcome, outcome == .conflict ? nil : try Self.decodeKey(cells, from: 1))
         }
+        throw RepositoryError("keyhold_insert_and_release returned no row for key \(key.record.id)")
+    }
+
+    private struct InsertAndReleaseStatement: PostgresPreparedStatement {
+        static let name = "keyhold_insert_and_release_1"
+        static let sql = "SELECT * FROM keyhold_insert_and_release(\((1...23).map { "$\($0)" }.joined(separator: ", ")))"
+        typealias Row = PostgresRow
+        let key: StoredKey
+        let obtained: AuditEvent
+        let release: ReleaseRequest
+
+        func makeBindings() throws -> PostgresBindings {
+            let r = key.record
+            var b = PostgresBindings(capacity: 23)
+            b.append(r.id.description)
+            b.append(r.kind.rawValue)
+            b.append(r.originServerID.description)
+            b.append(r.originDeviceID.description)
+            b.append(r.created)
+            b.append(r.label)
+            b.append(r.state.rawValue)
+            b.append(ByteBuffer(bytes: key.wrappedSecret))
+            b.append(ByteBuffer(bytes: key.secretFingerprint))
+            b.append(key.provenance.rawValue)
+            b.append(key.stored)
+            b.append(key.blocked)
+            b.append(obtained.time)
+            b.append(obtained.actor)
+            b.append(obtained.action)
+            b.append(obtained.keyID?.description)
+            b.append(obtained.route)
+            b.append(obtained.result)
+            b.append(obtained.detail)
+            b.append(release.time)
+            b.append(release.actor)
+            b.append(release.route)
+            b.append(release.detail)
+            return b
+        }
+
+        func decodeRow(_ row: PostgresRow) throws -> PostgresRow { row }
     }
 
     public func insertKeys(_ batch: [StoredKey], audit: AuditEvent) async throws -> [KeyInsertOutcome] {
@@ -604,10 +626,24 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     // MARK: Settings
 
     public func setting(_ name: String) async throws -> String? {
-        for try await v in try await client.query("SELECT value FROM settings WHERE name = \(name)", logger: logger).decode(String.self) {
-            return v
+        // Read at every hop of a hierarchy lookup (the option): prepared, parsed and planned once.
+        for try await row in try await client.execute(SettingStatement(name: name), logger: logger) {
+            return try row.decode(String.self)
         }
         return nil
+    }
+
+    private struct SettingStatement: PostgresPreparedStatement {
+        static let name = "keyhold_setting_1"
+        static let sql = "SELECT value FROM settings WHERE name = $1"
+        typealias Row = PostgresRow
+        let name: String
+        func makeBindings() throws -> PostgresBindings {
+            var b = PostgresBindings(capacity: 1)
+            b.append(name)
+            return b
+        }
+        func decodeRow(_ row: PostgresRow) throws -> PostgresRow { row }
     }
 
     public func setSetting(_ name: String, _ value: String) async throws {

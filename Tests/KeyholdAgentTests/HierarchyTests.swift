@@ -140,6 +140,35 @@ import Testing
         #expect(try tree.d2.keyhold(["file", "decrypt", "f3.khf", "-o", "f3.txt"]).status == 0)
     }
 
+    @Test func aRevokedSecondaryIsRefusedOnItsNextLookup() async throws {
+        // The primary checks a secondary's enrollment inside the release statement; a revoked one
+        // must get client_revoked, be audited as such, and receive no key.
+        let t = try Self.server("RT"), s1 = try Self.server("RS1")
+        defer { s1.stop(); t.stop() }
+        try Self.join(s1, to: t)
+        let owner = try await t.enrollDevice("owner")
+        var ids: [KeyID] = []
+        for _ in 0..<2 {
+            let (record, _, request) = newKey(owner)
+            _ = try await using(try owner.client()) { try await $0.put(APIPath.key(record.id.description), request, as: EscrowResponse.self) }
+            ids.append(record.id)
+        }
+        let asker = try await s1.enrollDevice("asker")
+        let client = try asker.client()
+        defer { Task { await client.shutdown() } }
+        #expect(try await client.get(APIPath.key(ids[0].description), as: KeyResponse.self).record.id == ids[0])
+
+        // S1's enrollment at T (its id as T's client, not its own server id).
+        let listed = try t.admin(["secondary", "list"]).stdoutText.split(separator: "\n").dropFirst()
+        let s1ID = try #require(listed.first.map { String($0.split(separator: "\t")[0]) })
+        #expect(try t.admin(["secondary", "revoke", s1ID]).status == 0)
+        await expectCode("client_revoked") { _ = try await client.get(APIPath.key(ids[1].description), as: KeyResponse.self) }
+        let audit = try await t.auditEntries()
+        #expect(audit.filter { $0.action == "release" && $0.keyID == ids[1] }.isEmpty)
+        #expect(audit.contains { $0.actor == "server:\(s1ID)" && $0.result == "client_revoked" })
+        #expect(try await s1.auditEntries().contains { $0.keyID == ids[1] && $0.result == "client_revoked" })
+    }
+
     @Test func aConfiguredLoopAndASilentPrimaryGiveBoundedClearErrors() async throws {
         let a = try Self.server("A"), b = try Self.server("B")
         defer { a.stop(); b.stop() }

@@ -432,8 +432,13 @@ func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> Audi
         other.secretFingerprint = [UInt8](repeating: 3, count: 32)
         let conflict = try await repo.insertAndRelease(other, obtained: audit("obtain", key.record.id), release: release)
         #expect(conflict.0 == .conflict && conflict.1 == nil)
+        // A copy blocked here is returned as blocked and its release audited as refused.
+        _ = try await repo.setBlocked(id: key.record.id, blocked: true, audit: audit("block", key.record.id))
+        let blocked = try await repo.insertAndRelease(key, obtained: audit("obtain", key.record.id), release: release)
+        #expect(blocked.0 == .alreadyPresent && blocked.1?.blocked == true)
+        #expect((released?.sequence ?? 0) > 0 && (blocked.1?.sequence ?? 0) > (released?.sequence ?? 0))
         let events = try await repo.audit(after: 0, limit: 10).map { "\($0.action):\($0.result)" }
-        #expect(events == ["obtain:ok", "release:ok", "release:ok", "obtain:conflict"])
+        #expect(events == ["obtain:ok", "release:ok", "release:ok", "obtain:conflict", "block:ok", "release:key_blocked"])
         // No audit, no key: with audit writes failing nothing is stored or released.
         try await (repo as! any RepositoryFaultInjection).breakAuditWrites()
         let fresh = sampleKey(label: "never")
