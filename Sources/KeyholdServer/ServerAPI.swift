@@ -33,8 +33,11 @@ struct PeerIdentity: Sendable {
 }
 
 /// Reads, parses and hashes each connection's client certificate once, not at every request on a
-/// keep-alive connection. Entries leave when their connection closes; the close callback holds the
-/// channel until then, so no new channel can reuse a cached channel's identity while it is cached.
+/// keep-alive connection. A connection's peer certificate cannot change (TLS 1.3 has no
+/// renegotiation and swift-nio-ssl refuses it for older versions by default). Entries leave when
+/// their connection closes; the close callback holds the channel until then, so no new channel can
+/// reuse a cached channel's identity while it is cached. Enrollment state is never cached: it is
+/// checked at every request.
 final class PeerIdentityCache: Sendable {
     private let entries = Mutex<[ObjectIdentifier: PeerIdentity]>([:])
 
