@@ -41,8 +41,6 @@ struct PeerIdentity: Sendable {
 final class PeerIdentityCache: Sendable {
     private let entries = Mutex<[ObjectIdentifier: PeerIdentity]>([:])
 
-    var count: Int { entries.withLock { $0.count } }
-
     func identity(of channel: any Channel) async -> PeerIdentity? {
         let key = ObjectIdentifier(channel)
         if let known = entries.withLock({ $0[key] }) { return known }
