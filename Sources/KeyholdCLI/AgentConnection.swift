@@ -117,9 +117,7 @@ struct ReassignCommand: ParsableCommand {
             throw KeyholdError(.unreachable, "the agent answered without a report", hint: "check the agent's log")
         }
         if json {
-            let encoder = WireFormat.encoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+            print(try WireFormat.prettyText(report))
             return
         }
         if report.dryRun {
@@ -150,9 +148,7 @@ struct StatusCommand: ParsableCommand {
             throw KeyholdError(.unreachable, "the agent answered without a status", hint: "check the agent's log")
         }
         if json {
-            let encoder = WireFormat.encoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-            print(String(decoding: try encoder.encode(status), as: UTF8.self))
+            print(try WireFormat.prettyText(status))
             return
         }
         let date = { (d: Date?) in d.map { ISO8601DateFormatter().string(from: $0) } ?? "never" }

@@ -258,9 +258,7 @@ struct DriveCommand: ParsableCommand {
                 report.unlocked = LUKSVolume.isActive(name)
             }
             if json {
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-                print(String(decoding: try encoder.encode(report), as: UTF8.self))
+                print(try WireFormat.prettyText(report))
                 return
             }
             print("device:      \(device)")

@@ -265,9 +265,7 @@ extension FileCommand {
                 segments: layout.segments, fileSize: layout.fileSize, plaintextLength: layout.plaintextLength
             )
             if json {
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-                print(String(decoding: try encoder.encode(info), as: UTF8.self))
+                print(try WireFormat.prettyText(info))
             } else {
                 print(info.text)
             }

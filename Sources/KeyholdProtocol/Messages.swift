@@ -250,6 +250,13 @@ public enum WireFormat {
         return e
     }
 
+    /// Indented, sorted JSON for people and scripts (the `--json` output of the commands).
+    public static func prettyText<T: Encodable>(_ value: T) throws -> String {
+        let e = encoder()
+        e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: try e.encode(value), as: UTF8.self)
+    }
+
     public static func decoder() -> JSONDecoder {
         let d = JSONDecoder()
         d.dateDecodingStrategy = .iso8601

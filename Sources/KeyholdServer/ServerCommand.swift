@@ -51,9 +51,7 @@ func withAdmin<T>(_ options: DataDirOption, _ body: (APIClient) async throws -> 
 }
 
 func printJSON<T: Encodable>(_ value: T) throws {
-    let encoder = WireFormat.encoder()
-    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-    print(String(decoding: try encoder.encode(value), as: UTF8.self))
+    print(try WireFormat.prettyText(value))
 }
 
 func formatDate(_ date: Date?) -> String {
