@@ -1,5 +1,6 @@
 import Foundation
 import KeyholdClient
+import KeyholdCommandLine
 import KeyholdCore
 
 /// The agent's state directory (default `/var/lib/keyhold`, mode 0700): the enrolled identity
@@ -35,32 +36,10 @@ struct StateDirectory: Sendable {
 
     /// Writes a root-only file atomically: temporary file, fsync, rename, fsync of the folder.
     func write(_ target: String, _ data: Data) throws {
-        let temp = target + ".tmp"
-        let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw ioError("create", temp) }
-        defer { close(fd) }
-        var written = 0
-        try data.withUnsafeBytes { raw in
-            while written < raw.count {
-                let n = Glibc.write(fd, raw.baseAddress! + written, raw.count - written)
-                if n < 0 { if errno == EINTR { continue }; throw ioError("write", temp) }
-                written += n
-            }
-        }
-        guard fchmod(fd, 0o600) == 0, fsync(fd) == 0 else { throw ioError("sync", temp) }
-        guard rename(temp, target) == 0 else { throw ioError("rename", target) }
-        let dir = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dir >= 0 {
-            fsync(dir)
-            close(dir)
-        }
+        try AtomicFileWriter.replace(target, with: data, mode: 0o600)
     }
 
     func read(_ file: String) -> Data? { FileManager.default.contents(atPath: file) }
-
-    private func ioError(_ what: String, _ file: String) -> KeyholdError {
-        KeyholdError(.ioFailed, "cannot \(what) \(file): \(String(cString: strerror(errno)))", hint: "check the state directory's permissions and free space")
-    }
 
     func loadIdentity(_ file: String? = nil) throws -> EnrolledIdentity? {
         let file = file ?? identity

@@ -54,10 +54,7 @@ struct KeyCommand: ParsableCommand {
             )
             var json = try KeyMaterial(record: record, secret: .generate()).keyFileJSON()
             defer { json.withUnsafeMutableBytes { SecretKey.wipe($0) } }
-            let writer = try AtomicFileWriter(destination: output)
-            var sink = writer.sink
-            try json.withUnsafeBytes { try sink.write($0) }
-            try writer.commit(mode: 0o600)
+            try AtomicFileWriter.replace(output, with: json, mode: 0o600)
             print(record.id)
         }
     }

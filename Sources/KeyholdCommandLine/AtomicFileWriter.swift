@@ -3,6 +3,7 @@ public import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+public import Foundation
 import KeyholdCore
 
 /// Writes a file so that its destination shows either its old content or the complete new one,
@@ -26,6 +27,22 @@ public final class AtomicFileWriter {
         }
         self.fd = fd
         self.temporaryPath = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// Replaces `destination` with `data`, atomically and durably, with permissions `mode`. The
+    /// bytes go straight from `data` to the file (no copy: callers write secrets through this).
+    public static func replace(_ destination: String, with data: Data, mode: mode_t) throws {
+        let writer = try AtomicFileWriter(destination: destination)
+        try data.withUnsafeBytes { try writer.append($0) }
+        try writer.commit(mode: mode)
+    }
+
+    /// Appends all of `bytes` to the temporary file.
+    public func append(_ bytes: UnsafeRawBufferPointer) throws {
+        var done = 0
+        while done < bytes.count {
+            done += try SystemCall.check("write", path: destination) { write(fd, bytes.baseAddress! + done, bytes.count - done) }
+        }
     }
 
     /// Makes the new content durable and visible under ``destination``.

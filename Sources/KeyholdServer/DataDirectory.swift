@@ -1,4 +1,5 @@
 import Foundation
+import KeyholdCommandLine
 import KeyholdCore
 
 /// The server's data directory: configuration, master key, CA and certificates (and the SQLite
@@ -35,17 +36,8 @@ struct DataDirectory: Sendable {
     }
 
     /// Writes `data` to `name` atomically with `mode`.
-    func write(_ name: String, _ data: Data, mode: Int) throws {
-        let target = url.appendingPathComponent(name)
-        let temp = url.appendingPathComponent(".\(name).tmp")
-        FileManager.default.createFile(atPath: temp.path, contents: nil, attributes: [.posixPermissions: mode])
-        let handle = try FileHandle(forWritingTo: temp)
-        try handle.write(contentsOf: data)
-        try handle.synchronize()
-        try handle.close()
-        guard rename(temp.path, target.path) == 0 else {
-            throw KeyholdError(.ioFailed, "cannot write \(target.path): \(String(cString: strerror(errno)))", hint: "check the data directory's permissions and free space")
-        }
+    func write(_ name: String, _ data: Data, mode: mode_t) throws {
+        try AtomicFileWriter.replace(url.appendingPathComponent(name).path, with: data, mode: mode)
     }
 
     func read(_ path: String) throws -> Data {

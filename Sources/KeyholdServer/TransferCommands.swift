@@ -69,12 +69,7 @@ extension KeyAdminCommand {
             do {
                 try await data.adminClient(timeout: KeyAdminCommand.transferTimeout).using { client in
                     try await client.download(APIPath.adminKeysExport, body) { bytes in
-                        try bytes.withUnsafeBytes { raw in
-                            var done = 0
-                            while done < raw.count {
-                                done += try SystemCall.check("write", path: output) { write(writer.fd, raw.baseAddress! + done, raw.count - done) }
-                            }
-                        }
+                        try bytes.withUnsafeBytes { try writer.append($0) }
                         written += bytes.count
                         progress.update(written)
                     }
