@@ -1,45 +1,40 @@
 public import Foundation
 public import KeyholdCore
 
-/// One key in an export document: the key file's fields plus `blocked`.
+/// One key in an export document: the key record's fields (as ``KeyRecord`` codes them, so the
+/// same as in a key file) plus `blocked` and `secret`, side by side in one JSON object.
 public struct ExportedKey: Codable, Sendable {
-    public var id: KeyID
-    public var kind: KeyKind
-    public var originServerID: ServerID
-    public var originDeviceID: DeviceID
-    public var created: Date
-    public var label: String
-    public var state: KeyState
+    public var record: KeyRecord
     public var blocked: Bool
     /// The 32-byte secret, base64 (standard, padded).
     public var secret: String
 
-    enum CodingKeys: String, CodingKey {
-        case id, kind, created, label, state, blocked, secret
-        case originServerID = "origin_server_id"
-        case originDeviceID = "origin_device_id"
-    }
+    private enum ExtraKeys: String, CodingKey { case blocked, secret }
 
     public init(_ material: KeyMaterial, blocked: Bool) {
-        id = material.record.id
-        kind = material.record.kind
-        originServerID = material.record.originServerID
-        originDeviceID = material.record.originDeviceID
-        created = material.record.created
-        label = material.record.label
-        state = material.record.state
+        record = material.record
         self.blocked = blocked
         secret = material.secret.withUnsafeBytes { Data($0).base64EncodedString() }
     }
 
-    public var record: KeyRecord {
-        KeyRecord(id: id, kind: kind, originServerID: originServerID, originDeviceID: originDeviceID, created: created, label: label, state: state)
+    public init(from decoder: any Decoder) throws {
+        record = try KeyRecord(from: decoder)
+        let extra = try decoder.container(keyedBy: ExtraKeys.self)
+        blocked = try extra.decode(Bool.self, forKey: .blocked)
+        secret = try extra.decode(String.self, forKey: .secret)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        try record.encode(to: encoder)
+        var extra = encoder.container(keyedBy: ExtraKeys.self)
+        try extra.encode(blocked, forKey: .blocked)
+        try extra.encode(secret, forKey: .secret)
     }
 
     /// The secret as a key; `invalid_key` unless it is base64 of exactly 32 bytes.
     public func secretKey() throws -> SecretKey {
         guard let bytes = Data(base64Encoded: secret), bytes.count == SecretKey.byteCount else {
-            throw KeyholdError(.invalidKey, "key \(id) in the export has a secret that is not 32 bytes of base64", hint: "the export document is malformed; see docs/spec/export.md")
+            throw KeyholdError(.invalidKey, "key \(record.id) in the export has a secret that is not 32 bytes of base64", hint: "the export document is malformed; see docs/spec/export.md")
         }
         return try SecretKey(bytes: bytes)
     }

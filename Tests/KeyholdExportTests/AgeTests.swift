@@ -144,10 +144,27 @@ import Testing
     func roundTripInAnyPieces(piece: Int) throws {
         let keys = sampleKeys(25)
         let back = try read(try document(keys), piece: piece)
-        #expect(back.map(\.id) == keys.map(\.id))
+        #expect(back.map(\.record.id) == keys.map(\.record.id))
         #expect(back.map(\.secret) == keys.map(\.secret))
         #expect(back.map(\.blocked) == keys.map(\.blocked))
-        #expect(back.map(\.label) == keys.map(\.label))
+        #expect(back.map(\.record.label) == keys.map(\.record.label))
+    }
+
+    @Test func anElementIsOneFlatObjectWithSortedKeys() throws {
+        // docs/spec/export.md: the record's fields, `blocked` and `secret` side by side.
+        let record = KeyRecord(
+            id: KeyID("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0")!, kind: .drive, originServerID: ServerID("11111111-2222-3333-4444-555555555555")!,
+            originDeviceID: DeviceID("66666666-7777-8888-9999-aaaaaaaaaaaa")!, created: Date(timeIntervalSince1970: 1_800_000_000), label: "USB \"stick\"/1"
+        )
+        var writer = ExportDocumentWriter()
+        let element = try writer.element(ExportedKey(KeyMaterial(record: record, secret: try SecretKey(bytes: Data(repeating: 7, count: 32))), blocked: true))
+        let expected = #"{"blocked":true,"created":"2027-01-15T08:00:00Z","id":"0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0","kind":"drive","label":"USB \"stick\"/1","#
+            + #""origin_device_id":"66666666-7777-8888-9999-aaaaaaaaaaaa","origin_server_id":"11111111-2222-3333-4444-555555555555","#
+            + #""secret":"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=","state":"active"}"#
+        #expect(String(decoding: element, as: UTF8.self) == expected)
+        var reader = ExportDocumentReader()
+        let back = try reader.feed(writer.opening(server: record.originServerID, exported: Date()) + element + writer.closing())
+        #expect(back.map(\.record) == [record] && back.map(\.blocked) == [true])
     }
 
     @Test func emptyExportAndForeignLayout() throws {
@@ -158,7 +175,7 @@ import Testing
         encoder.dateEncodingStrategy = .iso8601
         let items = try keys.map { String(decoding: try encoder.encode($0), as: UTF8.self) }.joined(separator: " ,\n\t ")
         let text = "  {\n \"format\" : \"keyhold-key-export\", \"version\":1, \"note\": {\"a\": [1, \"]\"]}, \"keys\" : [ \(items) ] }\n"
-        #expect(try read(Array(text.utf8), piece: 5).map(\.id) == keys.map(\.id))
+        #expect(try read(Array(text.utf8), piece: 5).map(\.record.id) == keys.map(\.record.id))
     }
 
     @Test func malformedDocumentsAreRefused() throws {
