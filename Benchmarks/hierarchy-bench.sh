@@ -4,29 +4,13 @@
 #   Benchmarks/hierarchy-bench.sh BIN_DIR      (run inside scripts/test-postgres.sh; make bench does)
 # Knobs: KEYS (1000000), LOOKUPS (2000). Targets: push < 60 s, no keys sent when idle, p99 < 20 ms.
 set -euo pipefail
-BIN=$(readlink -f "${1:?usage: $0 BIN_DIR}")
 KEYS=${KEYS:-1000000}; LOOKUPS=${LOOKUPS:-2000}
-: "${KEYHOLD_TEST_POSTGRES_URL:?run this through scripts/test-postgres.sh}"
-PGHOST=$(python3 -c 'import sys,urllib.parse as u; print(u.parse_qs(u.urlparse(sys.argv[1]).query)["host"][0])' "$KEYHOLD_TEST_POSTGRES_URL")
-PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-W=$(mktemp -d /tmp/keyhold-hierarchy-bench-XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
-trap cleanup EXIT
+source "$(dirname "$0")/common.sh"
 
-start() { # NAME DB
-  local dir="$W/$1"
-  "$BIN/keyhold-server" init --data-dir "$dir" --listen 127.0.0.1:0 --enroll-listen 127.0.0.1:0 --use-hierarchy --db "$2" > /dev/null
-  "$BIN/keyhold-server" run --data-dir "$dir" --log-level error --hierarchy-heartbeat 3600 > "$W/$1.log" 2>&1 &
-  PIDS+=($!)
-  for _ in $(seq 300); do [ -s "$dir/runtime.json" ] && return 0; sleep 0.1; done
-  echo "server $1 did not start"; cat "$W/$1.log"; exit 1
-}
 join() { # SECONDARY PRIMARY
   local token; token=$("$BIN/keyhold-server" token create --role server --data-dir "$W/$2")
   "$BIN/keyhold-server" primary join "$token" --data-dir "$W/$1" > /dev/null
 }
-field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 
 declare -A OUT
 for backend in sqlite postgres; do
@@ -36,7 +20,7 @@ for backend in sqlite postgres; do
       "$PGBIN/createdb" -h "$PGHOST" -U keyhold "hb_$s"
       db="postgres:///hb_$s?host=$PGHOST&user=keyhold"
     fi
-    start "$backend-$s" "$db"
+    start "$backend-$s" "$db" --use-hierarchy
   done
   join "$backend-S1" "$backend-T"
   join "$backend-S3" "$backend-S1"

@@ -10,25 +10,8 @@
 # The HTTP ceiling is the same clients asking the health endpoint: mutual TLS, HTTP and routing
 # with no database, so the table shows what the database part costs on top.
 set -euo pipefail
-BIN=$(readlink -f "${1:?usage: $0 BIN_DIR}")
 KEYS=${KEYS:-100000}; CLIENTS=${CLIENTS:-64}; SECONDS_RUN=${DURATION:-10}
-: "${KEYHOLD_TEST_POSTGRES_URL:?run this through scripts/test-postgres.sh}"
-PGHOST=$(python3 -c 'import sys,urllib.parse as u; q=u.parse_qs(u.urlparse(sys.argv[1]).query); print(q["host"][0])' "$KEYHOLD_TEST_POSTGRES_URL")
-PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-W=$(mktemp -d /tmp/keyhold-release-bench-XXXXXX)
-SERVER_PID=""
-cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; rm -rf "$W"; }
-trap cleanup EXIT
-
-start_server() { # DIR
-  rm -f "$1/runtime.json"
-  "$BIN/keyhold-server" run --data-dir "$1" --log-level error > "$W/server.log" 2>&1 &
-  SERVER_PID=$!
-  for _ in $(seq 300); do [ -s "$1/runtime.json" ] && return 0; sleep 0.1; done
-  echo "server did not start:"; cat "$W/server.log"; exit 1
-}
-stop_server() { kill -TERM "$SERVER_PID"; wait "$SERVER_PID" || true; SERVER_PID=""; }
-field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+source "$(dirname "$0")/common.sh"
 
 declare -A HTTP LIMIT P50 P99 CEIL
 for backend in sqlite postgres; do
@@ -38,8 +21,7 @@ for backend in sqlite postgres; do
     "$PGBIN/createdb" -h "$PGHOST" -U keyhold keyhold_bench
     db="postgres:///keyhold_bench?host=$PGHOST&user=keyhold"
   fi
-  "$BIN/keyhold-server" init --data-dir "$dir" --listen 127.0.0.1:0 --enroll-listen 127.0.0.1:0 --db "$db" > /dev/null
-  start_server "$dir"
+  start "$backend" "$db"
   echo "== $backend: $KEYS keys, $CLIENTS concurrent mutual-TLS keep-alive clients, ${SECONDS_RUN}s"
   both=$("$BIN/keyhold-release-bench" load --data-dir "$dir" --keys "$KEYS" --clients "$CLIENTS" --seconds "$SECONDS_RUN" --ceiling)
   ceiling=$(sed -n 1p <<<"$both"); out=$(sed -n 2p <<<"$both")
@@ -47,7 +29,7 @@ for backend in sqlite postgres; do
   HTTP[$backend]=$(field "$out" perSecond); P50[$backend]=$(field "$out" p50ms); P99[$backend]=$(field "$out" p99ms)
   echo "   http ceiling (health endpoint): $ceiling"
   echo "   http release: $out"
-  stop_server
+  stop "$backend"
   if [ $backend = sqlite ]; then
     lim=$("$BIN/keyhold-release-bench" sqlite-limit --database "$dir/keyhold.sqlite" --seconds "$SECONDS_RUN")
     LIMIT[$backend]=$(field "$lim" perSecond)

@@ -6,27 +6,10 @@
 #   Benchmarks/transfer-bench.sh BIN_DIR      (run inside scripts/test-postgres.sh; make bench does)
 # Knobs: KEYS (1000000).
 set -euo pipefail
-BIN=$(readlink -f "${1:?usage: $0 BIN_DIR}")
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 KEYS=${KEYS:-1000000}
-: "${KEYHOLD_TEST_POSTGRES_URL:?run this through scripts/test-postgres.sh}"
-PGHOST=$(python3 -c 'import sys,urllib.parse as u; print(u.parse_qs(u.urlparse(sys.argv[1]).query)["host"][0])' "$KEYHOLD_TEST_POSTGRES_URL")
-PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-W=$(mktemp -d /tmp/keyhold-transfer-bench-XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
-trap cleanup EXIT
+source "$(dirname "$0")/common.sh"
 echo "transfer bench password" > "$W/pw"
-
-start() { # NAME DB -> sets PID_<NAME>
-  local dir="$W/$1"
-  "$BIN/keyhold-server" init --data-dir "$dir" --listen 127.0.0.1:0 --enroll-listen 127.0.0.1:0 --use-hierarchy --db "$2" > /dev/null
-  "$BIN/keyhold-server" run --data-dir "$dir" --log-level error --hierarchy-heartbeat 3600 > "$W/$1.log" 2>&1 &
-  PIDS+=($!)
-  eval "PID_${1//-/_}=$!"
-  for _ in $(seq 300); do [ -s "$dir/runtime.json" ] && return 0; sleep 0.1; done
-  echo "server $1 did not start"; cat "$W/$1.log"; exit 1
-}
 # Resets a process's peak RSS (VmHWM) so the next reading covers only what follows.
 reset_peak() { echo 5 > "/proc/$1/clear_refs"; }
 peak_mib() { awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
@@ -39,7 +22,7 @@ for backend in sqlite postgres; do
       "$PGBIN/createdb" -h "$PGHOST" -U keyhold "tb_$s"
       db="postgres:///tb_$s?host=$PGHOST&user=keyhold"
     fi
-    start "$backend-$s" "$db"
+    start "$backend-$s" "$db" --use-hierarchy
   done
   a=$(eval echo "\$PID_${backend}_A"); b=$(eval echo "\$PID_${backend}_B")
   echo "== $backend: seeding $KEYS keys into A"

@@ -1,0 +1,38 @@
+# Sourced by the benchmark scripts (after their own knobs), with the script's arguments:
+#   BIN      the folder of the release binaries (first argument)
+#   PGHOST   the socket folder of the PostgreSQL that scripts/test-postgres.sh started
+#   PGBIN    the newest PostgreSQL client/server binaries (createdb, pgbench, psql)
+#   W        a work folder, removed at exit together with every server started here
+#   start NAME DB [INIT FLAGS…]   init and run a server in $W/NAME on loopback ports; its pid is in
+#                                  PIDS and in PID_<NAME> (dashes become underscores)
+#   stop NAME                     stop it gracefully (SIGTERM) and wait for it
+#   field JSON NAME               one field of a JSON object
+set -euo pipefail
+BIN=$(readlink -f "${1:?usage: $0 BIN_DIR}")
+: "${KEYHOLD_TEST_POSTGRES_URL:?run this through scripts/test-postgres.sh}"
+PGHOST=$(python3 -c 'import sys,urllib.parse as u; print(u.parse_qs(u.urlparse(sys.argv[1]).query)["host"][0])' "$KEYHOLD_TEST_POSTGRES_URL")
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+W=$(mktemp -d "/tmp/keyhold-$(basename "$0" .sh)-XXXXXX")
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
+trap cleanup EXIT
+
+start() { # NAME DB [INIT FLAGS…]
+  local name=$1 db=$2 dir="$W/$1"
+  shift 2
+  "$BIN/keyhold-server" init --data-dir "$dir" --listen 127.0.0.1:0 --enroll-listen 127.0.0.1:0 --db "$db" "$@" > /dev/null
+  "$BIN/keyhold-server" run --data-dir "$dir" --log-level error --hierarchy-heartbeat 3600 > "$W/$name.log" 2>&1 &
+  PIDS+=($!)
+  eval "PID_${name//-/_}=$!"
+  for _ in $(seq 300); do [ -s "$dir/runtime.json" ] && return 0; sleep 0.1; done
+  echo "server $name did not start"; cat "$W/$name.log"; exit 1
+}
+
+field() { # JSON NAME: one field of a JSON object
+  python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"
+}
+
+stop() { # NAME
+  local pid; pid=$(eval echo "\$PID_${1//-/_}")
+  kill -TERM "$pid"; wait "$pid" || true
+}
