@@ -1,8 +1,9 @@
 // keyhold-release-bench: measures key release from a running keyhold-server.
 //
-//   keyhold-release-bench load --data-dir DIR --keys 100000 --clients 32 --seconds 10
-//       enrolls a device, escrows KEYS keys (skipped when enough are there), then CLIENTS concurrent
-//       keep-alive mutual-TLS clients fetch random keys for SECONDS; prints keys/s, p50, p99 (JSON).
+//   keyhold-release-bench load --data-dir DIR --keys 100000 --clients 64 --seconds 10 [--ceiling]
+//       enrolls a device, escrows KEYS new keys, then CLIENTS concurrent keep-alive mutual-TLS
+//       connections (LoadClient) fetch random keys for SECONDS; prints keys/s, p50, p99 (JSON). With
+//       --ceiling it first measures the health endpoint over the same connections (one line more).
 //   keyhold-release-bench sqlite-limit --database FILE --seconds 10
 //       the storage limit on SQLite: the server's release transaction (point read + durable audit
 //       insert) through the same driver, without HTTP.
@@ -40,9 +41,9 @@ func emit(_ r: Result) throws {
 }
 
 /// Runs `work` from `concurrency` tasks until `seconds` pass; returns latencies (ms) and errors.
-func drive(concurrency: Int, seconds: Double, _ work: @escaping @Sendable (Int) async throws -> Void) async -> ([Double], Int, Double) {
+func drive(concurrency: Int, seconds duration: Double, _ work: @escaping @Sendable (Int) async throws -> Void) async -> ([Double], Int, Double) {
     let start = ContinuousClock.now
-    let end = start + .milliseconds(Int(seconds * 1000))
+    let end = start + .milliseconds(Int(duration * 1000))
     let results = await withTaskGroup(of: ([Double], Int).self) { group in
         for worker in 0..<concurrency {
             group.addTask {
@@ -52,8 +53,7 @@ func drive(concurrency: Int, seconds: Double, _ work: @escaping @Sendable (Int) 
                 while ContinuousClock.now < end {
                     let t0 = ContinuousClock.now
                     do { try await work(i) } catch { errors += 1 }
-                    let d = ContinuousClock.now - t0
-                    lat.append(Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15)
+                    lat.append(seconds(ContinuousClock.now - t0) * 1000)
                     i += concurrency
                 }
                 return (lat, errors)
@@ -67,15 +67,14 @@ func drive(concurrency: Int, seconds: Double, _ work: @escaping @Sendable (Int) 
         }
         return (all, errors)
     }
-    let elapsed = ContinuousClock.now - start
-    return (results.0.sorted(), results.1, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+    return (results.0.sorted(), results.1, seconds(ContinuousClock.now - start))
 }
 
 struct Load: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "load")
     @Option var dataDir: String
     @Option var keys = 100_000
-    @Option var clients = 32
+    @Option var clients = 64
     @Option var seconds = 10.0
     @Flag(help: "Also measure the health endpoint over the same connections (the HTTP ceiling).") var ceiling = false
 
