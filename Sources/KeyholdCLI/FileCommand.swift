@@ -34,21 +34,28 @@ struct DestinationOptions: ParsableArguments {
     @Flag(name: .shortAndLong, help: "Print nothing on success.")
     var quiet = false
 
-    /// The destination path (`-` for standard output), after checking the combination is sensible.
-    func destination(for input: String, inputFile: InputFile) throws -> String {
+    /// Opens the input: with `--in-place` without following a final symbolic link.
+    func open(_ input: String) throws -> InputFile {
+        if inPlace, input == "-" {
+            throw KeyholdError(.usage, "--in-place needs a regular file, not standard input", hint: "use --output to write elsewhere")
+        }
+        return try InputFile(path: input, followingLinks: !inPlace)
+    }
+
+    /// Where the result goes: standard output, a path, or the input itself (checked by
+    /// ``InPlaceReplacement``), after checking the combination is sensible.
+    func destination(for input: String, inputFile: InputFile) throws -> Destination {
         if inPlace {
             guard output == nil else {
                 throw KeyholdError(.usage, "--in-place and --output cannot be used together", hint: "give one of them")
             }
-            guard input != "-", inputFile.regularFileStatus != nil else {
-                throw KeyholdError(.usage, "--in-place needs a regular file, not \(inputFile.name)", hint: "use --output to write elsewhere")
-            }
-            return input
+            return .inPlace(try InPlaceReplacement(path: input, input: inputFile))
         }
         guard let output else {
             throw KeyholdError(.usage, "no destination given", hint: "add '-o OUTPUT' (or '-o -' for standard output), or --in-place")
         }
-        guard output != "-" else { return output }
+        guard output != "-" else { return .standardOutput }
+        try AtomicFileWriter.refuseSymbolicLink(output, role: "the output")
         var st = stat()
         if stat(output, &st) == 0 {
             if let inStat = inputFile.regularFileStatus, inStat.st_dev == st.st_dev, inStat.st_ino == st.st_ino {
@@ -58,7 +65,7 @@ struct DestinationOptions: ParsableArguments {
                 throw KeyholdError(.destinationExists, "\(output) already exists", hint: "choose another name, or add --force to replace it")
             }
         }
-        return output
+        return .file(output)
     }
 
     func say(_ text: String) {
@@ -66,12 +73,29 @@ struct DestinationOptions: ParsableArguments {
     }
 }
 
+/// Where a `file` command writes its result.
+enum Destination {
+    case standardOutput
+    /// A new file (or one replaced with `--force`).
+    case file(String)
+    /// The input itself, under the rules of ``InPlaceReplacement``.
+    case inPlace(InPlaceReplacement)
+
+    /// How messages name it.
+    var name: String {
+        switch self {
+        case .standardOutput: return "standard output"
+        case .file(let path): return path
+        case .inPlace(let replacement): return replacement.path
+        }
+    }
+}
+
 /// Runs a streaming transform from an input to a destination, atomically unless it is standard output.
 enum Transform {
     static func run(
         input inputFile: InputFile,
-        destination: String,
-        inPlace: Bool,
+        destination: Destination,
         newFileMode: mode_t,
         progressLabel: String,
         _ body: (inout FileDescriptorSource, inout FileDescriptorSink, ProgressLine) throws -> StreamSummary
@@ -79,11 +103,15 @@ enum Transform {
         var source = inputFile.source
         let progress = ProgressLine(progressLabel, total: inputFile.size)
         defer { progress.finish() }
-        if destination == "-" {
+        let path: String
+        switch destination {
+        case .standardOutput:
             var sink = FileDescriptorSink(fd: STDOUT_FILENO, name: "standard output")
             return try body(&source, &sink, progress)
+        case .file(let p): path = p
+        case .inPlace(let replacement): path = replacement.path
         }
-        let writer = try AtomicFileWriter(destination: destination)
+        let writer = try AtomicFileWriter(destination: path)
         var sink = writer.sink
         let summary: StreamSummary
         do {
@@ -92,8 +120,10 @@ enum Transform {
             writer.abort()
             throw error
         }
-        if inPlace, let st = inputFile.regularFileStatus {
-            try writer.commit(mode: st.st_mode & 0o7777, owner: (st.st_uid, st.st_gid))
+        if case .inPlace(let replacement) = destination {
+            let st = replacement.original
+            try writer.commit(mode: st.st_mode & 0o7777, owner: (st.st_uid, st.st_gid), beforeRename: replacement.checkUnchanged)
+            try replacement.checkOriginalGone(fd: inputFile.fd)
         } else {
             try writer.commit(mode: newFileMode)
         }
@@ -133,12 +163,9 @@ extension FileCommand {
         var segmentSize: Int = FileHeader.defaultSegmentSize
 
         func run() throws {
-            let inputFile = try InputFile(path: input)
-            // The agent escrows a new key before handing it out; asked only once the input opened.
-            let key = try keyFile.map(KeyFile.load) ?? agent.connection().key(AgentRequest(op: "file-key"))
-            let header = try makeHeader(key)
+            let inputFile = try destination.open(input)
             let target = try destination.destination(for: input, inputFile: inputFile)
-            if target == "-", isatty(STDOUT_FILENO) == 1 {
+            if case .standardOutput = target, isatty(STDOUT_FILENO) == 1 {
                 throw KeyholdError(.usage, "refusing to write encrypted bytes to a terminal", hint: "redirect standard output to a file, or use -o FILE")
             }
             if destination.inPlace, !destination.force, try Self.startsWithMagic(inputFile) {
@@ -147,14 +174,17 @@ extension FileCommand {
                     hint: "to encrypt it a second time anyway, add --force"
                 )
             }
+            // The agent escrows a new key before handing it out; asked only once the input opened
+            // and the destination passed its checks.
+            let key = try keyFile.map(KeyFile.load) ?? agent.connection().key(AgentRequest(op: "file-key"))
+            let header = try makeHeader(key)
             let summary = try Transform.run(
-                input: inputFile, destination: target, inPlace: destination.inPlace,
+                input: inputFile, destination: target,
                 newFileMode: 0o666 & ~AtomicFileWriter.currentUmask, progressLabel: "encrypting"
             ) { source, sink, progress in
                 try KeyholdFile.encrypt(from: &source, to: &sink, key: key.secret, header: header, progress: progress.update)
             }
-            let where_ = target == "-" ? "standard output" : target
-            destination.say("encrypted \(inputFile.name) to \(where_) (\(summary.plaintextBytes) bytes, key \(header.keyID))")
+            destination.say("encrypted \(inputFile.name) to \(target.name) (\(summary.plaintextBytes) bytes, key \(header.keyID))")
         }
 
         private func makeHeader(_ key: KeyFile) throws -> FileHeader {
@@ -213,7 +243,7 @@ extension FileCommand {
         @OptionGroup var agent: AgentOptions
 
         func run() throws {
-            let inputFile = try InputFile(path: input)
+            let inputFile = try destination.open(input)
             let target = try destination.destination(for: input, inputFile: inputFile)
             // Read the header first: it names the key the agent must provide.
             var head = [UInt8](repeating: 0, count: FileHeader.length)
@@ -222,14 +252,13 @@ extension FileCommand {
             let header = try FileHeader(parsing: head[..<n])
             let key = try keyFile.map(KeyFile.load) ?? agent.connection().key(AgentRequest(op: "key", keyID: header.keyID))
             let summary = try Transform.run(
-                input: inputFile, destination: target, inPlace: destination.inPlace,
+                input: inputFile, destination: target,
                 newFileMode: 0o600, progressLabel: "decrypting"
             ) { source, sink, progress in
                 var replay = PrefixedSource(prefix: Array(head[..<n]), base: source)
                 return try KeyholdFile.decrypt(from: &replay, to: &sink, key: key.secret, expecting: key.record?.id, progress: progress.update)
             }
-            let where_ = target == "-" ? "standard output" : target
-            destination.say("decrypted \(inputFile.name) to \(where_) (\(summary.plaintextBytes) bytes)")
+            destination.say("decrypted \(inputFile.name) to \(target.name) (\(summary.plaintextBytes) bytes)")
         }
     }
 

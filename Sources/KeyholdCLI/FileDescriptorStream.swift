@@ -40,13 +40,23 @@ final class InputFile {
     let regularFileStatus: stat?
     private let owned: Bool
 
-    init(path: String) throws {
+    /// Opens `path` (`-`: standard input). With `followingLinks: false` a final symbolic link is
+    /// refused (`unsafe_path`) rather than opened: what `--in-place` replaces must be the file itself.
+    init(path: String, followingLinks: Bool = true) throws {
         if path == "-" {
             fd = STDIN_FILENO
             name = "standard input"
             owned = false
         } else {
-            fd = try SystemCall.check("open", path: path) { open(path, O_RDONLY | O_CLOEXEC) }
+            if !followingLinks { try AtomicFileWriter.refuseSymbolicLink(path, role: "the input") }
+            let flags = O_RDONLY | O_CLOEXEC | (followingLinks ? 0 : O_NOFOLLOW)
+            do {
+                fd = try SystemCall.check("open", path: path) { open(path, flags) }
+            } catch {
+                // A link put there since the check above: the same refusal.
+                if errno == ELOOP { try AtomicFileWriter.refuseSymbolicLink(path, role: "the input") }
+                throw error
+            }
             name = path
             owned = true
         }

@@ -18,7 +18,10 @@ public final class AtomicFileWriter {
     private var finished = false
 
     /// Creates the temporary file (mode 0600 until ``commit(mode:owner:)``).
+    /// - Throws: `unsafe_path` when `destination` is a symbolic link: the rename would replace the
+    ///   link itself and leave the file it points to as it was, which is never what the caller means.
     public init(destination: String) throws {
+        try Self.refuseSymbolicLink(destination, role: "the destination")
         self.destination = destination
         let (folder, base) = Self.split(destination)
         var template = Array("\(folder)/.\(base).keyhold-XXXXXX".utf8CString)
@@ -49,7 +52,9 @@ public final class AtomicFileWriter {
     /// - Parameters:
     ///   - mode: permission bits of the finished file.
     ///   - owner: user and group to give it (used when replacing a file in place as root).
-    public func commit(mode: mode_t, owner: (uid_t, gid_t)? = nil) throws {
+    ///   - beforeRename: a last check once the new content is durable; if it throws, the
+    ///     temporary file is removed and the destination is untouched.
+    public func commit(mode: mode_t, owner: (uid_t, gid_t)? = nil, beforeRename: () throws -> Void = {}) throws {
         precondition(!finished)
         defer { if !finished { abort() } }
         if let (uid, gid) = owner, geteuid() == 0 {
@@ -57,6 +62,7 @@ public final class AtomicFileWriter {
         }
         try SystemCall.check("set the permissions of", path: destination) { fchmod(fd, mode) }
         try SystemCall.check("sync", path: destination) { fsync(fd) }
+        try beforeRename()
         close(fd)
         finished = true
         do {
@@ -90,6 +96,19 @@ public final class AtomicFileWriter {
         guard let slash = path.lastIndex(of: "/") else { return (".", path) }
         let folder = String(path[..<slash])
         return (folder.isEmpty ? "/" : folder, String(path[path.index(after: slash)...]))
+    }
+
+    /// Throws `unsafe_path` if `path` itself is a symbolic link (links in the folders above it are
+    /// followed as usual). `role` names the path in the message ("the destination", "the input").
+    public static func refuseSymbolicLink(_ path: String, role: String) throws {
+        var st = stat()
+        guard lstat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFLNK else { return }
+        let target = realpath(path, nil).map { p in defer { free(p) }; return String(cString: p) }
+        throw KeyholdError(
+            .unsafePath,
+            "\(role) \(path) is a symbolic link\(target.map { " to \($0)" } ?? ""); Keyhold replaces files by name, so it would replace the link and leave \(target ?? "its target") as it was",
+            hint: target.map { "give the file itself: \($0)" } ?? "give the path of a regular file, not a link"
+        )
     }
 
     /// Whether anything exists at `path` (a file, a folder, a dangling link).

@@ -68,6 +68,10 @@ public struct KeyholdError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let deviceBusy = Code(rawValue: "device_busy")
         /// The kernel offers no device-mapper (dm-crypt), so a LUKS drive cannot be activated here.
         public static let deviceMapperUnavailable = Code(rawValue: "device_mapper_unavailable")
+        /// Replacing the path could leave the original content behind or write somewhere else: it
+        /// is a symbolic link, has other hard links, lies in a folder others can write, or changed
+        /// while Keyhold worked on it.
+        public static let unsafePath = Code(rawValue: "unsafe_path")
         /// The password does not open the (export) file.
         public static let wrongPassword = Code(rawValue: "wrong_password")
     }

@@ -110,6 +110,90 @@ import Testing
         #expect(try others(dir, except: ["k.json", "notes.txt"]).isEmpty)
     }
 
+    // Trust boundary, defect 1: `--in-place` through a symbolic link left the plaintext target.
+
+    @Test func inPlaceThroughASymbolicLinkIsRefusedAndLeavesBothAsTheyWere() throws {
+        let dir = try folder()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        _ = try keyhold(["key", "new", "-o", "k.json"], in: dir)
+        try FileManager.default.createDirectory(at: dir.appendingPathComponent("real"), withIntermediateDirectories: true)
+        let secret = Data("TOP SECRET\n".utf8)
+        try secret.write(to: dir.appendingPathComponent("real/secret.txt"))
+        try FileManager.default.createSymbolicLink(atPath: dir.appendingPathComponent("slink.txt").path, withDestinationPath: "real/secret.txt")
+        for verb in ["encrypt", "decrypt"] {
+            for extra in [[], ["--force"]] {
+                let r = try keyhold(["file", verb, "slink.txt", "--in-place", "--key-file", "k.json"] + extra, in: dir)
+                expectError(r, mentions: "symbolic link")
+                #expect(r.stderr.contains("real/secret.txt"), "the hint names the link's target: \(r.stderr)")
+            }
+        }
+        #expect(try FileManager.default.destinationOfSymbolicLink(atPath: dir.appendingPathComponent("slink.txt").path) == "real/secret.txt")
+        #expect(try Data(contentsOf: dir.appendingPathComponent("real/secret.txt")) == secret)
+        // On the file itself it works, and the link then shows the ciphertext.
+        #expect(try keyhold(["file", "encrypt", "real/secret.txt", "--in-place", "--key-file", "k.json"], in: dir).status == 0)
+        #expect(try Data(contentsOf: dir.appendingPathComponent("slink.txt")).starts(with: [0x89, 0x4B, 0x48, 0x46]))
+        #expect(try others(dir, except: ["k.json", "real", "slink.txt"]).isEmpty)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.appendingPathComponent("real").path) == ["secret.txt"])
+    }
+
+    @Test func outputOntoASymbolicLinkIsRefusedEvenWithForce() throws {
+        let dir = try folder()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        _ = try keyhold(["key", "new", "-o", "k.json"], in: dir)
+        try Data("plain".utf8).write(to: dir.appendingPathComponent("p"))
+        try Data("old".utf8).write(to: dir.appendingPathComponent("target"))
+        try FileManager.default.createSymbolicLink(atPath: dir.appendingPathComponent("out").path, withDestinationPath: "target")
+        try FileManager.default.createSymbolicLink(atPath: dir.appendingPathComponent("dangling").path, withDestinationPath: "nowhere")
+        for output in ["out", "dangling"] {
+            expectError(try keyhold(["file", "encrypt", "p", "-o", output, "--force", "--key-file", "k.json"], in: dir), mentions: "symbolic link")
+        }
+        _ = try keyhold(["file", "encrypt", "p", "-o", "c", "--key-file", "k.json"], in: dir)
+        expectError(try keyhold(["file", "decrypt", "c", "-o", "out", "--force", "--key-file", "k.json"], in: dir), mentions: "symbolic link")
+        // Every writer of a user's file refuses the same way (here: a new key file).
+        expectError(try keyhold(["key", "new", "-o", "dangling", "--force"], in: dir), mentions: "symbolic link")
+        #expect(try Data(contentsOf: dir.appendingPathComponent("target")) == Data("old".utf8))
+        #expect(!FileManager.default.fileExists(atPath: dir.appendingPathComponent("nowhere").path))
+        #expect(try others(dir, except: ["k.json", "p", "c", "target", "out", "dangling"]).isEmpty)
+    }
+
+    @Test func inPlaceOnAFileWithOtherHardLinksIsRefused() throws {
+        let dir = try folder()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        _ = try keyhold(["key", "new", "-o", "k.json"], in: dir)
+        let secret = Data("TOP SECRET\n".utf8)
+        try secret.write(to: dir.appendingPathComponent("a.txt"))
+        try FileManager.default.linkItem(atPath: dir.appendingPathComponent("a.txt").path, toPath: dir.appendingPathComponent("b.txt").path)
+        for verb in ["encrypt", "decrypt"] {
+            expectError(try keyhold(["file", verb, "a.txt", "--in-place", "--force", "--key-file", "k.json"], in: dir), mentions: "hard links")
+        }
+        #expect(try Data(contentsOf: dir.appendingPathComponent("a.txt")) == secret)
+        #expect(try Data(contentsOf: dir.appendingPathComponent("b.txt")) == secret)
+        // With the other name gone it works, and no copy of the plaintext is left.
+        try FileManager.default.removeItem(at: dir.appendingPathComponent("b.txt"))
+        #expect(try keyhold(["file", "encrypt", "a.txt", "--in-place", "--key-file", "k.json"], in: dir).status == 0)
+        #expect(try others(dir, except: ["k.json", "a.txt"]).isEmpty)
+    }
+
+    @Test func inPlaceInAFolderOthersCanWriteIsRefusedUnlessItIsSticky() throws {
+        let dir = try folder()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        _ = try keyhold(["key", "new", "-o", "k.json"], in: dir)
+        let shared = dir.appendingPathComponent("shared")
+        try FileManager.default.createDirectory(at: shared, withIntermediateDirectories: true)
+        let secret = Data("TOP SECRET\n".utf8)
+        try secret.write(to: shared.appendingPathComponent("s.txt"))
+        for mode in [0o777, 0o775] {
+            try FileManager.default.setAttributes([.posixPermissions: mode], ofItemAtPath: shared.path)
+            expectError(try keyhold(["file", "encrypt", "shared/s.txt", "--in-place", "--key-file", "k.json"], in: dir), mentions: "other than its owner")
+            #expect(try Data(contentsOf: shared.appendingPathComponent("s.txt")) == secret)
+        }
+        // The sticky bit (as on /tmp) stops others from moving the file: allowed.
+        try FileManager.default.setAttributes([.posixPermissions: 0o1777], ofItemAtPath: shared.path)
+        #expect(try keyhold(["file", "encrypt", "shared/s.txt", "--in-place", "--key-file", "k.json"], in: dir).status == 0)
+        #expect(try Data(contentsOf: shared.appendingPathComponent("s.txt")).starts(with: [0x89, 0x4B, 0x48, 0x46]))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: shared.path) == ["s.txt"])
+    }
+
     @Test func existingDestinationIsNeverReplacedWithoutForce() throws {
         let dir = try folder()
         defer { try? FileManager.default.removeItem(at: dir) }
