@@ -68,7 +68,7 @@ bench:
 	@scripts/install-deps.sh bench
 	swift build -c release --product keyhold
 	swift build -c release --product keyhold-server
-	swift build -c release --product keyhold-release-bench
+	swift build -c release --product keyhold-bench
 	Benchmarks/file-bench.sh $(RELEASE_DIR)/keyhold
 	scripts/test-postgres.sh Benchmarks/release-bench.sh $(RELEASE_DIR)
 	scripts/test-postgres.sh Benchmarks/hierarchy-bench.sh $(RELEASE_DIR)

@@ -3,8 +3,9 @@
 #   PGHOST   the socket folder of the PostgreSQL that scripts/test-postgres.sh started
 #   PGBIN    the newest PostgreSQL client/server binaries (createdb, pgbench, psql)
 #   W        a work folder, removed at exit together with every server started here
-#   start NAME DB [INIT FLAGS…]   init and run a server in $W/NAME on loopback ports; its pid is in
-#                                  PIDS and in PID_<NAME> (dashes become underscores)
+#   start NAME DB [INIT FLAGS…]   init and run a server in $W/NAME on loopback ports (keyhold-bench
+#                                  launch: ready once it answers); its pid is in PIDS and in
+#                                  PID_<NAME> (dashes become underscores)
 #   stop NAME                     stop it gracefully (SIGTERM) and wait for it
 #   field JSON NAME               one field of a JSON object
 set -euo pipefail
@@ -17,15 +18,13 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
 
-start() { # NAME DB [INIT FLAGS…]
-  local name=$1 db=$2 dir="$W/$1"
+start() { # NAME DB [INIT FLAGS…]: through the launcher the tests and the demo use
+  local name=$1 db=$2 pid api
   shift 2
-  "$BIN/keyhold-server" init --data-dir "$dir" --listen 127.0.0.1:0 --enroll-listen 127.0.0.1:0 --db "$db" "$@" > /dev/null
-  "$BIN/keyhold-server" run --data-dir "$dir" --log-level error --hierarchy-heartbeat 3600 > "$W/$name.log" 2>&1 &
-  PIDS+=($!)
-  eval "PID_${name//-/_}=$!"
-  for _ in $(seq 300); do [ -s "$dir/runtime.json" ] && return 0; sleep 0.1; done
-  echo "server $name did not start"; cat "$W/$name.log"; exit 1
+  read -r pid api < <("$BIN/keyhold-bench" launch --data-dir "$W/$name" --log "$W/$name.log" --db "$db" -- "$@") \
+    || { echo "server $name did not start"; cat "$W/$name.log"; exit 1; }
+  PIDS+=("$pid")
+  eval "PID_${name//-/_}=$pid"
 }
 
 field() { # JSON NAME: one field of a JSON object
@@ -34,5 +33,7 @@ field() { # JSON NAME: one field of a JSON object
 
 stop() { # NAME
   local pid; pid=$(eval echo "\$PID_${1//-/_}")
-  kill -TERM "$pid"; wait "$pid" || true
+  kill -TERM "$pid"
+  # Not this shell's child (the launcher started it): wait until it is gone.
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
 }

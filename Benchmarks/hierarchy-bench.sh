@@ -25,7 +25,7 @@ for backend in sqlite postgres; do
   join "$backend-S1" "$backend-T"
   join "$backend-S3" "$backend-S1"
   echo "== $backend: $KEYS keys S1 -> T, $LOOKUPS depth-3 lookups"
-  OUT[$backend]=$("$BIN/keyhold-release-bench" hierarchy --top "$W/$backend-T" --middle "$W/$backend-S1" --bottom "$W/$backend-S3" --keys "$KEYS" --lookups "$LOOKUPS")
+  OUT[$backend]=$("$BIN/keyhold-bench" hierarchy --top "$W/$backend-T" --middle "$W/$backend-S1" --bottom "$W/$backend-S3" --keys "$KEYS" --lookups "$LOOKUPS")
   echo "   ${OUT[$backend]}"
 done
 

@@ -23,7 +23,7 @@ for backend in sqlite postgres; do
   fi
   start "$backend" "$db"
   echo "== $backend: $KEYS keys, $CLIENTS concurrent mutual-TLS keep-alive clients, ${SECONDS_RUN}s"
-  both=$("$BIN/keyhold-release-bench" load --data-dir "$dir" --keys "$KEYS" --clients "$CLIENTS" --seconds "$SECONDS_RUN" --ceiling)
+  both=$("$BIN/keyhold-bench" load --data-dir "$dir" --keys "$KEYS" --clients "$CLIENTS" --seconds "$SECONDS_RUN" --ceiling)
   ceiling=$(sed -n 1p <<<"$both"); out=$(sed -n 2p <<<"$both")
   CEIL[$backend]=$(field "$ceiling" perSecond)
   HTTP[$backend]=$(field "$out" perSecond); P50[$backend]=$(field "$out" p50ms); P99[$backend]=$(field "$out" p99ms)
@@ -31,7 +31,7 @@ for backend in sqlite postgres; do
   echo "   http release: $out"
   stop "$backend"
   if [ $backend = sqlite ]; then
-    lim=$("$BIN/keyhold-release-bench" sqlite-limit --database "$dir/keyhold.sqlite" --seconds "$SECONDS_RUN")
+    lim=$("$BIN/keyhold-bench" sqlite-limit --database "$dir/keyhold.sqlite" --seconds "$SECONDS_RUN")
     LIMIT[$backend]=$(field "$lim" perSecond)
     echo "   storage limit (driver, read + durable audit insert): $lim"
   else

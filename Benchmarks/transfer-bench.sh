@@ -26,7 +26,7 @@ for backend in sqlite postgres; do
   done
   a=$(eval echo "\$PID_${backend}_A"); b=$(eval echo "\$PID_${backend}_B")
   echo "== $backend: seeding $KEYS keys into A"
-  "$BIN/keyhold-release-bench" seed --data-dir "$W/$backend-A" --keys "$KEYS"
+  "$BIN/keyhold-bench" seed --data-dir "$W/$backend-A" --keys "$KEYS"
 
   reset_peak "$a"
   /usr/bin/time -f "%e %M" -o "$W/t.txt" "$BIN/keyhold-server" key export -o "$W/$backend.age" --all \

@@ -4,6 +4,5 @@
 
 // Flags written as UINT32_C(1) << n do not reach Swift: re-exported here.
 static const uint32_t keyhold_CRYPT_PBKDF_NO_BENCHMARK = CRYPT_PBKDF_NO_BENCHMARK;
-static const uint32_t keyhold_CRYPT_ACTIVATE_READONLY = CRYPT_ACTIVATE_READONLY;
 static const int keyhold_CRYPT_ANY_TOKEN = CRYPT_ANY_TOKEN;
 static const int keyhold_CRYPT_ANY_SLOT = CRYPT_ANY_SLOT;

@@ -1,39 +1,56 @@
 #define _GNU_SOURCE
 #include "keyhold_peer.h"
 
+#include <errno.h>
 #include <grp.h>
 #include <pwd.h>
+#include <stddef.h>
 #include <stdlib.h>
-#include <sys/socket.h>
 #include <sys/types.h>
 
-int keyhold_peer_credentials(int fd, uint32_t *uid, uint32_t *gid, int32_t *pid) {
-    struct ucred cred;
-    socklen_t len = sizeof(cred);
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return -1;
-    *uid = cred.uid;
-    *gid = cred.gid;
-    *pid = cred.pid;
-    return 0;
-}
+_Static_assert(sizeof(keyhold_ucred) == sizeof(struct ucred), "keyhold_ucred must match struct ucred");
+_Static_assert(offsetof(keyhold_ucred, uid) == offsetof(struct ucred, uid), "keyhold_ucred must match struct ucred");
+_Static_assert(offsetof(keyhold_ucred, gid) == offsetof(struct ucred, gid), "keyhold_ucred must match struct ucred");
 
 int keyhold_user_in_group(uint32_t uid, uint32_t gid, const char *group_name) {
-    struct group *g = getgrnam(group_name);
-    if (g == NULL) return -1;
-    if (g->gr_gid == gid) return 1;
-    struct passwd *pw = getpwuid(uid);
-    if (pw == NULL) return 0;
+    // Reentrant lookups: several connections may be checked at once on different threads.
+    size_t size = 16384;
+    char *buffer = malloc(size);
+    if (buffer == NULL) return 0;
+    struct group grp, *g = NULL;
+    int rc;
+    while ((rc = getgrnam_r(group_name, &grp, buffer, size, &g)) == ERANGE) {
+        char *more = realloc(buffer, size *= 2);
+        if (more == NULL) { free(buffer); return 0; }
+        buffer = more;
+    }
+    if (rc != 0 || g == NULL) { free(buffer); return -1; }
+    gid_t wanted = g->gr_gid;
+    free(buffer);
+    if (wanted == gid) return 1;
+
+    size = 16384;
+    buffer = malloc(size);
+    if (buffer == NULL) return 0;
+    struct passwd pwd, *pw = NULL;
+    while ((rc = getpwuid_r(uid, &pwd, buffer, size, &pw)) == ERANGE) {
+        char *more = realloc(buffer, size *= 2);
+        if (more == NULL) { free(buffer); return 0; }
+        buffer = more;
+    }
+    if (rc != 0 || pw == NULL) { free(buffer); return 0; }
     int n = 64;
     gid_t *groups = malloc(sizeof(gid_t) * (size_t)n);
-    if (groups == NULL) return 0;
+    if (groups == NULL) { free(buffer); return 0; }
     if (getgrouplist(pw->pw_name, pw->pw_gid, groups, &n) < 0) {
         gid_t *more = realloc(groups, sizeof(gid_t) * (size_t)n);
-        if (more == NULL) { free(groups); return 0; }
+        if (more == NULL) { free(groups); free(buffer); return 0; }
         groups = more;
-        if (getgrouplist(pw->pw_name, pw->pw_gid, groups, &n) < 0) { free(groups); return 0; }
+        if (getgrouplist(pw->pw_name, pw->pw_gid, groups, &n) < 0) { free(groups); free(buffer); return 0; }
     }
+    free(buffer);
     int found = 0;
-    for (int i = 0; i < n; i++) if (groups[i] == g->gr_gid) { found = 1; break; }
+    for (int i = 0; i < n; i++) if (groups[i] == wanted) { found = 1; break; }
     free(groups);
     return found;
 }

@@ -28,6 +28,18 @@ actor Agent {
 
     // MARK: Requests
 
+    /// Answers one request of the local socket (its caller was already admitted).
+    func handle(_ request: AgentRequest) async throws -> AgentResponse {
+        switch request {
+        case .status: return .status(status())
+        case .enroll(let token): return .status(try await enroll(tokenText: token))
+        case .reassign(let token, let dryRun): return .reassign(try await reassign(tokenText: token, dryRun: dryRun))
+        case .fileKey: return .key(try await fileKey())
+        case .driveKey(let label): return .key(try await driveKey(label: label))
+        case .key(let id): return .key(try await key(id))
+        }
+    }
+
     func status() -> AgentStatus {
         AgentStatus(
             enrolled: identity != nil, serverID: identity?.serverID, serverAddress: identity?.apiAddress, deviceID: identity?.clientID,
@@ -77,10 +89,10 @@ actor Agent {
     private func createKey(kind: KeyKind, label: String, makeActive: Bool) async throws -> KeyMaterial {
         let (identity, client) = try enrolled()
         let material = KeyMaterial(
-            record: KeyRecord(kind: kind, originServerID: identity.serverID, originDeviceID: identity.clientID, label: label),
+            record: KeyRecord(kind: kind, originServerID: identity.serverID, originDeviceID: DeviceID(enrollment: identity.clientID), label: label),
             secret: .generate()
         )
-        let request = EscrowRequest(record: material.record, secret: material.secret.withUnsafeBytes { Data($0).base64EncodedString() })
+        let request = EscrowRequest(key: material)
         do {
             _ = try await client.put(APIPath.key(material.record.id.description), request, as: EscrowResponse.self)
         } catch let error as KeyholdError {
@@ -99,12 +111,10 @@ actor Agent {
     func key(_ id: KeyID) async throws -> KeyMaterial {
         if let key = cache.key(id) { return key }
         let (_, client) = try enrolled()
-        let response = try await client.get(APIPath.key(id.description), as: KeyResponse.self)
-        guard var bytes = Data(base64Encoded: response.secret), response.record.id == id else {
-            throw KeyholdError(.internalError, "the server's answer for key \(id) is malformed", hint: "check that client and server versions match")
+        let material = try await client.get(APIPath.key(id.description), as: KeyMaterial.self)
+        guard material.record.id == id else {
+            throw KeyholdError(.internalError, "the server answered key \(material.record.id) for key \(id)", hint: "check that client and server versions match")
         }
-        defer { bytes.withUnsafeMutableBytes { SecretKey.wipe($0) } }
-        let material = KeyMaterial(record: response.record, secret: try SecretKey(bytes: bytes))
         try cache.add(material, makeActive: false)
         return material
     }
@@ -158,11 +168,9 @@ actor Agent {
             while case let pending = cache.keys.keys.filter({ !done.contains($0) }).sorted(), !pending.isEmpty {
                 for id in pending {
                     guard let material = cache.key(id) else { done.insert(id); continue }
-                    let request = EscrowRequest(
-                        record: material.record, secret: material.secret.withUnsafeBytes { Data($0).base64EncodedString() }, reassignedFrom: old.serverID
-                    )
+                    let request = EscrowRequest(key: material, reassignedFrom: old.serverID)
                     let answer = try await newClient.put(APIPath.key(id.description), request, as: EscrowResponse.self)
-                    if answer.outcome == "inserted" { stored += 1 } else { present += 1 }
+                    if answer.outcome == .inserted { stored += 1 } else { present += 1 }
                     done.insert(id)
                 }
             }

@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import KeyholdCore
+import KeyholdProtocol
 
 /// The keys this device created or obtained, kept so it can reopen its own data while its server
 /// is unreachable. On disk the cache is one file sealed with AES-256-GCM under `cache.key`
@@ -31,7 +32,7 @@ struct KeyCache {
         do {
             var plain = try AES.GCM.open(try AES.GCM.SealedBox(combined: sealed), using: sealingKey, authenticating: Self.label)
             defer { plain.withUnsafeMutableBytes { SecretKey.wipe($0) } }
-            contents = try JSONDecoder.keyhold.decode(Contents.self, from: plain)
+            contents = try WireFormat.decoder().decode(Contents.self, from: plain)
         } catch {
             throw KeyholdError(.configuration, "the key cache \(state.cache) does not open with \(state.cacheKey)", hint: "restore both files from the same backup")
         }
@@ -68,18 +69,10 @@ struct KeyCache {
             entries.append(json.base64EncodedString())
             json.withUnsafeMutableBytes { SecretKey.wipe($0) }
         }
-        var plain = try JSONEncoder().encode(Contents(keys: entries, active: activeFileKey))
+        var plain = try WireFormat.encoder().encode(Contents(keys: entries, active: activeFileKey))
         defer { plain.withUnsafeMutableBytes { SecretKey.wipe($0) } }
         let box = try AES.GCM.seal(plain, using: sealingKey, authenticating: Self.label)
         guard let combined = box.combined else { throw KeyholdError(.internalError, "AES-GCM gave no combined form", hint: "report this bug") }
         try state.write(state.cache, combined)
-    }
-}
-
-extension JSONDecoder {
-    static var keyhold: JSONDecoder {
-        let d = JSONDecoder()
-        d.dateDecodingStrategy = .iso8601
-        return d
     }
 }

@@ -1,7 +1,7 @@
 import Foundation
 import KeyholdClient
-import KeyholdCommandLine
 import KeyholdCore
+import KeyholdSystem
 
 /// The agent's state directory (default `/var/lib/keyhold`, mode 0700): the enrolled identity
 /// (certificate, private key, server address), the cache key and the sealed key cache. Every file
@@ -14,6 +14,8 @@ struct StateDirectory: Sendable {
     var cache: String { path + "/cache.sealed" }
     /// The identity at a new server while `keyhold reassign` re-escrows (removed once switched).
     var pendingIdentity: String { path + "/reassign-pending.json" }
+    /// Held by the running agent.
+    var lock: String { path + "/agent.lock" }
 
     /// Creates the directory if needed and checks its permissions and those of its files.
     func prepare() throws {
@@ -21,7 +23,7 @@ struct StateDirectory: Sendable {
         if !fm.fileExists(atPath: path) {
             try fm.createDirectory(atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         }
-        for file in [path, identity, cacheKey, cache, pendingIdentity] where fm.fileExists(atPath: file) {
+        for file in [path, identity, cacheKey, cache, pendingIdentity, lock] where fm.fileExists(atPath: file) {
             let attrs = try fm.attributesOfItem(atPath: file)
             let mode = (attrs[.posixPermissions] as? Int) ?? 0
             let owner = (attrs[.ownerAccountID] as? NSNumber)?.uint32Value ?? 0
@@ -32,6 +34,11 @@ struct StateDirectory: Sendable {
                 )
             }
         }
+    }
+
+    /// Takes the directory's lock for this process's life: one running agent per state directory.
+    func lockForRunning() throws -> ProcessLock {
+        try ProcessLock(path: lock, protecting: "the state directory \(path)", holder: "keyhold-agent")
     }
 
     /// Writes a root-only file atomically: temporary file, fsync, rename, fsync of the folder.

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import ArgumentParser
 import Foundation
+import KeyholdAgentClient
 import KeyholdCommandLine
 import KeyholdCore
 import KeyholdProtocol
@@ -12,70 +13,13 @@ struct AgentOptions: ParsableArguments {
     @Option(help: ArgumentHelp("The agent's socket (default: $KEYHOLD_SOCKET or /run/keyhold/agent.sock).", valueName: "path"))
     var socket: String?
 
-    var path: String { socket ?? ProcessInfo.processInfo.environment["KEYHOLD_SOCKET"] ?? "/run/keyhold/agent.sock" }
+    /// A client for the agent (waiting at most `timeout` seconds for an answer).
+    func client(timeout: Int = 60) -> AgentClient { AgentClient(path: socket ?? AgentClient.defaultPath, timeout: timeout) }
 
-    func connection() -> AgentConnection { AgentConnection(path: path) }
-}
-
-/// One request to the local `keyhold-agent` over its Unix socket (docs/spec/agent-socket.md).
-struct AgentConnection {
-    let path: String
-
-    /// Sends one request; waits up to `timeout` seconds for the answer.
-    func send(_ request: AgentRequest, timeout seconds: Int = 60) throws -> AgentResponse {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw SystemCall.error("create a socket for", path: path, errno: errno) }
-        defer { close(fd) }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
-            throw KeyholdError(.usage, "the socket path \(path) is too long", hint: "use a shorter --socket path")
-        }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            raw.copyBytes(from: bytes)
-            raw[bytes.count] = 0
-        }
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard connected == 0 else {
-            let reason = String(cString: strerror(errno))
-            throw KeyholdError(
-                .unreachable, "cannot reach the Keyhold agent at \(path): \(reason)",
-                hint: "start it ('systemctl start keyhold-agent'), or point to it with --socket or KEYHOLD_SOCKET"
-            )
-        }
-        var timeout = timeval(tv_sec: seconds, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var line = try WireFormat.encoder().encode(request)
-        line.append(0x0A)
-        var sink = FileDescriptorSink(fd: fd, name: path)
-        try line.withUnsafeBytes { try sink.write($0) }
-        var response = Data()
-        defer { response.withUnsafeMutableBytes { SecretKey.wipe($0) } }
-        var buffer = [UInt8](repeating: 0, count: 16 * 1024)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n < 0, errno == EINTR { continue }
-            guard n > 0 else { break }
-            response.append(contentsOf: buffer[..<n])
-        }
-        buffer.withUnsafeMutableBytes { SecretKey.wipe($0) }
-        guard let decoded = try? WireFormat.decoder().decode(AgentResponse.self, from: response) else {
-            throw KeyholdError(.unreachable, "the agent at \(path) gave no valid answer", hint: "check the agent's log ('journalctl -u keyhold-agent')")
-        }
-        if let e = decoded.error { throw KeyholdError(.init(rawValue: e.code), e.message, hint: e.hint) }
-        return decoded
-    }
-
-    /// A key from the agent (`file-key` for encryption, `key` for decryption).
+    /// A key from the agent (`file-key` for encryption, `key` for decryption, `drive-key`).
     func key(_ request: AgentRequest) throws -> KeyFile {
-        guard let key = try send(request).key, var bytes = Data(base64Encoded: key.secret) else {
-            throw KeyholdError(.unreachable, "the agent answered without a key", hint: "check the agent's log")
-        }
-        defer { bytes.withUnsafeMutableBytes { SecretKey.wipe($0) } }
-        return KeyFile(secret: try SecretKey(bytes: bytes), record: key.record)
+        let key = try client().send(request).key()
+        return KeyFile(secret: key.secret, record: key.record)
     }
 }
 
@@ -90,8 +34,8 @@ struct EnrollCommand: ParsableCommand {
     @OptionGroup var agent: AgentOptions
 
     func run() throws {
-        let status = try agent.connection().send(AgentRequest(op: "enroll", token: token)).status
-        print("enrolled: device \(status?.deviceID?.description ?? "?") with server \(status?.serverID?.description ?? "?") at \(status?.serverAddress ?? "?")")
+        let status = try agent.client().send(.enroll(token: token)).status()
+        print("enrolled: device \(status.deviceID?.description ?? "?") with server \(status.serverID?.description ?? "?") at \(status.serverAddress ?? "?")")
     }
 }
 
@@ -113,9 +57,7 @@ struct ReassignCommand: ParsableCommand {
     @OptionGroup var agent: AgentOptions
 
     func run() throws {
-        guard let report = try agent.connection().send(AgentRequest(op: "reassign", token: token, dryRun: dryRun), timeout: 3600).reassign else {
-            throw KeyholdError(.unreachable, "the agent answered without a report", hint: "check the agent's log")
-        }
+        let report = try agent.client(timeout: 3600).send(.reassign(token: token, dryRun: dryRun)).reassignReport()
         if json {
             print(try WireFormat.prettyText(report))
             return
@@ -144,9 +86,7 @@ struct StatusCommand: ParsableCommand {
     @Flag(help: "Print JSON.") var json = false
 
     func run() throws {
-        guard let status = try agent.connection().send(AgentRequest(op: "status")).status else {
-            throw KeyholdError(.unreachable, "the agent answered without a status", hint: "check the agent's log")
-        }
+        let status = try agent.client().send(.status).status()
         if json {
             print(try WireFormat.prettyText(status))
             return

@@ -9,6 +9,9 @@ import Dispatch
 import Foundation
 import KeyholdCommandLine
 import KeyholdCore
+import KeyholdLauncher
+import KeyholdProtocol
+import KeyholdSystem
 import Synchronization
 
 /// `keyhold demo`: the narrated tour that `make run` shows. On loopback, with the embedded SQLite
@@ -17,7 +20,7 @@ import Synchronization
 /// processes (D1 on S1, D2 on S2, D3 on S3), then runs the real commands, printing each with its
 /// output and checking each result. It ends with a summary table and stops everything it started
 /// (also on Ctrl-C), unless `--keep`.
-struct DemoCommand: ParsableCommand {
+struct DemoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo",
         abstract: "Walk through Keyhold with real servers and agents on this machine, narrated.",
@@ -30,7 +33,7 @@ struct DemoCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Seconds between the servers' hierarchy heartbeats.", valueName: "seconds"))
     var heartbeat = 2
 
-    func run() throws {
+    func run() async throws {
         keyhold_line_buffered_stdout()  // the narration and the children's output stay in order
         let folder = try Self.makeFolder()
         let bin = (Self.executablePath() as NSString).deletingLastPathComponent
@@ -40,7 +43,7 @@ struct DemoCommand: ParsableCommand {
         let demo = Demo(folder: folder, bin: bin, heartbeat: max(1, heartbeat))
         let signals = DemoChildren.shared.stopOnSignals()
         defer { withExtendedLifetime(signals) {} }
-        demo.tour()
+        await demo.tour()
         demo.summary()
         if keep && demo.failures == 0 {
             demo.printHowToTalk()
@@ -66,30 +69,37 @@ struct DemoCommand: ParsableCommand {
     }
 }
 
-/// Every process the demo started, so that the end of the demo, Ctrl-C or SIGTERM stops them all.
+/// Every server and agent the demo started, so that the end of the demo, Ctrl-C or SIGTERM stops
+/// them all (agents first, then servers: the reverse of starting).
 final class DemoChildren: Sendable {
     static let shared = DemoChildren()
-    private let pids = Mutex<[Int32]>([])
+    private let servers = Mutex<[ServerProcess]>([])
+    private let agents = Mutex<[AgentProcess]>([])
 
-    func add(_ pid: Int32) { pids.withLock { $0.append(pid) } }
+    func add(server: ServerProcess) { servers.withLock { $0.append(server) } }
+    func add(agent: AgentProcess) { agents.withLock { $0.append(agent) } }
 
-    func remove(_ pid: Int32) { pids.withLock { $0.removeAll { $0 == pid } } }
+    /// The running processes, agents first.
+    private func children() -> [ChildProcess] {
+        let agents: [ChildProcess] = self.agents.withLock { $0.compactMap(\.process) }
+        let servers: [ChildProcess] = self.servers.withLock { $0.compactMap(\.child) }
+        return Array(agents.reversed()) + Array(servers.reversed())
+    }
 
-    /// SIGTERM to each child (agents first, then servers: the reverse of starting), then waits.
+    /// SIGTERM to each, then waits (SIGKILL after 10 s); waits on the calling thread.
     func stopAll() {
-        let all = pids.withLock { p -> [Int32] in
-            defer { p = [] }
-            return p
-        }
-        for pid in all.reversed() { kill(pid, SIGTERM) }
-        for pid in all.reversed() {
-            var status: Int32 = 0
-            for _ in 0..<200 {
-                if waitpid(pid, &status, WNOHANG) != 0 { break }
-                usleep(50_000)
-            }
-            if kill(pid, 0) == 0 { kill(pid, SIGKILL) }
-        }
+        let all = children()
+        for child in all where child.isRunning { kill(child.pid, SIGTERM) }
+        for child in all { child.stopBlocking(timeout: 10) }
+        agents.withLock { $0 = [] }
+        servers.withLock { $0 = [] }
+    }
+
+    /// The process ids, for the `--keep` message.
+    func pidList() -> String {
+        let all = children()
+        for child in all { child.detach() }
+        return all.map { String($0.pid) }.joined(separator: " ")
     }
 
     /// Handles SIGINT and SIGTERM from now on; keep the returned sources alive while they should act.
@@ -134,7 +144,7 @@ private final class Demo {
 
     // MARK: The tour
 
-    func tour() {
+    func tour() async {
         print("""
         Keyhold demo. On this machine, on loopback ports, each with its own SQLite database in
         \(folder):
@@ -144,22 +154,22 @@ private final class Demo {
 
         """)
 
-        step("Start servers T, S1, S2, S3; join S1 and S2 to T", expect: "four servers; S1 and S2 push to T") {
-            for name in ["T", "S1", "S2", "S3"] { try startServer(name, hierarchy: name != "S3") }
+        await step("Start servers T, S1, S2, S3; join S1 and S2 to T", expect: "four servers; S1 and S2 push to T") {
+            for name in ["T", "S1", "S2", "S3"] { try await startServer(name, hierarchy: name != "S3") }
             for name in ["S1", "S2"] {
-                let token = try must(server("T", ["token", "create", "--role", "server"], echo: false)).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+                let token = try must(await server("T", ["token", "create", "--role", "server"], echo: false)).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
                 print("  (T made a server-role token for \(name))")
-                try must(server(name, ["primary", "join", token]))
+                try must(await server(name, ["primary", "join", token]))
             }
             return "T at \(servers["T"]!), S1 at \(servers["S1"]!), S2 at \(servers["S2"]!), S3 at \(servers["S3"]!)"
         }
 
-        step("Start agents D1, D2, D3 and enroll them", expect: "each device holds a certificate from its server") {
+        await step("Start agents D1, D2, D3 and enroll them", expect: "each device holds a certificate from its server") {
             for (agent, server) in [("D1", "S1"), ("D2", "S2"), ("D3", "S3")] {
-                try startAgent(agent)
-                let token = try must(self.server(server, ["token", "create"], echo: false)).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+                try await startAgent(agent)
+                let token = try must(await self.server(server, ["token", "create"], echo: false)).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
                 print("  (\(server) made a device token for \(agent))")
-                try must(keyhold(agent, ["enroll", token]))
+                try must(await keyhold(agent, ["enroll", token]))
             }
             return "D1 → S1, D2 → S2, D3 → S3"
         }
@@ -167,98 +177,98 @@ private final class Demo {
         let plain = (1...4000).map { "Board minutes, line \($0): figures that must not leak.\n" }.joined()
         try? plain.write(toFile: "\(folder)/D1/minutes.txt", atomically: true, encoding: .utf8)
 
-        step("D1 encrypts a file (its key is escrowed with S1 first)", expect: "minutes.khf; S1's audit shows the escrow") {
-            try must(keyhold("D1", ["file", "encrypt", "minutes.txt", "-o", "minutes.khf"]))
-            let info = try must(keyhold("D1", ["file", "info", "minutes.khf", "--json"], echo: false))
+        await step("D1 encrypts a file (its key is escrowed with S1 first)", expect: "minutes.khf; S1's audit shows the escrow") {
+            try must(await keyhold("D1", ["file", "encrypt", "minutes.txt", "-o", "minutes.khf"]))
+            let info = try must(await keyhold("D1", ["file", "info", "minutes.khf", "--json"], echo: false))
             keyID = ((try? JSONSerialization.jsonObject(with: Data(info.stdout.utf8))) as? [String: Any])?["key_id"] as? String ?? ""
-            let audit = try must(server("S1", ["audit"], echo: false)).stdout
+            let audit = try must(await server("S1", ["audit"], echo: false)).stdout
             let cipher = (try? Data(contentsOf: URL(fileURLWithPath: "\(folder)/D1/minutes.khf"))) ?? Data()
             guard audit.contains("escrow") && audit.contains(keyID), cipher.range(of: Data("Board minutes".utf8)) == nil else { throw DemoFailure("no escrow record or plaintext in the file") }
             return "key \(keyID.prefix(8))… escrowed with S1, then used"
         }
 
-        step("D2 opens D1's file: S2 asks T, which has it from S1's heartbeat", expect: "the same bytes on D2") {
+        await step("D2 opens D1's file: S2 asks T, which has it from S1's heartbeat", expect: "the same bytes on D2") {
             try copy("D1/minutes.khf", "D2/minutes.khf")
-            try waitForPush("S1")
-            try must(keyhold("D2", ["file", "decrypt", "minutes.khf", "-o", "minutes.txt"]))
+            try await waitForPush("S1")
+            try must(await keyhold("D2", ["file", "decrypt", "minutes.khf", "-o", "minutes.txt"]))
             let back = try? String(contentsOfFile: "\(folder)/D2/minutes.txt", encoding: .utf8)
             guard back == plain else { throw DemoFailure("D2's copy differs") }
-            let obtained = try must(server("S2", ["audit"], echo: false)).stdout.contains("obtain")
+            let obtained = try must(await server("S2", ["audit"], echo: false)).stdout.contains("obtain")
             return "identical; S2 obtained the key through the hierarchy: \(obtained)"
         }
 
-        step("A damaged copy is refused", expect: "authentication_failed, no output file") {
+        await step("A damaged copy is refused", expect: "authentication_failed, no output file") {
             var bytes = (try? Data(contentsOf: URL(fileURLWithPath: "\(folder)/D2/minutes.khf"))) ?? Data()
             bytes[bytes.count / 2] ^= 0x01
             try bytes.write(to: URL(fileURLWithPath: "\(folder)/D2/damaged.khf"))
             print("  (flipped one bit in the middle of a copy: damaged.khf)")
-            let o = keyhold("D2", ["file", "decrypt", "damaged.khf", "-o", "damaged.txt"])
+            let o = await keyhold("D2", ["file", "decrypt", "damaged.khf", "-o", "damaged.txt"])
             guard o.status != 0, o.stderr.contains("failed authentication"), !FileManager.default.fileExists(atPath: "\(folder)/D2/damaged.txt") else {
                 throw DemoFailure("the damaged file was not refused cleanly")
             }
             return "refused (exit \(o.status)); damaged.txt not created"
         }
 
-        step("D1 encrypts a drive image; D2 unlocks it through the hierarchy", expect: "LUKS2 with a keyhold token; D2's key opens it") {
+        await step("D1 encrypts a drive image; D2 unlocks it through the hierarchy", expect: "LUKS2 with a keyhold token; D2's key opens it") {
             guard geteuid() == 0 else { throw DemoFailure("drive commands need root: run 'sudo make run' (or as root) to see this step") }
             try makeImage("D1/stick.img")
-            try must(keyhold("D1", ["drive", "encrypt", "stick.img"]))
-            try must(keyhold("D1", ["drive", "info", "stick.img"]))
+            try must(await keyhold("D1", ["drive", "encrypt", "stick.img"]))
+            try must(await keyhold("D1", ["drive", "info", "stick.img"]))
             try copy("D1/stick.img", "D2/stick.img")
-            try waitForPush("S1")
-            let unlock = keyhold("D2", ["drive", "unlock", "stick.img"])
+            try await waitForPush("S1")
+            let unlock = await keyhold("D2", ["drive", "unlock", "stick.img"])
             if unlock.status == 0 {
-                try must(keyhold("D2", ["drive", "lock", "stick.img"]))
+                try must(await keyhold("D2", ["drive", "lock", "stick.img"]))
                 return "unlocked as /dev/mapper/keyhold-… on D2, then locked"
             }
             guard unlock.stderr.contains("device-mapper") else { throw DemoFailure("unlock failed: \(unlock.stderr)") }
             print("  (this kernel has no device-mapper, so nothing can be activated here; the VM test does that.")
             print("   Checking the escrowed key against the LUKS header instead:)")
-            try must(keyhold("D2", ["drive", "unlock", "stick.img", "--verify-only"]))
+            try must(await keyhold("D2", ["drive", "unlock", "stick.img", "--verify-only"]))
             return "key verified against the LUKS header on D2 (activation needs device-mapper, absent here)"
         }
 
-        step("Option off on T: D2 is refused with hierarchy_disabled", expect: "a clear error and hint; on again, it works") {
+        await step("Option off on T: D2 is refused with hierarchy_disabled", expect: "a clear error and hint; on again, it works") {
             guard geteuid() == 0 else { throw DemoFailure("needs a second drive image: run as root") }
             print("  (D1 encrypts a second stick; S1's heartbeat pushes its key to T)")
             try makeImage("D1/stick2.img")
-            try must(keyhold("D1", ["drive", "encrypt", "stick2.img"], echo: false))
+            try must(await keyhold("D1", ["drive", "encrypt", "stick2.img"], echo: false))
             try copy("D1/stick2.img", "D2/stick2.img")
-            try waitForPush("S1")
-            try must(server("T", ["hierarchy", "disable"]))
-            let refused = keyhold("D2", ["drive", "unlock", "stick2.img", "--verify-only"])
+            try await waitForPush("S1")
+            try must(await server("T", ["hierarchy", "disable"]))
+            let refused = await keyhold("D2", ["drive", "unlock", "stick2.img", "--verify-only"])
             guard refused.status != 0, refused.stderr.contains("hierarchy_disabled"), refused.stderr.contains("\nhint: ") else {
                 throw DemoFailure("expected a hierarchy_disabled refusal, got: \(refused.text)")
             }
-            let s2Status = try must(server("S2", ["status"])).stdout
-            try must(server("T", ["hierarchy", "enable"]))
-            try must(keyhold("D2", ["drive", "unlock", "stick2.img", "--verify-only"]))
+            let s2Status = try must(await server("S2", ["status"])).stdout
+            try must(await server("T", ["hierarchy", "enable"]))
+            try must(await keyhold("D2", ["drive", "unlock", "stick2.img", "--verify-only"]))
             return "refused with hierarchy_disabled while off\(s2Status.lowercased().contains("refuses") ? " (S2's status: T refuses)" : ""); opened once T turned it back on"
         }
 
-        step("Reassign D1 from S1 to S2; it still opens its data", expect: "D1 on S2; every key it holds re-escrowed there") {
-            let token = try must(server("S2", ["token", "create"], echo: false)).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        await step("Reassign D1 from S1 to S2; it still opens its data", expect: "D1 on S2; every key it holds re-escrowed there") {
+            let token = try must(await server("S2", ["token", "create"], echo: false)).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
             print("  (S2 made a device token for D1)")
-            try must(keyhold("D1", ["reassign", token, "--dry-run"]))
-            try must(keyhold("D1", ["reassign", token]))
-            let status = try must(keyhold("D1", ["status"])).stdout
+            try must(await keyhold("D1", ["reassign", token, "--dry-run"]))
+            try must(await keyhold("D1", ["reassign", token]))
+            let status = try must(await keyhold("D1", ["status"])).stdout
             guard status.contains(servers["S2"]!) else { throw DemoFailure("D1 does not name S2") }
-            try must(keyhold("D1", ["file", "decrypt", "minutes.khf", "-o", "minutes.again.txt"]))
-            let s1 = try must(server("S1", ["device", "list"])).stdout
+            try must(await keyhold("D1", ["file", "decrypt", "minutes.khf", "-o", "minutes.again.txt"]))
+            let s1 = try must(await server("S1", ["device", "list"])).stdout
             guard s1.contains("moved") else { throw DemoFailure("S1 does not show D1 as moved") }
             return "D1 now at S2, file opens; S1 lists it as moved"
         }
 
-        step("Export S1's keys (password); import into S3; D3 opens D1's file", expect: "an age file; D3 decrypts") {
+        await step("Export S1's keys (password); import into S3; D3 opens D1's file", expect: "an age file; D3 decrypts") {
             let password = "\(folder)/export-password"
             try "correct horse battery staple\n".write(toFile: password, atomically: true, encoding: .utf8)
             print("  (the password is in export-password; interactively it is asked twice without echo)")
-            try must(server("S1", ["key", "export", "-o", "s1-keys.age", "--all", "--password-file", "export-password"]))
+            try must(await server("S1", ["key", "export", "-o", "s1-keys.age", "--all", "--password-file", "export-password"]))
             let head = (try? Data(contentsOf: URL(fileURLWithPath: "\(folder)/s1-keys.age")).prefix(22)).map { String(decoding: $0, as: UTF8.self) } ?? ""
             guard head == "age-encryption.org/v1\n" else { throw DemoFailure("not an age file") }
-            try must(server("S3", ["key", "import", "s1-keys.age", "--password-file", "export-password"]))
+            try must(await server("S3", ["key", "import", "s1-keys.age", "--password-file", "export-password"]))
             try copy("D1/minutes.khf", "D3/minutes.khf")
-            try must(keyhold("D3", ["file", "decrypt", "minutes.khf", "-o", "minutes.txt"]))
+            try must(await keyhold("D3", ["file", "decrypt", "minutes.khf", "-o", "minutes.txt"]))
             let back = try? String(contentsOfFile: "\(folder)/D3/minutes.txt", encoding: .utf8)
             guard back == plain else { throw DemoFailure("D3's copy differs") }
             return "s1-keys.age is a standard age file (age -d opens it); D3 on S3 opened D1's file"
@@ -267,13 +277,13 @@ private final class Demo {
 
     // MARK: Steps and processes
 
-    func step(_ title: String, expect: String, _ body: () throws -> String) {
+    func step(_ title: String, expect: String, _ body: () async throws -> String) async {
         print("== \(rows.count + 1). \(title)\n   (expected: \(expect))")
         let start = Date()
         var ok = true
         var detail: String
         do {
-            detail = try body()
+            detail = try await body()
         } catch let failure as DemoFailure {
             ok = false
             detail = failure.description
@@ -287,58 +297,56 @@ private final class Demo {
         if !ok { failures += 1 }
     }
 
-    func startServer(_ name: String, hierarchy: Bool) throws {
-        var initArgs = ["init", "--data-dir", name, "--listen", "127.0.0.1:0", "--enroll-listen", "127.0.0.1:0", "--name", name]
-        if hierarchy { initArgs.append("--use-hierarchy") }
-        print("  $ keyhold-server " + initArgs.joined(separator: " "))
-        try must(execute("\(bin)/keyhold-server", initArgs, echo: false))
-        let runArgs = ["run", "--data-dir", name, "--hierarchy-heartbeat", "\(heartbeat)", "--log-level", "warning"]
-        print("  $ keyhold-server " + runArgs.joined(separator: " ") + " &")
-        try spawn("\(bin)/keyhold-server", runArgs, log: "\(name).log")
-        let runtime = "\(folder)/\(name)/runtime.json"
-        for _ in 0..<600 {
-            if let data = FileManager.default.contents(atPath: runtime),
-               let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let api = json["api"] as? String {
-                servers[name] = api
-                return
-            }
-            usleep(50_000)
+    /// Inits and starts server `name` in `folder/name` through the launcher (which waits until
+    /// the server answers a request), narrating the commands.
+    func startServer(_ name: String, hierarchy: Bool) async throws {
+        let initArgs = ["--listen", "127.0.0.1:0", "--enroll-listen", "127.0.0.1:0", "--name", name] + (hierarchy ? ["--use-hierarchy"] : [])
+        print("  $ keyhold-server init --data-dir \(name) " + initArgs.joined(separator: " "))
+        let server = try await ServerProcess(
+            name: name, binaries: URL(fileURLWithPath: bin), dataDir: URL(fileURLWithPath: "\(folder)/\(name)"),
+            logFile: URL(fileURLWithPath: "\(folder)/\(name).log"), initOptions: hierarchy ? ["--use-hierarchy"] : []
+        )
+        print("  $ keyhold-server run --data-dir \(name) --hierarchy-heartbeat \(heartbeat) --log-level warning &")
+        DemoChildren.shared.add(server: server)
+        do {
+            try await server.start(["--hierarchy-heartbeat", "\(heartbeat)"], logLevel: "warning")
+        } catch {
+            throw DemoFailure("server \(name) did not start; see \(folder)/\(name).log")
         }
-        throw DemoFailure("server \(name) did not start; see \(folder)/\(name).log")
+        servers[name] = server.api
     }
 
-    func startAgent(_ name: String) throws {
-        try FileManager.default.createDirectory(atPath: "\(folder)/\(name)", withIntermediateDirectories: true)
-        let args = ["run", "--state-dir", "\(name)/state", "--socket", "\(name)/agent.sock", "--heartbeat", "5"]
-        print("  $ keyhold-agent " + args.joined(separator: " ") + " &")
-        try spawn("\(bin)/keyhold-agent", args, log: "\(name)/agent.log")
-        agents.append(name)
-        for _ in 0..<400 {
-            if FileManager.default.fileExists(atPath: "\(folder)/\(name)/agent.sock") { return }
-            usleep(50_000)
+    /// Starts agent `name` in `folder/name` through the launcher (which waits until it answers).
+    func startAgent(_ name: String) async throws {
+        let agent = try AgentProcess(name: name, binaries: URL(fileURLWithPath: bin), folder: URL(fileURLWithPath: "\(folder)/\(name)"))
+        print("  $ keyhold-agent run --state-dir \(name)/state --socket \(name)/agent.sock --heartbeat 5 &")
+        DemoChildren.shared.add(agent: agent)
+        guard try await agent.start(["--heartbeat", "5"], logLevel: "notice") == nil else {
+            throw DemoFailure("agent \(name) did not start; see \(folder)/\(name)/agent.log")
         }
-        throw DemoFailure("agent \(name) did not start; see \(folder)/\(name)/agent.log")
+        agents.append(name)
     }
 
     /// Waits until `name`'s heartbeat has pushed everything to its primary (status: pending 0).
-    func waitForPush(_ name: String) throws {
+    func waitForPush(_ name: String) async throws {
         print("  (waiting for \(name)'s next heartbeat to push its new keys to T…)")
         for _ in 0..<(40 * heartbeat + 200) {
-            let o = server(name, ["status", "--json"], echo: false)
-            if let json = try? JSONSerialization.jsonObject(with: Data(o.stdout.utf8)) as? [String: Any],
-               let h = json["hierarchy"] as? [String: Any], (h["pending"] as? Int) == 0, (h["last_push_result"] as? String)?.hasPrefix("ok") == true {
-                let s = server(name, ["status"], echo: false).stdout.split(separator: "\n").filter { $0.contains("push") || $0.contains("pending") }
+            let o = await server(name, ["status", "--json"], echo: false)
+            if let status = try? WireFormat.decoder().decode(StatusResponse.self, from: Data(o.stdout.utf8)), let h = status.hierarchy,
+                h.pending == 0, h.lastPushResult?.hasPrefix("ok") == true
+            {
+                let s = await server(name, ["status"], echo: false).stdout.split(separator: "\n").filter { $0.contains("push") || $0.contains("pending") }
                 for line in s { print("    \(line)") }
                 return
             }
-            usleep(100_000)
+            try await Task.sleep(for: .milliseconds(100))
         }
         throw DemoFailure("\(name) did not push within its heartbeat")
     }
 
     func makeImage(_ path: String) throws {
         let full = "\(folder)/\(path)"
-        FileManager.default.createFile(atPath: full, contents: nil)
+        _ = FileManager.default.createFile(atPath: full, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: full))
         try handle.truncate(atOffset: 48 << 20)
         try handle.close()
@@ -357,62 +365,33 @@ private final class Demo {
         return o
     }
 
-    func server(_ name: String, _ args: [String], echo: Bool = true) -> Outcome {
+    func server(_ name: String, _ args: [String], echo: Bool = true) async -> Outcome {
         if echo { print("  $ keyhold-server " + args.map(Self.quote).joined(separator: " ") + " --data-dir \(name)") }
-        return execute("\(bin)/keyhold-server", args + ["--data-dir", name], echo: echo)
+        return await execute("\(bin)/keyhold-server", args + ["--data-dir", name], echo: echo)
     }
 
-    func keyhold(_ agent: String, _ args: [String], echo: Bool = true) -> Outcome {
+    func keyhold(_ agent: String, _ args: [String], echo: Bool = true) async -> Outcome {
         if echo { print("  [\(agent)] $ keyhold " + args.map(Self.quote).joined(separator: " ")) }
-        return execute("\(bin)/keyhold", args, in: "\(folder)/\(agent)", environment: ["KEYHOLD_SOCKET": "\(folder)/\(agent)/agent.sock"], echo: echo)
+        return await execute("\(bin)/keyhold", args, in: "\(folder)/\(agent)", environment: ["KEYHOLD_SOCKET": "\(folder)/\(agent)/agent.sock"], echo: echo)
     }
 
-    func execute(_ path: String, _ args: [String], in directory: String? = nil, environment: [String: String] = [:], echo: Bool) -> Outcome {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: path)
-        process.arguments = args
-        process.currentDirectoryURL = URL(fileURLWithPath: directory ?? folder)
-        var env = ProcessInfo.processInfo.environment
+    /// Runs a command to completion in the demo's folder (through the launcher's `Program`).
+    func execute(_ path: String, _ args: [String], in directory: String? = nil, environment: [String: String] = [:], echo: Bool) async -> Outcome {
+        var env = environment
         env["KEYHOLD_NO_PROGRESS"] = "1"
-        for (k, v) in environment { env[k] = v }
-        process.environment = env
-        let out = Pipe()
-        let err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        process.standardInput = FileHandle.nullDevice
-        do { try process.run() } catch { return Outcome(status: 127, stdout: "", stderr: "\(error)") }
-        let errData = Mutex(Data())
-        let group = DispatchGroup()
-        group.enter()
-        DispatchQueue.global().async {
-            let d = err.fileHandleForReading.readDataToEndOfFile()
-            errData.withLock { $0 = d }
-            group.leave()
+        let o: Outcome
+        do {
+            let r = try await Program.run(
+                URL(fileURLWithPath: path), args, in: URL(fileURLWithPath: directory ?? folder), environment: env
+            )
+            o = Outcome(status: r.status, stdout: r.stdoutText, stderr: r.stderr)
+        } catch {
+            o = Outcome(status: 127, stdout: "", stderr: "\(error)")
         }
-        let o = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        group.wait()
-        let e = String(decoding: errData.withLock { $0 }, as: UTF8.self)
-        process.waitUntilExit()
         if echo {
-            for line in (o + e).split(separator: "\n") { print("      \(line)") }
+            for line in (o.stdout + o.stderr).split(separator: "\n") { print("      \(line)") }
         }
-        return Outcome(status: process.terminationStatus, stdout: o, stderr: e)
-    }
-
-    /// Starts a long-running child with its output in `log`.
-    func spawn(_ path: String, _ args: [String], log: String) throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: path)
-        process.arguments = args
-        process.currentDirectoryURL = URL(fileURLWithPath: folder)
-        FileManager.default.createFile(atPath: "\(folder)/\(log)", contents: nil)
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: "\(folder)/\(log)"))
-        process.standardOutput = handle
-        process.standardError = handle
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        DemoChildren.shared.add(process.processIdentifier)
+        return o
     }
 
     /// How an argument is shown: quoted when it has spaces; enrollment tokens shortened (the real,
@@ -449,10 +428,6 @@ private final class Demo {
         Stop them all with:  kill \(DemoChildren.shared.pidList())
         """)
     }
-}
-
-extension DemoChildren {
-    func pidList() -> String { pids.withLock { $0.map(String.init).joined(separator: " ") } }
 }
 
 struct DemoFailure: Error, CustomStringConvertible {

@@ -4,7 +4,9 @@ import Glibc
 import ArgumentParser
 import Foundation
 import KeyholdCommandLine
+import KeyholdAgentClient
 import KeyholdCore
+import KeyholdSystem
 import KeyholdLUKS
 import KeyholdProtocol
 
@@ -101,15 +103,15 @@ struct DriveCommand: ParsableCommand {
                 try TransferPassword.checkNew(text)
                 recovery = Array(text.utf8)
             }
-            defer { if var r = recovery { r.withUnsafeMutableBytes { SecretKey.wipe($0) } } }
+            defer { recovery?.withUnsafeMutableBytes { SecretKey.wipe($0) } }
 
             // 1. Escrow first: nothing touches the drive unless the server acknowledged the key.
-            let connection = agent.connection()
-            guard let status = try connection.send(AgentRequest(op: "status")).status, status.enrolled, let serverAddress = status.serverAddress else {
+            let status = try agent.client().send(.status).status()
+            guard status.enrolled, let serverAddress = status.serverAddress else {
                 throw KeyholdError(.configuration, "this device is not enrolled with a Keyhold server", hint: "enroll it: 'keyhold enroll TOKEN'")
             }
             print("Escrowing a new drive key with server \(status.serverID?.description ?? "?") at \(serverAddress)…")
-            let key = try connection.key(AgentRequest(op: "drive-key", label: label ?? "drive \(device) on \(ProcessInfo.processInfo.hostName)"))
+            let key = try agent.key(.driveKey(label: label ?? "drive \(device) on \(ProcessInfo.processInfo.hostName)"))
             guard let record = key.record else { throw KeyholdError(.internalError, "the agent returned a drive key without its record", hint: "check the agent's version") }
             print("  key \(record.id) escrowed (acknowledged after the server's commit)")
 
@@ -176,7 +178,7 @@ struct DriveCommand: ParsableCommand {
                 print("already unlocked: /dev/mapper/\(name)")
                 return
             }
-            let key = try agent.connection().key(AgentRequest(op: "key", keyID: token.keyID))
+            let key = try agent.key(.key(token.keyID))
             if verifyOnly {
                 try volume.verify(passphrase: DriveCommand.passphrase(key), keyslot: slot)
                 print("verified: the escrowed key \(token.keyID) opens keyslot \(slot) of \(device) (nothing activated)")

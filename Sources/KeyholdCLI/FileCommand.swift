@@ -7,6 +7,7 @@ import ArgumentParser
 import Foundation
 import KeyholdCommandLine
 import KeyholdCore
+import KeyholdSystem
 import KeyholdFormat
 import KeyholdProtocol
 
@@ -176,7 +177,7 @@ extension FileCommand {
             }
             // The agent escrows a new key before handing it out; asked only once the input opened
             // and the destination passed its checks.
-            let key = try keyFile.map(KeyFile.load) ?? agent.connection().key(AgentRequest(op: "file-key"))
+            let key = try keyFile.map(KeyFile.load) ?? agent.key(.fileKey)
             let header = try makeHeader(key)
             let summary = try Transform.run(
                 input: inputFile, destination: target,
@@ -250,7 +251,7 @@ extension FileCommand {
             var peek = inputFile.source
             let n = try head.withUnsafeMutableBytes { try peek.readFully(into: $0) }
             let header = try FileHeader(parsing: head[..<n])
-            let key = try keyFile.map(KeyFile.load) ?? agent.connection().key(AgentRequest(op: "key", keyID: header.keyID))
+            let key = try keyFile.map(KeyFile.load) ?? agent.key(.key(header.keyID))
             let summary = try Transform.run(
                 input: inputFile, destination: target,
                 newFileMode: 0o600, progressLabel: "decrypting"

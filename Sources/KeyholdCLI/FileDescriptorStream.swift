@@ -5,6 +5,7 @@ import Darwin
 #endif
 import KeyholdCommandLine
 import KeyholdCore
+import KeyholdSystem
 import KeyholdFormat
 
 /// Reads a file descriptor (a file, a pipe or standard input). Does not own the descriptor.

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import KeyholdCommandLine
 import KeyholdCore
+import KeyholdSystem
 
 /// `keyhold key …`: offline key files, for tools and tests that work without an agent.
 struct KeyCommand: ParsableCommand {

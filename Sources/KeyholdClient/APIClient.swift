@@ -1,6 +1,6 @@
 import AsyncHTTPClient
-public import Foundation
-public import KeyholdCore
+import Foundation
+import KeyholdCore
 import KeyholdProtocol
 import NIOCore
 import NIOFoundationCompat
@@ -62,16 +62,19 @@ public final class APIClient: Sendable {
         }
     }
 
+    /// GET `path` and decode the answer.
     public func get<R: Decodable>(_ path: String, as: R.Type = R.self) async throws -> R {
-        try await decode(try await send(path, method: .GET, body: nil))
+        try decode(try await send(path, method: .GET, body: nil))
     }
 
+    /// PUT a JSON body and decode the answer.
     public func put<B: Encodable, R: Decodable>(_ path: String, _ body: B, as: R.Type = R.self) async throws -> R {
-        try await decode(try await send(path, method: .PUT, body: try WireFormat.encoder().encode(body)))
+        try decode(try await send(path, method: .PUT, body: try WireFormat.encoder().encode(body)))
     }
 
+    /// POST a JSON body and decode the answer.
     public func post<B: Encodable, R: Decodable>(_ path: String, _ body: B, as: R.Type = R.self) async throws -> R {
-        try await decode(try await send(path, method: .POST, body: try WireFormat.encoder().encode(body)))
+        try decode(try await send(path, method: .POST, body: try WireFormat.encoder().encode(body)))
     }
 
     /// DELETE, expecting no content back.
@@ -145,6 +148,7 @@ public final class APIClient: Sendable {
         return try decode(data)
     }
 
+    /// Closes the client's connections; call once, when done.
     public func shutdown() async {
         try? await http.shutdown()
     }
@@ -190,9 +194,7 @@ public final class APIClient: Sendable {
 
     /// The error an unsuccessful answer carries.
     static func failure(_ status: UInt, _ data: Data) -> KeyholdError {
-        if let e = try? WireFormat.decoder().decode(ErrorBody.self, from: data) {
-            return KeyholdError(.init(rawValue: e.code), e.message, hint: e.hint)
-        }
+        if let e = try? WireFormat.decoder().decode(ErrorBody.self, from: data) { return e.error }
         return KeyholdError(.internalError, "the server answered HTTP \(status)", hint: "see the server's log")
     }
 

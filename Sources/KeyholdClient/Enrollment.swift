@@ -1,5 +1,5 @@
 import Crypto
-public import Foundation
+import Foundation
 public import KeyholdCore
 public import KeyholdProtocol
 import SwiftASN1
@@ -8,12 +8,19 @@ import X509
 /// What a client keeps after enrolling: its certificate and private key, the server's CA, and
 /// where to reach the server. Written to a root-only state directory by the agent.
 public struct EnrolledIdentity: Codable, Sendable {
-    public var clientID: DeviceID
-    public var role: String
+    /// The client id the certificate names.
+    public var clientID: ClientID
+    /// What this client is at the server.
+    public var role: ClientRole
+    /// The server.
     public var serverID: ServerID
+    /// The server's mutual-TLS API.
     public var apiAddress: String
+    /// The server's CA (the only trust anchor).
     public var caPEM: String
+    /// This client's certificate.
     public var certificatePEM: String
+    /// This client's private key (made here, never sent).
     public var keyPEM: String
 
     enum CodingKeys: String, CodingKey {

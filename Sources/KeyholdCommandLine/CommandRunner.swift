@@ -5,7 +5,13 @@ public import KeyholdCore
 /// Runs a command tree the way every Keyhold executable does: parse, run, and turn every failure
 /// into two lines on standard error — `NAME: error: …` and `hint: …` — with a non-zero status
 /// (1 for Keyhold errors, ArgumentParser's code for command-line mistakes).
+///
+/// It runs on the main actor: a synchronous command's blocking I/O runs on the main thread, not on
+/// a thread of Swift's concurrency pool; an asynchronous command's work leaves it at its first await.
 public enum CommandRunner {
+    /// Parses the arguments (the process's, or `arguments` without the program name), runs the
+    /// command and exits with its status.
+    @MainActor
     public static func run<Root: ParsableCommand>(_ root: Root.Type, arguments: [String]? = nil) async -> Never {
         let name = root.configuration.commandName ?? "keyhold"
         do {

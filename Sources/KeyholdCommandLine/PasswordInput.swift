@@ -4,7 +4,7 @@ import Glibc
 import Darwin
 #endif
 import Foundation
-public import KeyholdCore
+import KeyholdCore
 
 /// Passwords from a file (`--password-file`) or asked on the terminal without echo.
 public enum PasswordInput {

@@ -11,6 +11,10 @@ public enum KeyIDKind: IdentifierKind { public static let displayName = "key id"
 public enum ServerIDKind: IdentifierKind { public static let displayName = "server id" }
 /// Tag for ``DeviceID``.
 public enum DeviceIDKind: IdentifierKind { public static let displayName = "device id" }
+/// Tag for ``ClientID``.
+public enum ClientIDKind: IdentifierKind { public static let displayName = "client id" }
+/// Tag for ``TokenID``.
+public enum TokenIDKind: IdentifierKind { public static let displayName = "token id" }
 
 /// A 128-bit random identifier, written as a lowercase UUID (`8-4-4-4-12` hexadecimal digits).
 ///
@@ -127,5 +131,18 @@ extension Identifier: Codable {
 public typealias KeyID = Identifier<KeyIDKind>
 /// Identifies one administration server.
 public typealias ServerID = Identifier<ServerIDKind>
-/// Identifies one managed device.
+/// Identifies one managed device: the device that created a key (a key record's origin device).
 public typealias DeviceID = Identifier<DeviceIDKind>
+/// Identifies one enrollment at a server: a device, a secondary server or an administrator, known
+/// by the certificate the server issued with this id.
+public typealias ClientID = Identifier<ClientIDKind>
+/// Identifies one enrollment token.
+public typealias TokenID = Identifier<TokenIDKind>
+
+extension Identifier where Kind == DeviceIDKind {
+    /// The device enrolled under `client`: a device's id is the client id of the enrollment it
+    /// had when it made the key (after `keyhold reassign` it makes keys under its new one).
+    public init(enrollment client: ClientID) {
+        self.init(high: client.high, low: client.low)
+    }
+}

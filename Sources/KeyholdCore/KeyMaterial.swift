@@ -83,3 +83,34 @@ public struct KeyMaterial: Sendable, CustomStringConvertible {
         }
     }
 }
+
+/// The wire form, `{"record": {…}, "secret": "<base64>"}`: the one way a key and its secret cross
+/// a connection (a release, an escrow, a push, the agent's socket). The secret goes from the
+/// decoded bytes straight into a ``SecretKey`` and from the key straight into the encoder; every
+/// intermediate buffer of Keyhold's own is wiped.
+extension KeyMaterial: Codable {
+    private enum WireKeys: String, CodingKey { case record, secret }
+
+    /// Decodes the wire form; a secret that is not 32 bytes of standard base64 is an error.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: WireKeys.self)
+        let record = try c.decode(KeyRecord.self, forKey: .record)
+        var bytes = try c.decode(Data.self, forKey: .secret)
+        defer { bytes.withUnsafeMutableBytes { SecretKey.wipe($0) } }
+        guard bytes.count == SecretKey.byteCount else {
+            throw DecodingError.dataCorruptedError(
+                forKey: .secret, in: c, debugDescription: "a key's secret is \(SecretKey.byteCount) bytes, not \(bytes.count)"
+            )
+        }
+        self.init(record: record, secret: try SecretKey(bytes: bytes))
+    }
+
+    /// Encodes the wire form.
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: WireKeys.self)
+        try c.encode(record, forKey: .record)
+        var bytes = secret.withUnsafeBytes { Data($0) }
+        defer { bytes.withUnsafeMutableBytes { SecretKey.wipe($0) } }
+        try c.encode(bytes, forKey: .secret)
+    }
+}

@@ -1,6 +1,6 @@
 import CBlkid
 import Foundation
-public import KeyholdCore
+import KeyholdCore
 
 /// What libblkid finds on a device or image file.
 public enum DriveContent: Sendable, Equatable {

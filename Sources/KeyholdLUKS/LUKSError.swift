@@ -1,6 +1,6 @@
 import CCryptsetup
 import Foundation
-public import KeyholdCore
+import KeyholdCore
 import Synchronization
 
 /// The one place where libcryptsetup's and libblkid's failures become ``KeyholdError``s: the

@@ -1,6 +1,6 @@
 import CCryptsetup
 import Foundation
-public import KeyholdCore
+import KeyholdCore
 
 /// A LUKS2 volume (a block device or an image file) through libcryptsetup. Not thread-safe: one
 /// owner uses it and lets it go (`crypt_free` on deinit).
@@ -58,12 +58,21 @@ public final class LUKSVolume {
     /// Adds a keyslot opened by `passphrase` (any bytes); returns its number.
     @discardableResult
     public func addKeyslot(passphrase: some Collection<UInt8>, kdf: KDF) throws -> Int {
-        let bytes = Array(passphrase)
-        defer { var b = bytes; b.withUnsafeMutableBytes { SecretKey.wipe($0) } }
+        // Wiped in place (a copy made to wipe would leave the original alone).
+        var bytes = Array(passphrase)
+        defer { bytes.withUnsafeMutableBytes { SecretKey.wipe($0) } }
         switch kdf {
         case .fullEntropyKey:
-            var pbkdf = crypt_pbkdf_type(type: CRYPT_KDF_PBKDF2, hash: "sha256", time_ms: 0, iterations: 1000, max_memory_kb: 0, parallel_threads: 0, flags: keyhold_CRYPT_PBKDF_NO_BENCHMARK)
-            try LUKSCall.check(crypt_set_pbkdf_type(cd, &pbkdf), "set the keyslot KDF of", path)
+            // The struct holds C strings: they must outlive crypt_set_pbkdf_type, hence the closures.
+            try CRYPT_KDF_PBKDF2.withCString { type in
+                try "sha256".withCString { hash in
+                    var pbkdf = crypt_pbkdf_type(
+                        type: type, hash: hash, time_ms: 0, iterations: 1000, max_memory_kb: 0, parallel_threads: 0,
+                        flags: keyhold_CRYPT_PBKDF_NO_BENCHMARK
+                    )
+                    try LUKSCall.check(crypt_set_pbkdf_type(cd, &pbkdf), "set the keyslot KDF of", path)
+                }
+            }
         case .passphrase:
             try LUKSCall.check(crypt_set_pbkdf_type(cd, crypt_get_pbkdf_default(CRYPT_LUKS2)), "set the keyslot KDF of", path)
         }
@@ -75,10 +84,6 @@ public final class LUKSVolume {
                 )
             }
         })
-    }
-
-    public func destroyKeyslot(_ slot: Int) throws {
-        try LUKSCall.check(crypt_keyslot_destroy(cd, Int32(slot)), "remove keyslot \(slot) of", path)
     }
 
     /// The keyslots in use.
@@ -93,10 +98,6 @@ public final class LUKSVolume {
     @discardableResult
     public func addToken(_ token: KeyholdToken) throws -> Int {
         Int(try LUKSCall.check(crypt_token_json_set(cd, keyhold_CRYPT_ANY_TOKEN, try token.json()), "write the keyhold token to", path))
-    }
-
-    public func removeToken(_ id: Int) throws {
-        try LUKSCall.check(crypt_token_json_set(cd, Int32(id), nil), "remove token \(id) of", path)
     }
 
     /// Every token's type and JSON (copied out: libcryptsetup owns its strings).
@@ -126,9 +127,10 @@ public final class LUKSVolume {
 
     /// Activates `/dev/mapper/NAME` with `passphrase` (or only checks it when `name` is nil).
     public func activate(name: String?, passphrase: some Collection<UInt8>, keyslot: Int) throws {
-        let bytes = Array(passphrase)
-        defer { var b = bytes; b.withUnsafeMutableBytes { SecretKey.wipe($0) } }
-        try bytes.withUnsafeBufferPointer { buffer in
+        // Wiped in place (a copy made to wipe would leave the original alone).
+        var bytes = Array(passphrase)
+        defer { bytes.withUnsafeMutableBytes { SecretKey.wipe($0) } }
+        _ = try bytes.withUnsafeBufferPointer { buffer in
             try buffer.withMemoryRebound(to: CChar.self) { chars in
                 try LUKSCall.check(
                     crypt_activate_by_passphrase(cd, name, Int32(keyslot), chars.baseAddress, chars.count, 0),

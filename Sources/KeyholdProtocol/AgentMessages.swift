@@ -4,55 +4,172 @@ public import KeyholdCore
 // The local socket API between `keyhold` and `keyhold-agent` (docs/spec/agent-socket.md):
 // one JSON request line, one JSON response line, then the agent closes the connection.
 
-/// A request to the agent.
-public struct AgentRequest: Codable, Sendable {
-    /// `status`, `enroll`, `reassign`, `file-key`, `drive-key` or `key`.
-    public var op: String
-    /// For `enroll`: the token text.
-    public var token: String?
-    /// For `key`: the key id.
-    public var keyID: KeyID?
-    /// For `reassign`: only check and report what would move.
-    public var dryRun: Bool?
-    /// For `drive-key`: the new key's label (which drive it is for).
-    public var label: String?
+/// The operations of the agent's socket, as `op` names them; the socket's policy is per operation.
+public enum AgentOperation: String, Codable, Sendable, CaseIterable, CustomStringConvertible {
+    /// The agent's state.
+    case status
+    /// Enroll with a server (root).
+    case enroll
+    /// Move to another server (root).
+    case reassign
+    /// The key new files are encrypted with (escrowed first).
+    case fileKey = "file-key"
+    /// A new drive key, escrowed first (root).
+    case driveKey = "drive-key"
+    /// A key by id, for decryption.
+    case key
 
-    public init(op: String, token: String? = nil, keyID: KeyID? = nil, dryRun: Bool? = nil, label: String? = nil) {
-        self.op = op
-        self.token = token
-        self.keyID = keyID
-        self.dryRun = dryRun
-        self.label = label
+    /// The wire text.
+    public var description: String { rawValue }
+}
+
+/// A request to the agent: `{"op": "…", …}` with the fields its operation needs.
+public enum AgentRequest: Codable, Sendable, Equatable {
+    /// `{"op": "status"}`
+    case status
+    /// `{"op": "enroll", "token": "kh1.…"}`
+    case enroll(token: String)
+    /// `{"op": "reassign", "token": "kh1.…", "dry_run": false}`
+    case reassign(token: String, dryRun: Bool)
+    /// `{"op": "file-key"}`
+    case fileKey
+    /// `{"op": "drive-key", "label": "…"}`
+    case driveKey(label: String)
+    /// `{"op": "key", "key_id": "…"}`
+    case key(KeyID)
+
+    /// Which operation this is.
+    public var operation: AgentOperation {
+        switch self {
+        case .status: return .status
+        case .enroll: return .enroll
+        case .reassign: return .reassign
+        case .fileKey: return .fileKey
+        case .driveKey: return .driveKey
+        case .key: return .key
+        }
     }
 
     enum CodingKeys: String, CodingKey { case op, token, keyID = "key_id", dryRun = "dry_run", label }
+
+    /// Decodes a request; a missing field names the operation that needs it.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        switch try c.decode(AgentOperation.self, forKey: .op) {
+        case .status: self = .status
+        case .enroll: self = .enroll(token: try c.decode(String.self, forKey: .token))
+        case .reassign: self = .reassign(token: try c.decode(String.self, forKey: .token), dryRun: try c.decodeIfPresent(Bool.self, forKey: .dryRun) ?? false)
+        case .fileKey: self = .fileKey
+        case .driveKey: self = .driveKey(label: try c.decodeIfPresent(String.self, forKey: .label) ?? "drive key")
+        case .key: self = .key(try c.decode(KeyID.self, forKey: .keyID))
+        }
+    }
+
+    /// Encodes the request's `op` and fields.
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(operation, forKey: .op)
+        switch self {
+        case .status, .fileKey: break
+        case .enroll(let token): try c.encode(token, forKey: .token)
+        case .reassign(let token, let dryRun):
+            try c.encode(token, forKey: .token)
+            try c.encode(dryRun, forKey: .dryRun)
+        case .driveKey(let label): try c.encode(label, forKey: .label)
+        case .key(let id): try c.encode(id, forKey: .keyID)
+        }
+    }
 }
 
-/// A key handed to a local client: its record and base64 secret.
-public struct AgentKey: Codable, Sendable {
-    public var record: KeyRecord
-    public var secret: String
-    public init(record: KeyRecord, secret: String) {
-        self.record = record
-        self.secret = secret
+/// The agent's answer: exactly one of `status`, `key`, `reassign` or `error`.
+public enum AgentResponse: Codable, Sendable {
+    /// `{"status": {…}}`
+    case status(AgentStatus)
+    /// `{"key": {"record": {…}, "secret": "…"}}`
+    case key(KeyMaterial)
+    /// `{"reassign": {…}}`
+    case reassign(ReassignReport)
+    /// `{"error": {"code": "…", "message": "…", "hint": "…"}}`
+    case failure(ErrorBody)
+
+    enum CodingKeys: String, CodingKey { case status, key, reassign, error }
+
+    /// Decodes whichever of the four fields is present.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        if let e = try c.decodeIfPresent(ErrorBody.self, forKey: .error) {
+            self = .failure(e)
+        } else if let s = try c.decodeIfPresent(AgentStatus.self, forKey: .status) {
+            self = .status(s)
+        } else if let k = try c.decodeIfPresent(KeyMaterial.self, forKey: .key) {
+            self = .key(k)
+        } else if let r = try c.decodeIfPresent(ReassignReport.self, forKey: .reassign) {
+            self = .reassign(r)
+        } else {
+            throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription: "an agent answer holds status, key, reassign or error"))
+        }
+    }
+
+    /// Encodes the one field.
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        switch self {
+        case .status(let s): try c.encode(s, forKey: .status)
+        case .key(let k): try c.encode(k, forKey: .key)
+        case .reassign(let r): try c.encode(r, forKey: .reassign)
+        case .failure(let e): try c.encode(e, forKey: .error)
+        }
+    }
+
+    /// The answer's status, or the error it carries (or a protocol error for another answer).
+    public func status() throws -> AgentStatus {
+        if case .status(let s) = self { return s }
+        throw unexpected("a status")
+    }
+
+    /// The answer's key, or the error it carries.
+    public func key() throws -> KeyMaterial {
+        if case .key(let k) = self { return k }
+        throw unexpected("a key")
+    }
+
+    /// The answer's reassignment report, or the error it carries.
+    public func reassignReport() throws -> ReassignReport {
+        if case .reassign(let r) = self { return r }
+        throw unexpected("a report")
+    }
+
+    private func unexpected(_ what: String) -> KeyholdError {
+        if case .failure(let body) = self { return body.error }
+        return KeyholdError(.internalError, "the agent answered without \(what)", hint: "check that keyhold and keyhold-agent are the same version")
     }
 }
 
 /// What `status` reports.
 public struct AgentStatus: Codable, Sendable, Equatable {
+    /// Whether the device is enrolled.
     public var enrolled: Bool
+    /// Its server.
     public var serverID: ServerID?
+    /// Its server's API address.
     public var serverAddress: String?
-    public var deviceID: DeviceID?
+    /// Its client id at that server.
+    public var deviceID: ClientID?
+    /// The last successful heartbeat.
     public var lastHeartbeat: Date?
+    /// The error of the last heartbeat, if it failed.
     public var lastHeartbeatError: String?
+    /// Keys in the sealed cache.
     public var cachedKeys: Int
+    /// The key new files are encrypted with.
     public var activeFileKey: KeyID?
     /// Keys whose escrow was started but not acknowledged (they are never used).
     public var outbox: Int
+    /// The agent's version.
     public var version: String
 
-    public init(enrolled: Bool, serverID: ServerID?, serverAddress: String?, deviceID: DeviceID?, lastHeartbeat: Date?,
+    /// A status.
+    public init(enrolled: Bool, serverID: ServerID?, serverAddress: String?, deviceID: ClientID?, lastHeartbeat: Date?,
                 lastHeartbeatError: String?, cachedKeys: Int, activeFileKey: KeyID?, outbox: Int, version: String) {
         self.enrolled = enrolled
         self.serverID = serverID
@@ -73,41 +190,33 @@ public struct AgentStatus: Codable, Sendable, Equatable {
     }
 }
 
-/// The agent's answer: exactly one of `error`, `key` or `status` is present (none for a plain ok).
-public struct AgentResponse: Codable, Sendable {
-    public var error: ErrorBody?
-    public var key: AgentKey?
-    public var status: AgentStatus?
-    public var reassign: ReassignReport?
-
-    public init(error: ErrorBody? = nil, key: AgentKey? = nil, status: AgentStatus? = nil, reassign: ReassignReport? = nil) {
-        self.error = error
-        self.key = key
-        self.status = status
-        self.reassign = reassign
-    }
-}
-
 /// What `reassign` did (or, with `dry_run`, would do).
 public struct ReassignReport: Codable, Sendable {
+    /// Whether nothing was changed.
     public var dryRun: Bool
+    /// The old server.
     public var fromServerID: ServerID
+    /// Its address.
     public var fromAddress: String
     /// Known once enrolled with the new server (not in a dry run).
     public var toServerID: ServerID?
+    /// The new server's address.
     public var toAddress: String
     /// The device's id at the new server (not in a dry run).
-    public var deviceID: DeviceID?
+    public var deviceID: ClientID?
     /// The keys that moved (or would move): every key the device holds.
     public var keys: [KeyID]
     /// Of those, how many the new server stored now and how many it already had.
     public var reescrowed: Int
+    /// … and how many it already had.
     public var alreadyPresent: Int
     /// Whether the old server acknowledged the move (best effort), and why not.
     public var oldServerNotified: Bool
+    /// Why the old server was not told.
     public var oldServerNote: String?
 
-    public init(dryRun: Bool, fromServerID: ServerID, fromAddress: String, toServerID: ServerID?, toAddress: String, deviceID: DeviceID?,
+    /// A report.
+    public init(dryRun: Bool, fromServerID: ServerID, fromAddress: String, toServerID: ServerID?, toAddress: String, deviceID: ClientID?,
                 keys: [KeyID], reescrowed: Int, alreadyPresent: Int, oldServerNotified: Bool, oldServerNote: String?) {
         self.dryRun = dryRun
         self.fromServerID = fromServerID

@@ -11,11 +11,13 @@ public struct EnrollmentToken: Codable, Sendable, Equatable {
     public var enrollAddress: String
     /// Lowercase hex SHA-256 of the server's CA certificate (DER).
     public var caFingerprint: String
-    public var id: KeyID
+    /// The token's id.
+    public var id: TokenID
     /// base64url secret; the server stores only its SHA-256.
     public var secret: String
 
-    public init(apiAddress: String, enrollAddress: String, caFingerprint: String, id: KeyID, secret: String) {
+    /// A token.
+    public init(apiAddress: String, enrollAddress: String, caFingerprint: String, id: TokenID, secret: String) {
         self.apiAddress = apiAddress
         self.enrollAddress = enrollAddress
         self.caFingerprint = caFingerprint

@@ -1,29 +1,52 @@
 public import Foundation
 public import KeyholdCore
 
-/// One key in a push from a secondary to its primary.
+/// One key in a push from a secondary to its primary: the key's wire form and whether it is blocked.
 public struct PushedKey: Codable, Sendable {
-    public var record: KeyRecord
-    public var secret: String
+    /// The key and its secret.
+    public var key: KeyMaterial
+    /// Whether the secondary holds it blocked (a block travels up).
     public var blocked: Bool
-    public init(record: KeyRecord, secret: String, blocked: Bool) {
-        self.record = record
-        self.secret = secret
+
+    /// A key to push.
+    public init(key: KeyMaterial, blocked: Bool) {
+        self.key = key
         self.blocked = blocked
+    }
+
+    enum CodingKeys: String, CodingKey { case blocked }
+
+    /// Decodes `record`, `secret` and `blocked` from one object.
+    public init(from decoder: any Decoder) throws {
+        key = try KeyMaterial(from: decoder)
+        blocked = try decoder.container(keyedBy: CodingKeys.self).decode(Bool.self, forKey: .blocked)
+    }
+
+    /// Encodes `record`, `secret` and `blocked` into one object.
+    public func encode(to encoder: any Encoder) throws {
+        try key.encode(to: encoder)
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(blocked, forKey: .blocked)
     }
 }
 
 /// `POST /v1/hierarchy/push`.
 public struct PushRequest: Codable, Sendable {
+    /// The batch, in the secondary's sequence order.
     public var keys: [PushedKey]
+    /// A batch.
     public init(keys: [PushedKey]) { self.keys = keys }
 }
 
 /// Sent after the primary committed the batch.
 public struct PushResponse: Codable, Sendable, Equatable {
+    /// Keys stored now.
     public var accepted: Int
+    /// Keys that were already there with the same secret.
     public var alreadyPresent: Int
+    /// Keys refused because the primary holds another secret under their id.
     public var conflicts: [KeyID]
+    /// An acknowledgement.
     public init(accepted: Int, alreadyPresent: Int, conflicts: [KeyID]) {
         self.accepted = accepted
         self.alreadyPresent = alreadyPresent
@@ -34,30 +57,40 @@ public struct PushResponse: Codable, Sendable, Equatable {
 
 /// `POST /v1/admin/primary`: join a primary.
 public struct JoinRequest: Codable, Sendable {
+    /// A server-role token of the primary.
     public var token: String
+    /// A request to join.
     public init(token: String) { self.token = token }
 }
 
 /// `POST /v1/admin/hierarchy`: turn the option on or off.
 public struct HierarchyOptionRequest: Codable, Sendable {
+    /// The new value of "use hierarchy to obtain encryption keys".
     public var enabled: Bool
+    /// A request to set it.
     public init(enabled: Bool) { self.enabled = enabled }
 }
 
 /// The hierarchy part of a server's status.
 public struct HierarchyStatus: Codable, Sendable, Equatable {
+    /// The option "use hierarchy to obtain encryption keys".
     public var useHierarchy: Bool
+    /// The primary, if joined.
     public var primaryServerID: ServerID?
+    /// The primary's API address.
     public var primaryAddress: String?
     /// Highest sequence number the primary acknowledged.
     public var pushCursor: Int64
     /// Keys with a sequence number above the cursor (not yet acknowledged).
     public var pending: Int
+    /// When the last push ended.
     public var lastPush: Date?
+    /// `ok: N keys`, or the error of the last push.
     public var lastPushResult: String?
     /// The primary refused the last exchange with `hierarchy_disabled`.
     public var primaryRefuses: Bool
 
+    /// A status.
     public init(useHierarchy: Bool, primaryServerID: ServerID?, primaryAddress: String?, pushCursor: Int64, pending: Int,
                 lastPush: Date?, lastPushResult: String?, primaryRefuses: Bool) {
         self.useHierarchy = useHierarchy
@@ -78,9 +111,13 @@ public struct HierarchyStatus: Codable, Sendable, Equatable {
 
 /// What one sync (heartbeat push) did.
 public struct SyncResponse: Codable, Sendable, Equatable {
+    /// Keys sent.
     public var pushed: Int
+    /// Batches acknowledged.
     public var batches: Int
+    /// The cursor after the push.
     public var cursor: Int64
+    /// A report.
     public init(pushed: Int, batches: Int, cursor: Int64) {
         self.pushed = pushed
         self.batches = batches

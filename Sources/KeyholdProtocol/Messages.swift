@@ -4,28 +4,55 @@ public import KeyholdCore
 // Wire messages of the server API (docs/spec/protocol.md). JSON, snake_case keys, dates as
 // ISO 8601, byte strings as standard base64.
 
-/// The body of every error response.
+/// The body of every error response: a ``KeyholdError`` on the wire.
 public struct ErrorBody: Codable, Sendable, Equatable {
-    public var code: String
+    /// The stable code (docs/spec/protocol.md §5).
+    public var code: KeyholdError.Code
+    /// What went wrong.
     public var message: String
+    /// What to do next.
     public var hint: String
-    public init(code: String, message: String, hint: String) {
-        self.code = code
-        self.message = message
-        self.hint = hint
+
+    /// The body for `error`.
+    public init(_ error: KeyholdError) {
+        self.code = error.code
+        self.message = error.message
+        self.hint = error.hint
+    }
+
+    /// The error it carries.
+    public var error: KeyholdError { KeyholdError(code, message, hint: hint) }
+
+    enum CodingKeys: String, CodingKey { case code, message, hint }
+
+    /// Decodes an error body. A code this build does not know (a newer peer) becomes `internal`,
+    /// with the code kept in the message, so the person still sees what the peer said.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let text = try c.decode(String.self, forKey: .code)
+        message = try c.decode(String.self, forKey: .message)
+        hint = try c.decode(String.self, forKey: .hint)
+        if let known = KeyholdError.Code(rawValue: text) {
+            code = known
+        } else {
+            code = .internalError
+            message = "\(message) (code \(text))"
+        }
     }
 }
 
 /// `POST /v1/enroll` (enrollment port).
 public struct EnrollRequest: Codable, Sendable {
-    public var tokenID: KeyID
+    /// The token's id.
+    public var tokenID: TokenID
     /// The token's secret, base64url as in the token.
     public var secret: String
     /// PEM certificate signing request; the private key never leaves the caller.
     public var csrPEM: String
     /// A name for people (host name).
     public var name: String
-    public init(tokenID: KeyID, secret: String, csrPEM: String, name: String) {
+    /// A request for `tokenID` with its secret, a CSR and a name.
+    public init(tokenID: TokenID, secret: String, csrPEM: String, name: String) {
         self.tokenID = tokenID
         self.secret = secret
         self.csrPEM = csrPEM
@@ -34,13 +61,20 @@ public struct EnrollRequest: Codable, Sendable {
     enum CodingKeys: String, CodingKey { case tokenID = "token_id", secret, csrPEM = "csr_pem", name }
 }
 
+/// The answer to an enrollment: the new client's id and certificate.
 public struct EnrollResponse: Codable, Sendable {
-    public var clientID: DeviceID
-    public var role: String
+    /// The client id the certificate names.
+    public var clientID: ClientID
+    /// The role the token granted.
+    public var role: ClientRole
+    /// The issued certificate.
     public var certificatePEM: String
+    /// The server's CA certificate.
     public var caPEM: String
+    /// The server's id.
     public var serverID: ServerID
-    public init(clientID: DeviceID, role: String, certificatePEM: String, caPEM: String, serverID: ServerID) {
+    /// An answer.
+    public init(clientID: ClientID, role: ClientRole, certificatePEM: String, caPEM: String, serverID: ServerID) {
         self.clientID = clientID
         self.role = role
         self.certificatePEM = certificatePEM
@@ -53,26 +87,43 @@ public struct EnrollResponse: Codable, Sendable {
 }
 
 /// `PUT /v1/keys/{id}`: escrow a key. The server answers only after its repository committed.
+/// On the wire: the key's wire form (`record`, `secret`) and `reassigned_from`.
 public struct EscrowRequest: Codable, Sendable {
-    public var record: KeyRecord
-    /// The 32-byte secret, base64.
-    public var secret: String
+    /// The key and its secret.
+    public var key: KeyMaterial
     /// Set when a device moving here (`keyhold reassign`) re-escrows a key it held with this
     /// server; the audit record then says `reescrow` and names the previous server.
     public var reassignedFrom: ServerID?
-    public init(record: KeyRecord, secret: String, reassignedFrom: ServerID? = nil) {
-        self.record = record
-        self.secret = secret
+
+    /// A request to escrow `key`.
+    public init(key: KeyMaterial, reassignedFrom: ServerID? = nil) {
+        self.key = key
         self.reassignedFrom = reassignedFrom
     }
 
-    enum CodingKeys: String, CodingKey { case record, secret, reassignedFrom = "reassigned_from" }
+    enum CodingKeys: String, CodingKey { case reassignedFrom = "reassigned_from" }
+
+    /// Decodes the key's fields and `reassigned_from` from one object.
+    public init(from decoder: any Decoder) throws {
+        key = try KeyMaterial(from: decoder)
+        reassignedFrom = try decoder.container(keyedBy: CodingKeys.self).decodeIfPresent(ServerID.self, forKey: .reassignedFrom)
+    }
+
+    /// Encodes the key's fields and `reassigned_from` into one object.
+    public func encode(to encoder: any Encoder) throws {
+        try key.encode(to: encoder)
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encodeIfPresent(reassignedFrom, forKey: .reassignedFrom)
+    }
 }
 
 /// `POST /v1/leave`: a device tells its old server that it moved (best effort, `keyhold reassign`).
 public struct LeaveRequest: Codable, Sendable {
+    /// The server it moved to.
     public var newServerID: ServerID
+    /// That server's API address.
     public var newAddress: String
+    /// A notice of a move to `newServerID` at `newAddress`.
     public init(newServerID: ServerID, newAddress: String) {
         self.newServerID = newServerID
         self.newAddress = newAddress
@@ -81,31 +132,27 @@ public struct LeaveRequest: Codable, Sendable {
     enum CodingKeys: String, CodingKey { case newServerID = "new_server_id", newAddress = "new_address" }
 }
 
+/// The acknowledgement of an escrow, sent after the commit.
 public struct EscrowResponse: Codable, Sendable, Equatable {
+    /// The key.
     public var keyID: KeyID
-    /// `inserted` or `already_present`.
-    public var outcome: String
-    public init(keyID: KeyID, outcome: String) {
+    /// Whether it was stored now or was already there.
+    public var outcome: EscrowOutcome
+    /// An acknowledgement.
+    public init(keyID: KeyID, outcome: EscrowOutcome) {
         self.keyID = keyID
         self.outcome = outcome
     }
     enum CodingKeys: String, CodingKey { case keyID = "key_id", outcome }
 }
 
-/// `GET /v1/keys/{id}`: a released key.
-public struct KeyResponse: Codable, Sendable {
-    public var record: KeyRecord
-    public var secret: String
-    public init(record: KeyRecord, secret: String) {
-        self.record = record
-        self.secret = secret
-    }
-}
-
 /// `POST /v1/heartbeat`.
 public struct HeartbeatRequest: Codable, Sendable {
+    /// The agent's version.
     public var agentVersion: String
+    /// How many keys the agent holds.
     public var keyCount: Int
+    /// A heartbeat.
     public init(agentVersion: String, keyCount: Int) {
         self.agentVersion = agentVersion
         self.keyCount = keyCount
@@ -113,9 +160,13 @@ public struct HeartbeatRequest: Codable, Sendable {
     enum CodingKeys: String, CodingKey { case agentVersion = "agent_version", keyCount = "key_count" }
 }
 
+/// The answer to a heartbeat.
 public struct HeartbeatResponse: Codable, Sendable {
+    /// The server's id.
     public var serverID: ServerID
+    /// The server's clock.
     public var serverTime: Date
+    /// An answer.
     public init(serverID: ServerID, serverTime: Date) {
         self.serverID = serverID
         self.serverTime = serverTime
@@ -125,11 +176,16 @@ public struct HeartbeatResponse: Codable, Sendable {
 
 /// Key metadata for administrators (never the secret).
 public struct KeyInfo: Codable, Sendable, Equatable {
+    /// The key's record.
     public var record: KeyRecord
-    public var provenance: String
+    /// How it reached this server.
+    public var provenance: KeyProvenance
+    /// When this server stored it.
     public var stored: Date
+    /// Whether it is blocked.
     public var blocked: Bool
-    public init(record: KeyRecord, provenance: String, stored: Date, blocked: Bool) {
+    /// Metadata of one key.
+    public init(record: KeyRecord, provenance: KeyProvenance, stored: Date, blocked: Bool) {
         self.record = record
         self.provenance = provenance
         self.stored = stored
@@ -137,10 +193,13 @@ public struct KeyInfo: Codable, Sendable, Equatable {
     }
 }
 
+/// One page of `GET /v1/admin/keys`.
 public struct KeyListResponse: Codable, Sendable {
+    /// The keys, in id order.
     public var keys: [KeyInfo]
     /// Pass as `after` for the next page; absent on the last page.
     public var next: KeyID?
+    /// A page.
     public init(keys: [KeyInfo], next: KeyID?) {
         self.keys = keys
         self.next = next
@@ -149,15 +208,27 @@ public struct KeyListResponse: Codable, Sendable {
 
 /// An enrolled device or secondary, for administrators.
 public struct ClientInfo: Codable, Sendable, Equatable {
-    public var id: DeviceID
-    public var role: String
+    /// Its client id.
+    public var id: ClientID
+    /// What it is.
+    public var role: ClientRole
+    /// The name it gave at enrollment.
     public var name: String
-    public var state: String
+    /// Whether it is served.
+    public var state: EnrollmentState
+    /// When it enrolled.
     public var enrolled: Date
+    /// Its last heartbeat.
     public var lastSeen: Date?
+    /// The version its last heartbeat reported.
     public var agentVersion: String?
+    /// The key count its last heartbeat reported.
     public var keyCount: Int?
-    public init(id: DeviceID, role: String, name: String, state: String, enrolled: Date, lastSeen: Date?, agentVersion: String?, keyCount: Int?) {
+    /// One client.
+    public init(
+        id: ClientID, role: ClientRole, name: String, state: EnrollmentState, enrolled: Date, lastSeen: Date?, agentVersion: String?,
+        keyCount: Int?
+    ) {
         self.id = id
         self.role = role
         self.name = name
@@ -172,33 +243,16 @@ public struct ClientInfo: Codable, Sendable, Equatable {
     }
 }
 
-public struct AuditEntry: Codable, Sendable, Equatable {
-    public var sequence: Int64
-    public var time: Date
-    public var actor: String
-    public var action: String
-    public var keyID: KeyID?
-    public var route: String
-    public var result: String
-    public var detail: String
-    public init(sequence: Int64, time: Date, actor: String, action: String, keyID: KeyID?, route: String, result: String, detail: String) {
-        self.sequence = sequence
-        self.time = time
-        self.actor = actor
-        self.action = action
-        self.keyID = keyID
-        self.route = route
-        self.result = result
-        self.detail = detail
-    }
-    enum CodingKeys: String, CodingKey { case sequence, time, actor, action, keyID = "key_id", route, result, detail }
-}
-
+/// `POST /v1/admin/tokens`.
 public struct TokenCreateRequest: Codable, Sendable {
-    public var role: String
+    /// The role it grants (`device` or `server`).
+    public var role: ClientRole
+    /// How many enrollments it allows.
     public var uses: Int
+    /// How long it is valid.
     public var ttlSeconds: Int
-    public init(role: String, uses: Int, ttlSeconds: Int) {
+    /// A request for a token.
+    public init(role: ClientRole, uses: Int, ttlSeconds: Int) {
         self.role = role
         self.uses = uses
         self.ttlSeconds = ttlSeconds
@@ -206,26 +260,41 @@ public struct TokenCreateRequest: Codable, Sendable {
     enum CodingKeys: String, CodingKey { case role, uses, ttlSeconds = "ttl_seconds" }
 }
 
+/// A new token.
 public struct TokenCreateResponse: Codable, Sendable {
+    /// The text to hand over (`kh1.…`).
     public var token: String
-    public var id: KeyID
+    /// Its id.
+    public var id: TokenID
+    /// When it expires.
     public var expires: Date
-    public init(token: String, id: KeyID, expires: Date) {
+    /// A token.
+    public init(token: String, id: TokenID, expires: Date) {
         self.token = token
         self.id = id
         self.expires = expires
     }
 }
 
+/// `GET /v1/admin/status`.
 public struct StatusResponse: Codable, Sendable {
+    /// The server's id.
     public var serverID: ServerID
+    /// Its version.
     public var version: String
+    /// Its database (a URL without the password, or `sqlite`).
     public var database: String
+    /// Keys stored.
     public var keyCount: Int
+    /// Active devices.
     public var devices: Int
+    /// Active secondaries.
     public var secondaries: Int
+    /// When the process started.
     public var started: Date
+    /// Its place in the hierarchy.
     public var hierarchy: HierarchyStatus?
+    /// A status.
     public init(serverID: ServerID, version: String, database: String, keyCount: Int, devices: Int, secondaries: Int, started: Date, hierarchy: HierarchyStatus? = nil) {
         self.hierarchy = hierarchy
         self.serverID = serverID
@@ -243,6 +312,7 @@ public struct StatusResponse: Codable, Sendable {
 
 /// Encoders and decoders with the protocol's conventions.
 public enum WireFormat {
+    /// The encoder of every message: sorted keys, ISO 8601 dates, slashes unescaped.
     public static func encoder() -> JSONEncoder {
         let e = JSONEncoder()
         e.dateEncodingStrategy = .iso8601
@@ -257,6 +327,7 @@ public enum WireFormat {
         return String(decoding: try e.encode(value), as: UTF8.self)
     }
 
+    /// The decoder of every message: ISO 8601 dates, base64 byte strings.
     public static func decoder() -> JSONDecoder {
         let d = JSONDecoder()
         d.dateDecodingStrategy = .iso8601

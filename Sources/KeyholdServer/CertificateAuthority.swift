@@ -1,18 +1,19 @@
 import Crypto
 import Foundation
 import KeyholdCore
+import KeyholdProtocol
 import SwiftASN1
 import X509
 
 /// Who a certificate issued by a Keyhold CA belongs to, read from its `urn:keyhold:<role>:<id>`
 /// subject alternative name.
 struct CertificateIdentity: Equatable, Sendable {
-    var role: String
-    var id: DeviceID
+    var role: ClientRole
+    var id: ClientID
 
     var uri: String { "urn:keyhold:\(role):\(id)" }
 
-    init(role: String, id: DeviceID) {
+    init(role: ClientRole, id: ClientID) {
         self.role = role
         self.id = id
     }
@@ -23,8 +24,8 @@ struct CertificateIdentity: Equatable, Sendable {
         for name in sans {
             if case .uniformResourceIdentifier(let uri) = name, uri.hasPrefix("urn:keyhold:") {
                 let parts = uri.split(separator: ":")
-                if parts.count == 4, let id = DeviceID(String(parts[3])) {
-                    self.init(role: String(parts[2]), id: id)
+                if parts.count == 4, let role = ClientRole(rawValue: String(parts[2])), let id = ClientID(String(parts[3])) {
+                    self.init(role: role, id: id)
                     return
                 }
             }
@@ -88,7 +89,7 @@ struct CertificateAuthority: Sendable {
     /// The server's TLS certificate, valid for `names` (host names or IP addresses).
     func issueServerCertificate(serverID: ServerID, names: [String]) throws -> (Certificate, keyPEM: String) {
         let key = P256.Signing.PrivateKey()
-        var sans: [GeneralName] = [.uniformResourceIdentifier(CertificateIdentity(role: "server", id: DeviceID(high: serverID.high, low: serverID.low)).uri)]
+        var sans: [GeneralName] = [.uniformResourceIdentifier(CertificateIdentity(role: .server, id: ClientID(high: serverID.high, low: serverID.low)).uri)]
         for name in Set(names).sorted() {
             if let ip = Self.ipAddressBytes(name) {
                 sans.append(.ipAddress(ASN1OctetString(contentBytes: ArraySlice(ip))))

@@ -1,32 +1,48 @@
-import Foundation
-import KeyholdCommandLine
+public import Foundation
 import KeyholdCore
+public import KeyholdSystem
 
-/// The server's data directory: configuration, master key, CA and certificates (and the SQLite
-/// repository unless PostgreSQL is configured). Created by `keyhold-server init`, mode 0700.
-struct DataDirectory: Sendable {
-    let url: URL
+/// The server's data directory (mode 0700): the configuration, the master key, the CA and the
+/// certificates, the SQLite repository unless PostgreSQL is configured, and while the server runs
+/// `runtime.json` and the lock. Created by `keyhold-server init`.
+public struct DataDirectory: Sendable {
+    /// The directory.
+    public let path: String
 
-    init(_ path: String) { url = URL(fileURLWithPath: path) }
+    /// The data directory at `path`.
+    public init(_ path: String) { self.path = path }
 
-    var path: String { url.path }
-    func file(_ name: String) -> String { url.appendingPathComponent(name).path }
+    /// A file in the directory.
+    public func file(_ name: String) -> String { (path as NSString).appendingPathComponent(name) }
 
-    var config: String { file("config.toml") }
-    var masterKey: String { file("master.key") }
-    var caCertificate: String { file("ca.pem") }
-    var caKey: String { file("ca.key") }
-    var tlsCertificate: String { file("tls.pem") }
-    var tlsKey: String { file("tls.key") }
-    var adminCertificate: String { file("admin.pem") }
-    var adminKey: String { file("admin.key") }
-    var sqlite: String { file("keyhold.sqlite") }
-    /// Written when the server listens: the addresses it actually bound (useful with port 0).
-    var runtime: String { file("runtime.json") }
+    /// `config.toml`.
+    public var config: String { file("config.toml") }
+    /// The master key (0600).
+    public var masterKey: String { file("master.key") }
+    /// The CA certificate.
+    public var caCertificate: String { file("ca.pem") }
+    /// The CA's private key (0600).
+    public var caKey: String { file("ca.key") }
+    /// The TLS certificate of both listeners.
+    public var tlsCertificate: String { file("tls.pem") }
+    /// Its private key (0600).
+    public var tlsKey: String { file("tls.key") }
+    /// The administrator certificate made by `init`.
+    public var adminCertificate: String { file("admin.pem") }
+    /// Its private key (0600).
+    public var adminKey: String { file("admin.key") }
+    /// The SQLite repository.
+    public var sqlite: String { file("keyhold.sqlite") }
+    /// The primary this server joined (0600: it holds this server's client key at the primary).
+    public var primary: String { file("primary.json") }
+    /// Held by the running server.
+    public var lock: String { file("server.lock") }
 
-    var isInitialized: Bool { FileManager.default.fileExists(atPath: config) }
+    /// Whether `init` finished here (it writes `config.toml` last).
+    public var isInitialized: Bool { FileManager.default.fileExists(atPath: config) }
 
-    func requireInitialized() throws {
+    /// Throws `configuration` with the `init` command as hint unless `init` finished here.
+    public func requireInitialized() throws {
         guard isInitialized else {
             throw KeyholdError(
                 .configuration, "\(path) is not a Keyhold server data directory (no config.toml)",
@@ -35,12 +51,18 @@ struct DataDirectory: Sendable {
         }
     }
 
-    /// Writes `data` to `name` atomically with `mode`.
-    func write(_ name: String, _ data: Data, mode: mode_t) throws {
-        try AtomicFileWriter.replace(url.appendingPathComponent(name).path, with: data, mode: mode)
+    /// Takes the directory's lock for this process's life: one running server per data directory.
+    public func lockForRunning() throws -> ProcessLock {
+        try ProcessLock(path: lock, protecting: "the data directory \(path)", holder: "keyhold-server")
     }
 
-    func read(_ path: String) throws -> Data {
+    /// Writes `data` to the file `name` atomically with `mode`.
+    public func write(_ name: String, _ data: Data, mode: mode_t) throws {
+        try AtomicFileWriter.replace(file(name), with: data, mode: mode)
+    }
+
+    /// The contents of `path`, or `configuration` naming it.
+    public func read(_ path: String) throws -> Data {
         do {
             return try Data(contentsOf: URL(fileURLWithPath: path))
         } catch {
@@ -49,7 +71,7 @@ struct DataDirectory: Sendable {
     }
 
     /// Refuses secret files that others could read.
-    func checkSecretPermissions() throws {
+    public func checkSecretPermissions() throws {
         for secret in [masterKey, caKey, tlsKey, adminKey] {
             let attrs = try FileManager.default.attributesOfItem(atPath: secret)
             let mode = (attrs[.posixPermissions] as? Int) ?? 0
@@ -60,88 +82,5 @@ struct DataDirectory: Sendable {
                 )
             }
         }
-    }
-}
-
-/// `config.toml`: flat `key = value` lines (strings in double quotes, integers, true/false),
-/// `#` comments. Command-line options override it.
-struct ServerConfig: Sendable, Equatable {
-    var serverID: ServerID
-    var name: String
-    /// `host:port` of the mutual-TLS API.
-    var listen: String
-    /// `host:port` of the enrollment listener.
-    var enrollListen: String
-    /// `sqlite` (the file in the data directory) or a `postgres://` URL.
-    var database: String
-    /// Addresses put into enrollment tokens; empty means the bound listen addresses.
-    var advertiseAPI: String
-    var advertiseEnroll: String
-
-    func render() -> String {
-        """
-        # Keyhold administration server. Command-line options override these values.
-        server_id = "\(serverID)"
-        name = "\(name)"
-        # mutual-TLS API and enrollment listener (host:port)
-        listen = "\(listen)"
-        enroll_listen = "\(enrollListen)"
-        # "sqlite" for keyhold.sqlite in this directory, or a postgres:// URL
-        database = "\(database)"
-        # addresses written into enrollment tokens (empty: the listen addresses)
-        advertise_api = "\(advertiseAPI)"
-        advertise_enroll = "\(advertiseEnroll)"
-
-        """
-    }
-
-    static func parse(_ text: String, path: String) throws -> ServerConfig {
-        var values: [String: String] = [:]
-        for (n, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            let line = raw.trimmingCharacters(in: .whitespaces)
-            if line.isEmpty || line.hasPrefix("#") { continue }
-            guard let eq = line.firstIndex(of: "=") else {
-                throw KeyholdError(.configuration, "\(path):\(n + 1): expected 'key = value'", hint: "fix the line or remove it")
-            }
-            let key = line[..<eq].trimmingCharacters(in: .whitespaces)
-            var value = line[line.index(after: eq)...].trimmingCharacters(in: .whitespaces)
-            if value.hasPrefix("\"") {
-                guard value.count >= 2, value.hasSuffix("\"") else {
-                    throw KeyholdError(.configuration, "\(path):\(n + 1): unterminated string", hint: "close the string with a double quote")
-                }
-                value = String(value.dropFirst().dropLast())
-            }
-            values[key] = value
-        }
-        func need(_ k: String) throws -> String {
-            guard let v = values[k] else { throw KeyholdError(.configuration, "\(path): missing \(k)", hint: "add '\(k) = …' or re-create the data directory with 'keyhold-server init'") }
-            return v
-        }
-        guard let id = ServerID(try need("server_id")) else {
-            throw KeyholdError(.configuration, "\(path): server_id is not a UUID", hint: "restore config.toml from a backup")
-        }
-        return ServerConfig(
-            serverID: id, name: values["name"] ?? "", listen: try need("listen"), enrollListen: try need("enroll_listen"),
-            database: values["database"] ?? "sqlite", advertiseAPI: values["advertise_api"] ?? "", advertiseEnroll: values["advertise_enroll"] ?? ""
-        )
-    }
-}
-
-/// `host:port` parsing.
-enum HostPort {
-    static func split(_ text: String) throws -> (host: String, port: Int) {
-        var host = text
-        var portText = ""
-        if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
-            host = String(text[text.index(after: text.startIndex)..<close])
-            portText = String(text[close...].dropFirst(2))
-        } else if let colon = text.lastIndex(of: ":") {
-            host = String(text[..<colon])
-            portText = String(text[text.index(after: colon)...])
-        }
-        guard let port = Int(portText), (0...65535).contains(port), !host.isEmpty else {
-            throw KeyholdError(.configuration, "'\(text)' is not host:port", hint: "write it like 127.0.0.1:8443 or [::1]:8443")
-        }
-        return (host, port)
     }
 }

@@ -3,14 +3,31 @@ import KeyholdClient
 import KeyholdCore
 import KeyholdProtocol
 import KeyholdStore
+import KeyholdSystem
 import Logging
 import ServiceLifecycle
 
 /// This server's place in the hierarchy (docs/spec/hierarchy.md): its primary, the
 /// `use_hierarchy` option, the push cursor, pushes at heartbeat and lookups upward.
 actor Hierarchy {
+    /// Keys per push.
     static let batchSize = 10_000
+    /// The most servers a lookup passes.
     static let hopLimit = 8
+    /// How long a push keeps trying a primary it cannot reach (a restart, a network blip) before
+    /// the sync fails; each attempt is bounded by the client's timeout.
+    static let retryWindow: Duration = .seconds(10)
+
+    /// The repository setting that holds "use hierarchy to obtain encryption keys".
+    static let optionSetting = "use_hierarchy"
+    /// The repository setting that holds the highest sequence number the primary acknowledged.
+    static let cursorSetting = "push_cursor"
+
+    /// A key the primary released, and which primary it was.
+    struct Answer: Sendable {
+        let key: KeyMaterial
+        let primary: ServerID
+    }
 
     private let serverID: ServerID
     private let repository: any Repository
@@ -52,14 +69,14 @@ actor Hierarchy {
     func enabled() async throws -> Bool {
         let now = ContinuousClock.now
         if let option, now - option.read < Self.optionReuse { return option.on }
-        let on = try await repository.setting("use_hierarchy") == "true"
+        let on = try await repository.setting(Self.optionSetting) == "true"
         option = (on, now)
         return on
     }
 
     func setEnabled(_ on: Bool) async throws {
         option = nil
-        try await repository.setSetting("use_hierarchy", on ? "true" : "false")
+        try await repository.setSetting(Self.optionSetting, on ? "true" : "false")
         option = (on, ContinuousClock.now)
         logger.info("use_hierarchy \(on ? "enabled" : "disabled")")
     }
@@ -69,7 +86,7 @@ actor Hierarchy {
             throw KeyholdError(.usage, "this server already has primary \(primary.serverID) at \(primary.apiAddress)", hint: "run 'keyhold-server primary leave' first")
         }
         let identity = try await Enrollment.enroll(token: try EnrollmentToken(text: tokenText), name: "server \(serverID)")
-        guard identity.role == "server" else {
+        guard identity.role == .server else {
             throw KeyholdError(.tokenInvalid, "the token is for a device, not a server", hint: "on the primary run 'keyhold-server token create --role server'")
         }
         guard identity.serverID != serverID else {
@@ -80,7 +97,7 @@ actor Hierarchy {
         try state.write("primary.json", try encoder.encode(identity), mode: 0o600)
         primary = identity
         client = try identity.client(timeout: .seconds(10))
-        try await repository.setSetting("push_cursor", "0")
+        try await repository.setSetting(Self.cursorSetting, "0")
         logger.info("joined primary", metadata: ["primary": "\(identity.serverID)", "address": "\(identity.apiAddress)"])
         return try await status()
     }
@@ -103,7 +120,7 @@ actor Hierarchy {
         )
     }
 
-    private func cursor() async throws -> Int64 { Int64(try await repository.setting("push_cursor") ?? "0") ?? 0 }
+    private func cursor() async throws -> Int64 { Int64(try await repository.setting(Self.cursorSetting) ?? "0") ?? 0 }
 
     // MARK: Push
 
@@ -133,7 +150,7 @@ actor Hierarchy {
             next = Task { try await self.prepare(after: last) }
             let response: PushResponse
             do {
-                response = try await client.post(APIPath.hierarchyPush, PushRequest(keys: keys), as: PushResponse.self)
+                response = try await send(PushRequest(keys: keys), with: client)
             } catch let error as KeyholdError {
                 lastPush = Date()
                 lastPushResult = "\(error.code.rawValue): \(error.message)"
@@ -143,9 +160,9 @@ actor Hierarchy {
             }
             primaryRefuses = false
             cursor = last
-            try await repository.setSetting("push_cursor", String(cursor))
+            try await repository.setSetting(Self.cursorSetting, String(cursor))
             try await repository.appendAudit(AuditEvent(
-                actor: "server:\(serverID)", action: "push", route: "primary:\(primary.serverID)", result: "ok",
+                actor: .server(serverID), action: .push, route: .primary(primary.serverID), result: .ok,
                 detail: "\(keys.count) keys up to sequence \(cursor): \(response.accepted) new, \(response.alreadyPresent) already there, \(response.conflicts.count) conflicts"
             ))
             pushed += keys.count
@@ -157,11 +174,27 @@ actor Hierarchy {
         return SyncResponse(pushed: pushed, batches: batches, cursor: cursor)
     }
 
+    /// Sends one batch; a primary that cannot be reached is tried again, with growing pauses,
+    /// until ``retryWindow`` has passed (a batch sent twice is stored once).
+    private nonisolated func send(_ request: PushRequest, with client: APIClient) async throws -> PushResponse {
+        let deadline = ContinuousClock.now + Self.retryWindow
+        var pause: Duration = .milliseconds(100)
+        while true {
+            do {
+                return try await client.post(APIPath.hierarchyPush, request, as: PushResponse.self)
+            } catch let error as KeyholdError where error.code == .unreachable && ContinuousClock.now + pause < deadline {
+                logger.notice("primary unreachable; trying again", metadata: ["error": "\(error.message)", "pause": "\(pause)"])
+                try await Task.sleep(for: pause)
+                pause = min(pause * 2, .seconds(2))
+            }
+        }
+    }
+
     /// Up to one batch of keys after `after`, secrets unwrapped for the wire, and the batch's last sequence number.
     private nonisolated func prepare(after: Int64) async throws -> ([PushedKey], Int64) {
         let batch = try await repository.keys(afterSequence: after, limit: Self.batchSize)
         let keys = try batch.map { key in
-            PushedKey(record: key.record, secret: try masterKey.unwrap(key.wrappedSecret, keyID: key.record.id).withUnsafeBytes { Data($0).base64EncodedString() }, blocked: key.blocked)
+            PushedKey(key: KeyMaterial(record: key.record, secret: try masterKey.unwrap(key.wrappedSecret, keyID: key.record.id)), blocked: key.blocked)
         }
         return (keys, batch.last?.sequence ?? after)
     }
@@ -170,13 +203,13 @@ actor Hierarchy {
 
     /// Asks the primary for a key (it applies the same rule upward). Nil when there is no primary
     /// or the option is off here.
-    func ask(_ keyID: KeyID, chain: [ServerID], hops: Int) async throws -> KeyResponse? {
-        guard try await enabled(), let client else { return nil }
+    func ask(_ keyID: KeyID, chain: [ServerID], hops: Int) async throws -> Answer? {
+        guard try await enabled(), let client, let primary else { return nil }
         let query = "chain=\(chain.map(\.description).joined(separator: ","))&hops=\(hops)"
         do {
-            let response = try await client.get(APIPath.hierarchyKey(keyID.description) + "?" + query, as: KeyResponse.self)
+            let key = try await client.get(APIPath.hierarchyKey(keyID.description) + "?" + query, as: KeyMaterial.self)
             primaryRefuses = false
-            return response
+            return Answer(key: key, primary: primary.serverID)
         } catch let error as KeyholdError {
             if error.code == .hierarchyDisabled { primaryRefuses = true }
             throw error
@@ -186,13 +219,13 @@ actor Hierarchy {
     func shutdown() async { await client?.shutdown() }
 }
 
-/// Runs a push at every hierarchy heartbeat.
+/// Runs a push at every hierarchy heartbeat, until the group shuts down or is cancelled.
 struct HierarchyHeartbeat: Service {
     let hierarchy: Hierarchy
     let interval: Duration
 
     func run() async throws {
-        while !Task.isShuttingDownGracefully {
+        while !Task.isShuttingDownGracefully, !Task.isCancelled {
             _ = try? await hierarchy.sync()
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
         }

@@ -31,7 +31,7 @@ extension ServerCore {
     /// The export file for `request` (checked with ``checkExport(_:)``), produced page by page into `write`. Each page's `export`
     /// audit records commit before any of its keys is encrypted into the stream; a summary record
     /// follows at the end. Memory is bounded by one page.
-    func export(_ request: ExportRequest, caller: Caller, write: (ArraySlice<UInt8>) async throws -> Void) async throws {
+    func export(_ request: ExportRequest, by caller: Caller, write: (ArraySlice<UInt8>) async throws -> Void) async throws {
         // scrypt (~256 MiB, about a second) runs here once per export.
         var encryptor = try AgeEncryptor(password: Array(request.password.utf8))
         var document = ExportDocumentWriter()
@@ -62,7 +62,7 @@ extension ServerCore {
             }
             if page.isEmpty { continue }
             try await audit(page.map {
-                AuditEvent(actor: caller.actor, action: "export", keyID: $0.record.id, route: "admin-api", result: "ok", detail: request.selectionDescription)
+                AuditEvent(actor: caller.actor, action: .export, keyID: $0.record.id, route: .adminAPI, result: .ok, detail: request.selectionDescription)
             })
             for key in page {
                 let secret = try masterKey.unwrap(key.wrappedSecret, keyID: key.record.id)
@@ -73,7 +73,7 @@ extension ServerCore {
         }
         pending += try encryptor.append(document.closing())
         pending += try encryptor.finish()
-        try await audit([AuditEvent(actor: caller.actor, action: "export_file", route: "admin-api", result: "ok", detail: "\(document.count) keys (\(request.selectionDescription))")])
+        try await audit([AuditEvent(actor: caller.actor, action: .exportFile, route: .adminAPI, result: .ok, detail: "\(document.count) keys (\(request.selectionDescription))")])
         try await write(pending[...])
         logger.notice("keys exported", metadata: ["actor": "\(caller.actor)", "count": "\(document.count)", "selection": "\(request.selectionDescription)"])
     }
@@ -88,12 +88,12 @@ extension ServerCore {
     }
 
     /// Imports the export file at `path` (spooled from the request) in one transaction.
-    func importFile(at path: String, password: String, caller: Caller) async throws -> ImportResponse {
+    func importFile(at path: String, password: String, by caller: Caller) async throws -> ImportResponse {
         try TransferPassword.checkExisting(password)
         let source = try ExportFileSource(path: path, password: Array(password.utf8), masterKey: masterKey)
         let result: KeyImportResult
         do {
-            result = try await repository.importKeys(from: source, audit: AuditEvent(actor: caller.actor, action: "import_file", route: "admin-api", result: "ok"))
+            result = try await repository.importKeys(from: source, audit: AuditEvent(actor: caller.actor, action: .importFile, route: .adminAPI, result: .ok))
         } catch let conflict as KeyImportConflict {
             let listed = conflict.ids.map { "  \($0)" }.joined(separator: "\n")
             throw KeyholdError(

@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import KeyholdCore
+import KeyholdProtocol
 import KeyholdStore
 
 /// The server's master key: wraps every key secret the repository stores (AES-256-GCM with the

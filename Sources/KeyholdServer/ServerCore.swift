@@ -7,15 +7,11 @@ import Logging
 import SwiftASN1
 import X509
 
-/// An authenticated caller of the mutual-TLS API.
-struct Caller: Sendable {
-    var client: EnrolledClient
-    var actor: String { "\(client.role.rawValue):\(client.id)" }
-}
-
-/// The server's behaviour, independent of HTTP: enrollment, escrow, release, heartbeats and the
-/// administrator's operations. Every key release and every refusal is audited; a key leaves only
-/// after its audit record committed.
+/// The server's behaviour, independent of HTTP: one entry point per operation of the protocol
+/// (docs/spec/protocol.md). Whether a caller is an active enrollment is decided in one place,
+/// ``authenticate(_:)``; releases check it inside their statement and fall back to it to say why.
+/// Every key release and every refusal is audited; a key leaves only after its audit record
+/// committed.
 struct ServerCore: Sendable {
     let serverID: ServerID
     let repository: any Repository
@@ -23,6 +19,8 @@ struct ServerCore: Sendable {
     let authority: CertificateAuthority
     let databaseDescription: String
     let hierarchy: Hierarchy
+    /// The addresses the listeners bound, and what tokens advertise.
+    let addresses: BoundAddresses
     /// Where uploaded import files are spooled (the data directory): never in memory, never in /tmp.
     let spoolDirectory: String
     let started = Date()
@@ -30,34 +28,34 @@ struct ServerCore: Sendable {
 
     // MARK: Authentication
 
-    /// Maps a verified peer certificate to an enrolled, active client.
-    func authenticate(_ peer: PeerIdentity?) async throws -> Caller {
-        guard let peer, let identity = peer.identity else {
-            throw KeyholdError(.unauthenticated, "the client certificate names no Keyhold identity", hint: "use the certificate this server issued at enrollment")
-        }
-        guard let client = try await repository.client(id: identity.id), client.role.rawValue == identity.role,
-              client.certificateFingerprint == peer.fingerprint
+    /// The active enrollment `peer` presents, or the reason it is refused (audited for a client
+    /// that is no longer active). The one place that decides whether a caller is served.
+    func authenticate(_ peer: Peer) async throws -> Caller {
+        guard let client = try await repository.client(id: peer.id), client.role == peer.role,
+            client.certificateFingerprint == peer.fingerprint
         else {
-            throw KeyholdError(.unauthenticated, "\(identity.role) \(identity.id) is not enrolled with this server", hint: "enroll again with a new token ('keyhold enroll TOKEN')")
-        }
-        guard client.state == .active else {
-            try? await repository.appendAudit(AuditEvent(actor: "\(identity.role):\(identity.id)", action: "request", route: "api", result: "client_\(client.state.rawValue)"))
             throw KeyholdError(
-                .clientRevoked, "\(identity.role) \(identity.id) is \(client.state.rawValue) on this server",
-                hint: client.state == .moved ? "this device moved to another server; use that one" : "ask an administrator to enroll this device again"
+                .unauthenticated, "\(peer.role) \(peer.id) is not enrolled with this server",
+                hint: "enroll again with a new token ('keyhold enroll TOKEN')"
             )
         }
-        return Caller(client: client)
-    }
-
-    func require(_ caller: Caller, _ roles: ClientRole...) throws {
-        guard roles.contains(caller.client.role) else {
-            throw KeyholdError(.forbidden, "a \(caller.client.role.rawValue) certificate may not use this endpoint", hint: "use a \(roles.map(\.rawValue).joined(separator: " or ")) certificate")
+        switch client.state {
+        case .active:
+            return Caller(client: client)
+        case .revoked:
+            try? await repository.appendAudit(AuditEvent(actor: peer.actor, action: .request, route: .api, result: .refused(.clientRevoked)))
+            throw KeyholdError(.clientRevoked, "\(peer.role) \(peer.id) is revoked on this server", hint: "ask an administrator to enroll this device again")
+        case .moved:
+            try? await repository.appendAudit(AuditEvent(actor: peer.actor, action: .request, route: .api, result: .refused(.clientMoved)))
+            throw KeyholdError(
+                .clientMoved, "\(peer.role) \(peer.id) moved to another server", hint: "this device moved to another server; use that one"
+            )
         }
     }
 
     // MARK: Enrollment
 
+    /// Redeems a token for a certificate (`POST /v1/enroll`).
     func enroll(_ request: EnrollRequest) async throws -> EnrollResponse {
         guard let secret = Base64URL.decode(request.secret) else {
             throw KeyholdError(.tokenInvalid, "the enrollment token's secret is malformed", hint: "copy the whole token")
@@ -74,7 +72,9 @@ struct ServerCore: Sendable {
             case .revoked: why = "revoked"
             default: why = "not known to this server"
             }
-            try await repository.appendAudit(AuditEvent(actor: "anonymous", action: "enroll", route: "enroll", result: "token_invalid", detail: "token \(request.tokenID) \(why)"))
+            try await repository.appendAudit(AuditEvent(
+                actor: .anonymous, action: .enroll, route: .enrollment, result: .refused(.tokenInvalid), detail: "token \(request.tokenID) \(why)"
+            ))
             throw KeyholdError(.tokenInvalid, "the enrollment token is \(why)", hint: "ask the administrator for a new token ('keyhold-server token create')")
         }
         let csr: CertificateSigningRequest
@@ -83,118 +83,109 @@ struct ServerCore: Sendable {
         } catch {
             throw KeyholdError(.invalidRequest, "the certificate signing request is not valid PEM", hint: "send a PEM-encoded PKCS#10 request")
         }
-        let id = DeviceID.random()
+        let id = ClientID.random()
         let name = String(request.name.prefix(64))
-        let certificate = try authority.issueClientCertificate(csr: csr, identity: CertificateIdentity(role: token.role.rawValue, id: id), name: name)
+        let certificate = try authority.issueClientCertificate(csr: csr, identity: CertificateIdentity(role: token.role, id: id), name: name)
         try await repository.insertClient(EnrolledClient(
             id: id, role: token.role, name: name, certificateFingerprint: CertificateAuthority.fingerprint(certificate)
         ))
-        try await repository.appendAudit(AuditEvent(actor: "\(token.role.rawValue):\(id)", action: "enroll", route: "enroll", result: "ok", detail: "name \(name), token \(token.id)"))
-        logger.info("enrolled", metadata: ["role": "\(token.role.rawValue)", "id": "\(id)", "name": "\(name)"])
-        return EnrollResponse(clientID: id, role: token.role.rawValue, certificatePEM: certificate.pem, caPEM: authority.certificate.pem, serverID: serverID)
+        try await repository.appendAudit(AuditEvent(
+            actor: AuditActor(token.role, id), action: .enroll, route: .enrollment, result: .ok, detail: "name \(name), token \(token.id)"
+        ))
+        logger.info("enrolled", metadata: ["role": "\(token.role)", "id": "\(id)", "name": "\(name)"])
+        return EnrollResponse(clientID: id, role: token.role, certificatePEM: certificate.pem, caPEM: authority.certificate.pem, serverID: serverID)
     }
 
     // MARK: Keys
 
-    func escrow(_ request: EscrowRequest, keyID: KeyID, caller: Caller) async throws -> EscrowResponse {
-        try require(caller, .device)
-        guard request.record.id == keyID else {
-            throw KeyholdError(.invalidRequest, "the path names key \(keyID) but the record is key \(request.record.id)", hint: "PUT the record to its own key id")
+    /// Stores a device's key (`PUT /v1/keys/{id}`); answers after the commit.
+    func escrow(_ request: EscrowRequest, keyID: KeyID, by caller: Caller) async throws -> EscrowResponse {
+        let record = request.key.record
+        guard record.id == keyID else {
+            throw KeyholdError(.invalidRequest, "the path names key \(keyID) but the record is key \(record.id)", hint: "PUT the record to its own key id")
         }
-        guard var secretBytes = Data(base64Encoded: request.secret) else {
-            throw KeyholdError(.invalidRequest, "the secret is not base64", hint: "send the 32 key bytes in standard base64")
-        }
-        defer { secretBytes.withUnsafeMutableBytes { SecretKey.wipe($0) } }
-        let secret = try SecretKey(bytes: secretBytes)
-        let stored = try masterKey.store(request.record, secret: secret, provenance: .escrow)
+        let stored = try masterKey.store(record, secret: request.key.secret, provenance: .escrow)
         let audit = request.reassignedFrom.map {
-            AuditEvent(actor: caller.actor, action: "reescrow", keyID: keyID, route: "agent", result: "ok", detail: "\(request.record.kind.rawValue) key of a device reassigned from server \($0)")
-        } ?? AuditEvent(actor: caller.actor, action: "escrow", keyID: keyID, route: "agent", result: "ok", detail: "\(request.record.kind.rawValue) key")
-        let outcome = try await repository.insertKey(stored, audit: audit)
-        if outcome == .conflict {
+            AuditEvent(
+                actor: caller.actor, action: .reescrow, keyID: keyID, route: .agent, result: .ok,
+                detail: "\(record.kind) key of a device reassigned from server \($0)"
+            )
+        } ?? AuditEvent(actor: caller.actor, action: .escrow, keyID: keyID, route: .agent, result: .ok, detail: "\(record.kind) key")
+        switch try await repository.insertKey(stored, audit: audit) {
+        case .inserted: return EscrowResponse(keyID: keyID, outcome: .inserted)
+        case .alreadyPresent: return EscrowResponse(keyID: keyID, outcome: .alreadyPresent)
+        case .conflict:
             logger.warning("escrow conflict: key id exists with another secret", metadata: ["key": "\(keyID)", "caller": "\(caller.actor)"])
             throw KeyholdError(.conflict, "key \(keyID) is already escrowed with a different secret", hint: "create a new key; an escrowed key is never replaced")
         }
-        return EscrowResponse(keyID: keyID, outcome: outcome.rawValue)
     }
 
-    /// A device says it moved to another server: it is marked `moved` (refused from now on, like a
-    /// revoked one, with a hint naming the move); its keys stay here.
-    func leave(_ request: LeaveRequest, caller: Caller) async throws {
-        try require(caller, .device)
+    /// A device says it moved to another server (`POST /v1/leave`): it is marked `moved` (refused
+    /// from now on, with a hint naming the move); its keys stay here.
+    func leave(_ request: LeaveRequest, by caller: Caller) async throws {
         _ = try await repository.setClientState(id: caller.client.id, state: .moved)
         try await repository.appendAudit(AuditEvent(
-            actor: caller.actor, action: "device_moved", route: "agent", result: "ok",
+            actor: caller.actor, action: .deviceMoved, route: .agent, result: .ok,
             detail: "to server \(request.newServerID) at \(request.newAddress)"
         ))
         logger.info("device moved to another server", metadata: ["device": "\(caller.client.id)", "to": "\(request.newServerID)"])
     }
 
-    func release(_ keyID: KeyID, caller: Caller) async throws -> KeyResponse {
-        try require(caller, .device)
-        return try await resolve(keyID, actor: caller.actor, route: "agent", chain: [serverID], hops: Hierarchy.hopLimit)
+    /// A key for a device (`GET /v1/keys/{id}`). The enrollment check rides in the release
+    /// statement (one database round trip, shared with concurrent releases).
+    func release(_ keyID: KeyID, to peer: Peer) async throws -> KeyMaterial {
+        try await resolve(keyID, for: peer, route: .agent, chain: [serverID], hops: Hierarchy.hopLimit)
     }
 
-    /// A device's key request straight from its connection's certificate: the enrollment check
-    /// rides in the release statement (one database round trip, shared with concurrent releases).
-    /// Anything that check refuses, and any certificate that is not a device's, takes the full
-    /// ``authenticate(_:)`` path, which says why and audits it.
-    func release(_ keyID: KeyID, peer: PeerIdentity?) async throws -> KeyResponse {
-        if let peer, let identity = peer.identity, identity.role == ClientRole.device.rawValue {
-            let check = ReleaseCaller(id: identity.id, role: .device, certificateFingerprint: peer.fingerprint)
-            do {
-                return try await resolve(keyID, actor: "\(identity.role):\(identity.id)", route: "agent", chain: [serverID], hops: Hierarchy.hopLimit, check: check)
-            } catch is ReleaseCallerRefused {}
+    /// Records a device's heartbeat (`POST /v1/heartbeat`).
+    func heartbeat(_ request: HeartbeatRequest, by caller: Caller) async throws -> HeartbeatResponse {
+        try await repository.recordHeartbeat(
+            id: caller.client.id, at: Date(), agentVersion: String(request.agentVersion.prefix(32)), keyCount: max(0, request.keyCount)
+        )
+        return HeartbeatResponse(serverID: serverID, serverTime: Date())
+    }
+
+    /// The key for `peer`: from this repository, else (option on, primary configured) from the
+    /// primary, which is then kept here. Every attempt is audited before anything is released. The
+    /// peer's enrollment is checked inside the release statement; when that check refuses,
+    /// ``authenticate(_:)`` says why (and audits it).
+    func resolve(_ keyID: KeyID, for peer: Peer, route: AuditRoute, chain: [ServerID], hops: Int) async throws -> KeyMaterial {
+        do {
+            return try await resolve(keyID, for: peer, check: true, route: route, chain: chain, hops: hops)
+        } catch is ReleaseCallerRefused {
+            // Throws the precise refusal; if the enrollment became valid in between, ask again.
+            _ = try await authenticate(peer)
+            return try await resolve(keyID, for: peer, check: false, route: route, chain: chain, hops: hops)
         }
-        return try await release(keyID, caller: try await authenticate(peer))
     }
 
-    /// The key for a caller: from this repository, else (option on, primary configured) from the
-    /// primary, which is then kept here. Every attempt is audited before anything is released.
-    /// With `check`, the repository verifies the caller's enrollment first and throws
-    /// ``ReleaseCallerRefused`` (having written nothing) if it does not hold.
-    func resolve(_ keyID: KeyID, actor: String, route: String, chain: [ServerID], hops: Int, check: ReleaseCaller? = nil) async throws -> KeyResponse {
+    private func resolve(_ keyID: KeyID, for peer: Peer, check: Bool, route: AuditRoute, chain: [ServerID], hops: Int) async throws -> KeyMaterial {
         // A key held here: one statement reads it and commits its release record. A key missing
         // here writes nothing yet: it is asked of the primary (when the option is on), then stored
         // and released in one commit, or its miss or the primary's refusal is audited. So each
-        // server on a lookup's route commits once (a depth-3 lookup: three commits, was seven).
-        var request = ReleaseRequest(keyID: keyID, actor: actor, route: route)
+        // server on a lookup's route commits once.
+        var request = ReleaseRequest(keyID: keyID, actor: peer.actor, route: route)
         request.auditIfMissing = false
-        request.caller = check
-        var key = try await audited { try await repository.releaseKey(request) }
-        if key == nil {
-            let found: KeyResponse?
-            do {
-                found = try await hierarchy.ask(keyID, chain: chain, hops: hops)
-            } catch let error as KeyholdError {
-                try await audited {
-                    try await repository.appendAudit(AuditEvent(
-                        time: request.time, actor: actor, action: "release", keyID: keyID, route: route,
-                        result: error.code.rawValue, detail: "not here; the primary answered: \(error.message)"
-                    ))
-                }
-                throw error
-            }
-            if let found {
-                guard found.record.id == keyID, var bytes = Data(base64Encoded: found.secret) else {
-                    throw KeyholdError(.internalError, "the primary's answer for key \(keyID) is malformed", hint: "check that the servers' versions match")
-                }
-                defer { bytes.withUnsafeMutableBytes { SecretKey.wipe($0) } }
-                let stored = try masterKey.store(found.record, secret: try SecretKey(bytes: bytes), provenance: .hierarchy)
-                let obtained = AuditEvent(actor: "server:\(serverID)", action: "obtain", keyID: keyID, route: "primary", result: "ok", detail: "through the hierarchy")
-                var release = request
-                release.detail = "obtained through the hierarchy"
-                let (outcome, released) = try await audited { try await repository.insertAndRelease(stored, obtained: obtained, release: release) }
-                if outcome == .conflict {
-                    throw KeyholdError(.conflict, "key \(keyID) from the primary conflicts with this server's copy", hint: "an administrator must investigate: two secrets exist for one key id")
-                }
-                key = released
-            } else {
-                // No primary to ask (option off or none joined): the miss is audited here.
-                try await audited { try await repository.appendAudit(request.auditEvent(for: nil)) }
-            }
+        request.caller = check ? peer.releaseCheck : nil
+        if let key = try await audited({ try await repository.releaseKey(request) }) {
+            try refuseIfBlocked(key)
+            return KeyMaterial(record: key.record, secret: try masterKey.unwrap(key.wrappedSecret, keyID: keyID))
         }
-        guard let key else {
+        let found: Hierarchy.Answer?
+        do {
+            found = try await hierarchy.ask(keyID, chain: chain, hops: hops)
+        } catch let error as KeyholdError {
+            try await audited {
+                try await repository.appendAudit(AuditEvent(
+                    time: request.time, actor: peer.actor, action: .release, keyID: keyID, route: route,
+                    result: .refused(error.code), detail: "not here; the primary answered: \(error.message)"
+                ))
+            }
+            throw error
+        }
+        guard let found else {
+            // No primary to ask (option off or none joined): the miss is audited here.
+            try await audited { try await repository.appendAudit(request.auditEvent(for: nil)) }
             throw KeyholdError(
                 .notFound, "key \(keyID) is not known to this server or its primaries",
                 hint: try await hierarchy.enabled()
@@ -202,11 +193,31 @@ struct ServerCore: Sendable {
                     : "the key was escrowed elsewhere: enable the hierarchy ('keyhold-server hierarchy enable') or import it"
             )
         }
-        if key.blocked || key.record.state == .revoked {
-            throw KeyholdError(.keyBlocked, "key \(keyID) is blocked and is not released", hint: "ask an administrator ('keyhold-server key unblock')")
+        guard found.key.record.id == keyID else {
+            throw KeyholdError(.internalError, "the primary answered key \(found.key.record.id) for key \(keyID)", hint: "check that the servers' versions match")
         }
-        let secret = try masterKey.unwrap(key.wrappedSecret, keyID: keyID)
-        return KeyResponse(record: key.record, secret: secret.withUnsafeBytes { Data($0).base64EncodedString() })
+        let stored = try masterKey.store(found.key.record, secret: found.key.secret, provenance: .hierarchy)
+        let obtained = AuditEvent(
+            actor: .server(serverID), action: .obtain, keyID: keyID, route: .primary(found.primary), result: .ok, detail: "through the hierarchy"
+        )
+        var release = request
+        release.detail = "obtained through the hierarchy"
+        let (outcome, released) = try await audited { try await repository.insertAndRelease(stored, obtained: obtained, release: release) }
+        if outcome == .conflict {
+            throw KeyholdError(.conflict, "key \(keyID) from the primary conflicts with this server's copy", hint: "an administrator must investigate: two secrets exist for one key id")
+        }
+        guard let released else {
+            throw KeyholdError(.internalError, "key \(keyID) was stored but not released", hint: "report this bug")
+        }
+        try refuseIfBlocked(released)
+        // The secret came from the primary: answer with it rather than unwrap what was just wrapped.
+        return KeyMaterial(record: released.record, secret: found.key.secret)
+    }
+
+    private func refuseIfBlocked(_ key: StoredKey) throws {
+        if key.blocked || key.record.state == .revoked {
+            throw KeyholdError(.keyBlocked, "key \(key.record.id) is blocked and is not released", hint: "ask an administrator ('keyhold-server key unblock')")
+        }
     }
 
     /// Runs a release or its audit record; a failure to write the record becomes `audit_failed`.
@@ -224,69 +235,62 @@ struct ServerCore: Sendable {
 
     // MARK: Hierarchy (secondaries calling this server)
 
-    func requireHierarchy(_ caller: Caller, action: String) async throws {
-        try require(caller, .server)
+    /// Refuses a secondary's request while the option is off here (audited).
+    private func requireHierarchy(_ actor: AuditActor, _ route: AuditRoute, action: AuditAction) async throws {
         guard try await hierarchy.enabled() else {
-            try? await repository.appendAudit(AuditEvent(actor: caller.actor, action: action, route: "secondary:\(caller.client.id)", result: "hierarchy_disabled"))
+            try? await repository.appendAudit(AuditEvent(actor: actor, action: action, route: route, result: .refused(.hierarchyDisabled)))
             throw KeyholdError(
-                .hierarchyDisabled, "server \(serverID) refuses hierarchy requests (hierarchy_disabled: its 'use hierarchy to obtain encryption keys' option is off)",
+                .hierarchyDisabled,
+                "server \(serverID) refuses hierarchy requests (hierarchy_disabled: its 'use hierarchy to obtain encryption keys' option is off)",
                 hint: "on server \(serverID) an administrator can run 'keyhold-server hierarchy enable'; until then move keys by export/import"
             )
         }
     }
 
-    func receivePush(_ request: PushRequest, caller: Caller) async throws -> PushResponse {
-        try await requireHierarchy(caller, action: "push_receive")
-        guard request.keys.count <= 10_000 else { throw KeyholdError(.invalidRequest, "a push carries at most 10000 keys", hint: "send smaller batches") }
-        let batch = try request.keys.map { pushed -> StoredKey in
-            guard var bytes = Data(base64Encoded: pushed.secret) else {
-                throw KeyholdError(.invalidRequest, "key \(pushed.record.id) has a malformed secret", hint: "send 32 bytes in base64")
-            }
-            defer { bytes.withUnsafeMutableBytes { SecretKey.wipe($0) } }
-            let secret = try SecretKey(bytes: bytes)
-            return try masterKey.store(pushed.record, secret: secret, provenance: .pushed, blocked: pushed.blocked)
+    /// Stores a batch a secondary pushed (`POST /v1/hierarchy/push`); answers after the commit.
+    func receivePush(_ request: PushRequest, by caller: Caller) async throws -> PushResponse {
+        let route = AuditRoute.secondary(caller.client.id)
+        try await requireHierarchy(caller.actor, route, action: .pushReceive)
+        guard request.keys.count <= Hierarchy.batchSize else {
+            throw KeyholdError(.invalidRequest, "a push carries at most \(Hierarchy.batchSize) keys", hint: "send smaller batches")
         }
-        let outcomes = try await repository.insertKeys(
-            batch, audit: AuditEvent(actor: caller.actor, action: "push_receive", route: "secondary:\(caller.client.id)", result: "ok")
-        )
+        let batch = try request.keys.map { pushed in
+            try masterKey.store(pushed.key.record, secret: pushed.key.secret, provenance: .pushed, blocked: pushed.blocked)
+        }
+        let outcomes = try await repository.insertKeys(batch, audit: AuditEvent(actor: caller.actor, action: .pushReceive, route: route, result: .ok))
         let conflicts = zip(batch, outcomes).filter { $0.1 == .conflict }.map { $0.0.record.id }
-        if !conflicts.isEmpty { logger.warning("pushed keys conflict with stored ones", metadata: ["count": "\(conflicts.count)", "from": "\(caller.actor)"]) }
-        return PushResponse(accepted: outcomes.filter { $0 == .inserted }.count, alreadyPresent: outcomes.filter { $0 == .alreadyPresent }.count, conflicts: conflicts)
+        if !conflicts.isEmpty {
+            logger.warning("pushed keys conflict with stored ones", metadata: ["count": "\(conflicts.count)", "from": "\(caller.actor)"])
+        }
+        return PushResponse(
+            accepted: outcomes.filter { $0 == .inserted }.count, alreadyPresent: outcomes.filter { $0 == .alreadyPresent }.count, conflicts: conflicts
+        )
     }
 
-    /// A secondary's lookup straight from its connection's certificate: when the option is on and
-    /// the request is well-formed, the enrollment check rides in the release statement (as for
-    /// devices); everything else, and a failed check, takes ``lookup(_:chain:hops:caller:)``,
-    /// which authenticates first and says why.
-    func lookup(_ keyID: KeyID, chain: [ServerID], hops: Int, peer: PeerIdentity?) async throws -> KeyResponse {
-        if let peer, let identity = peer.identity, identity.role == ClientRole.server.rawValue,
-           !chain.contains(serverID), hops > 0, try await hierarchy.enabled() {
-            let check = ReleaseCaller(id: identity.id, role: .server, certificateFingerprint: peer.fingerprint)
-            do {
-                return try await resolve(keyID, actor: "\(identity.role):\(identity.id)", route: "secondary:\(identity.id)", chain: chain + [serverID], hops: hops - 1, check: check)
-            } catch is ReleaseCallerRefused {}
+    /// A secondary's lookup (`GET /v1/hierarchy/keys/{id}`): the same rule as a device's release,
+    /// one hop further up; refused when the option is off here, on a loop or past the hop limit.
+    /// A refusal authenticates the secondary first, so a revoked one hears that it is revoked.
+    func lookup(_ keyID: KeyID, chain: [ServerID], hops: Int, for peer: Peer) async throws -> KeyMaterial {
+        let route = AuditRoute.secondary(peer.id)
+        if try await !hierarchy.enabled() || chain.contains(serverID) || hops <= 0 {
+            let caller = try await authenticate(peer)
+            try await requireHierarchy(caller.actor, route, action: .release)
+            guard !chain.contains(serverID) else {
+                throw KeyholdError(
+                    .hierarchyLoop, "the lookup for key \(keyID) came back to server \(serverID): the configured hierarchy has a loop",
+                    hint: "fix the primaries so that they form a tree ('keyhold-server primary leave' on one server of the loop)"
+                )
+            }
+            throw KeyholdError(
+                .hierarchyTooDeep, "the lookup for key \(keyID) passed \(Hierarchy.hopLimit) servers", hint: "the hierarchy is deeper than Keyhold allows; flatten it"
+            )
         }
-        return try await lookup(keyID, chain: chain, hops: hops, caller: try await authenticate(peer))
-    }
-
-    func lookup(_ keyID: KeyID, chain: [ServerID], hops: Int, caller: Caller) async throws -> KeyResponse {
-        try await requireHierarchy(caller, action: "release")
-        guard !chain.contains(serverID) else {
-            throw KeyholdError(.hierarchyLoop, "the lookup for key \(keyID) came back to server \(serverID): the configured hierarchy has a loop", hint: "fix the primaries so that they form a tree ('keyhold-server primary leave' on one server of the loop)")
-        }
-        guard hops > 0 else {
-            throw KeyholdError(.hierarchyTooDeep, "the lookup for key \(keyID) passed \(Hierarchy.hopLimit) servers", hint: "the hierarchy is deeper than Keyhold allows; flatten it")
-        }
-        return try await resolve(keyID, actor: caller.actor, route: "secondary:\(caller.client.id)", chain: chain + [serverID], hops: hops - 1)
-    }
-
-    func heartbeat(_ request: HeartbeatRequest, caller: Caller) async throws -> HeartbeatResponse {
-        try await repository.recordHeartbeat(id: caller.client.id, at: Date(), agentVersion: String(request.agentVersion.prefix(32)), keyCount: max(0, request.keyCount))
-        return HeartbeatResponse(serverID: serverID, serverTime: Date())
+        return try await resolve(keyID, for: peer, route: route, chain: chain + [serverID], hops: hops - 1)
     }
 
     // MARK: Administration
 
+    /// `GET /v1/admin/status`.
     func status() async throws -> StatusResponse {
         let clients = try await repository.listClients(role: nil)
         return StatusResponse(
@@ -297,56 +301,75 @@ struct ServerCore: Sendable {
         )
     }
 
-    func createToken(_ request: TokenCreateRequest, caller: Caller, api: String, enroll: String) async throws -> TokenCreateResponse {
-        guard let role = ClientRole(rawValue: request.role), role != .admin else {
-            throw KeyholdError(.invalidRequest, "a token's role is device or server, not '\(request.role)'", hint: "use --role device or --role server")
+    /// `POST /v1/admin/tokens`: a new enrollment token carrying the advertised addresses.
+    func createToken(_ request: TokenCreateRequest, by caller: Caller) async throws -> TokenCreateResponse {
+        guard request.role != .admin else {
+            throw KeyholdError(.invalidRequest, "a token's role is device or server, not admin", hint: "use --role device or --role server")
         }
         guard request.uses >= 1, request.ttlSeconds >= 1 else {
             throw KeyholdError(.invalidRequest, "uses and ttl must be positive", hint: "for example --uses 1 --ttl 24h")
         }
         let secret = SecureRandom.bytes(count: 32)
         let record = EnrollmentTokenRecord(
-            id: .random(), secretHash: Array(SHA256.hash(data: secret)), role: role, usesLeft: request.uses,
+            id: .random(), secretHash: Array(SHA256.hash(data: secret)), role: request.role, usesLeft: request.uses,
             expires: Date().addingTimeInterval(TimeInterval(request.ttlSeconds))
         )
         try await repository.insertToken(record)
-        try await repository.appendAudit(AuditEvent(actor: caller.actor, action: "token_create", route: "admin-api", result: "ok", detail: "token \(record.id) role \(role.rawValue) uses \(request.uses)"))
+        try await repository.appendAudit(AuditEvent(
+            actor: caller.actor, action: .tokenCreate, route: .adminAPI, result: .ok, detail: "token \(record.id) role \(request.role) uses \(request.uses)"
+        ))
+        let (api, enroll) = await addresses.advertised()
         let token = EnrollmentToken(apiAddress: api, enrollAddress: enroll, caFingerprint: authority.fingerprint, id: record.id, secret: Base64URL.encode(secret))
         return TokenCreateResponse(token: token.text, id: record.id, expires: record.expires)
     }
 
-    func block(_ keyID: KeyID, blocked: Bool, caller: Caller) async throws {
+    /// `POST /v1/admin/keys/{id}/block` and `…/unblock`.
+    func block(_ keyID: KeyID, blocked: Bool, by caller: Caller) async throws {
         let found = try await repository.setBlocked(
             id: keyID, blocked: blocked,
-            audit: AuditEvent(actor: caller.actor, action: blocked ? "block" : "unblock", keyID: keyID, route: "admin-api", result: "ok")
+            audit: AuditEvent(actor: caller.actor, action: blocked ? .block : .unblock, keyID: keyID, route: .adminAPI, result: .ok)
         )
         guard found else { throw KeyholdError(.notFound, "key \(keyID) is not known to this server", hint: "list keys with 'keyhold-server key list'") }
     }
 
-    func revoke(_ id: DeviceID, caller: Caller) async throws {
+    /// `POST /v1/admin/clients/{id}/revoke`.
+    func revoke(_ id: ClientID, by caller: Caller) async throws {
         guard try await repository.setClientState(id: id, state: .revoked) else {
             throw KeyholdError(.notFound, "no device or secondary \(id) is enrolled here", hint: "list them with 'keyhold-server device list'")
         }
-        try await repository.appendAudit(AuditEvent(actor: caller.actor, action: "revoke", route: "admin-api", result: "ok", detail: "client \(id)"))
+        try await repository.appendAudit(AuditEvent(actor: caller.actor, action: .revoke, route: .adminAPI, result: .ok, detail: "client \(id)"))
     }
 
+    /// `GET /v1/admin/clients`: devices and secondaries (not administrators).
     func clients() async throws -> [ClientInfo] {
         try await repository.listClients(role: nil).filter { $0.role != .admin }.map {
-            ClientInfo(id: $0.id, role: $0.role.rawValue, name: $0.name, state: $0.state.rawValue, enrolled: $0.enrolled, lastSeen: $0.lastSeen, agentVersion: $0.agentVersion, keyCount: $0.reportedKeyCount)
+            ClientInfo(
+                id: $0.id, role: $0.role, name: $0.name, state: $0.state, enrolled: $0.enrolled, lastSeen: $0.lastSeen,
+                agentVersion: $0.agentVersion, keyCount: $0.reportedKeyCount
+            )
         }
     }
 
+    /// `GET /v1/admin/keys`: one page of key metadata in id order.
     func keys(after: KeyID?, limit: Int) async throws -> KeyListResponse {
         let page = try await repository.listKeys(after: after, limit: limit)
         return KeyListResponse(
-            keys: page.map { KeyInfo(record: $0.record, provenance: $0.provenance.rawValue, stored: $0.stored, blocked: $0.blocked) },
+            keys: page.map { KeyInfo(record: $0.record, provenance: $0.provenance, stored: $0.stored, blocked: $0.blocked) },
             next: page.count == limit ? page.last?.record.id : nil
         )
     }
 
-    func audit(after: Int64, limit: Int) async throws -> [AuditEntry] {
-        try await repository.audit(after: after, limit: limit).map {
-            AuditEntry(sequence: $0.sequence ?? 0, time: $0.time, actor: $0.actor, action: $0.action, keyID: $0.keyID, route: $0.route, result: $0.result, detail: $0.detail)
-        }
+    /// `GET /v1/admin/audit`: records after `after`, oldest first.
+    func audit(after: Int64, limit: Int) async throws -> [AuditEvent] {
+        try await repository.audit(after: after, limit: limit)
+    }
+
+    /// `POST /v1/admin/hierarchy`: sets the option (audited).
+    func setHierarchy(_ request: HierarchyOptionRequest, by caller: Caller) async throws -> HierarchyStatus {
+        try await hierarchy.setEnabled(request.enabled)
+        try await repository.appendAudit(AuditEvent(
+            actor: caller.actor, action: request.enabled ? .hierarchyEnable : .hierarchyDisable, route: .adminAPI, result: .ok
+        ))
+        return try await hierarchy.status()
     }
 }

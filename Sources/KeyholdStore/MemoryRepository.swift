@@ -1,11 +1,12 @@
 public import Foundation
 public import KeyholdCore
+public import KeyholdProtocol
 
 /// A ``Repository`` in memory: for tests and for trying things out. Nothing survives the process.
 public actor MemoryRepository: Repository, RepositoryFaultInjection {
     private var keys: [KeyID: StoredKey] = [:]
-    private var clients: [DeviceID: EnrolledClient] = [:]
-    private var tokens: [KeyID: EnrollmentTokenRecord] = [:]
+    private var clients: [ClientID: EnrolledClient] = [:]
+    private var tokens: [TokenID: EnrollmentTokenRecord] = [:]
     private var events: [AuditEvent] = []
     private var settings: [String: String] = [:]
     private var auditBroken = false
@@ -16,8 +17,13 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         return lastSequence
     }
 
+    /// An empty repository.
     public init() {}
 
+    /// Nothing to run: waits for cancellation.
+    public func run() async throws { await waitForCancellation() }
+
+    /// Nothing to migrate.
     public func migrate() async throws {}
 
     public func breakAuditWrites() async throws { auditBroken = true }
@@ -33,7 +39,7 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         if let existing = keys[key.record.id] {
             let outcome: KeyInsertOutcome = existing.secretFingerprint == key.secretFingerprint ? .alreadyPresent : .conflict
             if var a = audit {
-                if outcome == .conflict { a.result = "conflict" }
+                if outcome == .conflict { a.result = .refused(.conflict) }
                 try append(a)
             }
             return outcome
@@ -49,7 +55,7 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         if auditBroken { throw RepositoryError("audit write failed (fault injected)") }
         if let existing = keys[key.record.id], existing.secretFingerprint != key.secretFingerprint {
             var a = obtained
-            a.result = "conflict"
+            a.result = .refused(.conflict)
             try append(a)
             return (.conflict, nil)
         }
@@ -156,19 +162,19 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         clients[client.id] = client
     }
 
-    public func client(id: DeviceID) async throws -> EnrolledClient? { clients[id] }
+    public func client(id: ClientID) async throws -> EnrolledClient? { clients[id] }
 
     public func listClients(role: ClientRole?) async throws -> [EnrolledClient] {
         clients.values.filter { role == nil || $0.role == role }.sorted { $0.enrolled == $1.enrolled ? $0.id < $1.id : $0.enrolled < $1.enrolled }
     }
 
-    public func setClientState(id: DeviceID, state: EnrollmentState) async throws -> Bool {
+    public func setClientState(id: ClientID, state: EnrollmentState) async throws -> Bool {
         guard clients[id] != nil else { return false }
         clients[id]?.state = state
         return true
     }
 
-    public func recordHeartbeat(id: DeviceID, at: Date, agentVersion: String, keyCount: Int) async throws {
+    public func recordHeartbeat(id: ClientID, at: Date, agentVersion: String, keyCount: Int) async throws {
         clients[id]?.lastSeen = at
         clients[id]?.agentVersion = agentVersion
         clients[id]?.reportedKeyCount = keyCount
@@ -176,7 +182,7 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
 
     public func insertToken(_ token: EnrollmentTokenRecord) async throws { tokens[token.id] = token }
 
-    public func redeemToken(id: KeyID, secretHash: [UInt8], now: Date) async throws -> TokenRedemption {
+    public func redeemToken(id: TokenID, secretHash: [UInt8], now: Date) async throws -> TokenRedemption {
         guard var t = tokens[id], t.secretHash == secretHash else { return .unknown }
         if t.revoked { return .revoked }
         if t.expires <= now { return .expired }
@@ -188,7 +194,7 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
 
     public func listTokens() async throws -> [EnrollmentTokenRecord] { tokens.values.sorted { $0.created < $1.created } }
 
-    public func revokeToken(id: KeyID) async throws -> Bool {
+    public func revokeToken(id: TokenID) async throws -> Bool {
         guard tokens[id] != nil else { return false }
         tokens[id]?.revoked = true
         return true

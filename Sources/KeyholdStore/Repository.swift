@@ -1,5 +1,6 @@
 public import Foundation
 public import KeyholdCore
+public import KeyholdProtocol
 
 /// The server's key repository: keys, enrolled clients, enrollment tokens, the audit trail and
 /// settings. One protocol, three drivers (memory, SQLite, PostgreSQL), one conformance suite.
@@ -7,6 +8,12 @@ public import KeyholdCore
 /// Every mutating call returns only after its change is durable (committed), so the server can
 /// acknowledge what it returns.
 public protocol Repository: Sendable {
+    /// Runs what the driver needs while it is used (PostgreSQL's connection pool) until the task is
+    /// cancelled; the repository answers only while it runs. A daemon runs it as a service of its
+    /// group; one-off users call ``withRunning(_:)``. Drivers with nothing to run wait for
+    /// cancellation.
+    func run() async throws
+
     /// Creates or upgrades the schema; safe to call at every start, also from several processes.
     func migrate() async throws
 
@@ -50,27 +57,36 @@ public protocol Repository: Sendable {
     func keyCount(afterSequence after: Int64) async throws -> Int
     /// Key records in id order after `after`, at most `limit`.
     func listKeys(after: KeyID?, limit: Int) async throws -> [StoredKey]
+    /// How many keys are stored.
     func keyCount() async throws -> Int
 
     // MARK: Enrolled clients
 
+    /// Stores a new enrollment.
     func insertClient(_ client: EnrolledClient) async throws
-    func client(id: DeviceID) async throws -> EnrolledClient?
+    /// The enrollment with `id`, if any.
+    func client(id: ClientID) async throws -> EnrolledClient?
+    /// Every enrollment (of one role, if given).
     func listClients(role: ClientRole?) async throws -> [EnrolledClient]
     /// Sets the state; `false` if there is no such client.
-    func setClientState(id: DeviceID, state: EnrollmentState) async throws -> Bool
-    func recordHeartbeat(id: DeviceID, at: Date, agentVersion: String, keyCount: Int) async throws
+    func setClientState(id: ClientID, state: EnrollmentState) async throws -> Bool
+    /// Records a heartbeat's time, version and key count.
+    func recordHeartbeat(id: ClientID, at: Date, agentVersion: String, keyCount: Int) async throws
 
     // MARK: Enrollment tokens
 
+    /// Stores a new token.
     func insertToken(_ token: EnrollmentTokenRecord) async throws
     /// Atomically checks a token (by id and secret hash) and takes one use.
-    func redeemToken(id: KeyID, secretHash: [UInt8], now: Date) async throws -> TokenRedemption
+    func redeemToken(id: TokenID, secretHash: [UInt8], now: Date) async throws -> TokenRedemption
+    /// Every token.
     func listTokens() async throws -> [EnrollmentTokenRecord]
-    func revokeToken(id: KeyID) async throws -> Bool
+    /// Withdraws a token; `false` if there is no such token.
+    func revokeToken(id: TokenID) async throws -> Bool
 
     // MARK: Audit
 
+    /// Appends one event, committed before returning.
     func appendAudit(_ event: AuditEvent) async throws
     /// Appends several events in one transaction (an export writes one per key before sending it).
     func appendAudit(_ events: [AuditEvent]) async throws
@@ -79,31 +95,63 @@ public protocol Repository: Sendable {
 
     // MARK: Settings
 
+    /// A named setting (`use_hierarchy`, `push_cursor`).
     func setting(_ name: String) async throws -> String?
+    /// Sets a named setting, durably.
     func setSetting(_ name: String, _ value: String) async throws
 
     /// Releases connections; the repository is unusable afterwards.
     func close() async throws
 }
 
+extension Repository {
+    /// Runs `body` while the repository's ``run()`` runs beside it, then stops it: for commands
+    /// and tests that use a repository outside a service group.
+    public func withRunning<T: Sendable>(_ body: @Sendable (Self) async throws -> T) async throws -> T {
+        try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask {
+                try await self.run()
+                return nil
+            }
+            let result = try await body(self)
+            group.cancelAll()
+            return result
+        }
+    }
+}
+
+/// Waits until the task is cancelled: the ``Repository/run()`` of drivers with nothing to run.
+public func waitForCancellation() async {
+    let (stream, _) = AsyncStream<Never>.makeStream()
+    for await _ in stream {}
+}
+
 /// An error of the repository itself (not of a request).
 public struct RepositoryError: Error, CustomStringConvertible {
+    /// What went wrong.
     public var description: String
+    /// An error saying `description`.
     public init(_ description: String) { self.description = description }
 }
 
 /// Fault injection for the conformance suite: makes every later audit write fail the way a full
 /// or broken database would, so tests can show that no key leaves without its audit record.
 public protocol RepositoryFaultInjection: Repository {
+    /// Makes every later audit write fail.
     func breakAuditWrites() async throws
 }
 
 /// Who asks for a key and how, for its `release` audit record.
 public struct ReleaseRequest: Sendable {
+    /// The key asked for.
     public var keyID: KeyID
-    public var actor: String
-    public var route: String
+    /// Who asks.
+    public var actor: AuditActor
+    /// How the request came.
+    public var route: AuditRoute
+    /// Extra words for the record.
     public var detail: String
+    /// When it was asked.
     public var time: Date
     /// When false, a missing key writes no record (the caller audits the miss itself, after
     /// asking the hierarchy): the release of a present key stays one statement either way.
@@ -112,7 +160,8 @@ public struct ReleaseRequest: Sendable {
     /// authenticated key request costs one database round trip instead of two.
     public var caller: ReleaseCaller?
 
-    public init(keyID: KeyID, actor: String, route: String, detail: String = "", time: Date = Date()) {
+    /// A request for `keyID`.
+    public init(keyID: KeyID, actor: AuditActor, route: AuditRoute, detail: String = "", time: Date = Date()) {
         self.keyID = keyID
         self.actor = actor
         self.route = route
@@ -122,25 +171,28 @@ public struct ReleaseRequest: Sendable {
 
     /// The audit result of a release, the same in every driver: `not_found` without a key,
     /// `key_blocked` for a blocked or revoked key, else `ok`.
-    public static func result(for key: StoredKey?) -> String {
-        guard let key else { return "not_found" }
-        return key.blocked || key.record.state == .revoked ? "key_blocked" : "ok"
+    public static func result(for key: StoredKey?) -> AuditResult {
+        guard let key else { return .refused(.notFound) }
+        return key.blocked || key.record.state == .revoked ? .refused(.keyBlocked) : .ok
     }
 
     /// The audit record for `key`.
     public func auditEvent(for key: StoredKey?) -> AuditEvent {
-        AuditEvent(time: time, actor: actor, action: "release", keyID: keyID, route: route, result: Self.result(for: key), detail: detail)
+        AuditEvent(time: time, actor: actor, action: .release, keyID: keyID, route: route, result: Self.result(for: key), detail: detail)
     }
 }
 
 /// A client a release is checked against: enrolled with this role and certificate, and active.
 public struct ReleaseCaller: Sendable, Equatable {
-    public var id: DeviceID
+    /// Its client id.
+    public var id: ClientID
+    /// The role it must have.
     public var role: ClientRole
     /// Lowercase hex SHA-256 of the certificate it presented.
     public var certificateFingerprint: String
 
-    public init(id: DeviceID, role: ClientRole, certificateFingerprint: String) {
+    /// A caller to check.
+    public init(id: ClientID, role: ClientRole, certificateFingerprint: String) {
         self.id = id
         self.role = role
         self.certificateFingerprint = certificateFingerprint
@@ -156,19 +208,24 @@ public struct ReleaseCaller: Sendable, Equatable {
 /// A release named a ``ReleaseRequest/caller`` that is not an active client with that role and
 /// certificate; nothing was read or written (the server then says exactly why, and audits that).
 public struct ReleaseCallerRefused: Error, Sendable {
+    /// The refusal.
     public init() {}
 }
 
 /// Supplies an import's keys, batch by batch, synchronously: it is called inside the import's
 /// database transaction. Returns nil at the end; throws to abort (and roll back) the import.
 public protocol KeyBatchSource: Sendable {
+    /// The next batch, or nil at the end.
     func nextBatch() throws -> [StoredKey]?
 }
 
 /// What an import stored.
 public struct KeyImportResult: Sendable, Equatable {
+    /// Keys stored now.
     public var inserted: Int
+    /// Keys that were there with the same secret.
     public var alreadyPresent: Int
+    /// A result.
     public init(inserted: Int, alreadyPresent: Int) {
         self.inserted = inserted
         self.alreadyPresent = alreadyPresent
@@ -181,15 +238,21 @@ public struct KeyImportConflict: Error, Sendable {
     public var ids: [KeyID]
     /// How many keys conflicted in all.
     public var count: Int
+    /// The most ids an error lists.
     public static let limit = 1000
 }
 
 /// Per-key audit records of an import and the conflict bookkeeping, the same in every driver.
 public struct ImportTally: Sendable {
+    /// Keys stored so far.
     public var inserted = 0
+    /// Keys found present so far.
     public var alreadyPresent = 0
+    /// The first ``KeyImportConflict/limit`` conflicting ids.
     public var conflicts: [KeyID] = []
+    /// How many keys conflicted.
     public var conflictCount = 0
+    /// An empty tally.
     public init() {}
 
     /// Counts `outcomes` and returns the per-key audit records of the batch.
@@ -205,7 +268,10 @@ public struct ImportTally: Sendable {
                 if conflicts.count < KeyImportConflict.limit { conflicts.append(key.record.id) }
                 continue
             }
-            events.append(AuditEvent(time: base.time, actor: base.actor, action: "import", keyID: key.record.id, route: base.route, result: outcome.rawValue == "inserted" ? "ok" : outcome.rawValue, detail: ""))
+            events.append(AuditEvent(
+                time: base.time, actor: base.actor, action: .import, keyID: key.record.id, route: base.route,
+                result: outcome == .inserted ? .ok : .alreadyPresent
+            ))
         }
         return events
     }
@@ -215,6 +281,7 @@ public struct ImportTally: Sendable {
         if conflictCount > 0 { throw KeyImportConflict(ids: conflicts, count: conflictCount) }
     }
 
+    /// The counts.
     public var result: KeyImportResult { KeyImportResult(inserted: inserted, alreadyPresent: alreadyPresent) }
 
     /// The summary record: `base` with the counts.

@@ -1,17 +1,6 @@
 public import Foundation
 public import KeyholdCore
-
-/// How a key reached this server's repository.
-public enum KeyProvenance: String, Codable, Sendable, CaseIterable {
-    /// A device of this server escrowed it.
-    case escrow
-    /// A secondary pushed it up the hierarchy.
-    case pushed
-    /// This server obtained it from its primary on a lookup.
-    case hierarchy
-    /// An administrator imported it from an export file.
-    case imported
-}
+public import KeyholdProtocol
 
 /// A key as the repository keeps it: its record, its secret wrapped under the server's master key,
 /// and a fingerprint that lets the repository tell "same secret" from "different secret" without

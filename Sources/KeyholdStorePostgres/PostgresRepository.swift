@@ -1,5 +1,6 @@
 public import Foundation
 public import KeyholdCore
+public import KeyholdProtocol
 public import KeyholdStore
 public import Logging
 import NIOCore
@@ -10,15 +11,16 @@ import PostgresNIO
 /// high availability is PostgreSQL's own replication.
 public final class PostgresRepository: Repository, RepositoryFaultInjection {
     private let client: PostgresClient
-    private let runTask: Task<Void, Never>
-    private let started: Task<Void, Never>
     private let logger: Logger
+    /// Signals that ``run()`` started the pool; ``migrate()`` (the first query) waits for it.
+    private let runStarted: AsyncStream<Void>.Continuation
+    private let started: Task<Void, Never>
     /// Concurrent releases share statements and commits; concurrent client lookups (one per
     /// authenticated request) share statements.
     private let releases: BatchQueue<ReleaseRequest, StoredKey?>
-    private let clientLookups: BatchQueue<DeviceID, EnrolledClient?>
+    private let clientLookups: BatchQueue<ClientID, EnrolledClient?>
 
-    /// Connects lazily using `url`: `postgres://user:password@host:port/database`, or for a Unix
+    /// Connects lazily using `url` (queries wait until ``run()`` runs the connection pool): `postgres://user:password@host:port/database`, or for a Unix
     /// socket `postgres:///database?host=/path/to/socket-folder&user=name` (as libpq writes it).
     ///
     /// `batchLanes` is how many release (and client lookup) batches may be in flight at once. One
@@ -33,16 +35,20 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         self.client = client
         self.logger = logger
         let (signal, continuation) = AsyncStream<Void>.makeStream()
-        self.runTask = Task {
-            continuation.finish()
-            await client.run()
-        }
+        self.runStarted = continuation
         self.started = Task { for await _ in signal {} }
         self.releases = BatchQueue(lanes: batchLanes, maximumBatch: 256) { try await Self.releaseBatch($0, client, logger) }
         self.clientLookups = BatchQueue(lanes: batchLanes, maximumBatch: 256) { try await Self.clientBatch($0, client, logger) }
     }
 
-    /// Waits until the connection pool runs, so the first query does not race its start.
+    /// Runs the connection pool (postgres-nio's `PostgresClient`) until the task is cancelled:
+    /// the server runs it as the first service of its group, so it stops last.
+    public func run() async throws {
+        runStarted.finish()
+        await client.run()
+    }
+
+    /// Waits until ``run()`` runs the pool, so the first query does not race its start.
     private func ready() async {
         await started.value
         await Task.yield()
@@ -69,8 +75,6 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
             host: host, port: port, username: user, password: password, database: database.isEmpty ? nil : database, tls: .disable
         )
     }
-
-    deinit { runTask.cancel() }
 
     public func migrate() async throws {
         await ready()
@@ -134,7 +138,7 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
                 outcome = existing == key.secretFingerprint ? .alreadyPresent : .conflict
             }
             if var a = audit {
-                if outcome == .conflict { a.result = "conflict" }
+                if outcome == .conflict { a.result = .refused(.conflict) }
                 try await Self.insertAudit(conn, a, logger)
             }
             return outcome
@@ -191,15 +195,15 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
             b.append(key.stored)
             b.append(key.blocked)
             b.append(obtained.time)
-            b.append(obtained.actor)
-            b.append(obtained.action)
+            b.append(obtained.actor.description)
+            b.append(obtained.action.rawValue)
             b.append(obtained.keyID?.description)
-            b.append(obtained.route)
-            b.append(obtained.result)
+            b.append(obtained.route.description)
+            b.append(obtained.result.description)
             b.append(obtained.detail)
             b.append(release.time)
-            b.append(release.actor)
-            b.append(release.route)
+            b.append(release.actor.description)
+            b.append(release.route.description)
             b.append(release.detail)
             return b
         }
@@ -382,8 +386,8 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
             var b = PostgresBindings(capacity: 9)
             b.append(requests.map(\.keyID.description))
             b.append(requests.map(\.time))
-            b.append(requests.map(\.actor))
-            b.append(requests.map(\.route))
+            b.append(requests.map(\.actor.description))
+            b.append(requests.map(\.route.description))
             b.append(requests.map(\.detail))
             b.append(requests.map(\.auditIfMissing))
             b.append(requests.map { $0.caller?.id.description ?? "" })
@@ -462,12 +466,12 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         )
     }
 
-    public func client(id: DeviceID) async throws -> EnrolledClient? {
+    public func client(id: ClientID) async throws -> EnrolledClient? {
         try await clientLookups.submit(id)
     }
 
-    private static func clientBatch(_ ids: [DeviceID], _ client: PostgresClient, _ logger: Logger) async throws -> [Result<EnrolledClient?, any Error>] {
-        var found: [DeviceID: EnrolledClient] = [:]
+    private static func clientBatch(_ ids: [ClientID], _ client: PostgresClient, _ logger: Logger) async throws -> [Result<EnrolledClient?, any Error>] {
+        var found: [ClientID: EnrolledClient] = [:]
         for try await row in try await client.execute(ClientsStatement(ids: ids.map(\.description)), logger: logger) {
             let c = try decodeClient(row)
             found[c.id] = c
@@ -500,13 +504,13 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         return out
     }
 
-    public func setClientState(id: DeviceID, state: EnrollmentState) async throws -> Bool {
+    public func setClientState(id: ClientID, state: EnrollmentState) async throws -> Bool {
         try await client.query(
             "UPDATE clients SET state = \(state.rawValue) WHERE id = \(id.description) RETURNING id", logger: logger
         ).collect().count > 0
     }
 
-    public func recordHeartbeat(id: DeviceID, at: Date, agentVersion: String, keyCount: Int) async throws {
+    public func recordHeartbeat(id: ClientID, at: Date, agentVersion: String, keyCount: Int) async throws {
         try await client.query(
             "UPDATE clients SET last_seen = \(at), agent_version = \(agentVersion), key_count = \(Int64(keyCount)) WHERE id = \(id.description)",
             logger: logger
@@ -535,7 +539,7 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         )
     }
 
-    public func redeemToken(id: KeyID, secretHash: [UInt8], now: Date) async throws -> TokenRedemption {
+    public func redeemToken(id: TokenID, secretHash: [UInt8], now: Date) async throws -> TokenRedemption {
         try await client.withTransaction(logger: logger) { conn in
             var token: EnrollmentTokenRecord?
             for try await row in try await conn.query(
@@ -561,7 +565,7 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         return out
     }
 
-    public func revokeToken(id: KeyID) async throws -> Bool {
+    public func revokeToken(id: TokenID) async throws -> Bool {
         try await client.query(
             "UPDATE enrollment_tokens SET revoked = TRUE WHERE id = \(id.description) RETURNING id", logger: logger
         ).collect().count > 0
@@ -591,8 +595,9 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
             """
             INSERT INTO audit (time, actor, action, key_id, route, result, detail)
             SELECT t.time, t.actor, t.action, NULLIF(t.key_id, ''), t.route, t.result, t.detail
-            FROM unnest(\(events.map(\.time))::timestamptz[], \(events.map(\.actor))::text[], \(events.map(\.action))::text[],
-                        \(events.map { $0.keyID?.description ?? "" })::text[], \(events.map(\.route))::text[], \(events.map(\.result))::text[],
+            FROM unnest(\(events.map(\.time))::timestamptz[], \(events.map(\.actor.description))::text[],
+                        \(events.map(\.action.rawValue))::text[], \(events.map { $0.keyID?.description ?? "" })::text[],
+                        \(events.map(\.route.description))::text[], \(events.map(\.result.description))::text[],
                         \(events.map(\.detail))::text[])
                  WITH ORDINALITY AS t(time, actor, action, key_id, route, result, detail, ord)
             ORDER BY t.ord
@@ -604,7 +609,8 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         try await conn.query(
             """
             INSERT INTO audit (time, actor, action, key_id, route, result, detail)
-            VALUES (\(e.time), \(e.actor), \(e.action), \(e.keyID?.description), \(e.route), \(e.result), \(e.detail))
+            VALUES (\(e.time), \(e.actor.description), \(e.action.rawValue), \(e.keyID?.description), \(e.route.description),
+                    \(e.result.description), \(e.detail))
             """, logger: logger
         )
     }
@@ -617,7 +623,8 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         )
         for try await (seq, time, actor, action, keyID, route, result, detail) in rows.decode((Int64, Date, String, String, String?, String, String, String).self) {
             out.append(AuditEvent(
-                sequence: seq, time: time, actor: actor, action: action, keyID: try keyID.map(StoredValue.identifier), route: route, result: result, detail: detail
+                sequence: seq, time: time, actor: try StoredValue.text(actor), action: try StoredValue.enumeration(action),
+                keyID: try keyID.map(StoredValue.identifier), route: try StoredValue.text(route), result: try StoredValue.text(result), detail: detail
             ))
         }
         return out
@@ -653,9 +660,8 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         )
     }
 
-    public func close() async throws {
-        runTask.cancel()
-    }
+    /// Nothing to do: the pool closes when ``run()`` is cancelled.
+    public func close() async throws {}
 
     // MARK: Coding helpers
 

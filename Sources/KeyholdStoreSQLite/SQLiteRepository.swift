@@ -1,6 +1,7 @@
 public import Foundation
 import GRDB
 public import KeyholdCore
+public import KeyholdProtocol
 public import KeyholdStore
 
 /// The embedded default ``Repository``: one SQLite file in WAL mode with `synchronous=FULL`, so a
@@ -37,6 +38,9 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         }
     }
 
+    /// Nothing to run (GRDB's pool needs no task): waits for cancellation.
+    public func run() async throws { await waitForCancellation() }
+
     public func migrate() async throws {
         try await pool.write { db in
             try db.execute(sql: "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied REAL NOT NULL)")
@@ -64,7 +68,7 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
             if let existing = try Data.fetchOne(db, sql: "SELECT secret_fingerprint FROM keys WHERE id = ?", arguments: [key.record.id.description]) {
                 let outcome: KeyInsertOutcome = [UInt8](existing) == key.secretFingerprint ? .alreadyPresent : .conflict
                 if var a = audit {
-                    if outcome == .conflict { a.result = "conflict" }
+                    if outcome == .conflict { a.result = .refused(.conflict) }
                     try Self.insertAudit(db, a)
                 }
                 return outcome
@@ -107,7 +111,7 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
             }
             if outcome == .conflict {
                 var a = obtained
-                a.result = "conflict"
+                a.result = .refused(.conflict)
                 try Self.insertAudit(db, a)
                 return (.conflict, nil)
             }
@@ -252,11 +256,11 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         }
     }
 
-    public func client(id: DeviceID) async throws -> EnrolledClient? {
+    public func client(id: ClientID) async throws -> EnrolledClient? {
         try await pool.read { db in try Self.fetchClient(db, id) }
     }
 
-    private static func fetchClient(_ db: Database, _ id: DeviceID) throws -> EnrolledClient? {
+    private static func fetchClient(_ db: Database, _ id: ClientID) throws -> EnrolledClient? {
         try Row.fetchOne(db, sql: "SELECT * FROM clients WHERE id = ?", arguments: [id.description]).map(decodeClient)
     }
 
@@ -269,14 +273,14 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         }
     }
 
-    public func setClientState(id: DeviceID, state: EnrollmentState) async throws -> Bool {
+    public func setClientState(id: ClientID, state: EnrollmentState) async throws -> Bool {
         try await pool.write { db in
             try db.execute(sql: "UPDATE clients SET state = ? WHERE id = ?", arguments: [state.rawValue, id.description])
             return db.changesCount > 0
         }
     }
 
-    public func recordHeartbeat(id: DeviceID, at: Date, agentVersion: String, keyCount: Int) async throws {
+    public func recordHeartbeat(id: ClientID, at: Date, agentVersion: String, keyCount: Int) async throws {
         try await pool.write { db in
             try db.execute(
                 sql: "UPDATE clients SET last_seen = ?, agent_version = ?, key_count = ? WHERE id = ?",
@@ -308,7 +312,7 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         }
     }
 
-    public func redeemToken(id: KeyID, secretHash: [UInt8], now: Date) async throws -> TokenRedemption {
+    public func redeemToken(id: TokenID, secretHash: [UInt8], now: Date) async throws -> TokenRedemption {
         try await pool.write { db in
             guard let row = try Row.fetchOne(db, sql: "SELECT * FROM enrollment_tokens WHERE id = ?", arguments: [id.description]) else {
                 return .unknown
@@ -330,7 +334,7 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         }
     }
 
-    public func revokeToken(id: KeyID) async throws -> Bool {
+    public func revokeToken(id: TokenID) async throws -> Bool {
         try await pool.write { db in
             try db.execute(sql: "UPDATE enrollment_tokens SET revoked = 1 WHERE id = ?", arguments: [id.description])
             return db.changesCount > 0
@@ -359,7 +363,10 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
 
     private static func insertAudit(_ db: Database, _ e: AuditEvent) throws {
         try db.cachedStatement(sql: "INSERT INTO audit (time, actor, action, key_id, route, result, detail) VALUES (?, ?, ?, ?, ?, ?, ?)").execute(
-            arguments: [e.time.timeIntervalSince1970, e.actor, e.action, e.keyID?.description, e.route, e.result, e.detail]
+            arguments: [
+                e.time.timeIntervalSince1970, e.actor.description, e.action.rawValue, e.keyID?.description, e.route.description,
+                e.result.description, e.detail,
+            ]
         )
     }
 
@@ -367,8 +374,9 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         try await pool.read { db in
             try Row.fetchAll(db, sql: "SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", arguments: [after, limit]).map { row in
                 AuditEvent(
-                    sequence: row["seq"], time: Date(timeIntervalSince1970: row["time"]), actor: row["actor"], action: row["action"],
-                    keyID: try (row["key_id"] as String?).map(StoredValue.identifier), route: row["route"], result: row["result"], detail: row["detail"]
+                    sequence: row["seq"], time: Date(timeIntervalSince1970: row["time"]), actor: try StoredValue.text(row["actor"]),
+                    action: try StoredValue.enumeration(row["action"]), keyID: try (row["key_id"] as String?).map(StoredValue.identifier),
+                    route: try StoredValue.text(row["route"]), result: try StoredValue.text(row["result"]), detail: row["detail"]
                 )
             }
         }

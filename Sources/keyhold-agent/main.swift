@@ -1,3 +1,3 @@
-import KeyholdAgent
+import KeyholdAgentCommands
 
 await KeyholdAgentMain.run()

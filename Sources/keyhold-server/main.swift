@@ -1,3 +1,3 @@
-import KeyholdServer
+import KeyholdServerCommands
 
 await KeyholdServerMain.run()

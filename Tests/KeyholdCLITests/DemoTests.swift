@@ -4,7 +4,7 @@ import Testing
 
 /// `keyhold demo` is what `make run` shows a newcomer: real servers and agents, every step must
 /// report its expected result, and nothing it started may be left running.
-@Suite struct DemoTests {
+@Suite(.timeLimit(.minutes(10))) struct DemoTests {
     static let steps = [
         "Start servers T, S1, S2, S3; join S1 and S2 to T",
         "Start agents D1, D2, D3 and enroll them",
@@ -17,8 +17,8 @@ import Testing
         "Export S1's keys (password); import into S3; D3 opens D1's file",
     ]
 
-    @Test func everyStepReportsSuccessAndEverythingStops() throws {
-        let r = try run(Paths.executable("keyhold"), ["demo", "--heartbeat", "1"])
+    @Test func everyStepReportsSuccessAndEverythingStops() async throws {
+        let r = try await run(Paths.executable("keyhold"), ["demo", "--heartbeat", "1"])
         #expect(r.status == 0, "\(r.stdoutText)\n\(r.stderr)")
         let out = r.stdoutText
         let summary = try #require(out.range(of: "\nSummary\n")).upperBound
@@ -37,7 +37,7 @@ import Testing
         // Nothing the demo started is still running.
         let folder = try #require(out.firstMatch(of: /in\n(\/[^\n]*keyhold-demo-[A-Za-z0-9]+):/)?.1)
         #expect(!FileManager.default.fileExists(atPath: String(folder)))
-        let ps = try run(URL(fileURLWithPath: "/bin/ps"), ["-eo", "args"]).stdoutText
+        let ps = try await run(URL(fileURLWithPath: "/bin/ps"), ["-eo", "args"]).stdoutText
         #expect(!ps.contains(String(folder)), "a demo process is still running")
     }
 }

@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 @testable import KeyholdServer
 import KeyholdCore
+import KeyholdProtocol
 import SwiftASN1
 import Testing
 import X509
@@ -32,7 +33,7 @@ import X509
             version: .v1, subject: try DistinguishedName { CommonName("laptop") }, privateKey: .init(key),
             attributes: .init(), signatureAlgorithm: .ecdsaWithSHA256
         )
-        let identity = CertificateIdentity(role: "device", id: .random())
+        let identity = CertificateIdentity(role: .device, id: .random())
         let cert = try ca.issueClientCertificate(csr: csr, identity: identity, name: "laptop")
         #expect(CertificateIdentity(certificate: cert) == identity)
         #expect(cert.publicKey == Certificate.PublicKey(key.publicKey))
@@ -55,7 +56,7 @@ import X509
             signatureAlgorithm: real.signatureAlgorithm, signature: real.signature
         )
         #expect(throws: KeyholdError.self) {
-            _ = try ca.issueClientCertificate(csr: forged, identity: .init(role: "device", id: .random()), name: "x")
+            _ = try ca.issueClientCertificate(csr: forged, identity: .init(role: .device, id: .random()), name: "x")
         }
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import Synchronization
 import KeyholdCore
+import KeyholdProtocol
 import KeyholdStore
 import KeyholdStoreSQLite
 import KeyholdStorePostgres
@@ -39,12 +40,17 @@ struct Fixture {
             let name = "conformance_\(UUID().uuidString.prefix(8).lowercased())"
             try await PostgresRepository.createDatabase(named: name, url: base)
             let url = try PostgresRepository.url(base, database: name)
-            let repo = try PostgresRepository(url: url)
-            try await repo.migrate()
+            // The connection pool runs only while the repository's run() does: until cleanup.
+            let running = Mutex<[Task<Void, any Error>]>([])
+            @Sendable func open() async throws -> PostgresRepository {
+                let r = try PostgresRepository(url: url)
+                running.withLock { $0.append(Task { try await r.run() }) }
+                try await r.migrate()
+                return r
+            }
             return Fixture(
-                repository: repo,
-                reopen: { let r = try PostgresRepository(url: url); try await r.migrate(); return r },
-                cleanup: { try? await repo.close() }
+                repository: try await open(), reopen: { try await open() },
+                cleanup: { for task in running.withLock({ $0 }) { task.cancel() } }
             )
         }
     }
@@ -73,8 +79,11 @@ func sampleKey(fingerprint: UInt8 = 1, label: String = "k", provenance: KeyProve
     )
 }
 
-func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> AuditEvent {
-    AuditEvent(actor: "device:test", action: action, keyID: key, route: "agent", result: result)
+/// The actor of the records these tests write.
+let testActor = AuditActor.device(ClientID(high: 0x7e57, low: 1))
+
+func audit(_ action: AuditAction, _ key: KeyID? = nil, result: AuditResult = .ok) -> AuditEvent {
+    AuditEvent(actor: testActor, action: action, keyID: key, route: .agent, result: result)
 }
 
 @Suite struct RepositoryConformanceTests {
@@ -93,13 +102,13 @@ func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> Audi
         defer { Task { await f.cleanup() } }
         let repo = f.repository
         let key = sampleKey(fingerprint: 1, label: "original")
-        #expect(try await repo.insertKey(key, audit: audit("escrow", key.record.id)) == .inserted)
-        #expect(try await repo.insertKey(key, audit: audit("escrow", key.record.id)) == .alreadyPresent)
+        #expect(try await repo.insertKey(key, audit: audit(.escrow, key.record.id)) == .inserted)
+        #expect(try await repo.insertKey(key, audit: audit(.escrow, key.record.id)) == .alreadyPresent)
         var other = key
         other.secretFingerprint = [UInt8](repeating: 2, count: 32)
         other.wrappedSecret = [UInt8](repeating: 0xDD, count: 60)
         other.record.label = "impostor"
-        #expect(try await repo.insertKey(other, audit: audit("escrow", key.record.id)) == .conflict)
+        #expect(try await repo.insertKey(other, audit: audit(.escrow, key.record.id)) == .conflict)
 
         let stored = try #require(try await repo.key(id: key.record.id))
         #expect(stored.record.label == "original")
@@ -109,7 +118,7 @@ func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> Audi
         #expect(stored.record.originServerID == key.record.originServerID)
         #expect(stored.provenance == .escrow)
         #expect(try await repo.keyCount() == 1)
-        let results = try await repo.audit(after: 0, limit: 10).map(\.result)
+        let results = try await repo.audit(after: 0, limit: 10).map(\.result.description)
         #expect(results == ["ok", "ok", "conflict"])
     }
 
@@ -120,34 +129,34 @@ func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> Audi
         let repo = f.repository
         let key = sampleKey()
         _ = try await repo.insertKey(key, audit: nil)
-        let released = try await repo.releaseKey(ReleaseRequest(keyID: key.record.id, actor: "device:test", route: "agent"))
+        let released = try await repo.releaseKey(ReleaseRequest(keyID: key.record.id, actor: testActor, route: .agent))
         #expect(released?.record.id == key.record.id)
         #expect(released?.wrappedSecret == key.wrappedSecret)
         let missing = KeyID.random()
-        #expect(try await repo.releaseKey(ReleaseRequest(keyID: missing, actor: "device:test", route: "agent")) == nil)
-        _ = try await repo.setBlocked(id: key.record.id, blocked: true, audit: audit("block", key.record.id))
-        let blocked = try await repo.releaseKey(ReleaseRequest(keyID: key.record.id, actor: "device:test", route: "agent", detail: "third"))
+        #expect(try await repo.releaseKey(ReleaseRequest(keyID: missing, actor: testActor, route: .agent)) == nil)
+        _ = try await repo.setBlocked(id: key.record.id, blocked: true, audit: audit(.block, key.record.id))
+        let blocked = try await repo.releaseKey(ReleaseRequest(keyID: key.record.id, actor: testActor, route: .agent, detail: "third"))
         #expect(blocked?.blocked == true)
-        let events = try await repo.audit(after: 0, limit: 10).filter { $0.action == "release" }
-        #expect(events.map(\.result) == ["ok", "not_found", "key_blocked"])
+        let events = try await repo.audit(after: 0, limit: 10).filter { $0.action == .release }
+        #expect(events.map(\.result.description) == ["ok", "not_found", "key_blocked"])
         #expect(events.map(\.keyID) == [key.record.id, missing, key.record.id])
-        #expect(events.map(\.actor) == ["device:test", "device:test", "device:test"])
+        #expect(events.map(\.actor) == [testActor, testActor, testActor])
         #expect(events[2].detail == "third")
         #expect(events[0].sequence! < events[1].sequence!)
 
         // With auditIfMissing off, a miss writes nothing and a present key is still audited.
-        var quiet = ReleaseRequest(keyID: KeyID.random(), actor: "device:test", route: "agent")
+        var quiet = ReleaseRequest(keyID: KeyID.random(), actor: testActor, route: .agent)
         quiet.auditIfMissing = false
         #expect(try await repo.releaseKey(quiet) == nil)
         quiet.keyID = key.record.id
         #expect(try await repo.releaseKey(quiet)?.record.id == key.record.id)
-        let after = try await repo.audit(after: 0, limit: 10).filter { $0.action == "release" }
-        #expect(after.map(\.result) == ["ok", "not_found", "key_blocked", "key_blocked"])
+        let after = try await repo.audit(after: 0, limit: 10).filter { $0.action == .release }
+        #expect(after.map(\.result.description) == ["ok", "not_found", "key_blocked", "key_blocked"])
 
         // A broken audit trail stops the release: the call throws and returns no key.
         try await (repo as! any RepositoryFaultInjection).breakAuditWrites()
         await #expect(throws: (any Error).self) {
-            _ = try await repo.releaseKey(ReleaseRequest(keyID: key.record.id, actor: "device:test", route: "agent"))
+            _ = try await repo.releaseKey(ReleaseRequest(keyID: key.record.id, actor: testActor, route: .agent))
         }
         #expect(try await repo.audit(after: 0, limit: 10).count == 5)
     }
@@ -164,7 +173,7 @@ func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> Audi
         try await repo.insertClient(device)
         try await repo.insertClient(server)
         func request(_ caller: ReleaseCaller) -> ReleaseRequest {
-            var r = ReleaseRequest(keyID: key.record.id, actor: "device:\(caller.id)", route: "agent")
+            var r = ReleaseRequest(keyID: key.record.id, actor: .device(caller.id), route: .agent)
             r.caller = caller
             return r
         }
@@ -186,7 +195,7 @@ func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> Audi
         missing.keyID = .random()
         await #expect(throws: ReleaseCallerRefused.self) { _ = try await repo.releaseKey(missing) }
         let events = try await repo.audit(after: 0, limit: 100)
-        #expect(events.map(\.result) == ["ok"])
+        #expect(events.map(\.result.description) == ["ok"])
     }
 
     @Test(arguments: Backend.allCases)
@@ -202,7 +211,7 @@ func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> Audi
             keys.append(k)
             _ = try await repo.insertKey(k, audit: nil)
         }
-        _ = try await repo.setBlocked(id: keys[0].record.id, blocked: true, audit: audit("block", keys[0].record.id))
+        _ = try await repo.setBlocked(id: keys[0].record.id, blocked: true, audit: audit(.block, keys[0].record.id))
         let device = EnrolledClient(id: .random(), role: .device, name: "d", certificateFingerprint: "ab12", enrolled: Date())
         try await repo.insertClient(device)
         let before = try await repo.audit(after: 0, limit: 1000).last?.sequence ?? 0
@@ -212,7 +221,7 @@ func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> Audi
         var plan: [(ReleaseRequest, Expect)] = []
         for round in 0..<10 {
             for (i, k) in keys.enumerated() {
-                var r = ReleaseRequest(keyID: k.record.id, actor: "device:\(device.id)", route: "agent", detail: "\(round)-\(i)")
+                var r = ReleaseRequest(keyID: k.record.id, actor: .device(device.id), route: .agent, detail: "\(round)-\(i)")
                 switch (round + i) % 7 {
                 case 0:
                     r.keyID = .random()
@@ -250,10 +259,10 @@ func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> Audi
             let record = byDetail[request.detail]
             switch expected {
             case .refused: #expect(record == nil)
-            case .missing: #expect(record?.result == "not_found" && record?.keyID == request.keyID)
+            case .missing: #expect(record?.result == .refused(.notFound) && record?.keyID == request.keyID)
             case .key(let id):
                 #expect(record?.keyID == id)
-                #expect(record?.result == (id == keys[0].record.id ? "key_blocked" : "ok"))
+                #expect(record?.result.description == (id == keys[0].record.id ? "key_blocked" : "ok"))
             }
         }
 
@@ -261,7 +270,7 @@ func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> Audi
         try await (repo as! any RepositoryFaultInjection).breakAuditWrites()
         let failures = await withTaskGroup(of: Bool.self) { group in
             for k in keys {
-                group.addTask { (try? await repo.releaseKey(ReleaseRequest(keyID: k.record.id, actor: "device:test", route: "agent"))) == nil }
+                group.addTask { (try? await repo.releaseKey(ReleaseRequest(keyID: k.record.id, actor: testActor, route: .agent))) == nil }
             }
             return await group.reduce(0) { $0 + ($1 ? 1 : 0) }
         }
@@ -280,9 +289,9 @@ func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> Audi
             ids.append(k.record.id)
             _ = try await repo.insertKey(k, audit: nil)
         }
-        #expect(try await repo.setBlocked(id: ids[3], blocked: true, audit: audit("block", ids[3])))
+        #expect(try await repo.setBlocked(id: ids[3], blocked: true, audit: audit(.block, ids[3])))
         #expect(try await repo.key(id: ids[3])?.blocked == true)
-        #expect(try await !repo.setBlocked(id: .random(), blocked: true, audit: audit("block")))
+        #expect(try await !repo.setBlocked(id: .random(), blocked: true, audit: audit(.block)))
         var seen: [KeyID] = []
         var after: KeyID? = nil
         while true {
@@ -361,11 +370,26 @@ func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> Audi
         let f = try await Fixture.make(backend)
         defer { Task { await f.cleanup() } }
         let repo = f.repository
-        for i in 0..<7 { try await repo.appendAudit(audit("event\(i)")) }
+        // Every action, actor and route of the vocabulary round-trips through the database.
+        let actors: [AuditActor] = [.device(.random()), .secondary(.random()), .administrator(.random()), .server(.random()), .anonymous]
+        let routes: [AuditRoute] = [.agent, .adminAPI, .enrollment, .local, .api, .secondary(.random()), .primary(.random())]
+        let results: [AuditResult] = [.ok, .alreadyPresent] + KeyholdError.Code.allCases.map { .refused($0) }
+        let written = AuditAction.allCases.enumerated().map { i, action in
+            AuditEvent(
+                actor: actors[i % actors.count], action: action, keyID: i % 2 == 0 ? .random() : nil, route: routes[i % routes.count],
+                result: results[i % results.count], detail: "event\(i)"
+            )
+        }
+        for e in written { try await repo.appendAudit(e) }
         let first = try await repo.audit(after: 0, limit: 3)
-        #expect(first.map(\.action) == ["event0", "event1", "event2"])
+        #expect(first.map(\.detail) == ["event0", "event1", "event2"])
         let rest = try await repo.audit(after: first.last!.sequence!, limit: 100)
-        #expect(rest.map(\.action) == ["event3", "event4", "event5", "event6"])
+        let all = first + rest
+        #expect(all.map(\.action) == AuditAction.allCases)
+        #expect(all.map(\.actor) == written.map(\.actor))
+        #expect(all.map(\.route) == written.map(\.route))
+        #expect(all.map(\.result) == written.map(\.result))
+        #expect(all.map(\.keyID) == written.map(\.keyID))
         #expect(try await repo.setting("use_hierarchy") == nil)
         try await repo.setSetting("use_hierarchy", "true")
         try await repo.setSetting("use_hierarchy", "false")
@@ -387,7 +411,7 @@ func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> Audi
         #expect(try await repo.keyCount(afterSequence: cursor) == 0)
         #expect(try await repo.keyCount(afterSequence: 0) == 2)
         // Blocking renews the sequence: the change travels.
-        _ = try await repo.setBlocked(id: a.record.id, blocked: true, audit: audit("block", a.record.id))
+        _ = try await repo.setBlocked(id: a.record.id, blocked: true, audit: audit(.block, a.record.id))
         seqs = try await repo.keys(afterSequence: cursor, limit: 10).map(\.record.id)
         #expect(seqs == [a.record.id])
 
@@ -397,7 +421,7 @@ func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> Audi
         var impostor = sampleKey()
         impostor.record.id = a.record.id
         impostor.secretFingerprint = [UInt8](repeating: 9, count: 32)
-        let outcomes = try await repo.insertKeys([c, bBlocked, impostor], audit: audit("push_receive"))
+        let outcomes = try await repo.insertKeys([c, bBlocked, impostor], audit: audit(.pushReceive))
         #expect(outcomes == [.inserted, .alreadyPresent, .conflict])
         #expect(try await repo.key(id: b.record.id)?.blocked == true)
         #expect(try await repo.key(id: a.record.id)?.secretFingerprint == a.secretFingerprint)
@@ -407,13 +431,13 @@ func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> Audi
         #expect(latest.map(\.sequence) == latest.map(\.sequence).sorted())
         #expect(Set(latest.map(\.sequence)).count == 3)
         let events = try await repo.audit(after: 0, limit: 10)
-        #expect(events.contains { $0.action == "push_receive" && $0.detail.hasPrefix("3 keys: 1 inserted, 1 already present, 1 conflicts") })
-        #expect(events.contains { $0.action == "push_receive" && $0.result == "conflict" && $0.keyID == a.record.id })
+        #expect(events.contains { $0.action == .pushReceive && $0.detail.hasPrefix("3 keys: 1 inserted, 1 already present, 1 conflicts") })
+        #expect(events.contains { $0.action == .pushReceive && $0.result == .refused(.conflict) && $0.keyID == a.record.id })
 
         // A batch whose audit cannot be written stores nothing.
         try await (repo as! any RepositoryFaultInjection).breakAuditWrites()
         let d = sampleKey(label: "d")
-        await #expect(throws: (any Error).self) { _ = try await repo.insertKeys([d], audit: audit("push_receive")) }
+        await #expect(throws: (any Error).self) { _ = try await repo.insertKeys([d], audit: audit(.pushReceive)) }
         #expect(try await repo.key(id: d.record.id) == nil)
     }
 
@@ -423,18 +447,18 @@ func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> Audi
         defer { Task { await f.cleanup() } }
         let repo = f.repository
         let key = sampleKey(label: "from the primary", provenance: .hierarchy)
-        let release = ReleaseRequest(keyID: key.record.id, actor: "device:d", route: "agent", detail: "obtained through the hierarchy")
-        let (outcome, released) = try await repo.insertAndRelease(key, obtained: audit("obtain", key.record.id), release: release)
+        let release = ReleaseRequest(keyID: key.record.id, actor: testActor, route: .agent, detail: "obtained through the hierarchy")
+        let (outcome, released) = try await repo.insertAndRelease(key, obtained: audit(.obtain, key.record.id), release: release)
         #expect(outcome == .inserted && released?.wrappedSecret == key.wrappedSecret && released?.provenance == .hierarchy)
         // Again: already present, released again; another secret: conflict, nothing released.
-        #expect(try await repo.insertAndRelease(key, obtained: audit("obtain", key.record.id), release: release).0 == .alreadyPresent)
+        #expect(try await repo.insertAndRelease(key, obtained: audit(.obtain, key.record.id), release: release).0 == .alreadyPresent)
         var other = key
         other.secretFingerprint = [UInt8](repeating: 3, count: 32)
-        let conflict = try await repo.insertAndRelease(other, obtained: audit("obtain", key.record.id), release: release)
+        let conflict = try await repo.insertAndRelease(other, obtained: audit(.obtain, key.record.id), release: release)
         #expect(conflict.0 == .conflict && conflict.1 == nil)
         // A copy blocked here is returned as blocked and its release audited as refused.
-        _ = try await repo.setBlocked(id: key.record.id, blocked: true, audit: audit("block", key.record.id))
-        let blocked = try await repo.insertAndRelease(key, obtained: audit("obtain", key.record.id), release: release)
+        _ = try await repo.setBlocked(id: key.record.id, blocked: true, audit: audit(.block, key.record.id))
+        let blocked = try await repo.insertAndRelease(key, obtained: audit(.obtain, key.record.id), release: release)
         #expect(blocked.0 == .alreadyPresent && blocked.1?.blocked == true)
         #expect((released?.sequence ?? 0) > 0 && (blocked.1?.sequence ?? 0) > (released?.sequence ?? 0))
         let events = try await repo.audit(after: 0, limit: 10).map { "\($0.action):\($0.result)" }
@@ -443,7 +467,7 @@ func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> Audi
         try await (repo as! any RepositoryFaultInjection).breakAuditWrites()
         let fresh = sampleKey(label: "never")
         await #expect(throws: (any Error).self) {
-            _ = try await repo.insertAndRelease(fresh, obtained: audit("obtain", fresh.record.id), release: ReleaseRequest(keyID: fresh.record.id, actor: "device:d", route: "agent"))
+            _ = try await repo.insertAndRelease(fresh, obtained: audit(.obtain, fresh.record.id), release: ReleaseRequest(keyID: fresh.record.id, actor: testActor, route: .agent))
         }
         #expect(try await repo.key(id: fresh.record.id) == nil)
     }
@@ -454,7 +478,7 @@ func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> Audi
         defer { Task { await f.cleanup() } }
         let repo = f.repository
         let known = sampleKey(label: "known")
-        _ = try await repo.insertKey(known, audit: audit("escrow", known.record.id))
+        _ = try await repo.insertKey(known, audit: audit(.escrow, known.record.id))
         let fresh = (0..<2500).map { sampleKey(label: "import \($0)") }
         var impostor = sampleKey()
         impostor.record.id = known.record.id
@@ -464,7 +488,7 @@ func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> Audi
         // A conflict in the last batch rolls back the batches before it.
         let refused = Batches(fresh + [impostor], size: 1000)
         let conflict = await #expect(throws: KeyImportConflict.self) {
-            _ = try await repo.importKeys(from: refused, audit: audit("import_file"))
+            _ = try await repo.importKeys(from: refused, audit: audit(.importFile))
         }
         #expect(conflict?.ids == [known.record.id])
         #expect(try await repo.keyCount() == 1)
@@ -472,23 +496,23 @@ func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> Audi
 
         // A source that fails (a damaged file) rolls back too.
         await #expect(throws: RepositoryError.self) {
-            _ = try await repo.importKeys(from: Batches(fresh, size: 1000, failAfter: 2), audit: audit("import_file"))
+            _ = try await repo.importKeys(from: Batches(fresh, size: 1000, failAfter: 2), audit: audit(.importFile))
         }
         #expect(try await repo.keyCount() == 1)
 
         // The same keys plus the known one with its own secret: all stored, one audit record each.
-        let result = try await repo.importKeys(from: Batches(fresh + [known], size: 1000), audit: audit("import_file"))
+        let result = try await repo.importKeys(from: Batches(fresh + [known], size: 1000), audit: audit(.importFile))
         #expect(result == KeyImportResult(inserted: 2500, alreadyPresent: 1))
         #expect(try await repo.keyCount() == 2501)
         #expect(try await repo.key(id: fresh[1234].record.id)?.record.label == "import 1234")
         let events = try await repo.audit(after: auditBefore.last?.sequence ?? 0, limit: 100_000)
-        #expect(events.filter { $0.action == "import" }.count == 2501)
-        #expect(events.contains { $0.action == "import" && $0.keyID == known.record.id && $0.result == "already_present" })
-        #expect(events.last?.action == "import_file")
+        #expect(events.filter { $0.action == .`import` }.count == 2501)
+        #expect(events.contains { $0.action == .`import` && $0.keyID == known.record.id && $0.result == .alreadyPresent })
+        #expect(events.last?.action == .importFile)
         #expect(events.last?.detail.hasPrefix("2501 keys: 2500 inserted, 1 already present") == true)
 
         // Batch audit appends are ordered and atomic.
-        let batch = (0..<3).map { audit("export", fresh[$0].record.id) }
+        let batch = (0..<3).map { audit(.export, fresh[$0].record.id) }
         try await repo.appendAudit(batch)
         #expect(try await repo.audit(after: 0, limit: 100_000).suffix(3).map(\.keyID) == batch.map(\.keyID))
     }
@@ -498,7 +522,7 @@ func audit(_ action: String, _ key: KeyID? = nil, result: String = "ok") -> Audi
         let f = try await Fixture.make(backend)
         defer { Task { await f.cleanup() } }
         let key = sampleKey()
-        _ = try await f.repository.insertKey(key, audit: audit("escrow", key.record.id))
+        _ = try await f.repository.insertKey(key, audit: audit(.escrow, key.record.id))
         let again = try await f.reopen()
         #expect(try await again.key(id: key.record.id)?.wrappedSecret == key.wrappedSecret)
         #expect(try await again.audit(after: 0, limit: 5).count == 1)

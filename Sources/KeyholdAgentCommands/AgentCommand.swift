@@ -1,0 +1,70 @@
+import ArgumentParser
+import Foundation
+import KeyholdAgent
+import KeyholdCommandLine
+import KeyholdCore
+import Logging
+import ServiceLifecycle
+import UnixSignals
+
+/// The `keyhold-agent` command.
+struct AgentCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "keyhold-agent",
+        abstract: "The Keyhold device agent: escrowed file keys, sealed key cache, local socket.",
+        version: KeyholdVersion.current,
+        subcommands: [Run.self]
+    )
+
+    struct Run: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run the agent until SIGTERM or SIGINT (graceful stop).",
+            discussion: "Reads \(AgentConfigFile.defaultPath) when it exists (or --config FILE); the options below override it."
+        )
+
+        @Option(help: ArgumentHelp("The configuration file (default \(AgentConfigFile.defaultPath), optional).", valueName: "file"))
+        var config: String?
+        @Option(help: ArgumentHelp("State directory (identity, key cache); state_dir, default /var/lib/keyhold.", valueName: "dir"))
+        var stateDir: String?
+        @Option(help: ArgumentHelp("Unix socket for local clients; socket, default /run/keyhold/agent.sock.", valueName: "path"))
+        var socket: String?
+        @Option(help: "Members of this group may encrypt and decrypt files through the agent; group, default keyhold.")
+        var group: String?
+        @Option(help: ArgumentHelp("Seconds between heartbeats to the server; heartbeat, default 30.", valueName: "seconds"))
+        var heartbeat: Int?
+        @Option(help: "trace, debug, info, notice, warning, error or critical; log_level, default info.")
+        var logLevel: String?
+
+        func run() async throws {
+            var file = try AgentConfigFile.read(config ?? AgentConfigFile.defaultPath, required: config != nil)
+            if let stateDir { file.stateDir = stateDir }
+            if let socket { file.socket = socket }
+            if let group { file.group = group }
+            if let heartbeat {
+                guard (1...86_400).contains(heartbeat) else { throw KeyholdError(.usage, "--heartbeat \(heartbeat) is out of range", hint: "give 1 to 86400 seconds") }
+                file.heartbeat = heartbeat
+            }
+            if let logLevel {
+                guard let level = Logger.Level(rawValue: logLevel) else {
+                    throw KeyholdError(.usage, "--log-level \(logLevel) is not a level", hint: "use trace, debug, info, notice, warning, error or critical")
+                }
+                file.logLevel = level
+            }
+            var logger = Logger(label: "keyhold-agent")
+            logger.logLevel = file.logLevel
+            let settings = AgentSettings(stateDirectory: file.stateDir, socket: file.socket, group: file.group, heartbeat: .seconds(file.heartbeat))
+            let group = ServiceGroup(configuration: .init(
+                services: [.init(service: KeyholdAgentService(settings: settings, logger: logger))],
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger
+            ))
+            try await group.run()
+        }
+    }
+}
+
+/// The entry point of the `keyhold-agent` executable.
+public enum KeyholdAgentMain {
+    public static func run() async -> Never {
+        await CommandRunner.run(AgentCommand.self)
+    }
+}

@@ -1,0 +1,268 @@
+import Foundation
+import Hummingbird
+import HummingbirdTLS
+public import KeyholdCore
+public import KeyholdProtocol
+public import KeyholdStore
+public import Logging
+import NIOCore
+import NIOSSL
+public import ServiceLifecycle
+
+/// What a running server needs besides its data directory and repository (the configuration,
+/// with command-line overrides applied).
+public struct ServerSettings: Sendable {
+    /// This server's identity.
+    public var serverID: ServerID
+    /// Where the mutual-TLS API listens.
+    public var listen: HostPort
+    /// Where the enrollment listener listens.
+    public var enrollListen: HostPort
+    /// The API address tokens carry (nil: the bound one).
+    public var advertiseAPI: String?
+    /// The enrollment address tokens carry (nil: the bound one).
+    public var advertiseEnroll: String?
+    /// How the database is shown in `status` (never with a password).
+    public var databaseDescription: String
+    /// Time between pushes to the primary.
+    public var hierarchyHeartbeat: Duration
+
+    /// Settings for a server.
+    public init(
+        serverID: ServerID, listen: HostPort, enrollListen: HostPort, advertiseAPI: String? = nil, advertiseEnroll: String? = nil,
+        databaseDescription: String, hierarchyHeartbeat: Duration = .seconds(30)
+    ) {
+        self.serverID = serverID
+        self.listen = listen
+        self.enrollListen = enrollListen
+        self.advertiseAPI = advertiseAPI
+        self.advertiseEnroll = advertiseEnroll
+        self.databaseDescription = databaseDescription
+        self.hierarchyHeartbeat = hierarchyHeartbeat
+    }
+}
+
+/// The administration server as one service: it checks the data directory, migrates the
+/// repository, then runs its listeners, `runtime.json` and the hierarchy heartbeat in a group of
+/// its own until the enclosing group shuts down. The repository's own ``Repository/run()`` belongs
+/// to the enclosing group, before this service, so it stops last.
+///
+/// A listener that cannot bind ends the group at once with `cannot listen on ADDRESS: REASON`;
+/// nothing keeps running.
+public struct KeyholdServerService: Service {
+    private let settings: ServerSettings
+    private let directory: DataDirectory
+    private let repository: any Repository
+    private let logger: Logger
+
+    /// A server on `directory` with `repository` (opened by the caller, which also runs it).
+    public init(settings: ServerSettings, directory: DataDirectory, repository: any Repository, logger: Logger) {
+        self.settings = settings
+        self.directory = directory
+        self.repository = repository
+        self.logger = logger
+    }
+
+    /// Runs the server until graceful shutdown (or cancellation, or a failing part).
+    public func run() async throws {
+        try directory.checkSecretPermissions()
+        let master = try SecretKey(bytes: try directory.read(directory.masterKey))
+        let authority = try CertificateAuthority(
+            certificatePEM: String(decoding: try directory.read(directory.caCertificate), as: UTF8.self),
+            keyPEM: String(decoding: try directory.read(directory.caKey), as: UTF8.self)
+        )
+        try await repository.migrate()
+        let hierarchy = try Hierarchy(serverID: settings.serverID, repository: repository, masterKey: MasterKey(master), dir: directory, logger: logger)
+        let addresses = BoundAddresses(settings)
+        let core = ServerCore(
+            serverID: settings.serverID, repository: repository, masterKey: MasterKey(master), authority: authority,
+            databaseDescription: settings.databaseDescription, hierarchy: hierarchy, addresses: addresses, spoolDirectory: directory.path, logger: logger
+        )
+        let api = ServerAPI<ServerContext>(core: core, logger: logger)
+
+        let chain = try NIOSSLCertificate.fromPEMFile(directory.tlsCertificate).map { NIOSSLCertificateSource.certificate($0) }
+        let key = try NIOSSLPrivateKey(file: directory.tlsKey, format: .pem)
+        var apiTLS = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
+        apiTLS.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(directory.caCertificate))
+        apiTLS.certificateVerification = .noHostnameVerification
+        var enrollTLS = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
+        enrollTLS.certificateVerification = .none
+
+        let listeners = [
+            try Listener(name: "API", address: settings.listen, router: api.apiRouter(), tls: apiTLS, logger: logger) {
+                await addresses.set(api: $0)
+            },
+            try Listener(name: "enrollment", address: settings.enrollListen, router: api.enrollmentRouter(), tls: enrollTLS, logger: logger) {
+                await addresses.set(enroll: $0)
+            },
+        ]
+        let announcer = Announcer(directory: directory, addresses: addresses, serverID: settings.serverID, logger: logger)
+        let heartbeat = HierarchyHeartbeat(hierarchy: hierarchy, interval: settings.hierarchyHeartbeat)
+        // A part that fails shuts the others down gracefully (a listener that bound closes cleanly),
+        // then the group ends with that part's error.
+        let parts: [any Service] = listeners + [announcer, heartbeat]
+        let group = ServiceGroup(configuration: .init(
+            services: parts.map { .init(service: $0, failureTerminationBehavior: .gracefullyShutdownGroup) }, logger: logger
+        ))
+        do {
+            try await group.run()
+        } catch {
+            await hierarchy.shutdown()
+            ServerRuntimeInfo.remove(from: directory.path)
+            throw error
+        }
+        await hierarchy.shutdown()
+        ServerRuntimeInfo.remove(from: directory.path)
+        logger.info("stopped")
+    }
+}
+
+/// One TLS listener: a Hummingbird application whose bind failure becomes an error naming the
+/// address and the reason.
+struct Listener: Service {
+    let name: String
+    let address: HostPort
+    let application: Application<RouterResponder<ServerContext>>
+
+    init(
+        name: String, address: HostPort, router: Router<ServerContext>, tls: TLSConfiguration, logger: Logger,
+        bound: @escaping @Sendable (String) async -> Void
+    ) throws {
+        self.name = name
+        self.address = address
+        let host = address.host
+        application = Application(
+            router: router,
+            server: try .tls(.http1(), tlsConfiguration: tls),
+            configuration: .init(address: .hostname(address.host, port: address.port), serverName: "keyhold-server"),
+            onServerRunning: { channel in
+                let port = channel.localAddress?.port ?? 0
+                await bound(HostPort.describe(host: host, port: port))
+            },
+            logger: logger
+        )
+    }
+
+    func run() async throws {
+        do {
+            try await application.run()
+        } catch let error as IOError {
+            throw Self.cannotListen(address, name: name, errno: error.errnoCode, reason: "\(error)")
+        } catch let error as SocketAddressError {
+            throw KeyholdError(
+                .configuration, "cannot listen on \(address) (\(name)): the host does not resolve (\(error))",
+                hint: "give an address of this machine in config.toml, or --listen/--enroll-listen"
+            )
+        }
+    }
+
+    /// The error for a listener that cannot bind `address`.
+    static func cannotListen(_ address: HostPort, name: String, errno code: Int32, reason: String) -> KeyholdError {
+        switch code {
+        case EADDRINUSE:
+            return KeyholdError(
+                .configuration, "cannot listen on \(address): address already in use",
+                hint: "another process (perhaps another keyhold-server) uses that port for its \(name.lowercased()) listener: stop it, or choose another port in config.toml or with --listen/--enroll-listen"
+            )
+        case EADDRNOTAVAIL:
+            return KeyholdError(
+                .configuration, "cannot listen on \(address): the address is not one of this machine's",
+                hint: "give an address of this machine (or 0.0.0.0) in config.toml or with --listen/--enroll-listen"
+            )
+        case EACCES:
+            return KeyholdError(
+                .configuration, "cannot listen on \(address): permission denied",
+                hint: "ports below 1024 need CAP_NET_BIND_SERVICE; choose a port of 1024 or more"
+            )
+        default:
+            return KeyholdError(.configuration, "cannot listen on \(address): \(reason)", hint: "check the address in config.toml and that the port is free")
+        }
+    }
+}
+
+extension HostPort {
+    /// `host:port` for a bound port.
+    static func describe(host: String, port: Int) -> String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
+
+/// The addresses the listeners actually bound (known once they run; port 0 picks a free port).
+actor BoundAddresses {
+    private var api: String
+    private var enroll: String
+    private let advertiseAPI: String?
+    private let advertiseEnroll: String?
+    private var waiters: [UUID: CheckedContinuation<Void, any Error>] = [:]
+    private var bound = 0
+
+    init(_ settings: ServerSettings) {
+        api = settings.listen.description
+        enroll = settings.enrollListen.description
+        advertiseAPI = settings.advertiseAPI
+        advertiseEnroll = settings.advertiseEnroll
+    }
+
+    func set(api address: String) {
+        api = address
+        bound += 1
+        wake()
+    }
+
+    func set(enroll address: String) {
+        enroll = address
+        bound += 1
+        wake()
+    }
+
+    private func wake() {
+        guard bound >= 2 else { return }
+        for w in waiters.values { w.resume() }
+        waiters = [:]
+    }
+
+    /// Waits until both listeners are bound; throws when the task is cancelled first (a listener
+    /// that failed cancels the group).
+    func waitUntilBound() async throws {
+        if bound >= 2 { return }
+        let id = UUID()
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                if Task.isCancelled {
+                    continuation.resume(throwing: CancellationError())
+                } else {
+                    waiters[id] = continuation
+                }
+            }
+        } onCancel: {
+            Task { await self.cancelWaiter(id) }
+        }
+    }
+
+    private func cancelWaiter(_ id: UUID) {
+        waiters.removeValue(forKey: id)?.resume(throwing: CancellationError())
+    }
+
+    func current() -> (api: String, enroll: String) { (api, enroll) }
+
+    /// What tokens carry: the configured advertised addresses, else the bound ones.
+    func advertised() -> (String, String) { (advertiseAPI ?? api, advertiseEnroll ?? enroll) }
+}
+
+/// Writes `runtime.json` once both listeners accept, and logs the addresses.
+struct Announcer: Service {
+    let directory: DataDirectory
+    let addresses: BoundAddresses
+    let serverID: ServerID
+    let logger: Logger
+
+    func run() async throws {
+        do {
+            try await cancelWhenGracefulShutdown { try await addresses.waitUntilBound() }
+        } catch is CancellationError {
+            return  // the group stopped before both listeners were bound
+        }
+        let (api, enroll) = await addresses.current()
+        try ServerRuntimeInfo(serverID: serverID, api: api, enroll: enroll).write(to: directory.path)
+        logger.info("listening", metadata: ["api": "\(api)", "enroll": "\(enroll)", "server_id": "\(serverID)"])
+        try? await gracefulShutdown()
+    }
+}

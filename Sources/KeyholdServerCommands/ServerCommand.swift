@@ -1,0 +1,442 @@
+import ArgumentParser
+import Foundation
+import KeyholdClient
+import KeyholdCommandLine
+import KeyholdCore
+import KeyholdProtocol
+import KeyholdServer
+import KeyholdStore
+import Logging
+import ServiceLifecycle
+import UnixSignals
+
+/// The `keyhold-server` command tree.
+struct ServerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "keyhold-server",
+        abstract: "The Keyhold administration server: key escrow, release and audit.",
+        version: KeyholdVersion.current,
+        subcommands: [
+            Init.self, Run.self, Status.self, TokenCommand.self, DeviceCommand.self, KeyAdminCommand.self, Audit.self,
+            PrimaryCommand.self, SecondaryCommand.self, HierarchyCommand.self,
+        ]
+    )
+}
+
+/// `--data-dir`, shared by every subcommand.
+struct DataDirOption: ParsableArguments {
+    @Option(help: ArgumentHelp("The server's data directory (default: $KEYHOLD_SERVER_DATA_DIR or /var/lib/keyhold-server).", valueName: "dir"))
+    var dataDir: String?
+
+    var directory: DataDirectory {
+        DataDirectory(dataDir ?? ProcessInfo.processInfo.environment["KEYHOLD_SERVER_DATA_DIR"] ?? "/var/lib/keyhold-server")
+    }
+
+    /// The data directory's `config.toml`, checked strictly.
+    func config() throws -> ServerConfigFile {
+        let dir = directory
+        try dir.requireInitialized()
+        return try ServerConfigFile.read(dir.config)
+    }
+
+    /// An admin client for the running server of this data directory: at the address the
+    /// running server wrote into `runtime.json`, else the configured one.
+    func adminClient(timeout: Duration = .seconds(15)) throws -> APIClient {
+        let dir = directory
+        let config = try config()
+        let address = try ServerRuntimeInfo.read(from: dir.path)?.api ?? config.listen.description
+        return try APIClient(
+            address: address, caPEM: String(decoding: try dir.read(dir.caCertificate), as: UTF8.self),
+            certificatePEM: String(decoding: try dir.read(dir.adminCertificate), as: UTF8.self),
+            keyPEM: String(decoding: try dir.read(dir.adminKey), as: UTF8.self), timeout: timeout
+        )
+    }
+}
+
+/// Runs `body` with an admin client and shuts the client down afterwards.
+func withAdmin<T>(_ options: DataDirOption, _ body: (APIClient) async throws -> T) async throws -> T {
+    try await options.adminClient().using(body)
+}
+
+func printJSON<T: Encodable>(_ value: T) throws {
+    print(try WireFormat.prettyText(value))
+}
+
+func formatDate(_ date: Date?) -> String {
+    guard let date else { return "-" }
+    return ISO8601DateFormatter().string(from: date)
+}
+
+extension ServerCommand {
+    struct Init: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Create a data directory: master key, CA, TLS and administrator certificates, configuration."
+        )
+        @OptionGroup var data: DataDirOption
+        @Option(help: ArgumentHelp("host:port of the mutual-TLS API.", valueName: "address")) var listen = "127.0.0.1:8443"
+        @Option(help: ArgumentHelp("host:port of the enrollment listener.", valueName: "address")) var enrollListen = "127.0.0.1:8444"
+        @Option(help: "A name for this server (also a host name in its TLS certificate).") var name = ""
+        @Option(name: .customLong("host-name"), help: ArgumentHelp("Another host name or address for the TLS certificate (repeatable).", valueName: "name"))
+        var hostNames: [String] = []
+        @Option(help: ArgumentHelp("\"sqlite\" (default) or a postgres:// URL.", valueName: "url")) var db = "sqlite"
+        @Flag(help: "Turn on \"use hierarchy to obtain encryption keys\" (off by default).") var useHierarchy = false
+
+        func run() async throws {
+            let dir = data.directory
+            try RepositoryFactory.check(db, in: "--db")
+            let name = name.isEmpty ? ProcessInfo.processInfo.hostName : name
+            let config = ServerConfigFile(
+                serverID: .random(), name: name, listen: try HostPort(listen), enrollListen: try HostPort(enrollListen), database: db
+            )
+            let options = ServerSetup.Options(
+                listen: config.listen, enrollListen: config.enrollListen, name: name, hostNames: hostNames, useHierarchy: useHierarchy
+            )
+            if dir.isInitialized {
+                throw KeyholdError(.configuration, "\(dir.path) already holds a Keyhold server", hint: "use another --data-dir, or run the existing server")
+            }
+            try FileManager.default.createDirectory(atPath: dir.path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            try await RepositoryFactory.open(db, in: dir).withRunning { repository in
+                try await ServerSetup.initialize(dir, serverID: config.serverID, options: options, repository: repository)
+                try await repository.close()
+            }
+            // The config goes last: a data directory without it is an interrupted init, not a server.
+            try dir.write("config.toml", Data(config.render().utf8), mode: 0o600)
+            print("""
+            Created Keyhold server \(config.serverID) in \(dir.path)
+              database:        \(RepositoryFactory.describe(config.database))
+              API (mutual TLS): \(config.listen)
+              enrollment:      \(config.enrollListen)
+              administrator:   \(dir.adminCertificate) + admin.key
+            Back up master.key: without it no stored key can be released.
+            Next: keyhold-server run --data-dir \(dir.path)
+            """)
+        }
+    }
+
+    struct Run: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run the server until SIGTERM or SIGINT (graceful stop).",
+            discussion: "Reads config.toml in the data directory; the options below override it for this run."
+        )
+        @OptionGroup var data: DataDirOption
+        @Option(help: ArgumentHelp("Override the API address (listen).", valueName: "address")) var listen: String?
+        @Option(help: ArgumentHelp("Override the enrollment address (enroll_listen).", valueName: "address")) var enrollListen: String?
+        @Option(help: ArgumentHelp("Override the database (\"sqlite\" or a postgres:// URL).", valueName: "url")) var db: String?
+        @Option(help: "Override log_level: trace, debug, info, notice, warning, error or critical.") var logLevel: String?
+        @Option(help: ArgumentHelp("Override hierarchy_heartbeat: seconds between pushes to the primary.", valueName: "seconds"))
+        var hierarchyHeartbeat: Int?
+
+        func run() async throws {
+            let dir = data.directory
+            var config = try data.config()
+            if let listen { config.listen = try HostPort(listen) }
+            if let enrollListen { config.enrollListen = try HostPort(enrollListen) }
+            if let db {
+                try RepositoryFactory.check(db, in: "--db")
+                config.database = db
+            }
+            if let logLevel {
+                guard let level = Logger.Level(rawValue: logLevel) else {
+                    throw KeyholdError(.usage, "--log-level \(logLevel) is not a level", hint: "use trace, debug, info, notice, warning, error or critical")
+                }
+                config.logLevel = level
+            }
+            if let hierarchyHeartbeat {
+                guard (1...86_400).contains(hierarchyHeartbeat) else {
+                    throw KeyholdError(.usage, "--hierarchy-heartbeat \(hierarchyHeartbeat) is out of range", hint: "give 1 to 86400 seconds")
+                }
+                config.hierarchyHeartbeat = hierarchyHeartbeat
+            }
+            var logger = Logger(label: "keyhold-server")
+            logger.logLevel = config.logLevel
+            logger[metadataKey: "server"] = "\(config.serverID)"
+
+            // One running server per data directory, for the life of this process.
+            let lock = try dir.lockForRunning()
+            defer { withExtendedLifetime(lock) {} }
+            let repository = try RepositoryFactory.open(config.database, in: dir)
+            let settings = ServerSettings(
+                serverID: config.serverID, listen: config.listen, enrollListen: config.enrollListen, advertiseAPI: config.advertiseAPI,
+                advertiseEnroll: config.advertiseEnroll, databaseDescription: RepositoryFactory.describe(config.database),
+                hierarchyHeartbeat: .seconds(config.hierarchyHeartbeat)
+            )
+            let group = ServiceGroup(configuration: .init(
+                services: [
+                    .init(service: RepositoryService(repository: repository)),
+                    .init(service: KeyholdServerService(settings: settings, directory: dir, repository: repository, logger: logger)),
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger
+            ))
+            try await group.run()
+        }
+    }
+
+    struct Status: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show the running server's state.")
+        @OptionGroup var data: DataDirOption
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let status = try await withAdmin(data) { try await $0.get(APIPath.adminStatus, as: StatusResponse.self) }
+            if json { return try printJSON(status) }
+            print("""
+            server:       \(status.serverID) (keyhold \(status.version))
+            database:     \(status.database)
+            keys:         \(status.keyCount)
+            devices:      \(status.devices) active
+            secondaries:  \(status.secondaries) active
+            running since \(formatDate(status.started))
+            """)
+            if let h = status.hierarchy { print(describe(h)) }
+        }
+    }
+
+    struct Audit: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show the audit trail (oldest first).")
+        @OptionGroup var data: DataDirOption
+        @Option(help: "Show events after this sequence number.") var after: Int64 = 0
+        @Option(help: "At most this many events.") var limit = 1000
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let events = try await withAdmin(data) {
+                try await $0.get("\(APIPath.adminAudit)?after=\(after)&limit=\(limit)", as: [AuditEvent].self)
+            }
+            if json { return try printJSON(events) }
+            for e in events {
+                print("\(e.sequence ?? 0)\t\(formatDate(e.time))\t\(e.actor)\t\(e.action)\t\(e.keyID?.description ?? "-")\t\(e.route)\t\(e.result)\t\(e.detail)")
+            }
+        }
+    }
+}
+
+/// The hierarchy lines of `status`.
+func describe(_ h: HierarchyStatus) -> String {
+    var lines = ["use hierarchy: \(h.useHierarchy ? "on" : "off")"]
+    if let id = h.primaryServerID {
+        lines.append("primary:      \(id) at \(h.primaryAddress ?? "?")\(h.primaryRefuses ? " — REFUSES (hierarchy_disabled on the primary)" : "")")
+        lines.append("push cursor:  \(h.pushCursor) acknowledged, \(h.pending) key(s) pending")
+        lines.append("last push:    \(formatDate(h.lastPush)) \(h.lastPushResult ?? "")")
+    } else {
+        lines.append("primary:      none")
+    }
+    return lines.joined(separator: "\n")
+}
+
+struct PrimaryCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "primary", abstract: "This server's primary.", subcommands: [Join.self, Leave.self])
+
+    struct Join: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Enroll this (running) server with a primary, using a server token from it.")
+        @OptionGroup var data: DataDirOption
+        @Argument(help: "The token from 'keyhold-server token create --role server' on the primary.") var token: String
+        func run() async throws {
+            let h = try await withAdmin(data) { try await $0.post(APIPath.adminPrimary, JoinRequest(token: token), as: HierarchyStatus.self) }
+            print("joined primary \(h.primaryServerID?.description ?? "?") at \(h.primaryAddress ?? "?")")
+            if !h.useHierarchy { print("note: 'use hierarchy' is off here; turn it on with 'keyhold-server hierarchy enable'") }
+        }
+    }
+
+    struct Leave: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Forget the primary (it keeps the keys it received).")
+        @OptionGroup var data: DataDirOption
+        func run() async throws {
+            try await withAdmin(data) { client -> Void in
+                _ = try await client.delete(APIPath.adminPrimary)
+            }
+            print("left the primary")
+        }
+    }
+}
+
+struct SecondaryCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "secondary", abstract: "Servers that joined this one as their primary.", subcommands: [List.self, Revoke.self])
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List secondaries.")
+        @OptionGroup var data: DataDirOption
+        @Flag(help: "Print JSON.") var json = false
+        func run() async throws {
+            let all = try await withAdmin(data) { try await $0.get(APIPath.adminClients, as: [ClientInfo].self) }.filter { $0.role == .server }
+            if json { return try printJSON(all) }
+            print("id\tstate\tname\tenrolled")
+            for c in all { print("\(c.id)\t\(c.state)\t\(c.name)\t\(formatDate(c.enrolled))") }
+        }
+    }
+
+    struct Revoke: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Refuse a secondary from now on.")
+        @OptionGroup var data: DataDirOption
+        @Argument(help: "The secondary's id (see 'secondary list').") var id: String
+        func run() async throws {
+            guard ClientID(id) != nil else { throw KeyholdError(.usage, "'\(id)' is not an id", hint: "see 'keyhold-server secondary list'") }
+            try await withAdmin(data) { try await $0.post(APIPath.adminClientRevoke(id)) }
+            print("revoked secondary \(id)")
+        }
+    }
+}
+
+struct HierarchyCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "hierarchy", abstract: "The \"use hierarchy to obtain encryption keys\" option and pushes.",
+        subcommands: [Enable.self, Disable.self, Sync.self]
+    )
+
+    struct Enable: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Push keys to the primary and answer secondaries.")
+        @OptionGroup var data: DataDirOption
+        func run() async throws {
+            let h = try await withAdmin(data) { try await $0.post(APIPath.adminHierarchy, HierarchyOptionRequest(enabled: true), as: HierarchyStatus.self) }
+            print(describe(h))
+        }
+    }
+
+    struct Disable: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Neither push nor answer secondaries (they get hierarchy_disabled).")
+        @OptionGroup var data: DataDirOption
+        func run() async throws {
+            let h = try await withAdmin(data) { try await $0.post(APIPath.adminHierarchy, HierarchyOptionRequest(enabled: false), as: HierarchyStatus.self) }
+            print(describe(h))
+        }
+    }
+
+    struct Sync: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Push now instead of at the next heartbeat.")
+        @OptionGroup var data: DataDirOption
+        @Flag(help: "Print JSON.") var json = false
+        func run() async throws {
+            let r = try await withAdmin(data) { try await $0.post(APIPath.adminHierarchySync, Empty(), as: SyncResponse.self) }
+            if json { return try printJSON(r) }
+            print("pushed \(r.pushed) key(s) in \(r.batches) batch(es); cursor \(r.cursor)")
+        }
+    }
+}
+
+/// An empty JSON object body.
+struct Empty: Codable {}
+
+struct TokenCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "token", abstract: "Enrollment tokens.", subcommands: [Create.self])
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create an enrollment token and print it.")
+        @OptionGroup var data: DataDirOption
+        @Option(help: "device (an agent) or server (a secondary).") var role: TokenRole = .device
+        @Option(help: "How many enrollments it allows.") var uses = 1
+        @Option(help: ArgumentHelp("How long it is valid: 90s, 30m, 24h, 7d.", valueName: "duration")) var ttl = "24h"
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let seconds = try Duration.parse(ttl)
+            let response = try await withAdmin(data) {
+                try await $0.post(APIPath.adminTokens, TokenCreateRequest(role: role.clientRole, uses: uses, ttlSeconds: seconds), as: TokenCreateResponse.self)
+            }
+            if json { return try printJSON(response) }
+            print(response.token)
+        }
+    }
+}
+
+struct DeviceCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "device", abstract: "Enrolled devices and secondaries.", subcommands: [List.self, Revoke.self])
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List enrolled devices and secondaries.")
+        @OptionGroup var data: DataDirOption
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let clients = try await withAdmin(data) { try await $0.get(APIPath.adminClients, as: [ClientInfo].self) }
+            if json { return try printJSON(clients) }
+            print("id\trole\tstate\tname\tlast seen\tversion\tkeys")
+            for c in clients {
+                print("\(c.id)\t\(c.role)\t\(c.state)\t\(c.name)\t\(formatDate(c.lastSeen))\t\(c.agentVersion ?? "-")\t\(c.keyCount.map(String.init) ?? "-")")
+            }
+        }
+    }
+
+    struct Revoke: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Revoke a device or secondary: refused on its next request.")
+        @OptionGroup var data: DataDirOption
+        @Argument(help: "The device id.") var id: String
+
+        func run() async throws {
+            guard ClientID(id) != nil else { throw KeyholdError(.usage, "'\(id)' is not a device id", hint: "ids are UUIDs; see 'keyhold-server device list'") }
+            try await withAdmin(data) { try await $0.post(APIPath.adminClientRevoke(id)) }
+            print("revoked \(id)")
+        }
+    }
+}
+
+struct KeyAdminCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "key", abstract: "Escrowed keys (metadata only).", subcommands: [List.self, Block.self, Unblock.self, Export.self, Import.self])
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List escrowed keys (never their secrets).")
+        @OptionGroup var data: DataDirOption
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            var all: [KeyInfo] = []
+            try await withAdmin(data) { client in
+                var after: KeyID? = nil
+                repeat {
+                    let page = try await client.get("\(APIPath.adminKeys)?limit=1000" + (after.map { "&after=\($0)" } ?? ""), as: KeyListResponse.self)
+                    all += page.keys
+                    after = page.next
+                } while after != nil
+            }
+            if json { return try printJSON(all) }
+            print("id\tkind\tstate\tblocked\tprovenance\torigin server\torigin device\tlabel")
+            for k in all {
+                print("\(k.record.id)\t\(k.record.kind.rawValue)\t\(k.record.state.rawValue)\t\(k.blocked)\t\(k.provenance)\t\(k.record.originServerID)\t\(k.record.originDeviceID)\t\(k.record.label)")
+            }
+        }
+    }
+
+    struct Block: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Make a key unreleasable.")
+        @OptionGroup var data: DataDirOption
+        @Argument(help: "The key id.") var id: String
+        func run() async throws {
+            guard KeyID(id) != nil else { throw KeyholdError(.usage, "'\(id)' is not a key id", hint: "key ids are UUIDs; see 'keyhold-server key list'") }
+            try await withAdmin(data) { try await $0.post(APIPath.adminKeyBlock(id)) }
+            print("blocked \(id)")
+        }
+    }
+
+    struct Unblock: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Allow a blocked key to be released again.")
+        @OptionGroup var data: DataDirOption
+        @Argument(help: "The key id.") var id: String
+        func run() async throws {
+            guard KeyID(id) != nil else { throw KeyholdError(.usage, "'\(id)' is not a key id", hint: "key ids are UUIDs; see 'keyhold-server key list'") }
+            try await withAdmin(data) { try await $0.post("/v1/admin/keys/\(id)/unblock") }
+            print("unblocked \(id)")
+        }
+    }
+}
+
+extension Duration {
+    /// Seconds in `90s`, `30m`, `24h`, `7d` or a plain number of seconds.
+    static func parse(_ text: String) throws -> Int {
+        let units: [Character: Int] = ["s": 1, "m": 60, "h": 3600, "d": 86_400]
+        if let n = Int(text), n > 0 { return n }
+        if let unit = text.last, let factor = units[unit], let n = Int(text.dropLast()), n > 0 { return n * factor }
+        throw KeyholdError(.usage, "'\(text)' is not a duration", hint: "write it like 90s, 30m, 24h or 7d")
+    }
+}
+
+/// The roles a token may grant, as `--role` spells them.
+enum TokenRole: String, ExpressibleByArgument, CaseIterable {
+    case device, server
+
+    var clientRole: ClientRole { self == .device ? .device : .server }
+}
+
+/// The entry point of the `keyhold-server` executable.
+public enum KeyholdServerMain {
+    public static func run() async -> Never {
+        await CommandRunner.run(ServerCommand.self)
+    }
+}

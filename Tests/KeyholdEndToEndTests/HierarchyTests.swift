@@ -1,0 +1,268 @@
+import Foundation
+import KeyholdClient
+import KeyholdCore
+import KeyholdProtocol
+import KeyholdTestSupport
+import Testing
+
+/// The hierarchy with real processes: top T; S1 and S2 under T; S3 under S1; D1 on S3, D2 on S2.
+/// Heartbeats are long; the tests push with `keyhold-server hierarchy sync` to control the timing.
+@Suite(.timeLimit(.minutes(10))) struct HierarchyTests {
+    struct Tree {
+        let t, s1, s2, s3: ServerProcess
+        let d1, d2: AgentProcess
+        func terminate() {
+            d1.terminate(); d2.terminate()
+            for s in [s3, s2, s1, t] { s.terminate() }
+        }
+    }
+
+    static func server(_ name: String, hierarchy: Bool = true) async throws -> ServerProcess {
+        let s = try await ServerProcess(name: name, initOptions: hierarchy ? ["--use-hierarchy"] : [])
+        try await s.start(["--hierarchy-heartbeat", "3600"])
+        return s
+    }
+
+    static func join(_ secondary: ServerProcess, to primary: ServerProcess) async throws {
+        let token = try await primary.admin(["token", "create", "--role", "server"]).stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+        let r = try await secondary.admin(["primary", "join", token])
+        guard r.status == 0 else { throw TestFailure("join failed: \(r.stderr)") }
+    }
+
+    static func tree() async throws -> Tree {
+        let t = try await server("T"), s1 = try await server("S1"), s2 = try await server("S2"), s3 = try await server("S3")
+        try await join(s1, to: t)
+        try await join(s2, to: t)
+        try await join(s3, to: s1)
+        return Tree(t: t, s1: s1, s2: s2, s3: s3,
+                    d1: try await AgentIntegrationTests.enrolledAgent(s3, name: "D1"), d2: try await AgentIntegrationTests.enrolledAgent(s2, name: "D2"))
+    }
+
+    static func sync(_ s: ServerProcess) async throws -> RunResult { try await s.admin(["hierarchy", "sync"]) }
+
+    static func status(_ s: ServerProcess) async throws -> HierarchyStatus {
+        let r = try await s.admin(["status", "--json"])
+        return try WireFormat.decoder().decode(StatusResponse.self, from: r.stdout).hierarchy!
+    }
+
+    /// D1 encrypts a new file; returns its name and plaintext.
+    static func encryptOnD1(_ tree: Tree, _ name: String) async throws -> Data {
+        let plain = try AgentIntegrationTests.write(tree.d1, name, 4000)
+        let r = try await tree.d1.keyhold(["file", "encrypt", name, "-o", name + ".khf"])
+        guard r.status == 0 else { throw TestFailure("encrypt failed: \(r.stderr)") }
+        try FileManager.default.copyItem(atPath: tree.d1.path(name + ".khf"), toPath: tree.d2.path(name + ".khf"))
+        return plain
+    }
+
+    @Test func aFileFromD1OpensOnD2AfterTheKeyClimbed() async throws {
+        let tree = try await Self.tree()
+        defer { tree.terminate() }
+        let plain = try await Self.encryptOnD1(tree, "f1")
+        // Before any heartbeat the key is only on S3: D2's server cannot find it.
+        var r = try await tree.d2.keyhold(["file", "decrypt", "f1.khf", "-o", "f1.txt"])
+        #expect(r.status != 0 && r.stderr.contains("not known to this server or its primaries"), "\(r.stderr)")
+        #expect(r.stderr.contains("heartbeat"))
+        #expect(try await Self.sync(tree.s3).stdoutText.contains("pushed 1 key"))
+        // S3 → S1 only: T still lacks it.
+        r = try await tree.d2.keyhold(["file", "decrypt", "f1.khf", "-o", "f1.txt"])
+        #expect(r.status != 0)
+        #expect(try await Self.sync(tree.s1).stdoutText.contains("pushed 1 key"))
+        r = try await tree.d2.keyhold(["file", "decrypt", "f1.khf", "-o", "f1.txt"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: tree.d2.path("f1.txt"))) == plain)
+
+        // Cursors: acknowledged, nothing pending; an idle heartbeat sends nothing.
+        let s3 = try await Self.status(tree.s3)
+        #expect(s3.pushCursor > 0 && s3.pending == 0 && !s3.primaryRefuses)
+        #expect(try await Self.sync(tree.s3).stdoutText.contains("pushed 0 key(s) in 0 batch(es)"))
+        // S2 keeps the key it obtained, marked as such; T audited the release to S2.
+        #expect(try await tree.s2.admin(["key", "list"]).stdoutText.contains("\thierarchy\t"))
+        #expect(try await tree.t.auditEntries().contains { $0.action == .release && $0.result.description == "ok" && $0.route.description.hasPrefix("secondary:") && $0.actor.description.hasPrefix("secondary:") })
+        #expect(try await tree.s2.auditEntries().contains { $0.action == .obtain && $0.route.description.hasPrefix("primary:") })
+        #expect(try await tree.t.auditEntries().contains { $0.action == .pushReceive && $0.detail.hasPrefix("1 keys: 1 inserted") })
+    }
+
+    @Test func aBlockTravelsUpAndNoServerReleasesTheKey() async throws {
+        let tree = try await Self.tree()
+        defer { tree.terminate() }
+        _ = try await Self.encryptOnD1(tree, "f4")
+        #expect(try await Self.sync(tree.s3).status == 0)
+        #expect(try await Self.sync(tree.s1).status == 0)
+        let info = try JSONSerialization.jsonObject(with: try await tree.d1.keyhold(["file", "info", "f4.khf", "--json"]).stdout) as? [String: Any]
+        let keyID = try #require(info?["key_id"] as? String)
+        // Blocked where it was escrowed, after it already reached the top: the block follows it.
+        #expect(try await tree.s3.admin(["key", "block", keyID]).status == 0)
+        #expect(try await Self.sync(tree.s3).stdoutText.contains("pushed 1 key"))
+        #expect(try await Self.sync(tree.s1).stdoutText.contains("pushed 1 key"))
+        #expect(try await tree.t.admin(["key", "list", "--json"]).stdoutText.contains("\"blocked\" : true"))
+        let r = try await tree.d2.keyhold(["file", "decrypt", "f4.khf", "-o", "f4.txt"])
+        #expect(r.status != 0 && r.stderr.contains("blocked"), "\(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: tree.d2.path("f4.txt")))
+        #expect(try await tree.t.auditEntries().contains { $0.action == .release && $0.result.description == "key_blocked" })
+    }
+
+    @Test func optionOffOnTheTopRefusesWithItsOwnError() async throws {
+        let tree = try await Self.tree()
+        defer { tree.terminate() }
+        #expect(try await tree.t.admin(["hierarchy", "disable"]).status == 0)
+        let plain = try await Self.encryptOnD1(tree, "f2")
+        #expect(try await Self.sync(tree.s3).status == 0)
+        let refused = try await Self.sync(tree.s1)
+        #expect(refused.status != 0 && refused.stderr.contains("hierarchy_disabled"), "\(refused.stderr)")
+        #expect(try await Self.status(tree.s1).primaryRefuses)
+        #expect(try await tree.s1.admin(["status"]).stdoutText.contains("REFUSES"))
+        let r = try await tree.d2.keyhold(["file", "decrypt", "f2.khf", "-o", "f2.txt"])
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("hierarchy_disabled") && r.stderr.contains("hint: ") && r.stderr.contains("hierarchy enable"), "\(r.stderr)")
+        // Turned back on: S1 resumes from its cursor and D2 opens the file.
+        #expect(try await tree.t.admin(["hierarchy", "enable"]).status == 0)
+        #expect(try await Self.sync(tree.s1).stdoutText.contains("pushed 1 key"))
+        #expect(!(try await Self.status(tree.s1).primaryRefuses))
+        #expect(try await tree.d2.keyhold(["file", "decrypt", "f2.khf", "-o", "f2.txt"]).status == 0)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: tree.d2.path("f2.txt"))) == plain)
+    }
+
+    @Test func optionOffInTheMiddleStopsKeysThere() async throws {
+        let tree = try await Self.tree()
+        defer { tree.terminate() }
+        #expect(try await tree.s1.admin(["hierarchy", "disable"]).status == 0)
+        _ = try await Self.encryptOnD1(tree, "f3")
+        let refused = try await Self.sync(tree.s3)
+        #expect(refused.status != 0 && refused.stderr.contains("hierarchy_disabled"))
+        let before = try await Self.status(tree.s3)
+        #expect(before.pending == 1 && before.primaryRefuses)
+        #expect(try await Self.sync(tree.s1).stdoutText.contains("pushed 0"), "S1 with the option off does not push")
+        #expect(try await tree.d2.keyhold(["file", "decrypt", "f3.khf", "-o", "f3.txt"]).status != 0)
+        #expect(try await tree.s1.admin(["hierarchy", "enable"]).status == 0)
+        #expect(try await Self.sync(tree.s3).stdoutText.contains("pushed 1 key"))
+        #expect(try await Self.status(tree.s3).pending == 0)
+        #expect(try await Self.sync(tree.s1).stdoutText.contains("pushed 1 key"))
+        #expect(try await tree.d2.keyhold(["file", "decrypt", "f3.khf", "-o", "f3.txt"]).status == 0)
+    }
+
+    @Test func aRevokedSecondaryIsRefusedOnItsNextLookup() async throws {
+        // The primary checks a secondary's enrollment inside the release statement; a revoked one
+        // must get client_revoked, be audited as such, and receive no key.
+        let t = try await Self.server("RT"), s1 = try await Self.server("RS1")
+        defer { s1.terminate(); t.terminate() }
+        try await Self.join(s1, to: t)
+        let owner = try await t.enrollDevice("owner")
+        var ids: [KeyID] = []
+        for _ in 0..<2 {
+            let (record, _, request) = newKey(owner)
+            _ = try await using(try owner.client()) { try await $0.put(APIPath.key(record.id.description), request, as: EscrowResponse.self) }
+            ids.append(record.id)
+        }
+        let asker = try await s1.enrollDevice("asker")
+        let client = try asker.client()
+        defer { Task { await client.shutdown() } }
+        #expect(try await client.get(APIPath.key(ids[0].description), as: KeyMaterial.self).record.id == ids[0])
+
+        // S1's enrollment at T (its id as T's client, not its own server id).
+        let listed = try await t.admin(["secondary", "list"]).stdoutText.split(separator: "\n").dropFirst()
+        let s1ID = try #require(listed.first.map { String($0.split(separator: "\t")[0]) })
+        #expect(try await t.admin(["secondary", "revoke", s1ID]).status == 0)
+        await expectCode("client_revoked") { _ = try await client.get(APIPath.key(ids[1].description), as: KeyMaterial.self) }
+        let audit = try await t.auditEntries()
+        #expect(audit.filter { $0.action == .release && $0.keyID == ids[1] }.isEmpty)
+        #expect(audit.contains { $0.actor.description == "secondary:\(s1ID)" && $0.result.description == "client_revoked" })
+        #expect(try await s1.auditEntries().contains { $0.keyID == ids[1] && $0.result.description == "client_revoked" })
+    }
+
+    @Test func aConfiguredLoopAndASilentPrimaryGiveBoundedClearErrors() async throws {
+        let a = try await Self.server("A"), b = try await Self.server("B")
+        defer { a.terminate(); b.terminate() }
+        try await Self.join(a, to: b)
+        try await Self.join(b, to: a)
+        let d = try await AgentIntegrationTests.enrolledAgent(a, name: "loopdev")
+        defer { d.terminate() }
+        _ = try await d.keyhold(["key", "new", "-o", "k.json"])
+        _ = try AgentIntegrationTests.write(d, "x", 10)
+        _ = try await d.keyhold(["file", "encrypt", "x", "-o", "x.khf", "--key-file", "k.json"])
+        let loop = try await d.keyhold(["file", "decrypt", "x.khf", "-o", "x.out"])
+        #expect(loop.status != 0 && loop.stderr.contains("loop") && loop.stderr.contains("hint: "), "\(loop.stderr)")
+
+        // B stops answering (SIGSTOP): A's lookup gives up within its bounded timeout.
+        kill(b.pid, SIGSTOP)
+        defer { kill(b.pid, SIGCONT) }
+        let start = Date()
+        let silent = try await d.keyhold(["file", "decrypt", "x.khf", "-o", "x.out"])
+        let waited = Date().timeIntervalSince(start)
+        #expect(silent.status != 0 && silent.stderr.contains("cannot reach"), "\(silent.stderr)")
+        #expect(waited < 30, "bounded wait, not a hang (\(waited) s)")
+    }
+
+    @Test func aSyncRidesOutARestartOfThePrimary() async throws {
+        let t = try await Self.server("T-restart")
+        let s1 = try await Self.server("S1-restart")
+        defer { s1.terminate(); t.terminate() }
+        try await Self.join(s1, to: t)
+        let device = try await s1.enrollDevice("restart")
+        let ids = try await using(try device.client()) { client in
+            var ids: [KeyID] = []
+            for _ in 0..<20 {
+                let (record, _, request) = newKey(device)
+                _ = try await client.put(APIPath.key(record.id.description), request, as: EscrowResponse.self)
+                ids.append(record.id)
+            }
+            return ids
+        }
+        // The primary is down when the sync starts and comes back a moment later, on its ports.
+        await t.stop()
+        let syncing = Task { try await Self.sync(s1) }
+        try await Task.sleep(for: .seconds(1))
+        try await t.start(["--hierarchy-heartbeat", "3600"])
+        let sync = try await syncing.value
+        #expect(sync.status == 0, "the sync retried until the primary answered: \(sync.stderr)\n\(s1.log())")
+        #expect(sync.stdoutText.contains("pushed 20 key(s)"), "\(sync.stdoutText)")
+        #expect(try await t.keyCount() == ids.count)
+    }
+
+    @Test func killingThePrimaryMidPushLosesAndDuplicatesNothing() async throws {
+        let t = try await Self.server("T-kill")
+        let s1 = try await Self.server("S1-kill")
+        defer { s1.terminate(); t.terminate() }
+        try await Self.join(s1, to: t)
+        let device = try await s1.enrollDevice("loader")
+        let count = 50_000
+        // Escrow the keys directly over the device API, 64 at a time.
+        let ids = (0..<count).map { _ in KeyID.random() }
+        let client = try device.client()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for worker in 0..<64 {
+                group.addTask {
+                    for i in stride(from: worker, to: count, by: 64) {
+                        let record = KeyRecord(
+                            id: ids[i], kind: .file, originServerID: device.serverID, originDeviceID: DeviceID(enrollment: device.clientID), label: "bulk"
+                        )
+                        let request = EscrowRequest(key: KeyMaterial(record: record, secret: .generate()))
+                        _ = try await client.put(APIPath.key(ids[i].description), request, as: EscrowResponse.self)
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        await client.shutdown()
+        // Push, and kill -9 the primary while it is receiving.
+        // The watcher kills T the moment S1 records the first acknowledged batch.
+        let watcher = try KillWatcher(
+            database: s1.dataDir.appendingPathComponent("keyhold.sqlite").path,
+            query: "SELECT value FROM settings WHERE name = 'push_cursor'", threshold: 1, pid: t.pid
+        )
+        let pushing = Task { try await Self.sync(s1) }
+        #expect(try await watcher.wait(), "the watcher saw no acknowledged batch")
+        await t.kill9()
+        _ = try await pushing.value
+        let cursorAtKill = try await Self.status(s1).pushCursor
+        #expect(cursorAtKill > 0 && cursorAtKill < Int64(count), "the kill happened mid-push (cursor \(cursorAtKill))")
+        try await t.start(["--hierarchy-heartbeat", "3600"])
+        let resumed = try await Self.sync(s1)
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        #expect(try await Self.status(s1).pending == 0)
+        // Every key arrived exactly once.
+        let list = try await t.admin(["key", "list", "--json"])
+        let keys = try WireFormat.decoder().decode([KeyInfo].self, from: list.stdout)
+        #expect(keys.count == count)
+        #expect(Set(keys.map(\.record.id)) == Set(ids))
+    }
+}
