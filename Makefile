@@ -11,7 +11,7 @@ FUZZ_SECONDS ?= 20
 FUZZ_LONG ?= 300
 PYTEST := .venv/bin/python -m pytest
 
-.PHONY: run test build deps unit python vm-test fuzz bench vectors install install-files clean help
+.PHONY: run test build deps lint unit python vm-test fuzz bench vectors install install-files clean help
 
 # make install: where the programs, units and udev rule go (DESTDIR for staging).
 PREFIX ?= /usr/local
@@ -23,7 +23,8 @@ INSTALL_FROM ?= $(RELEASE_DIR)
 
 help:
 	@echo "make run     build and run the narrated demo: servers T, S1, S2, S3 and agents D1, D2, D3 (DEMO_FLAGS=--keep leaves them running)"
-	@echo "make test    build once and run every test (Swift, Python/Tink interop, fuzz smoke)"
+	@echo "make test    build once and run every test (lint, Swift, Python/Tink interop, VM, fuzz smoke)"
+	@echo "make lint    check the house style (.swift-format: layout, line width, /// on every public declaration)"
 	@echo "make bench   release build; file encryption vs openssl, age and gpg on 1 GiB; key release load"
 	@echo "make fuzz    run the header fuzzer for 5 minutes (FUZZ_LONG=300)"
 	@echo "make vectors regenerate Tests/Vectors from scripts/"
@@ -44,9 +45,14 @@ build: deps
 	swift build $(SWIFT_BUILD_FLAGS) --build-tests
 
 test: build
-	$(MAKE) --no-print-directory unit python vm-test
+	$(MAKE) --no-print-directory lint unit python vm-test
 	scripts/fuzz.sh $(FUZZ_SECONDS)
 	@echo "make test: every suite passed"
+
+# The house style, made checkable: swift-format ships with the toolchain; `swift-format format -i
+# -r Sources Tests Benchmarks Fuzz Package.swift` fixes what it can.
+lint:
+	swift-format lint --strict --recursive Sources Tests Benchmarks Fuzz Package.swift
 
 # The Swift suites, with a throwaway PostgreSQL cluster for the PostgreSQL cases
 # (or the one KEYHOLD_TEST_POSTGRES_URL names).

@@ -222,7 +222,8 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "KeyholdCoreTests", dependencies: ["KeyholdCore"], swiftSettings: swiftSettings),
-        .testTarget(name: "KeyholdProtocolTests", dependencies: ["KeyholdCore", "KeyholdProtocol", "KeyholdTestSupport"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "KeyholdProtocolTests", dependencies: ["KeyholdCore", "KeyholdProtocol", "KeyholdTestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "KeyholdExportTests", dependencies: ["KeyholdCore", "KeyholdExport", "KeyholdTestSupport"], swiftSettings: swiftSettings),
         .testTarget(
             name: "KeyholdFormatTests",

@@ -5,6 +5,7 @@
 // any file size.
 import KeyholdCore
 
+/// libFuzzer's entry point: parses `data` as a file header; any trap is a finding.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzFileHeader(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
@@ -13,7 +14,8 @@ public func fuzzFileHeader(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     if encoded != Array(bytes.prefix(FileHeader.length)) {
         fatalError("round trip changed the header bytes")
     }
-    if let reparsed = try? FileHeader(parsing: encoded), reparsed == header {} else {
+    if let reparsed = try? FileHeader(parsing: encoded), reparsed == header {
+    } else {
         fatalError("re-encoded header does not parse to the same value")
     }
     // Derive file sizes from the remaining input and check the layout arithmetic never traps.

@@ -112,10 +112,12 @@ struct Load: AsyncParsableCommand {
         func read(_ name: String) throws -> String { try String(contentsOf: dir.appendingPathComponent(name), encoding: .utf8) }
         let api = try runningAPI(dataDir)
         let admin = try APIClient(address: api, caPEM: try read("ca.pem"), certificatePEM: try read("admin.pem"), keyPEM: try read("admin.key"))
-        let token = try await admin.post(APIPath.adminTokens, TokenCreateRequest(role: .device, uses: 1, ttlSeconds: 600), as: TokenCreateResponse.self)
+        let token = try await admin.post(
+            APIPath.adminTokens, TokenCreateRequest(role: .device, uses: 1, ttlSeconds: 600), as: TokenCreateResponse.self)
         let device = try await Enrollment.enroll(token: try EnrollmentToken(text: token.token), name: "bench")
-        let client = try APIClient(address: api, caPEM: device.caPEM, certificatePEM: device.certificatePEM, keyPEM: device.keyPEM,
-                                   maximumConnections: clients)
+        let client = try APIClient(
+            address: api, caPEM: device.caPEM, certificatePEM: device.certificatePEM, keyPEM: device.keyPEM,
+            maximumConnections: clients)
 
         // Populate: escrow `keys` keys, 64 at a time.
         FileHandle.standardError.write(Data("escrowing \(keys) keys…\n".utf8))
@@ -152,8 +154,9 @@ struct Load: AsyncParsableCommand {
                 host: host, port: port, caPEM: device.caPEM, certificatePEM: device.certificatePEM, keyPEM: device.keyPEM,
                 connections: clients, seconds: seconds, path: path
             )
-            return Result(mode: mode, operations: o.latenciesMs.count, seconds: o.seconds, perSecond: Double(o.latenciesMs.count) / o.seconds,
-                          p50ms: percentile(o.latenciesMs, 0.5), p99ms: percentile(o.latenciesMs, 0.99), errors: o.errors)
+            return Result(
+                mode: mode, operations: o.latenciesMs.count, seconds: o.seconds, perSecond: Double(o.latenciesMs.count) / o.seconds,
+                p50ms: percentile(o.latenciesMs, 0.5), p99ms: percentile(o.latenciesMs, 0.99), errors: o.errors)
         }
         _ = try await measure("warm-up", seconds: 1) { APIPath.key(shared[Int.random(in: 0..<shared.count)].description) }
         if ceiling {
@@ -184,8 +187,10 @@ struct SQLiteLimit: AsyncParsableCommand {
             let id = all[Int.random(in: 0..<all.count)]
             _ = try await repo.releaseKey(ReleaseRequest(keyID: id, actor: .server(.zero), route: .local))
         }
-        try emit(Result(mode: "sqlite-limit", operations: lat.count, seconds: elapsed, perSecond: Double(lat.count) / elapsed,
-                        p50ms: percentile(lat, 0.5), p99ms: percentile(lat, 0.99), errors: errors))
+        try emit(
+            Result(
+                mode: "sqlite-limit", operations: lat.count, seconds: elapsed, perSecond: Double(lat.count) / elapsed,
+                p50ms: percentile(lat, 0.5), p99ms: percentile(lat, 0.99), errors: errors))
         try await repo.close()
     }
 }
@@ -200,7 +205,11 @@ func adminClient(_ dataDir: String) throws -> (APIClient, String) {
     let dir = URL(fileURLWithPath: dataDir)
     func read(_ name: String) throws -> String { try String(contentsOf: dir.appendingPathComponent(name), encoding: .utf8) }
     let api = try runningAPI(dataDir)
-    return (try APIClient(address: api, caPEM: try read("ca.pem"), certificatePEM: try read("admin.pem"), keyPEM: try read("admin.key"), timeout: .seconds(600)), api)
+    return (
+        try APIClient(
+            address: api, caPEM: try read("ca.pem"), certificatePEM: try read("admin.pem"), keyPEM: try read("admin.key"), timeout: .seconds(600)),
+        api
+    )
 }
 
 /// The API address of the server running on `dataDir` (its runtime.json).
@@ -259,7 +268,8 @@ struct HierarchyBench: AsyncParsableCommand {
         var t0 = clock.now
         _ = try await load(into: middle, count: keys)
         let loadSeconds = seconds(clock.now - t0)
-        var pushSeconds = 0.0, idleMs = 0.0
+        var pushSeconds = 0.0
+        var idleMs = 0.0
         let (sync, idle) = try await using(try adminClient(middle).0) { admin in
             t0 = clock.now
             let sync = try await admin.post(APIPath.adminHierarchySync, [String: String](), as: SyncResponse.self)
@@ -284,8 +294,10 @@ struct HierarchyBench: AsyncParsableCommand {
         }
         latencies.sort()
         let result: [String: Double] = [
-            "keys": Double(sync.pushed), "load_seconds": loadSeconds, "push_seconds": pushSeconds, "push_per_second": Double(sync.pushed) / pushSeconds,
-            "idle_sync_ms": idleMs, "idle_keys_sent": Double(idle.pushed), "lookup_p50_ms": percentile(latencies, 0.5), "lookup_p99_ms": percentile(latencies, 0.99),
+            "keys": Double(sync.pushed), "load_seconds": loadSeconds, "push_seconds": pushSeconds,
+            "push_per_second": Double(sync.pushed) / pushSeconds,
+            "idle_sync_ms": idleMs, "idle_keys_sent": Double(idle.pushed), "lookup_p50_ms": percentile(latencies, 0.5),
+            "lookup_p99_ms": percentile(latencies, 0.99),
         ]
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys]

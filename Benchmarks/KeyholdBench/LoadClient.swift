@@ -27,7 +27,8 @@ enum LoadClient {
         let context = try NIOSSLContext(configuration: tls)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         do {
-            let outcome = try await measure(group: group, context: context, host: host, port: port, connections: connections, seconds: seconds, path: path)
+            let outcome = try await measure(
+                group: group, context: context, host: host, port: port, connections: connections, seconds: seconds, path: path)
             try? await group.shutdownGracefully()
             return outcome
         } catch {

@@ -113,7 +113,8 @@ actor Agent {
         let (_, client) = try enrolled()
         let material = try await client.get(APIPath.key(id.description), as: KeyMaterial.self)
         guard material.record.id == id else {
-            throw KeyholdError(.internalError, "the server answered key \(material.record.id) for key \(id)", hint: "check that client and server versions match")
+            throw KeyholdError(
+                .internalError, "the server answered key \(material.record.id) for key \(id)", hint: "check that client and server versions match")
         }
         try cache.add(material, makeActive: false)
         return material
@@ -121,7 +122,9 @@ actor Agent {
 
     private func enrolled() throws -> (EnrolledIdentity, APIClient) {
         guard let identity, let client else {
-            throw KeyholdError(.configuration, "this device is not enrolled with a Keyhold server", hint: "enroll it: 'keyhold enroll TOKEN' (the administrator makes the token)")
+            throw KeyholdError(
+                .configuration, "this device is not enrolled with a Keyhold server",
+                hint: "enroll it: 'keyhold enroll TOKEN' (the administrator makes the token)")
         }
         return (identity, client)
     }
@@ -138,7 +141,8 @@ actor Agent {
         let (old, oldClient) = try enrolled()
         let token = try EnrollmentToken(text: tokenText)
         if token.apiAddress == old.apiAddress {
-            throw KeyholdError(.usage, "this device is already with the server at \(old.apiAddress)", hint: "use a token from the server the device should move to")
+            throw KeyholdError(
+                .usage, "this device is already with the server at \(old.apiAddress)", hint: "use a token from the server the device should move to")
         }
         try await Enrollment.verifyServer(token)
         if dryRun {
@@ -163,11 +167,15 @@ actor Agent {
 
         // 2. Re-escrow every key held, until a pass finds none left (keys made meanwhile included).
         var done = Set<KeyID>()
-        var stored = 0, present = 0
+        var stored = 0
+        var present = 0
         do {
             while case let pending = cache.keys.keys.filter({ !done.contains($0) }).sorted(), !pending.isEmpty {
                 for id in pending {
-                    guard let material = cache.key(id) else { done.insert(id); continue }
+                    guard let material = cache.key(id) else {
+                        done.insert(id)
+                        continue
+                    }
                     let request = EscrowRequest(key: material, reassignedFrom: old.serverID)
                     let answer = try await newClient.put(APIPath.key(id.description), request, as: EscrowResponse.self)
                     if answer.outcome == .inserted { stored += 1 } else { present += 1 }
@@ -206,7 +214,8 @@ actor Agent {
         await heartbeat()
         return ReassignReport(
             dryRun: false, fromServerID: old.serverID, fromAddress: old.apiAddress, toServerID: next.serverID, toAddress: next.apiAddress,
-            deviceID: next.clientID, keys: done.sorted(), reescrowed: stored, alreadyPresent: present, oldServerNotified: notified, oldServerNote: note
+            deviceID: next.clientID, keys: done.sorted(), reescrowed: stored, alreadyPresent: present, oldServerNotified: notified,
+            oldServerNote: note
         )
     }
 
@@ -215,7 +224,8 @@ actor Agent {
     func heartbeat() async {
         guard let client else { return }
         do {
-            _ = try await client.post(APIPath.heartbeat, HeartbeatRequest(agentVersion: KeyholdVersion.current, keyCount: cache.keys.count), as: HeartbeatResponse.self)
+            _ = try await client.post(
+                APIPath.heartbeat, HeartbeatRequest(agentVersion: KeyholdVersion.current, keyCount: cache.keys.count), as: HeartbeatResponse.self)
             lastHeartbeat = Date()
             lastHeartbeatError = nil
         } catch let error as KeyholdError {

@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import CKeyholdPeer
 import Foundation
 import KeyholdAgentClient
@@ -10,6 +7,10 @@ import Logging
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Who may do what on the local socket: root everything; members of `group` may encrypt and
 /// decrypt files and read the status; anyone else nothing.
@@ -82,7 +83,9 @@ final class AgentSocket: Service, Sendable {
         }
         defer { unlink(path) }
         guard chmod(path, 0o666) == 0 else {
-            throw KeyholdError(.configuration, "cannot make \(path) reachable: \(String(cString: strerror(errno)))", hint: "check the folder's owner and permissions")
+            throw KeyholdError(
+                .configuration, "cannot make \(path) reachable: \(String(cString: strerror(errno)))", hint: "check the folder's owner and permissions"
+            )
         }
         logger.info("listening", metadata: ["socket": "\(path)"])
         do {
@@ -153,7 +156,8 @@ final class AgentSocket: Service, Sendable {
         do {
             var lines = inbound.makeAsyncIterator()
             guard let line = try await lines.next() else {
-                throw KeyholdError(.invalidRequest, "the connection closed before a complete request line", hint: "send one JSON object followed by a newline")
+                throw KeyholdError(
+                    .invalidRequest, "the connection closed before a complete request line", hint: "send one JSON object followed by a newline")
             }
             let request: AgentRequest
             do {

@@ -34,7 +34,8 @@ struct KeyCache {
             defer { plain.withUnsafeMutableBytes { SecretKey.wipe($0) } }
             contents = try WireFormat.decoder().decode(Contents.self, from: plain)
         } catch {
-            throw KeyholdError(.configuration, "the key cache \(state.cache) does not open with \(state.cacheKey)", hint: "restore both files from the same backup")
+            throw KeyholdError(
+                .configuration, "the key cache \(state.cache) does not open with \(state.cacheKey)", hint: "restore both files from the same backup")
         }
         for entry in contents.keys {
             var json = Data(base64Encoded: entry) ?? Data()

@@ -13,7 +13,10 @@ public struct AgentSettings: Sendable {
     public var heartbeat: Duration
 
     /// Settings for an agent.
-    public init(stateDirectory: String = "/var/lib/keyhold", socket: String = "/run/keyhold/agent.sock", group: String = "keyhold", heartbeat: Duration = .seconds(30)) {
+    public init(
+        stateDirectory: String = "/var/lib/keyhold", socket: String = "/run/keyhold/agent.sock", group: String = "keyhold",
+        heartbeat: Duration = .seconds(30)
+    ) {
         self.stateDirectory = stateDirectory
         self.socket = socket
         self.group = group

@@ -1,12 +1,13 @@
+import Foundation
+import KeyholdCore
+public import KeyholdProtocol
+import KeyholdSystem
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import Foundation
-import KeyholdCore
-public import KeyholdProtocol
-import KeyholdSystem
 
 /// One request to the local `keyhold-agent` over its Unix socket (docs/spec/agent-socket.md): the
 /// client of the `keyhold` command, the unlock unit, the tests and the demo.
@@ -58,7 +59,9 @@ public struct AgentClient: Sendable {
             let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
             if n < 0, errno == EINTR { continue }
             if n < 0, errno == EAGAIN || errno == EWOULDBLOCK {
-                throw KeyholdError(.unreachable, "the agent at \(path) did not answer within \(timeout) seconds", hint: "check the agent's log ('journalctl -u keyhold-agent')")
+                throw KeyholdError(
+                    .unreachable, "the agent at \(path) did not answer within \(timeout) seconds",
+                    hint: "check the agent's log ('journalctl -u keyhold-agent')")
             }
             guard n > 0 else { break }
             answer.append(contentsOf: buffer[..<n])
@@ -67,7 +70,8 @@ public struct AgentClient: Sendable {
         do {
             response = try WireFormat.decoder().decode(AgentResponse.self, from: answer)
         } catch {
-            throw KeyholdError(.unreachable, "the agent at \(path) gave no valid answer", hint: "check the agent's log ('journalctl -u keyhold-agent')")
+            throw KeyholdError(
+                .unreachable, "the agent at \(path) gave no valid answer", hint: "check the agent's log ('journalctl -u keyhold-agent')")
         }
         if case .failure(let body) = response { throw body.error }
         return response

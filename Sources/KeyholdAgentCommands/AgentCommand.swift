@@ -41,22 +41,26 @@ struct AgentCommand: AsyncParsableCommand {
             if let socket { file.socket = socket }
             if let group { file.group = group }
             if let heartbeat {
-                guard (1...86_400).contains(heartbeat) else { throw KeyholdError(.usage, "--heartbeat \(heartbeat) is out of range", hint: "give 1 to 86400 seconds") }
+                guard (1...86_400).contains(heartbeat) else {
+                    throw KeyholdError(.usage, "--heartbeat \(heartbeat) is out of range", hint: "give 1 to 86400 seconds")
+                }
                 file.heartbeat = heartbeat
             }
             if let logLevel {
                 guard let level = Logger.Level(rawValue: logLevel) else {
-                    throw KeyholdError(.usage, "--log-level \(logLevel) is not a level", hint: "use trace, debug, info, notice, warning, error or critical")
+                    throw KeyholdError(
+                        .usage, "--log-level \(logLevel) is not a level", hint: "use trace, debug, info, notice, warning, error or critical")
                 }
                 file.logLevel = level
             }
             var logger = Logger(label: "keyhold-agent")
             logger.logLevel = file.logLevel
             let settings = AgentSettings(stateDirectory: file.stateDir, socket: file.socket, group: file.group, heartbeat: .seconds(file.heartbeat))
-            let group = ServiceGroup(configuration: .init(
-                services: [.init(service: KeyholdAgentService(settings: settings, logger: logger))],
-                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger
-            ))
+            let group = ServiceGroup(
+                configuration: .init(
+                    services: [.init(service: KeyholdAgentService(settings: settings, logger: logger))],
+                    gracefulShutdownSignals: [.sigterm, .sigint], logger: logger
+                ))
             try await group.run()
         }
     }
@@ -64,6 +68,7 @@ struct AgentCommand: AsyncParsableCommand {
 
 /// The entry point of the `keyhold-agent` executable.
 public enum KeyholdAgentMain {
+    /// Runs `keyhold-agent` with the process's arguments and exits.
     public static func run() async -> Never {
         await CommandRunner.run(AgentCommand.self)
     }

@@ -28,7 +28,9 @@ struct AgentConfigFile: Equatable {
         if let v = try file.choice("log_level", of: Logger.Level.allCases.map(\.rawValue)) { config.logLevel = Logger.Level(rawValue: v) ?? .info }
         try file.finish()
         for (key, value) in [("state_dir", config.stateDir), ("socket", config.socket)] where !value.hasPrefix("/") {
-            throw KeyholdError(.configuration, "\(path): \(key) = \"\(value)\" is not an absolute path", hint: "write the full path, like \(key) = \"/var/lib/keyhold\"")
+            throw KeyholdError(
+                .configuration, "\(path): \(key) = \"\(value)\" is not an absolute path",
+                hint: "write the full path, like \(key) = \"/var/lib/keyhold\"")
         }
         return config
     }

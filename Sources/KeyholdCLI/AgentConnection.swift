@@ -1,12 +1,13 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import ArgumentParser
 import Foundation
 import KeyholdAgentClient
 import KeyholdCommandLine
 import KeyholdCore
 import KeyholdProtocol
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// `--socket`, shared by the commands that talk to the agent.
 struct AgentOptions: ParsableArguments {
@@ -28,14 +29,17 @@ struct EnrollCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "enroll",
         abstract: "Enroll this device with a Keyhold server (root).",
-        discussion: "The token comes from the administrator ('keyhold-server token create'). The agent checks the server's CA against the token, makes the device key here and keeps it in its state directory."
+        discussion:
+            "The token comes from the administrator ('keyhold-server token create'). The agent checks the server's CA against the token, makes the device key here and keeps it in its state directory."
     )
     @Argument(help: "The enrollment token (kh1.…).") var token: String
     @OptionGroup var agent: AgentOptions
 
     func run() throws {
         let status = try agent.client().send(.enroll(token: token)).status()
-        print("enrolled: device \(status.deviceID?.description ?? "?") with server \(status.serverID?.description ?? "?") at \(status.serverAddress ?? "?")")
+        print(
+            "enrolled: device \(status.deviceID?.description ?? "?") with server \(status.serverID?.description ?? "?") at \(status.serverAddress ?? "?")"
+        )
     }
 }
 
@@ -45,11 +49,11 @@ struct ReassignCommand: ParsableCommand {
         commandName: "reassign",
         abstract: "Move this device to another Keyhold server without losing access to its data (root).",
         discussion: """
-        The token comes from the new server's administrator ('keyhold-server token create'). The agent checks the new \
-        server's CA against the token, enrolls with it, re-escrows every key it holds and waits for each acknowledgement, \
-        and only then switches to the new server; it then tells the old server that the device left. If anything fails \
-        before the switch, the device stays with its old server; run the command again with the same token to resume.
-        """
+            The token comes from the new server's administrator ('keyhold-server token create'). The agent checks the new \
+            server's CA against the token, enrolls with it, re-escrows every key it holds and waits for each acknowledgement, \
+            and only then switches to the new server; it then tells the old server that the device left. If anything fails \
+            before the switch, the device stays with its old server; run the command again with the same token to resume.
+            """
     )
     @Argument(help: "The enrollment token of the new server (kh1.…).") var token: String
     @Flag(help: "Check the new server and list the keys that would move; change nothing.") var dryRun = false
@@ -65,16 +69,24 @@ struct ReassignCommand: ParsableCommand {
         if report.dryRun {
             print("Dry run: nothing changed.")
             print("The server at \(report.toAddress) presents the CA the token names.")
-            print("This device would move from server \(report.fromServerID) (\(report.fromAddress)) to it, re-escrowing \(report.keys.count) key\(report.keys.count == 1 ? "" : "s"):")
+            print(
+                "This device would move from server \(report.fromServerID) (\(report.fromAddress)) to it, re-escrowing \(report.keys.count) key\(report.keys.count == 1 ? "" : "s"):"
+            )
             for id in report.keys { print("  \(id)") }
             return
         }
-        print("Reassigned: this device is now \(report.deviceID?.description ?? "?") at server \(report.toServerID?.description ?? "?") (\(report.toAddress)).")
-        print("Re-escrowed \(report.keys.count) key\(report.keys.count == 1 ? "" : "s") (\(report.reescrowed) new to that server, \(report.alreadyPresent) already there), each acknowledged before the switch.")
+        print(
+            "Reassigned: this device is now \(report.deviceID?.description ?? "?") at server \(report.toServerID?.description ?? "?") (\(report.toAddress))."
+        )
+        print(
+            "Re-escrowed \(report.keys.count) key\(report.keys.count == 1 ? "" : "s") (\(report.reescrowed) new to that server, \(report.alreadyPresent) already there), each acknowledged before the switch."
+        )
         if report.oldServerNotified {
             print("The old server \(report.fromServerID) marked this device as moved; it keeps its keys.")
         } else {
-            print("The old server \(report.fromServerID) could not be told (\(report.oldServerNote ?? "no answer")); its administrator may revoke this device there.")
+            print(
+                "The old server \(report.fromServerID) could not be told (\(report.oldServerNote ?? "no answer")); its administrator may revoke this device there."
+            )
         }
     }
 }
@@ -92,15 +104,16 @@ struct StatusCommand: ParsableCommand {
             return
         }
         let date = { (d: Date?) in d.map { ISO8601DateFormatter().string(from: $0) } ?? "never" }
-        print("""
-        enrolled:        \(status.enrolled ? "yes" : "no")
-        server:          \(status.serverID?.description ?? "-") at \(status.serverAddress ?? "-")
-        device:          \(status.deviceID?.description ?? "-")
-        last heartbeat:  \(date(status.lastHeartbeat))\(status.lastHeartbeatError.map { " (last attempt failed: \($0))" } ?? "")
-        cached keys:     \(status.cachedKeys)
-        active file key: \(status.activeFileKey?.description ?? "none yet")
-        outbox:          \(status.outbox) key(s) awaiting escrow
-        agent version:   \(status.version)
-        """)
+        print(
+            """
+            enrolled:        \(status.enrolled ? "yes" : "no")
+            server:          \(status.serverID?.description ?? "-") at \(status.serverAddress ?? "-")
+            device:          \(status.deviceID?.description ?? "-")
+            last heartbeat:  \(date(status.lastHeartbeat))\(status.lastHeartbeatError.map { " (last attempt failed: \($0))" } ?? "")
+            cached keys:     \(status.cachedKeys)
+            active file key: \(status.activeFileKey?.description ?? "none yet")
+            outbox:          \(status.outbox) key(s) awaiting escrow
+            agent version:   \(status.version)
+            """)
     }
 }

@@ -1,8 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import ArgumentParser
 import CKeyholdAllocator
 import Dispatch
@@ -13,6 +8,12 @@ import KeyholdLauncher
 import KeyholdProtocol
 import KeyholdSystem
 import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// `keyhold demo`: the narrated tour that `make run` shows. On loopback, with the embedded SQLite
 /// default in a temporary folder, it starts real `keyhold-server` processes (a top server T with
@@ -38,7 +39,8 @@ struct DemoCommand: AsyncParsableCommand {
         let folder = try Self.makeFolder()
         let bin = (Self.executablePath() as NSString).deletingLastPathComponent
         for tool in ["keyhold-server", "keyhold-agent"] where !FileManager.default.isExecutableFile(atPath: "\(bin)/\(tool)") {
-            throw KeyholdError(.configuration, "\(tool) is not next to keyhold in \(bin)", hint: "build it: 'swift build --product \(tool)' (make run does)")
+            throw KeyholdError(
+                .configuration, "\(tool) is not next to keyhold in \(bin)", hint: "build it: 'swift build --product \(tool)' (make run does)")
         }
         let demo = Demo(folder: folder, bin: bin, heartbeat: max(1, heartbeat))
         let signals = DemoChildren.shared.stopOnSignals()
@@ -145,19 +147,21 @@ private final class Demo {
     // MARK: The tour
 
     func tour() async {
-        print("""
-        Keyhold demo. On this machine, on loopback ports, each with its own SQLite database in
-        \(folder):
-          servers  T (top), S1 and S2 under T, "use hierarchy" on; S3 on its own
-          devices  D1 enrolled with S1, D2 with S2, D3 with S3 (each a real keyhold-agent)
-        Every command below is run for real; its output is indented under it.
+        print(
+            """
+            Keyhold demo. On this machine, on loopback ports, each with its own SQLite database in
+            \(folder):
+              servers  T (top), S1 and S2 under T, "use hierarchy" on; S3 on its own
+              devices  D1 enrolled with S1, D2 with S2, D3 with S3 (each a real keyhold-agent)
+            Every command below is run for real; its output is indented under it.
 
-        """)
+            """)
 
         await step("Start servers T, S1, S2, S3; join S1 and S2 to T", expect: "four servers; S1 and S2 push to T") {
             for name in ["T", "S1", "S2", "S3"] { try await startServer(name, hierarchy: name != "S3") }
             for name in ["S1", "S2"] {
-                let token = try must(await server("T", ["token", "create", "--role", "server"], echo: false)).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+                let token = try must(await server("T", ["token", "create", "--role", "server"], echo: false)).stdout.trimmingCharacters(
+                    in: .whitespacesAndNewlines)
                 print("  (T made a server-role token for \(name))")
                 try must(await server(name, ["primary", "join", token]))
             }
@@ -167,7 +171,8 @@ private final class Demo {
         await step("Start agents D1, D2, D3 and enroll them", expect: "each device holds a certificate from its server") {
             for (agent, server) in [("D1", "S1"), ("D2", "S2"), ("D3", "S3")] {
                 try await startAgent(agent)
-                let token = try must(await self.server(server, ["token", "create"], echo: false)).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+                let token = try must(await self.server(server, ["token", "create"], echo: false)).stdout.trimmingCharacters(
+                    in: .whitespacesAndNewlines)
                 print("  (\(server) made a device token for \(agent))")
                 try must(await keyhold(agent, ["enroll", token]))
             }
@@ -183,7 +188,9 @@ private final class Demo {
             keyID = ((try? JSONSerialization.jsonObject(with: Data(info.stdout.utf8))) as? [String: Any])?["key_id"] as? String ?? ""
             let audit = try must(await server("S1", ["audit"], echo: false)).stdout
             let cipher = (try? Data(contentsOf: URL(fileURLWithPath: "\(folder)/D1/minutes.khf"))) ?? Data()
-            guard audit.contains("escrow") && audit.contains(keyID), cipher.range(of: Data("Board minutes".utf8)) == nil else { throw DemoFailure("no escrow record or plaintext in the file") }
+            guard audit.contains("escrow") && audit.contains(keyID), cipher.range(of: Data("Board minutes".utf8)) == nil else {
+                throw DemoFailure("no escrow record or plaintext in the file")
+            }
             return "key \(keyID.prefix(8))… escrowed with S1, then used"
         }
 
@@ -203,7 +210,8 @@ private final class Demo {
             try bytes.write(to: URL(fileURLWithPath: "\(folder)/D2/damaged.khf"))
             print("  (flipped one bit in the middle of a copy: damaged.khf)")
             let o = await keyhold("D2", ["file", "decrypt", "damaged.khf", "-o", "damaged.txt"])
-            guard o.status != 0, o.stderr.contains("failed authentication"), !FileManager.default.fileExists(atPath: "\(folder)/D2/damaged.txt") else {
+            guard o.status != 0, o.stderr.contains("failed authentication"), !FileManager.default.fileExists(atPath: "\(folder)/D2/damaged.txt")
+            else {
                 throw DemoFailure("the damaged file was not refused cleanly")
             }
             return "refused (exit \(o.status)); damaged.txt not created"
@@ -243,7 +251,8 @@ private final class Demo {
             let s2Status = try must(await server("S2", ["status"])).stdout
             try must(await server("T", ["hierarchy", "enable"]))
             try must(await keyhold("D2", ["drive", "unlock", "stick2.img", "--verify-only"]))
-            return "refused with hierarchy_disabled while off\(s2Status.lowercased().contains("refuses") ? " (S2's status: T refuses)" : ""); opened once T turned it back on"
+            return
+                "refused with hierarchy_disabled while off\(s2Status.lowercased().contains("refuses") ? " (S2's status: T refuses)" : ""); opened once T turned it back on"
         }
 
         await step("Reassign D1 from S1 to S2; it still opens its data", expect: "D1 on S2; every key it holds re-escrowed there") {
@@ -264,7 +273,8 @@ private final class Demo {
             try "correct horse battery staple\n".write(toFile: password, atomically: true, encoding: .utf8)
             print("  (the password is in export-password; interactively it is asked twice without echo)")
             try must(await server("S1", ["key", "export", "-o", "s1-keys.age", "--all", "--password-file", "export-password"]))
-            let head = (try? Data(contentsOf: URL(fileURLWithPath: "\(folder)/s1-keys.age")).prefix(22)).map { String(decoding: $0, as: UTF8.self) } ?? ""
+            let head =
+                (try? Data(contentsOf: URL(fileURLWithPath: "\(folder)/s1-keys.age")).prefix(22)).map { String(decoding: $0, as: UTF8.self) } ?? ""
             guard head == "age-encryption.org/v1\n" else { throw DemoFailure("not an age file") }
             try must(await server("S3", ["key", "import", "s1-keys.age", "--password-file", "export-password"]))
             try copy("D1/minutes.khf", "D3/minutes.khf")
@@ -335,7 +345,9 @@ private final class Demo {
             if let status = try? WireFormat.decoder().decode(StatusResponse.self, from: Data(o.stdout.utf8)), let h = status.hierarchy,
                 h.pending == 0, h.lastPushResult?.hasPrefix("ok") == true
             {
-                let s = await server(name, ["status"], echo: false).stdout.split(separator: "\n").filter { $0.contains("push") || $0.contains("pending") }
+                let s = await server(name, ["status"], echo: false).stdout.split(separator: "\n").filter {
+                    $0.contains("push") || $0.contains("pending")
+                }
                 for line in s { print("    \(line)") }
                 return
             }
@@ -372,7 +384,8 @@ private final class Demo {
 
     func keyhold(_ agent: String, _ args: [String], echo: Bool = true) async -> Outcome {
         if echo { print("  [\(agent)] $ keyhold " + args.map(Self.quote).joined(separator: " ")) }
-        return await execute("\(bin)/keyhold", args, in: "\(folder)/\(agent)", environment: ["KEYHOLD_SOCKET": "\(folder)/\(agent)/agent.sock"], echo: echo)
+        return await execute(
+            "\(bin)/keyhold", args, in: "\(folder)/\(agent)", environment: ["KEYHOLD_SOCKET": "\(folder)/\(agent)/agent.sock"], echo: echo)
     }
 
     /// Runs a command to completion in the demo's folder (through the launcher's `Program`).
@@ -416,17 +429,18 @@ private final class Demo {
     }
 
     func printHowToTalk() {
-        print("""
+        print(
+            """
 
-        Still running (--keep), in \(folder):
-          servers  \(["T", "S1", "S2", "S3"].map { "\($0) at \(servers[$0] ?? "?")" }.joined(separator: ", "))
-          agents   \(agents.map { "\($0): socket \(folder)/\($0)/agent.sock" }.joined(separator: "\n           "))
-        Try:
-          cd \(folder)
-          \(bin)/keyhold-server status --data-dir T     # also S1, S2, S3; audit, key list, device list …
-          KEYHOLD_SOCKET=$PWD/D2/agent.sock \(bin)/keyhold status
-        Stop them all with:  kill \(DemoChildren.shared.pidList())
-        """)
+            Still running (--keep), in \(folder):
+              servers  \(["T", "S1", "S2", "S3"].map { "\($0) at \(servers[$0] ?? "?")" }.joined(separator: ", "))
+              agents   \(agents.map { "\($0): socket \(folder)/\($0)/agent.sock" }.joined(separator: "\n           "))
+            Try:
+              cd \(folder)
+              \(bin)/keyhold-server status --data-dir T     # also S1, S2, S3; audit, key list, device list …
+              KEYHOLD_SOCKET=$PWD/D2/agent.sock \(bin)/keyhold status
+            Stop them all with:  kill \(DemoChildren.shared.pidList())
+            """)
     }
 }
 

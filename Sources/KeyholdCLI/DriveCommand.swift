@@ -1,14 +1,15 @@
+import ArgumentParser
+import Foundation
+import KeyholdAgentClient
+import KeyholdCommandLine
+import KeyholdCore
+import KeyholdLUKS
+import KeyholdProtocol
+import KeyholdSystem
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import ArgumentParser
-import Foundation
-import KeyholdCommandLine
-import KeyholdAgentClient
-import KeyholdCore
-import KeyholdSystem
-import KeyholdLUKS
-import KeyholdProtocol
 
 /// `keyhold drive encrypt|unlock|lock|info`: LUKS2 drives opened by escrowed keys
 /// (docs/spec/luks2-token.md).
@@ -34,7 +35,8 @@ struct DriveCommand: ParsableCommand {
         guard stat(device, &st) == 0 else { throw SystemCall.error("find", path: device, errno: errno) }
         let type = st.st_mode & S_IFMT
         guard type == S_IFBLK || type == S_IFREG else {
-            throw KeyholdError(.usage, "\(device) is neither a block device nor an image file", hint: "give a drive such as /dev/sdb, or an image file")
+            throw KeyholdError(
+                .usage, "\(device) is neither a block device nor an image file", hint: "give a drive such as /dev/sdb, or an image file")
         }
         return st
     }
@@ -42,18 +44,29 @@ struct DriveCommand: ParsableCommand {
     /// Refuses a block device that is mounted (itself or a partition) or held by a mapping.
     static func requireUnused(_ device: String, _ st: stat) throws {
         guard st.st_mode & S_IFMT == S_IFBLK else { return }
-        let major = st.st_rdev >> 8 & 0xfff, minor = (st.st_rdev & 0xff) | (st.st_rdev >> 12 & 0xfff00)
-        let name = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/sys/dev/block/\(major):\(minor)")).map { ($0 as NSString).lastPathComponent } ?? ""
+        let major = st.st_rdev >> 8 & 0xfff
+        let minor = (st.st_rdev & 0xff) | (st.st_rdev >> 12 & 0xfff00)
+        let name =
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: "/sys/dev/block/\(major):\(minor)")).map {
+                ($0 as NSString).lastPathComponent
+            } ?? ""
         var numbers: Set<String> = ["\(major):\(minor)"]
         let sys = "/sys/class/block/\(name)"
-        for child in (try? FileManager.default.contentsOfDirectory(atPath: sys)) ?? [] where FileManager.default.fileExists(atPath: "\(sys)/\(child)/partition") {
-            if let dev = try? String(contentsOfFile: "\(sys)/\(child)/dev", encoding: .utf8) { numbers.insert(dev.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        for child in (try? FileManager.default.contentsOfDirectory(atPath: sys)) ?? []
+        where FileManager.default.fileExists(atPath: "\(sys)/\(child)/partition") {
+            if let dev = try? String(contentsOfFile: "\(sys)/\(child)/dev", encoding: .utf8) {
+                numbers.insert(dev.trimmingCharacters(in: .whitespacesAndNewlines))
+            }
             if let holders = try? FileManager.default.contentsOfDirectory(atPath: "\(sys)/\(child)/holders"), !holders.isEmpty {
-                throw KeyholdError(.deviceBusy, "\(device) is in use: partition \(child) is held by \(holders.joined(separator: ", "))", hint: "close it first (cryptsetup close, or keyhold drive lock)")
+                throw KeyholdError(
+                    .deviceBusy, "\(device) is in use: partition \(child) is held by \(holders.joined(separator: ", "))",
+                    hint: "close it first (cryptsetup close, or keyhold drive lock)")
             }
         }
         if let holders = try? FileManager.default.contentsOfDirectory(atPath: "\(sys)/holders"), !holders.isEmpty {
-            throw KeyholdError(.deviceBusy, "\(device) is in use by \(holders.joined(separator: ", "))", hint: "close it first (cryptsetup close, or keyhold drive lock)")
+            throw KeyholdError(
+                .deviceBusy, "\(device) is in use by \(holders.joined(separator: ", "))",
+                hint: "close it first (cryptsetup close, or keyhold drive lock)")
         }
         let mountinfo = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
         for line in mountinfo.split(separator: "\n") {
@@ -74,10 +87,10 @@ struct DriveCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Format a drive (or image file) as LUKS2 opened by a new escrowed key (root).",
             discussion: """
-            The drive key is made by the agent and escrowed with its server before anything is written. \
-            The drive's current content is lost: a drive holding a file system or partition table is refused unless \
-            --erase is given. A recovery passphrase adds a second keyslot for use without the server.
-            """
+                The drive key is made by the agent and escrowed with its server before anything is written. \
+                The drive's current content is lost: a drive holding a file system or partition table is refused unless \
+                --erase is given. A recovery passphrase adds a second keyslot for use without the server.
+                """
         )
         @Argument(help: "The block device (e.g. /dev/sdb) or image file.") var device: String
         @Flag(help: "Destroy what the drive holds now (file system, partition table, another LUKS header).") var erase = false
@@ -95,7 +108,9 @@ struct DriveCommand: ParsableCommand {
             }
             let content = try BlockProbe.probe(device)
             if content != .empty, !erase {
-                throw KeyholdError(.destinationExists, "\(device) holds \(content.summary); encrypting it destroys that", hint: "copy what you need elsewhere, then run again with --erase")
+                throw KeyholdError(
+                    .destinationExists, "\(device) holds \(content.summary); encrypting it destroys that",
+                    hint: "copy what you need elsewhere, then run again with --erase")
             }
             var recovery: [UInt8]?
             if recoveryPassphrase || recoveryPassphraseFile != nil {
@@ -112,7 +127,9 @@ struct DriveCommand: ParsableCommand {
             }
             print("Escrowing a new drive key with server \(status.serverID?.description ?? "?") at \(serverAddress)…")
             let key = try agent.key(.driveKey(label: label ?? "drive \(device) on \(ProcessInfo.processInfo.hostName)"))
-            guard let record = key.record else { throw KeyholdError(.internalError, "the agent returned a drive key without its record", hint: "check the agent's version") }
+            guard let record = key.record else {
+                throw KeyholdError(.internalError, "the agent returned a drive key without its record", hint: "check the agent's version")
+            }
             print("  key \(record.id) escrowed (acknowledged after the server's commit)")
 
             // 2. Format, keyslot, token, recovery keyslot, check; any failure rolls back.
@@ -124,7 +141,8 @@ struct DriveCommand: ParsableCommand {
                 let slot = try volume.addKeyslot(passphrase: DriveCommand.passphrase(key), kdf: .fullEntropyKey)
                 done.append("keyslot \(slot)")
                 try TestFault.check("keyslot")
-                let tokenID = try volume.addToken(KeyholdToken(keyslot: slot, keyID: record.id, originServerID: record.originServerID, serverAddress: serverAddress))
+                let tokenID = try volume.addToken(
+                    KeyholdToken(keyslot: slot, keyID: record.id, originServerID: record.originServerID, serverAddress: serverAddress))
                 done.append("token \(tokenID)")
                 try TestFault.check("token")
                 print("  keyslot \(slot): the escrowed key (PBKDF2, 1000 iterations: the key is 256 random bits)")
@@ -154,7 +172,8 @@ struct DriveCommand: ParsableCommand {
     struct Unlock: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Unlock a LUKS2 drive with its escrowed key: /dev/mapper/keyhold-<uuid> (root).",
-            discussion: "A drive that is not LUKS, or LUKS without a keyhold token, is left alone (exit 0). The key comes from the agent's cache, else its server (and so the hierarchy)."
+            discussion:
+                "A drive that is not LUKS, or LUKS without a keyhold token, is left alone (exit 0). The key comes from the agent's cache, else its server (and so the hierarchy)."
         )
         @Argument(help: "The block device or image file.") var device: String
         @Flag(help: "Only check that the escrowed key opens the drive; activate nothing (no device-mapper needed).") var verifyOnly = false

@@ -1,15 +1,16 @@
+import ArgumentParser
+import Foundation
+import KeyholdCommandLine
+import KeyholdCore
+import KeyholdFormat
+import KeyholdProtocol
+import KeyholdSystem
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import ArgumentParser
-import Foundation
-import KeyholdCommandLine
-import KeyholdCore
-import KeyholdSystem
-import KeyholdFormat
-import KeyholdProtocol
 
 /// `keyhold file …`: encrypt, decrypt and inspect files in the Keyhold file format.
 struct FileCommand: ParsableCommand {
@@ -137,11 +138,11 @@ extension FileCommand {
         static let configuration = CommandConfiguration(
             abstract: "Encrypt a file.",
             discussion: """
-            Examples:
-              keyhold file encrypt report.pdf -o report.pdf.khf --key-file key.json
-              keyhold file encrypt report.pdf --in-place --key-file key.json
-              tar c docs | keyhold file encrypt - -o docs.tar.khf --key-file key.json
-            """
+                Examples:
+                  keyhold file encrypt report.pdf -o report.pdf.khf --key-file key.json
+                  keyhold file encrypt report.pdf --in-place --key-file key.json
+                  tar c docs | keyhold file encrypt - -o docs.tar.khf --key-file key.json
+                """
         )
 
         @Argument(help: ArgumentHelp("The file to encrypt ('-' for standard input).", valueName: "input"))
@@ -149,7 +150,10 @@ extension FileCommand {
 
         @OptionGroup var destination: DestinationOptions
 
-        @Option(help: ArgumentHelp("Use this key file (32 raw bytes, or a JSON key record from 'keyhold key new') instead of the agent's escrowed file key.", valueName: "file"))
+        @Option(
+            help: ArgumentHelp(
+                "Use this key file (32 raw bytes, or a JSON key record from 'keyhold key new') instead of the agent's escrowed file key.",
+                valueName: "file"))
         var keyFile: String?
 
         @OptionGroup var agent: AgentOptions
@@ -167,7 +171,8 @@ extension FileCommand {
             let inputFile = try destination.open(input)
             let target = try destination.destination(for: input, inputFile: inputFile)
             if case .standardOutput = target, isatty(STDOUT_FILENO) == 1 {
-                throw KeyholdError(.usage, "refusing to write encrypted bytes to a terminal", hint: "redirect standard output to a file, or use -o FILE")
+                throw KeyholdError(
+                    .usage, "refusing to write encrypted bytes to a terminal", hint: "redirect standard output to a file, or use -o FILE")
             }
             if destination.inPlace, !destination.force, try Self.startsWithMagic(inputFile) {
                 throw KeyholdError(
@@ -197,10 +202,14 @@ extension FileCommand {
                     )
                 }
                 guard record.kind == .file else {
-                    throw KeyholdError(.invalidKey, "key \(record.id) is a \(record.kind) key, not a file key", hint: "use a file key ('keyhold key new --kind file')")
+                    throw KeyholdError(
+                        .invalidKey, "key \(record.id) is a \(record.kind) key, not a file key",
+                        hint: "use a file key ('keyhold key new --kind file')")
                 }
                 guard record.state == .active else {
-                    throw KeyholdError(.invalidKey, "key \(record.id) is revoked; nothing new may be encrypted with it", hint: "create a new key with 'keyhold key new'")
+                    throw KeyholdError(
+                        .invalidKey, "key \(record.id) is revoked; nothing new may be encrypted with it",
+                        hint: "create a new key with 'keyhold key new'")
                 }
                 return try FileHeader(keyID: record.id, originServerID: record.originServerID, segmentSize: segmentSize)
             }
@@ -224,13 +233,13 @@ extension FileCommand {
         static let configuration = CommandConfiguration(
             abstract: "Decrypt a Keyhold file.",
             discussion: """
-            The plaintext reaches OUTPUT only after every segment authenticated: it is written to a
-            temporary file beside OUTPUT and renamed at the end. New plaintext files get mode 0600.
+                The plaintext reaches OUTPUT only after every segment authenticated: it is written to a
+                temporary file beside OUTPUT and renamed at the end. New plaintext files get mode 0600.
 
-            Examples:
-              keyhold file decrypt report.pdf.khf -o report.pdf --key-file key.json
-              keyhold file decrypt report.pdf --in-place --key-file key.json
-            """
+                Examples:
+                  keyhold file decrypt report.pdf.khf -o report.pdf --key-file key.json
+                  keyhold file decrypt report.pdf --in-place --key-file key.json
+                """
         )
 
         @Argument(help: ArgumentHelp("The file to decrypt ('-' for standard input).", valueName: "input"))
@@ -363,7 +372,8 @@ struct FileInfo: Codable {
 func parseID<Kind>(_ text: String?, option: String) throws -> Identifier<Kind>? {
     guard let text else { return nil }
     guard let id = Identifier<Kind>(text) else {
-        throw KeyholdError(.usage, "\(option) \(text) is not a valid \(Kind.displayName)", hint: "give a UUID such as 0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0")
+        throw KeyholdError(
+            .usage, "\(option) \(text) is not a valid \(Kind.displayName)", hint: "give a UUID such as 0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0")
     }
     return id
 }

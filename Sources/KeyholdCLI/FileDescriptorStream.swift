@@ -1,12 +1,13 @@
+import KeyholdCommandLine
+import KeyholdCore
+import KeyholdFormat
+import KeyholdSystem
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import KeyholdCommandLine
-import KeyholdCore
-import KeyholdSystem
-import KeyholdFormat
 
 /// Reads a file descriptor (a file, a pipe or standard input). Does not own the descriptor.
 struct FileDescriptorSource: ByteSource {

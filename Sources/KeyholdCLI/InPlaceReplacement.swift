@@ -1,11 +1,12 @@
+import KeyholdCommandLine
+import KeyholdCore
+import KeyholdSystem
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import KeyholdCommandLine
-import KeyholdCore
-import KeyholdSystem
 
 /// The rules for `--in-place`, which replaces a file by writing its result beside it and renaming
 /// the result over its name. A rename replaces one *name*; it only removes the original content

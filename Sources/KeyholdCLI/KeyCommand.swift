@@ -16,9 +16,9 @@ struct KeyCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Create a new key and write it as a JSON key record (mode 0600).",
             discussion: """
-            A key made this way is not escrowed: whoever loses the file loses the data. Managed devices
-            get their keys from the agent, which escrows them with the server first.
-            """
+                A key made this way is not escrowed: whoever loses the file loses the data. Managed devices
+                get their keys from the agent, which escrows them with the server first.
+                """
         )
 
         @Option(name: .shortAndLong, help: ArgumentHelp("Where to write the key file.", valueName: "file"))

@@ -1,13 +1,14 @@
+import ArgumentParser
+import CKeyholdAllocator
+import Foundation
+import KeyholdCommandLine
+import KeyholdCore
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import ArgumentParser
-import CKeyholdAllocator
-import KeyholdCommandLine
-import Foundation
-import KeyholdCore
 
 /// The `keyhold` command: the user's and administrator's tool on a managed device.
 struct Keyhold: ParsableCommand {
@@ -15,7 +16,9 @@ struct Keyhold: ParsableCommand {
         commandName: "keyhold",
         abstract: "Encrypt files and drives with escrowed keys.",
         version: KeyholdVersion.current,
-        subcommands: [FileCommand.self, DriveCommand.self, EnrollCommand.self, ReassignCommand.self, StatusCommand.self, KeyCommand.self, DemoCommand.self]
+        subcommands: [
+            FileCommand.self, DriveCommand.self, EnrollCommand.self, ReassignCommand.self, StatusCommand.self, KeyCommand.self, DemoCommand.self,
+        ]
     )
 }
 

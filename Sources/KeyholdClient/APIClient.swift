@@ -23,8 +23,10 @@ public final class APIClient: Sendable {
     ///   - certificatePEM/keyPEM: this client's certificate and key (omit for the enrollment listener).
     ///   - verifyHostname: check the server certificate's names (on for the API; the enrollment
     ///     listener is reached before names are known to match, and is pinned by the CA alone).
-    public init(address: String, caPEM: String, certificatePEM: String? = nil, keyPEM: String? = nil,
-                verifyHostname: Bool = true, timeout: Duration = .seconds(15), maximumConnections: Int = 8) throws {
+    public init(
+        address: String, caPEM: String, certificatePEM: String? = nil, keyPEM: String? = nil,
+        verifyHostname: Bool = true, timeout: Duration = .seconds(15), maximumConnections: Int = 8
+    ) throws {
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(Array(caPEM.utf8)))
         tls.certificateVerification = verifyHostname ? .fullVerification : .noHostnameVerification
@@ -52,7 +54,9 @@ public final class APIClient: Sendable {
             let response = try await http.execute(request, timeout: .seconds(Int64(timeout.components.seconds)))
             let body = try await response.body.collect(upTo: 64 * 1024)
             try? await http.shutdown()
-            guard response.status == .ok else { throw KeyholdError(.unreachable, "\(address) answered \(response.status.code) for its CA", hint: "check the address in the token") }
+            guard response.status == .ok else {
+                throw KeyholdError(.unreachable, "\(address) answered \(response.status.code) for its CA", hint: "check the address in the token")
+            }
             return String(buffer: body)
         } catch let error as KeyholdError {
             throw error
@@ -115,7 +119,8 @@ public final class APIClient: Sendable {
         } catch let error as KeyholdError {
             throw error
         } catch {
-            throw KeyholdError(.unreachable, "the transfer from the server ended early: \(error)", hint: "see the server's log, then run the command again")
+            throw KeyholdError(
+                .unreachable, "the transfer from the server ended early: \(error)", hint: "see the server's log, then run the command again")
         }
     }
 
@@ -125,7 +130,7 @@ public final class APIClient: Sendable {
         _ path: String, file: String, headers: [(String, String)], as: R.Type = R.self, progress: @escaping @Sendable (Int) -> Void = { _ in }
     ) async throws -> R {
         guard let attributes = try? FileManager.default.attributesOfItem(atPath: file), let size = attributes[.size] as? Int,
-              FileManager.default.isReadableFile(atPath: file)
+            FileManager.default.isReadableFile(atPath: file)
         else {
             throw KeyholdError(.ioFailed, "cannot read \(file)", hint: "check the path and its permissions")
         }
@@ -201,9 +206,12 @@ public final class APIClient: Sendable {
     static func unreachable(_ address: String, _ error: any Error) -> KeyholdError {
         let text = "\(error)"
         if text.contains("certificate") || text.contains("handshake") || text.contains("TLS") || text.contains("SSL") {
-            return KeyholdError(.unreachable, "the TLS handshake with \(address) failed: \(text)", hint: "check that this client's certificate was issued by that server and is not revoked")
+            return KeyholdError(
+                .unreachable, "the TLS handshake with \(address) failed: \(text)",
+                hint: "check that this client's certificate was issued by that server and is not revoked")
         }
-        return KeyholdError(.unreachable, "cannot reach the Keyhold server at \(address): \(text)", hint: "check that the server is running and the address is right")
+        return KeyholdError(
+            .unreachable, "cannot reach the Keyhold server at \(address): \(text)", hint: "check that the server is running and the address is right")
     }
 }
 

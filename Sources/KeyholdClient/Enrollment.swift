@@ -24,8 +24,13 @@ public struct EnrolledIdentity: Codable, Sendable {
     public var keyPEM: String
 
     enum CodingKeys: String, CodingKey {
-        case clientID = "client_id", role, serverID = "server_id", apiAddress = "api_address"
-        case caPEM = "ca_pem", certificatePEM = "certificate_pem", keyPEM = "key_pem"
+        case clientID = "client_id"
+        case role
+        case serverID = "server_id"
+        case apiAddress = "api_address"
+        case caPEM = "ca_pem"
+        case certificatePEM = "certificate_pem"
+        case keyPEM = "key_pem"
     }
 
     /// A mutual-TLS client for the enrolled server.
@@ -60,9 +65,10 @@ public enum Enrollment {
         }
         let issued = try Certificate(pemEncoded: response.certificatePEM)
         guard issued.publicKey == Certificate.PublicKey(key.publicKey), issued.issuer == ca.subject,
-              ca.publicKey.isValidSignature(issued.signature, for: issued)
+            ca.publicKey.isValidSignature(issued.signature, for: issued)
         else {
-            throw KeyholdError(.internalError, "the server returned a certificate that is not ours or not from its CA", hint: "report this; do not use this server")
+            throw KeyholdError(
+                .internalError, "the server returned a certificate that is not ours or not from its CA", hint: "report this; do not use this server")
         }
         return EnrolledIdentity(
             clientID: response.clientID, role: response.role, serverID: response.serverID, apiAddress: token.apiAddress,
@@ -82,14 +88,16 @@ public enum Enrollment {
         do {
             ca = try Certificate(pemEncoded: caPEM)
         } catch {
-            throw KeyholdError(.tokenInvalid, "the server at \(token.enrollAddress) sent no valid CA certificate", hint: "check the address in the token")
+            throw KeyholdError(
+                .tokenInvalid, "the server at \(token.enrollAddress) sent no valid CA certificate", hint: "check the address in the token")
         }
         var der = DER.Serializer()
         try der.serialize(ca)
         let fingerprint = Hex.lowercase(SHA256.hash(data: der.serializedBytes))
         guard fingerprint == token.caFingerprint.lowercased() else {
             throw KeyholdError(
-                .tokenInvalid, "the server at \(token.enrollAddress) is not the one the token names (CA fingerprint \(fingerprint.prefix(16))… ≠ \(token.caFingerprint.prefix(16))…)",
+                .tokenInvalid,
+                "the server at \(token.enrollAddress) is not the one the token names (CA fingerprint \(fingerprint.prefix(16))… ≠ \(token.caFingerprint.prefix(16))…)",
                 hint: "do not enroll: the address may be wrong or intercepted; ask the administrator for a fresh token"
             )
         }

@@ -1,10 +1,11 @@
+import Foundation
+import KeyholdCore
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import Foundation
-import KeyholdCore
 
 /// Passwords from a file (`--password-file`) or asked on the terminal without echo.
 public enum PasswordInput {
@@ -25,7 +26,9 @@ public enum PasswordInput {
         let first = try ask(prompt)
         if confirm {
             let second = try ask("Repeat the password: ")
-            guard first == second else { throw KeyholdError(.usage, "the two passwords differ", hint: "run the command again and type the same password twice") }
+            guard first == second else {
+                throw KeyholdError(.usage, "the two passwords differ", hint: "run the command again and type the same password twice")
+            }
         }
         return first
     }
@@ -34,7 +37,8 @@ public enum PasswordInput {
     static func ask(_ prompt: String) throws -> String {
         let fd = open("/dev/tty", O_RDWR | O_NOCTTY | O_CLOEXEC)
         guard fd >= 0 else {
-            throw KeyholdError(.usage, "there is no terminal to ask for the password", hint: "give the password in a file with --password-file FILE (mode 0600)")
+            throw KeyholdError(
+                .usage, "there is no terminal to ask for the password", hint: "give the password in a file with --password-file FILE (mode 0600)")
         }
         defer { close(fd) }
         _ = prompt.withCString { write(fd, $0, strlen($0)) }

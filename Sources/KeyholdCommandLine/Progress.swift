@@ -1,10 +1,11 @@
+import Foundation
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import Foundation
-import Synchronization
 
 /// A one-line progress display on standard error, shown only when standard error is a terminal
 /// and the work lasts longer than half a second.
@@ -16,6 +17,7 @@ public final class ProgressLine: Sendable {
     /// When it last drew, and whether anything is on the line (updates may come from an upload task).
     private let drawState = Mutex<(lastDraw: UInt64, drawn: Bool)>((0, false))
 
+    /// A progress line labelled `label` (of `total` bytes, when known); shown only on a terminal.
     public init(_ label: String, total: Int?) {
         self.label = label
         self.total = total

@@ -54,7 +54,8 @@ public final class ConfigFile {
         guard let number = value.int else { throw wrongType(key, value, expected: "an integer") }
         guard range.contains(number) else {
             throw KeyholdError(
-                .configuration, "\(path): \(key) = \(number) is out of range", hint: "give \(key) a value from \(range.lowerBound) to \(range.upperBound)"
+                .configuration, "\(path): \(key) = \(number) is out of range",
+                hint: "give \(key) a value from \(range.lowerBound) to \(range.upperBound)"
             )
         }
         return number
@@ -73,7 +74,8 @@ public final class ConfigFile {
         do {
             return try HostPort(text)
         } catch {
-            throw KeyholdError(.configuration, "\(path): \(key) = \"\(text)\" is not host:port", hint: "write it like \(key) = \"127.0.0.1:8443\" or \"[::1]:8443\"")
+            throw KeyholdError(
+                .configuration, "\(path): \(key) = \"\(text)\" is not host:port", hint: "write it like \(key) = \"127.0.0.1:8443\" or \"[::1]:8443\"")
         }
     }
 
@@ -114,7 +116,9 @@ public final class ConfigFile {
     }
 
     private func wrongType(_ key: String, _ value: any TOMLValueConvertible, expected: String) -> KeyholdError {
-        KeyholdError(.configuration, "\(path): \(key) must be \(expected), not \(Self.article(value.type)) \(value.type)", hint: "write it like \(key) = \(Self.example(expected))")
+        KeyholdError(
+            .configuration, "\(path): \(key) must be \(expected), not \(Self.article(value.type)) \(value.type)",
+            hint: "write it like \(key) = \(Self.example(expected))")
     }
 
     private static func article(_ type: TOMLType) -> String {
@@ -131,7 +135,8 @@ public final class ConfigFile {
 
     /// Edit distance (Levenshtein), for suggesting the key a misspelt one meant.
     static func distance(_ a: String, _ b: String) -> Int {
-        let a = Array(a), b = Array(b)
+        let a = Array(a)
+        let b = Array(b)
         if a.isEmpty { return b.count }
         if b.isEmpty { return a.count }
         var row = Array(0...b.count)

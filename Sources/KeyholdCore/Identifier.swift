@@ -6,15 +6,30 @@ public protocol IdentifierKind: Sendable {
 }
 
 /// Tag for ``KeyID``.
-public enum KeyIDKind: IdentifierKind { public static let displayName = "key id" }
+public enum KeyIDKind: IdentifierKind {
+    /// "key id".
+    public static let displayName = "key id"
+}
 /// Tag for ``ServerID``.
-public enum ServerIDKind: IdentifierKind { public static let displayName = "server id" }
+public enum ServerIDKind: IdentifierKind {
+    /// "server id".
+    public static let displayName = "server id"
+}
 /// Tag for ``DeviceID``.
-public enum DeviceIDKind: IdentifierKind { public static let displayName = "device id" }
+public enum DeviceIDKind: IdentifierKind {
+    /// "device id".
+    public static let displayName = "device id"
+}
 /// Tag for ``ClientID``.
-public enum ClientIDKind: IdentifierKind { public static let displayName = "client id" }
+public enum ClientIDKind: IdentifierKind {
+    /// "client id".
+    public static let displayName = "client id"
+}
 /// Tag for ``TokenID``.
-public enum TokenIDKind: IdentifierKind { public static let displayName = "token id" }
+public enum TokenIDKind: IdentifierKind {
+    /// "token id".
+    public static let displayName = "token id"
+}
 
 /// A 128-bit random identifier, written as a lowercase UUID (`8-4-4-4-12` hexadecimal digits).
 ///
@@ -24,11 +39,13 @@ public enum TokenIDKind: IdentifierKind { public static let displayName = "token
 public struct Identifier<Kind: IdentifierKind>: Hashable, Sendable, Comparable {
     /// The 16 bytes, most significant first.
     public let high: UInt64
+    /// The 8 bytes after ``high``.
     public let low: UInt64
 
     /// The all-zero identifier, used where none applies (for example a file encrypted with a raw key).
     public static var zero: Self { Self(high: 0, low: 0) }
 
+    /// The identifier with these 16 bytes.
     public init(high: UInt64, low: UInt64) {
         self.high = high
         self.low = low
@@ -61,6 +78,7 @@ public struct Identifier<Kind: IdentifierKind>: Hashable, Sendable, Comparable {
         return out
     }
 
+    /// Byte order, as in the text form.
     public static func < (a: Self, b: Self) -> Bool { (a.high, a.low) < (b.high, b.low) }
 }
 
@@ -111,6 +129,7 @@ extension Identifier: CustomStringConvertible, LosslessStringConvertible {
 }
 
 extension Identifier: Codable {
+    /// Decodes the UUID text; anything else is a decoding error naming the kind of id.
     public init(from decoder: any Decoder) throws {
         let text = try decoder.singleValueContainer().decode(String.self)
         guard let id = Self(text) else {
@@ -121,6 +140,7 @@ extension Identifier: Codable {
         self = id
     }
 
+    /// Encodes the lowercase UUID text.
     public func encode(to encoder: any Encoder) throws {
         var c = encoder.singleValueContainer()
         try c.encode(description)

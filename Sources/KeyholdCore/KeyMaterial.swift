@@ -5,37 +5,48 @@ public import Foundation
 /// Its JSON form (a *key file*) is the record's fields plus `"secret"`, the 32 bytes in standard
 /// base64. `description` shows the record and never the secret.
 public struct KeyMaterial: Sendable, CustomStringConvertible {
+    /// The key's record.
     public var record: KeyRecord
+    /// The key's 32 bytes.
     public var secret: SecretKey
 
+    /// A key with its secret.
     public init(record: KeyRecord, secret: SecretKey) {
         self.record = record
         self.secret = secret
     }
 
+    /// The record's id and kind, never the secret.
     public var description: String { "KeyMaterial(\(record.id), \(record.kind), secret redacted)" }
 
+    /// The key file's fields; the secret is base64 bytes on disk and never a string here.
     private struct JSONForm: Codable {
         var id: KeyID
         var kind: KeyKind
-        var origin_server_id: ServerID
-        var origin_device_id: DeviceID
+        var originServerID: ServerID
+        var originDeviceID: DeviceID
         var created: Date
         var label: String
         var state: KeyState
-        var secret: String
+        var secret: Data
+
+        enum CodingKeys: String, CodingKey {
+            case id, kind, created, label, state, secret
+            case originServerID = "origin_server_id"
+            case originDeviceID = "origin_device_id"
+        }
     }
 
     /// The key-file JSON, pretty-printed with sorted keys, ending in a newline.
     ///
     /// The returned bytes hold the secret; callers write them to a 0600 file and drop them.
     public func keyFileJSON() throws -> Data {
-        let secretText = secret.withUnsafeBytes { Data($0).base64EncodedString() }
-        let form = JSONForm(
-            id: record.id, kind: record.kind, origin_server_id: record.originServerID,
-            origin_device_id: record.originDeviceID, created: record.created, label: record.label,
-            state: record.state, secret: secretText
+        var form = JSONForm(
+            id: record.id, kind: record.kind, originServerID: record.originServerID,
+            originDeviceID: record.originDeviceID, created: record.created, label: record.label,
+            state: record.state, secret: secret.withUnsafeBytes { Data($0) }
         )
+        defer { form.secret.withUnsafeMutableBytes { SecretKey.wipe($0) } }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         encoder.dateEncodingStrategy = .iso8601
@@ -49,7 +60,7 @@ public struct KeyMaterial: Sendable, CustomStringConvertible {
     public init(keyFileJSON data: Data) throws {
         let decoder = JSONDecoder()
         decoder.dateDecodingStrategy = .iso8601
-        let form: JSONForm
+        var form: JSONForm
         do {
             form = try decoder.decode(JSONForm.self, from: data)
         } catch let error as DecodingError {
@@ -59,17 +70,11 @@ public struct KeyMaterial: Sendable, CustomStringConvertible {
                 hint: "a key file is 32 raw bytes or the JSON written by 'keyhold key new'"
             )
         }
-        guard let secretBytes = Data(base64Encoded: form.secret) else {
-            throw KeyholdError(
-                .invalidKey,
-                "the key file's \"secret\" is not base64",
-                hint: "a key file is 32 raw bytes or the JSON written by 'keyhold key new'"
-            )
-        }
-        self.secret = try SecretKey(bytes: secretBytes)
+        defer { form.secret.withUnsafeMutableBytes { SecretKey.wipe($0) } }
+        self.secret = try SecretKey(bytes: form.secret)
         self.record = KeyRecord(
-            id: form.id, kind: form.kind, originServerID: form.origin_server_id,
-            originDeviceID: form.origin_device_id, created: form.created, label: form.label, state: form.state
+            id: form.id, kind: form.kind, originServerID: form.originServerID,
+            originDeviceID: form.originDeviceID, created: form.created, label: form.label, state: form.state
         )
     }
 

@@ -18,7 +18,9 @@ public enum KeyState: String, Codable, Sendable, CaseIterable {
 
 /// Everything about a key except its secret. Safe to log, list and send in metadata responses.
 public struct KeyRecord: Hashable, Sendable, Codable {
+    /// The key's id.
     public var id: KeyID
+    /// What the key is for.
     public var kind: KeyKind
     /// The administration server that escrowed the key first.
     public var originServerID: ServerID
@@ -28,8 +30,10 @@ public struct KeyRecord: Hashable, Sendable, Codable {
     public var created: Date
     /// A human hint: the drive's model and serial, or a file key's purpose.
     public var label: String
+    /// Whether the key may be released.
     public var state: KeyState
 
+    /// A record; `created` is kept in whole seconds.
     public init(
         id: KeyID = .random(),
         kind: KeyKind,

@@ -71,6 +71,8 @@ public final class SecretKey: Sendable, CustomStringConvertible, CustomDebugStri
         return diff == 0
     }
 
+    /// Never the bytes.
     public var description: String { "SecretKey(\(Self.byteCount) bytes, redacted)" }
+    /// Never the bytes.
     public var debugDescription: String { description }
 }

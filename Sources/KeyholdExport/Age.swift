@@ -27,7 +27,9 @@ public enum Age {
                 rounds: 1 << workFactor, blockSize: 8, parallelism: 1
             )
         } catch {
-            throw KeyholdError(.internalError, "scrypt failed for work factor \(workFactor): \(error)", hint: "the machine may lack the memory scrypt needs (\(1 << (workFactor - 3)) KiB)")
+            throw KeyholdError(
+                .internalError, "scrypt failed for work factor \(workFactor): \(error)",
+                hint: "the machine may lack the memory scrypt needs (\(1 << (workFactor - 3)) KiB)")
         }
     }
 
@@ -75,6 +77,7 @@ public struct AgeEncryptor: ~Copyable {
     private var counter: UInt64 = 0
     private var started = false
 
+    /// An encryptor for `password` with scrypt work factor `workFactor` (log2 N).
     public init(password: [UInt8], workFactor: Int = Age.defaultWorkFactor) throws {
         let fileKey = SymmetricKey(data: SecureRandom.bytes(count: 16))
         let salt = SecureRandom.bytes(count: 16)
@@ -145,6 +148,7 @@ public struct AgeDecryptor {
     /// The work factor of the file, once its header was read.
     public private(set) var workFactor: Int?
 
+    /// A decryptor for `password` that refuses files asking for more than `maximumWorkFactor`.
     public init(password: [UInt8], maximumWorkFactor: Int = Age.maximumWorkFactor) {
         self.password = password
         self.maximumWorkFactor = maximumWorkFactor
@@ -154,6 +158,7 @@ public struct AgeDecryptor {
         KeyholdError(.invalidHeader, "not a valid age file: \(message)", hint: "check that this is the export file, complete and unchanged")
     }
 
+    /// Decrypts the next bytes of the file; returns the plaintext they completed (authenticated chunks only).
     public mutating func feed(_ bytes: some Collection<UInt8>) throws -> [UInt8] {
         buffer.append(contentsOf: bytes)
         if phase == .header {
@@ -181,12 +186,16 @@ public struct AgeDecryptor {
     public mutating func finish() throws -> [UInt8] {
         switch phase {
         case .header:
-            throw KeyholdError(.truncated, "the file ends inside its age header (\(consumed + buffer.count) bytes)", hint: "the export file is truncated: copy it again")
+            throw KeyholdError(
+                .truncated, "the file ends inside its age header (\(consumed + buffer.count) bytes)",
+                hint: "the export file is truncated: copy it again")
         case .done:
             return []
         case .payload:
             guard buffer.count >= Age.tagSize else {
-                throw KeyholdError(.truncated, "the file ends early, at byte \(consumed + buffer.count), before its last chunk", hint: "the export file is truncated: copy it again")
+                throw KeyholdError(
+                    .truncated, "the file ends early, at byte \(consumed + buffer.count), before its last chunk",
+                    hint: "the export file is truncated: copy it again")
             }
             let out: [UInt8]
             do {
@@ -194,14 +203,19 @@ public struct AgeDecryptor {
             } catch {
                 // A whole chunk that opens as "not last": the file was cut at a chunk boundary.
                 if buffer.count == Age.chunkSize + Age.tagSize, let key,
-                   let box = try? ChaChaPoly.SealedBox(nonce: Age.chunkNonce(counter, last: false), ciphertext: buffer.dropLast(Age.tagSize), tag: buffer.suffix(Age.tagSize)),
-                   (try? ChaChaPoly.open(box, using: key)) != nil {
-                    throw KeyholdError(.truncated, "the file ends early, at byte \(consumed + buffer.count), after a chunk that is not the last", hint: "the export file is truncated: copy it again")
+                    let box = try? ChaChaPoly.SealedBox(
+                        nonce: Age.chunkNonce(counter, last: false), ciphertext: buffer.dropLast(Age.tagSize), tag: buffer.suffix(Age.tagSize)),
+                    (try? ChaChaPoly.open(box, using: key)) != nil
+                {
+                    throw KeyholdError(
+                        .truncated, "the file ends early, at byte \(consumed + buffer.count), after a chunk that is not the last",
+                        hint: "the export file is truncated: copy it again")
                 }
                 throw error
             }
             if out.isEmpty && counter > 1 {
-                throw KeyholdError(.authenticationFailed, "the file has an empty last chunk after data, which age forbids", hint: "the export file was altered")
+                throw KeyholdError(
+                    .authenticationFailed, "the file has an empty last chunk after data, which age forbids", hint: "the export file was altered")
             }
             buffer = []
             phase = .done
@@ -222,9 +236,13 @@ public struct AgeDecryptor {
             if !last {
                 // A full chunk that is in fact the file's last one (the file was cut after it) fails
                 // with the "not last" nonce: say truncated when the last-chunk nonce opens it.
-                if let box = try? ChaChaPoly.SealedBox(nonce: Age.chunkNonce(counter, last: true), ciphertext: chunk.dropLast(Age.tagSize), tag: chunk.suffix(Age.tagSize)),
-                   (try? ChaChaPoly.open(box, using: key)) != nil {
-                    throw KeyholdError(.invalidHeader, "data follows the last chunk (at byte \(consumed + chunk.count))", hint: "the export file was altered: use the file as the server wrote it")
+                if let box = try? ChaChaPoly.SealedBox(
+                    nonce: Age.chunkNonce(counter, last: true), ciphertext: chunk.dropLast(Age.tagSize), tag: chunk.suffix(Age.tagSize)),
+                    (try? ChaChaPoly.open(box, using: key)) != nil
+                {
+                    throw KeyholdError(
+                        .invalidHeader, "data follows the last chunk (at byte \(consumed + chunk.count))",
+                        hint: "the export file was altered: use the file as the server wrote it")
                 }
             }
             throw KeyholdError(
@@ -262,23 +280,31 @@ public struct AgeDecryptor {
         guard let arguments = stanzaLines.first, arguments.hasPrefix("-> ") else { throw Self.invalid("no recipient stanza") }
         let parts = arguments.dropFirst(3).split(separator: " ", omittingEmptySubsequences: false)
         guard parts.first == "scrypt" else {
-            throw KeyholdError(.invalidHeader, "the file is encrypted to a \(parts.first ?? "?") recipient, not a password", hint: "export files are made with a password (age --passphrase)")
+            throw KeyholdError(
+                .invalidHeader, "the file is encrypted to a \(parts.first ?? "?") recipient, not a password",
+                hint: "export files are made with a password (age --passphrase)")
         }
         guard stanzaCount == 1 else { throw Self.invalid("a scrypt (password) stanza must be the only one; this file has \(stanzaCount)") }
         guard parts.count == 3, let salt = Age.unbase64(parts[1]), salt.count == 16 else { throw Self.invalid("malformed scrypt stanza arguments") }
         let logText = parts[2]
-        guard logText.allSatisfy(\.isASCII), logText.allSatisfy(\.isNumber), !logText.hasPrefix("0"), logText.count <= 2, let logN = Int(logText), logN >= 1 else {
+        guard logText.allSatisfy(\.isASCII), logText.allSatisfy(\.isNumber), !logText.hasPrefix("0"), logText.count <= 2, let logN = Int(logText),
+            logN >= 1
+        else {
             throw Self.invalid("malformed scrypt work factor \"\(logText)\"")
         }
         guard logN <= maximumWorkFactor else {
-            throw KeyholdError(.invalidHeader, "the file's scrypt work factor \(logN) is above the limit of \(maximumWorkFactor)", hint: "re-encrypt it with age's default work factor (18)")
+            throw KeyholdError(
+                .invalidHeader, "the file's scrypt work factor \(logN) is above the limit of \(maximumWorkFactor)",
+                hint: "re-encrypt it with age's default work factor (18)")
         }
         let bodyLines = Array(stanzaLines.dropFirst())
         guard bodyLines.count == 1, bodyLines[0].count < 64, let wrapped = Age.unbase64(bodyLines[0]), wrapped.count == 32 else {
             throw Self.invalid("malformed scrypt stanza body")
         }
         let macText = buffer[(macStart + 4)..<macEnd]
-        guard buffer[macStart + 3] == 0x20, let macSub = String(bytes: macText, encoding: .utf8), let mac = Age.unbase64(Substring(macSub)), mac.count == 32 else {
+        guard buffer[macStart + 3] == 0x20, let macSub = String(bytes: macText, encoding: .utf8), let mac = Age.unbase64(Substring(macSub)),
+            mac.count == 32
+        else {
             throw Self.invalid("malformed MAC line")
         }
 
@@ -288,12 +314,16 @@ public struct AgeDecryptor {
             let box = try ChaChaPoly.SealedBox(combined: [UInt8](repeating: 0, count: 12) + wrapped)
             fileKey = SymmetricKey(data: try ChaChaPoly.open(box, using: wrapping))
         } catch {
-            throw KeyholdError(.wrongPassword, "the password does not open this export file", hint: "check the password (it is case-sensitive); a changed header also gives this error")
+            throw KeyholdError(
+                .wrongPassword, "the password does not open this export file",
+                hint: "check the password (it is case-sensitive); a changed header also gives this error")
         }
         guard fileKey.bitCount == 128 else { throw Self.invalid("the file key is not 16 bytes") }
         let macInput = buffer[..<(macStart + 3)]  // up to and including "---"
         guard HMAC<SHA256>.isValidAuthenticationCode(mac, authenticating: macInput, using: Age.headerMACKey(fileKey: fileKey)) else {
-            throw KeyholdError(.authenticationFailed, "the file's header MAC does not match: the header was altered", hint: "copy the export file again from the exporting server")
+            throw KeyholdError(
+                .authenticationFailed, "the file's header MAC does not match: the header was altered",
+                hint: "copy the export file again from the exporting server")
         }
         let nonce = Array(buffer[(macEnd + 1)..<(macEnd + 1 + Age.nonceSize)])
         key = Age.payloadKey(fileKey: fileKey, nonce: nonce)
@@ -309,7 +339,7 @@ public struct AgeDecryptor {
         var i = 0
         let dash = UInt8(ascii: "-")
         while i + 3 < buffer.count {
-            if (i == 0 || buffer[i - 1] == 0x0A), buffer[i] == dash, buffer[i + 1] == dash, buffer[i + 2] == dash { return i }
+            if i == 0 || buffer[i - 1] == 0x0A, buffer[i] == dash, buffer[i + 1] == dash, buffer[i + 2] == dash { return i }
             i += 1
         }
         return nil

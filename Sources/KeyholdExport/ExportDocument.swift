@@ -4,19 +4,23 @@ public import KeyholdCore
 /// One key in an export document: the key record's fields (as ``KeyRecord`` codes them, so the
 /// same as in a key file) plus `blocked` and `secret`, side by side in one JSON object.
 public struct ExportedKey: Codable, Sendable {
+    /// The key's record.
     public var record: KeyRecord
+    /// Whether the exporting server held it blocked.
     public var blocked: Bool
     /// The 32-byte secret, base64 (standard, padded).
     public var secret: String
 
     private enum ExtraKeys: String, CodingKey { case blocked, secret }
 
+    /// An element for `material`.
     public init(_ material: KeyMaterial, blocked: Bool) {
         record = material.record
         self.blocked = blocked
         secret = material.secret.withUnsafeBytes { Data($0).base64EncodedString() }
     }
 
+    /// Decodes one element (one flat object, docs/spec/export.md).
     public init(from decoder: any Decoder) throws {
         record = try KeyRecord(from: decoder)
         let extra = try decoder.container(keyedBy: ExtraKeys.self)
@@ -24,6 +28,7 @@ public struct ExportedKey: Codable, Sendable {
         secret = try extra.decode(String.self, forKey: .secret)
     }
 
+    /// Encodes one element (one flat object with sorted keys).
     public func encode(to encoder: any Encoder) throws {
         try record.encode(to: encoder)
         var extra = encoder.container(keyedBy: ExtraKeys.self)
@@ -34,7 +39,9 @@ public struct ExportedKey: Codable, Sendable {
     /// The secret as a key; `invalid_key` unless it is base64 of exactly 32 bytes.
     public func secretKey() throws -> SecretKey {
         guard let bytes = Data(base64Encoded: secret), bytes.count == SecretKey.byteCount else {
-            throw KeyholdError(.invalidKey, "key \(record.id) in the export has a secret that is not 32 bytes of base64", hint: "the export document is malformed; see docs/spec/export.md")
+            throw KeyholdError(
+                .invalidKey, "key \(record.id) in the export has a secret that is not 32 bytes of base64",
+                hint: "the export document is malformed; see docs/spec/export.md")
         }
         return try SecretKey(bytes: bytes)
     }
@@ -43,11 +50,15 @@ public struct ExportedKey: Codable, Sendable {
 /// The export document (docs/spec/export.md), written as a stream:
 /// `{"format":"keyhold-key-export","version":1,"exported":…,"server":…,"keys":[…],"count":N}`.
 public struct ExportDocumentWriter {
+    /// The document's `format` field.
     public static let format = "keyhold-key-export"
+    /// The document version this build writes and reads.
     public static let version = 1
     private let encoder: JSONEncoder
+    /// Keys written so far.
     public private(set) var count = 0
 
+    /// A writer at the start of a document.
     public init() {
         encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
@@ -68,6 +79,7 @@ public struct ExportDocumentWriter {
         return out
     }
 
+    /// The document's end (after the last element).
     public func closing() -> [UInt8] {
         Array("\n],\"count\":\(count)}\n".utf8)
     }
@@ -81,21 +93,32 @@ public struct ExportDocumentWriter {
 /// value and each key is at most 1 MiB. Values are decoded by Foundation's JSON parser; this type
 /// only finds where they end.
 public struct ExportDocumentReader {
-    private enum State { case start, memberName, colon, value(String), afterMember, elementOrEnd, element, afterElement, end }
+    private enum State {
+        case start, memberName, colon
+        case value(String)
+        case afterMember, elementOrEnd, element, afterElement, end
+    }
     private var state = State.start
     private var buffer: [UInt8] = []
     private var position = 0
+    /// The `format` the document declares, once read.
     public private(set) var format: String?
+    /// The `version` the document declares, once read.
     public private(set) var version: Int?
+    /// The exporting server's id, once read.
     public private(set) var server: String?
+    /// When the file was made, once read.
     public private(set) var exported: String?
+    /// The key count the document's end declares, once read.
     public private(set) var declaredCount: Int?
+    /// Keys read so far.
     public private(set) var keysRead = 0
     private let decoder: JSONDecoder
     /// When false, keys are only counted (`feed` returns none): checking a file just written.
     private let decodeKeys: Bool
     static let valueLimit = 1 << 20
 
+    /// A reader; without `decodeKeys` it only checks and counts the keys.
     public init(decodeKeys: Bool = true) {
         self.decodeKeys = decodeKeys
         decoder = JSONDecoder()
@@ -103,9 +126,12 @@ public struct ExportDocumentReader {
     }
 
     static func malformed(_ message: String) -> KeyholdError {
-        KeyholdError(.invalidRequest, "the export document is malformed: \(message)", hint: "export files are written by 'keyhold-server key export'; see docs/spec/export.md")
+        KeyholdError(
+            .invalidRequest, "the export document is malformed: \(message)",
+            hint: "export files are written by 'keyhold-server key export'; see docs/spec/export.md")
     }
 
+    /// Reads the next bytes of the document; returns the keys they completed. Throws at the first malformed byte.
     public mutating func feed(_ bytes: some Collection<UInt8>) throws -> [ExportedKey] {
         buffer.append(contentsOf: bytes)
         var pending: [ArraySlice<UInt8>] = []
@@ -120,7 +146,11 @@ public struct ExportDocumentReader {
                 position += 1
                 state = .memberName
             case .memberName:
-                if byte == UInt8(ascii: "}") { position += 1; state = .end; continue }
+                if byte == UInt8(ascii: "}") {
+                    position += 1
+                    state = .end
+                    continue
+                }
                 guard byte == UInt8(ascii: "\"") else { throw Self.malformed("expected a member name at byte \(position)") }
                 guard let end = try scanValue(position) else { break loop }
                 let name = try decodeFragment(buffer[position..<end], as: String.self)
@@ -133,7 +163,9 @@ public struct ExportDocumentReader {
                 state = .value(name)
             case .value(let name):
                 if name == "keys" {
-                    guard format == ExportDocumentWriter.format else { throw Self.malformed("\"format\" must be \"\(ExportDocumentWriter.format)\" and come before \"keys\"") }
+                    guard format == ExportDocumentWriter.format else {
+                        throw Self.malformed("\"format\" must be \"\(ExportDocumentWriter.format)\" and come before \"keys\"")
+                    }
                     guard version != nil else { throw Self.malformed("\"version\" must come before \"keys\"") }
                     guard byte == UInt8(ascii: "[") else { throw Self.malformed("\"keys\" is not an array") }
                     position += 1
@@ -145,18 +177,34 @@ public struct ExportDocumentReader {
                 position = end
                 state = .afterMember
             case .afterMember:
-                if byte == UInt8(ascii: ",") { position += 1; state = .memberName } else if byte == UInt8(ascii: "}") { position += 1; state = .end } else {
+                if byte == UInt8(ascii: ",") {
+                    position += 1
+                    state = .memberName
+                } else if byte == UInt8(ascii: "}") {
+                    position += 1
+                    state = .end
+                } else {
                     throw Self.malformed("expected ',' or '}' at byte \(position)")
                 }
             case .elementOrEnd, .element:
-                if byte == UInt8(ascii: "]"), case .elementOrEnd = state { position += 1; state = .afterMember; continue }
+                if byte == UInt8(ascii: "]"), case .elementOrEnd = state {
+                    position += 1
+                    state = .afterMember
+                    continue
+                }
                 guard byte == UInt8(ascii: "{") else { throw Self.malformed("key \(keysRead + pending.count + 1) is not an object") }
                 guard let end = try scanValue(position) else { break loop }
                 pending.append(buffer[position..<end])
                 position = end
                 state = .afterElement
             case .afterElement:
-                if byte == UInt8(ascii: ",") { position += 1; state = .element } else if byte == UInt8(ascii: "]") { position += 1; state = .afterMember } else {
+                if byte == UInt8(ascii: ",") {
+                    position += 1
+                    state = .element
+                } else if byte == UInt8(ascii: "]") {
+                    position += 1
+                    state = .afterMember
+                } else {
                     throw Self.malformed("expected ',' or ']' after key \(keysRead + pending.count)")
                 }
             case .end:
@@ -166,6 +214,7 @@ public struct ExportDocumentReader {
         return try decodeKeys(pending)
     }
 
+    /// Checks that the document ended complete (its declared count matches).
     public mutating func finish() throws {
         skipWhitespace()
         guard case .end = state, position == buffer.count else { throw Self.malformed("the document ends early (after \(keysRead) keys)") }
@@ -181,13 +230,17 @@ public struct ExportDocumentReader {
         switch name {
         case "format":
             let value = try decodeFragment(bytes, as: String.self)
-            guard value == ExportDocumentWriter.format else { throw Self.malformed("\"format\" is \"\(value)\", not \"\(ExportDocumentWriter.format)\"") }
+            guard value == ExportDocumentWriter.format else {
+                throw Self.malformed("\"format\" is \"\(value)\", not \"\(ExportDocumentWriter.format)\"")
+            }
             format = value
         case "version":
             guard format != nil else { throw Self.malformed("\"format\" must come before \"version\"") }
             let value = try decodeFragment(bytes, as: Int.self)
             guard value == ExportDocumentWriter.version else {
-                throw KeyholdError(.unsupportedVersion, "the export document has version \(value); this build reads version \(ExportDocumentWriter.version)", hint: "import it with a Keyhold version that reads it")
+                throw KeyholdError(
+                    .unsupportedVersion, "the export document has version \(value); this build reads version \(ExportDocumentWriter.version)",
+                    hint: "import it with a Keyhold version that reads it")
             }
             version = value
         case "server": server = try decodeFragment(bytes, as: String.self)
@@ -253,7 +306,11 @@ public struct ExportDocumentReader {
             if i - start > Self.valueLimit { throw Self.malformed("a value is larger than \(Self.valueLimit >> 20) MiB") }
             let b = buffer[i]
             if inString {
-                if escaped { escaped = false } else if b == UInt8(ascii: "\\") { escaped = true } else if b == UInt8(ascii: "\"") {
+                if escaped {
+                    escaped = false
+                } else if b == UInt8(ascii: "\\") {
+                    escaped = true
+                } else if b == UInt8(ascii: "\"") {
                     inString = false
                     if depth == 0 { return i + 1 }
                 }

@@ -29,11 +29,13 @@ public struct MemorySource: ByteSource {
     /// How many bytes one `read` returns at most (tests use small values to exercise short reads).
     private let chunk: Int
 
+    /// A source that gives `bytes`, at most `chunk` at a time.
     public init(_ bytes: [UInt8], chunk: Int = .max) {
         self.bytes = bytes
         self.chunk = max(1, chunk)
     }
 
+    /// The next bytes (0 at the end).
     public mutating func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         let n = min(buffer.count, bytes.count - offset, chunk)
         guard n > 0 else { return 0 }
@@ -47,7 +49,10 @@ public struct MemorySource: ByteSource {
 
 /// A ``ByteSink`` that collects bytes in memory.
 public struct MemorySink: ByteSink {
+    /// Everything written.
     public private(set) var bytes: [UInt8] = []
+    /// An empty sink.
     public init() {}
+    /// Appends `bytes`.
     public mutating func write(_ bytes: UnsafeRawBufferPointer) throws { self.bytes += bytes }
 }

@@ -19,7 +19,9 @@ public struct FileHeader: Hashable, Sendable {
     /// The segment size writers use unless told otherwise (Tink's `AES256_GCM_HKDF_1MB`).
     public static let defaultSegmentSize = 1024 * 1024
 
+    /// The key the file is encrypted with.
     public var keyID: KeyID
+    /// The server that escrowed that key.
     public var originServerID: ServerID
     /// The ciphertext segment size `S` of the streaming body.
     public var segmentSize: Int

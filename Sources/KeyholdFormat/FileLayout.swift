@@ -53,7 +53,8 @@ public struct FileLayout: Sendable, Equatable {
 /// The format's errors, worded once.
 enum FileFormatError {
     static func authenticationFailed(segment: UInt32, last: Bool) -> KeyholdError {
-        let ending = last
+        let ending =
+            last
             ? "the key is wrong, or the file was altered or cut short"
             : "the key is wrong, or the file was altered, reordered or extended"
         return KeyholdError(

@@ -31,8 +31,10 @@ struct SegmentCipher {
     private func nonce(segment: UInt32, last: Bool) -> AES.GCM.Nonce {
         var n = noncePrefix
         n.reserveCapacity(12)
-        n += [UInt8(segment >> 24), UInt8(truncatingIfNeeded: segment >> 16),
-              UInt8(truncatingIfNeeded: segment >> 8), UInt8(truncatingIfNeeded: segment), last ? 1 : 0]
+        n += [
+            UInt8(segment >> 24), UInt8(truncatingIfNeeded: segment >> 16),
+            UInt8(truncatingIfNeeded: segment >> 8), UInt8(truncatingIfNeeded: segment), last ? 1 : 0,
+        ]
         // A 12-byte nonce is always valid.
         return try! AES.GCM.Nonce(data: n)
     }

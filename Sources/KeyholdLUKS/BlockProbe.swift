@@ -13,6 +13,7 @@ public enum DriveContent: Sendable, Equatable {
     /// Nothing recognised.
     case empty
 
+    /// What the drive holds, in words for an error message.
     public var summary: String {
         switch self {
         case .luks(let uuid, let version): return "LUKS\(version) (UUID \(uuid))"
@@ -25,6 +26,7 @@ public enum DriveContent: Sendable, Equatable {
 
 /// libblkid, the way udev identifies devices (`ID_FS_TYPE`).
 public enum BlockProbe {
+    /// What libblkid finds on `path`.
     public static func probe(_ path: String) throws -> DriveContent {
         guard let probe = blkid_new_probe_from_filename(path) else {
             throw LUKSCall.error(errno == 0 ? EIO : errno, "open for probing", path)

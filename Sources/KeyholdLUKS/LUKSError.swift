@@ -11,11 +11,13 @@ enum LUKSCall {
     static let lastMessage = Mutex<String>("")
 
     static func installLogCapture() {
-        crypt_set_log_callback(nil, { level, message, _ in
-            guard level == CRYPT_LOG_ERROR, let message else { return }
-            let text = String(cString: message).trimmingCharacters(in: .whitespacesAndNewlines)
-            LUKSCall.lastMessage.withLock { $0 = text }
-        }, nil)
+        crypt_set_log_callback(
+            nil,
+            { level, message, _ in
+                guard level == CRYPT_LOG_ERROR, let message else { return }
+                let text = String(cString: message).trimmingCharacters(in: .whitespacesAndNewlines)
+                LUKSCall.lastMessage.withLock { $0 = text }
+            }, nil)
         // Keyhold's token type is handled here; libcryptsetup must not look for a plugin for it.
         crypt_token_external_disable()
     }
@@ -36,7 +38,9 @@ enum LUKSCall {
         let text = "cannot \(what) \(path): \(reason)"
         switch code {
         case EPERM:
-            return KeyholdError(.keyMismatch, "the key does not open \(path)'s keyslot (\(what))", hint: "the drive was encrypted with another key; check the key id in 'keyhold drive info'")
+            return KeyholdError(
+                .keyMismatch, "the key does not open \(path)'s keyslot (\(what))",
+                hint: "the drive was encrypted with another key; check the key id in 'keyhold drive info'")
         case EACCES:
             return KeyholdError(.forbidden, text, hint: "drive operations need root: run with sudo")
         case EBUSY:

@@ -5,6 +5,7 @@ import KeyholdCore
 /// A LUKS2 volume (a block device or an image file) through libcryptsetup. Not thread-safe: one
 /// owner uses it and lets it go (`crypt_free` on deinit).
 public final class LUKSVolume {
+    /// The device or image file.
     public let path: String
     private let cd: OpaquePointer
 
@@ -40,8 +41,13 @@ public final class LUKSVolume {
         return volume
     }
 
+    /// The LUKS UUID.
     public var uuid: String { crypt_get_uuid(cd).map { String(cString: $0) } ?? "" }
-    public var cipher: String { "\(crypt_get_cipher(cd).map { String(cString: $0) } ?? "?")-\(crypt_get_cipher_mode(cd).map { String(cString: $0) } ?? "?")" }
+    /// The data cipher, like `aes-xts-plain64`.
+    public var cipher: String {
+        "\(crypt_get_cipher(cd).map { String(cString: $0) } ?? "?")-\(crypt_get_cipher_mode(cd).map { String(cString: $0) } ?? "?")"
+    }
+    /// The volume key's size in bits (512 for AES-256-XTS).
     public var volumeKeyBits: Int { Int(crypt_get_volume_key_size(cd)) * 8 }
     /// Where the encrypted data starts (the header and keyslots lie before it).
     public var dataOffsetBytes: UInt64 { crypt_get_data_offset(cd) * 512 }
@@ -76,14 +82,15 @@ public final class LUKSVolume {
         case .passphrase:
             try LUKSCall.check(crypt_set_pbkdf_type(cd, crypt_get_pbkdf_default(CRYPT_LUKS2)), "set the keyslot KDF of", path)
         }
-        return Int(try bytes.withUnsafeBufferPointer { buffer in
-            try buffer.withMemoryRebound(to: CChar.self) { chars in
-                try LUKSCall.check(
-                    crypt_keyslot_add_by_volume_key(cd, keyhold_CRYPT_ANY_SLOT, nil, 0, chars.baseAddress, chars.count),
-                    "add a keyslot to", path
-                )
-            }
-        })
+        return Int(
+            try bytes.withUnsafeBufferPointer { buffer in
+                try buffer.withMemoryRebound(to: CChar.self) { chars in
+                    try LUKSCall.check(
+                        crypt_keyslot_add_by_volume_key(cd, keyhold_CRYPT_ANY_SLOT, nil, 0, chars.baseAddress, chars.count),
+                        "add a keyslot to", path
+                    )
+                }
+            })
     }
 
     /// The keyslots in use.
@@ -155,6 +162,7 @@ public final class LUKSVolume {
         return status == CRYPT_ACTIVE || status == CRYPT_BUSY
     }
 
+    /// Removes the mapping `/dev/mapper/NAME`.
     public static func deactivate(_ name: String) throws {
         LUKSCall.installLogCapture()
         try LUKSCall.check(crypt_deactivate(nil, name), "deactivate", "/dev/mapper/\(name)")

@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 public import Foundation
 import KeyholdAgentClient
 public import KeyholdProtocol
 import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A real `keyhold-agent` with its own state directory and socket in `folder`, and a way to run
 /// `keyhold` against it (`KEYHOLD_SOCKET`): the one way the tests and the demo launch agents.

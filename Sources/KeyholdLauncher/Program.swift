@@ -1,8 +1,9 @@
+public import Foundation
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #endif
-public import Foundation
-import Synchronization
 
 /// The result of running a program to completion.
 public struct ProgramResult: Sendable {

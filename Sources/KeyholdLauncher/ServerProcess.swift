@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 public import Foundation
 import KeyholdProtocol
 import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A real `keyhold-server` with its own data directory, on loopback ports the system picks: the
 /// one way the tests, the demo and the benchmarks launch servers. ``start(_:)`` returns only once

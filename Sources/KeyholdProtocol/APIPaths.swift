@@ -1,28 +1,56 @@
 /// The server's HTTP paths (docs/spec/protocol.md).
 public enum APIPath {
     // Enrollment listener (no client certificate).
+
+    /// `GET`: "ok" (both listeners).
     public static let health = "/v1/health"
+    /// `GET`: the CA certificate, which the token's fingerprint pins (enrollment listener).
     public static let ca = "/v1/ca"
+    /// `POST`: redeem a token for a certificate (enrollment listener).
     public static let enroll = "/v1/enroll"
-    // Mutual-TLS listener.
+
+    // Mutual-TLS listener: devices.
+
+    /// The keys' collection.
     public static let keys = "/v1/keys"
+    /// `PUT`: escrow key `id`; `GET`: release it.
     public static func key(_ id: String) -> String { "/v1/keys/\(id)" }
+    /// `POST`: a device's heartbeat.
     public static let heartbeat = "/v1/heartbeat"
+    /// `POST`: a device says it moved to another server.
     public static let leave = "/v1/leave"
+
     // Administrators (admin certificate).
+
+    /// `GET`: the server's status.
     public static let adminStatus = "/v1/admin/status"
+    /// `GET`: the audit trail (`after`, `limit`).
     public static let adminAudit = "/v1/admin/audit"
+    /// `GET`: key metadata (`after`, `limit`).
     public static let adminKeys = "/v1/admin/keys"
+    /// `POST`: block key `id` (`…/unblock` releases it again).
     public static func adminKeyBlock(_ id: String) -> String { "/v1/admin/keys/\(id)/block" }
+    /// `POST`: an export file, streamed.
     public static let adminKeysExport = "/v1/admin/keys/export"
+    /// `POST`: import an export file (the body).
     public static let adminKeysImport = "/v1/admin/keys/import"
+    /// `GET`: the enrolled devices and secondaries.
     public static let adminClients = "/v1/admin/clients"
+    /// `POST`: revoke client `id`.
     public static func adminClientRevoke(_ id: String) -> String { "/v1/admin/clients/\(id)/revoke" }
+    /// `POST`: a new enrollment token.
     public static let adminTokens = "/v1/admin/tokens"
+    /// `POST`: join a primary; `DELETE`: forget it.
     public static let adminPrimary = "/v1/admin/primary"
+    /// `POST`: set "use hierarchy to obtain encryption keys".
     public static let adminHierarchy = "/v1/admin/hierarchy"
+    /// `POST`: push to the primary now.
     public static let adminHierarchySync = "/v1/admin/hierarchy/sync"
+
     // Secondaries (server certificate).
+
+    /// `POST`: a batch of keys from a secondary.
     public static let hierarchyPush = "/v1/hierarchy/push"
+    /// `GET`: a secondary's lookup of key `id` (`chain`, `hops`).
     public static func hierarchyKey(_ id: String) -> String { "/v1/hierarchy/keys/\(id)" }
 }

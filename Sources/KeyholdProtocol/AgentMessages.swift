@@ -50,7 +50,11 @@ public enum AgentRequest: Codable, Sendable, Equatable {
         }
     }
 
-    enum CodingKeys: String, CodingKey { case op, token, keyID = "key_id", dryRun = "dry_run", label }
+    enum CodingKeys: String, CodingKey {
+        case op, token, label
+        case keyID = "key_id"
+        case dryRun = "dry_run"
+    }
 
     /// Decodes a request; a missing field names the operation that needs it.
     public init(from decoder: any Decoder) throws {
@@ -58,7 +62,8 @@ public enum AgentRequest: Codable, Sendable, Equatable {
         switch try c.decode(AgentOperation.self, forKey: .op) {
         case .status: self = .status
         case .enroll: self = .enroll(token: try c.decode(String.self, forKey: .token))
-        case .reassign: self = .reassign(token: try c.decode(String.self, forKey: .token), dryRun: try c.decodeIfPresent(Bool.self, forKey: .dryRun) ?? false)
+        case .reassign:
+            self = .reassign(token: try c.decode(String.self, forKey: .token), dryRun: try c.decodeIfPresent(Bool.self, forKey: .dryRun) ?? false)
         case .fileKey: self = .fileKey
         case .driveKey: self = .driveKey(label: try c.decodeIfPresent(String.self, forKey: .label) ?? "drive key")
         case .key: self = .key(try c.decode(KeyID.self, forKey: .keyID))
@@ -169,8 +174,10 @@ public struct AgentStatus: Codable, Sendable, Equatable {
     public var version: String
 
     /// A status.
-    public init(enrolled: Bool, serverID: ServerID?, serverAddress: String?, deviceID: ClientID?, lastHeartbeat: Date?,
-                lastHeartbeatError: String?, cachedKeys: Int, activeFileKey: KeyID?, outbox: Int, version: String) {
+    public init(
+        enrolled: Bool, serverID: ServerID?, serverAddress: String?, deviceID: ClientID?, lastHeartbeat: Date?,
+        lastHeartbeatError: String?, cachedKeys: Int, activeFileKey: KeyID?, outbox: Int, version: String
+    ) {
         self.enrolled = enrolled
         self.serverID = serverID
         self.serverAddress = serverAddress
@@ -184,9 +191,15 @@ public struct AgentStatus: Codable, Sendable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case enrolled, serverID = "server_id", serverAddress = "server_address", deviceID = "device_id"
-        case lastHeartbeat = "last_heartbeat", lastHeartbeatError = "last_heartbeat_error", cachedKeys = "cached_keys"
-        case activeFileKey = "active_file_key", outbox, version
+        case enrolled
+        case serverID = "server_id"
+        case serverAddress = "server_address"
+        case deviceID = "device_id"
+        case lastHeartbeat = "last_heartbeat"
+        case lastHeartbeatError = "last_heartbeat_error"
+        case cachedKeys = "cached_keys"
+        case activeFileKey = "active_file_key"
+        case outbox, version
     }
 }
 
@@ -216,8 +229,10 @@ public struct ReassignReport: Codable, Sendable {
     public var oldServerNote: String?
 
     /// A report.
-    public init(dryRun: Bool, fromServerID: ServerID, fromAddress: String, toServerID: ServerID?, toAddress: String, deviceID: ClientID?,
-                keys: [KeyID], reescrowed: Int, alreadyPresent: Int, oldServerNotified: Bool, oldServerNote: String?) {
+    public init(
+        dryRun: Bool, fromServerID: ServerID, fromAddress: String, toServerID: ServerID?, toAddress: String, deviceID: ClientID?,
+        keys: [KeyID], reescrowed: Int, alreadyPresent: Int, oldServerNotified: Bool, oldServerNote: String?
+    ) {
         self.dryRun = dryRun
         self.fromServerID = fromServerID
         self.fromAddress = fromAddress
@@ -232,8 +247,15 @@ public struct ReassignReport: Codable, Sendable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case dryRun = "dry_run", fromServerID = "from_server_id", fromAddress = "from_address", toServerID = "to_server_id"
-        case toAddress = "to_address", deviceID = "device_id", keys, reescrowed, alreadyPresent = "already_present"
-        case oldServerNotified = "old_server_notified", oldServerNote = "old_server_note"
+        case dryRun = "dry_run"
+        case fromServerID = "from_server_id"
+        case fromAddress = "from_address"
+        case toServerID = "to_server_id"
+        case toAddress = "to_address"
+        case deviceID = "device_id"
+        case keys, reescrowed
+        case alreadyPresent = "already_present"
+        case oldServerNotified = "old_server_notified"
+        case oldServerNote = "old_server_note"
     }
 }

@@ -92,10 +92,18 @@ public enum AuditActor: Hashable, Sendable, CustomStringConvertible, LosslessStr
         guard let colon = text.firstIndex(of: ":") else { return nil }
         let id = String(text[text.index(after: colon)...])
         switch text[..<colon] {
-        case "device": guard let id = ClientID(id) else { return nil }; self = .device(id)
-        case "secondary": guard let id = ClientID(id) else { return nil }; self = .secondary(id)
-        case "admin": guard let id = ClientID(id) else { return nil }; self = .administrator(id)
-        case "server": guard let id = ServerID(id) else { return nil }; self = .server(id)
+        case "device":
+            guard let id = ClientID(id) else { return nil }
+            self = .device(id)
+        case "secondary":
+            guard let id = ClientID(id) else { return nil }
+            self = .secondary(id)
+        case "admin":
+            guard let id = ClientID(id) else { return nil }
+            self = .administrator(id)
+        case "server":
+            guard let id = ServerID(id) else { return nil }
+            self = .server(id)
         default: return nil
         }
     }
@@ -233,7 +241,11 @@ public struct AuditEvent: Codable, Sendable, Equatable {
         self.detail = detail
     }
 
-    enum CodingKeys: String, CodingKey { case sequence, time, actor, action, keyID = "key_id", route, result, detail }
+    enum CodingKeys: String, CodingKey {
+        case sequence, time, actor, action
+        case keyID = "key_id"
+        case route, result, detail
+    }
 }
 
 /// Codable through the text form, for the audit vocabulary.

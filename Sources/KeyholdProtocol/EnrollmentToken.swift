@@ -25,7 +25,13 @@ public struct EnrollmentToken: Codable, Sendable, Equatable {
         self.secret = secret
     }
 
-    enum CodingKeys: String, CodingKey { case apiAddress = "a", enrollAddress = "e", caFingerprint = "f", id = "i", secret = "s" }
+    enum CodingKeys: String, CodingKey {
+        case apiAddress = "a"
+        case enrollAddress = "e"
+        case caFingerprint = "f"
+        case id = "i"
+        case secret = "s"
+    }
 
     static let prefix = "kh1."
 
@@ -39,8 +45,8 @@ public struct EnrollmentToken: Codable, Sendable, Equatable {
     public init(text: String) throws {
         let trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
         guard trimmed.hasPrefix(Self.prefix), let data = Base64URL.decode(String(trimmed.dropFirst(Self.prefix.count))),
-              let token = try? WireFormat.decoder().decode(Self.self, from: data),
-              token.caFingerprint.count == 64, token.caFingerprint.allSatisfy(\.isHexDigit), !token.secret.isEmpty
+            let token = try? WireFormat.decoder().decode(Self.self, from: data),
+            token.caFingerprint.count == 64, token.caFingerprint.allSatisfy(\.isHexDigit), !token.secret.isEmpty
         else {
             throw KeyholdError(
                 .tokenInvalid, "the enrollment token is malformed",
@@ -53,11 +59,13 @@ public struct EnrollmentToken: Codable, Sendable, Equatable {
 
 /// base64url without padding (RFC 4648 §5).
 public enum Base64URL {
+    /// base64url of `data`, without padding.
     public static func encode<D: DataProtocol>(_ data: D) -> String {
         Data(data).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
             .replacingOccurrences(of: "=", with: "")
     }
 
+    /// The bytes of base64url `text` (no padding); nil for anything else.
     public static func decode(_ text: String) -> Data? {
         // Strict: only the base64url alphabet, no padding.
         guard text.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) else { return nil }

@@ -52,7 +52,11 @@ public struct PushResponse: Codable, Sendable, Equatable {
         self.alreadyPresent = alreadyPresent
         self.conflicts = conflicts
     }
-    enum CodingKeys: String, CodingKey { case accepted, alreadyPresent = "already_present", conflicts }
+    enum CodingKeys: String, CodingKey {
+        case accepted
+        case alreadyPresent = "already_present"
+        case conflicts
+    }
 }
 
 /// `POST /v1/admin/primary`: join a primary.
@@ -91,8 +95,10 @@ public struct HierarchyStatus: Codable, Sendable, Equatable {
     public var primaryRefuses: Bool
 
     /// A status.
-    public init(useHierarchy: Bool, primaryServerID: ServerID?, primaryAddress: String?, pushCursor: Int64, pending: Int,
-                lastPush: Date?, lastPushResult: String?, primaryRefuses: Bool) {
+    public init(
+        useHierarchy: Bool, primaryServerID: ServerID?, primaryAddress: String?, pushCursor: Int64, pending: Int,
+        lastPush: Date?, lastPushResult: String?, primaryRefuses: Bool
+    ) {
         self.useHierarchy = useHierarchy
         self.primaryServerID = primaryServerID
         self.primaryAddress = primaryAddress
@@ -104,8 +110,14 @@ public struct HierarchyStatus: Codable, Sendable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case useHierarchy = "use_hierarchy", primaryServerID = "primary_server_id", primaryAddress = "primary_address"
-        case pushCursor = "push_cursor", pending, lastPush = "last_push", lastPushResult = "last_push_result", primaryRefuses = "primary_refuses"
+        case useHierarchy = "use_hierarchy"
+        case primaryServerID = "primary_server_id"
+        case primaryAddress = "primary_address"
+        case pushCursor = "push_cursor"
+        case pending
+        case lastPush = "last_push"
+        case lastPushResult = "last_push_result"
+        case primaryRefuses = "primary_refuses"
     }
 }
 

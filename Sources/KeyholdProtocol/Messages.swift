@@ -58,7 +58,12 @@ public struct EnrollRequest: Codable, Sendable {
         self.csrPEM = csrPEM
         self.name = name
     }
-    enum CodingKeys: String, CodingKey { case tokenID = "token_id", secret, csrPEM = "csr_pem", name }
+    enum CodingKeys: String, CodingKey {
+        case tokenID = "token_id"
+        case secret
+        case csrPEM = "csr_pem"
+        case name
+    }
 }
 
 /// The answer to an enrollment: the new client's id and certificate.
@@ -82,7 +87,11 @@ public struct EnrollResponse: Codable, Sendable {
         self.serverID = serverID
     }
     enum CodingKeys: String, CodingKey {
-        case clientID = "client_id", role, certificatePEM = "certificate_pem", caPEM = "ca_pem", serverID = "server_id"
+        case clientID = "client_id"
+        case role
+        case certificatePEM = "certificate_pem"
+        case caPEM = "ca_pem"
+        case serverID = "server_id"
     }
 }
 
@@ -129,7 +138,10 @@ public struct LeaveRequest: Codable, Sendable {
         self.newAddress = newAddress
     }
 
-    enum CodingKeys: String, CodingKey { case newServerID = "new_server_id", newAddress = "new_address" }
+    enum CodingKeys: String, CodingKey {
+        case newServerID = "new_server_id"
+        case newAddress = "new_address"
+    }
 }
 
 /// The acknowledgement of an escrow, sent after the commit.
@@ -143,7 +155,10 @@ public struct EscrowResponse: Codable, Sendable, Equatable {
         self.keyID = keyID
         self.outcome = outcome
     }
-    enum CodingKeys: String, CodingKey { case keyID = "key_id", outcome }
+    enum CodingKeys: String, CodingKey {
+        case keyID = "key_id"
+        case outcome
+    }
 }
 
 /// `POST /v1/heartbeat`.
@@ -157,7 +172,10 @@ public struct HeartbeatRequest: Codable, Sendable {
         self.agentVersion = agentVersion
         self.keyCount = keyCount
     }
-    enum CodingKeys: String, CodingKey { case agentVersion = "agent_version", keyCount = "key_count" }
+    enum CodingKeys: String, CodingKey {
+        case agentVersion = "agent_version"
+        case keyCount = "key_count"
+    }
 }
 
 /// The answer to a heartbeat.
@@ -171,7 +189,10 @@ public struct HeartbeatResponse: Codable, Sendable {
         self.serverID = serverID
         self.serverTime = serverTime
     }
-    enum CodingKeys: String, CodingKey { case serverID = "server_id", serverTime = "server_time" }
+    enum CodingKeys: String, CodingKey {
+        case serverID = "server_id"
+        case serverTime = "server_time"
+    }
 }
 
 /// Key metadata for administrators (never the secret).
@@ -239,7 +260,10 @@ public struct ClientInfo: Codable, Sendable, Equatable {
         self.keyCount = keyCount
     }
     enum CodingKeys: String, CodingKey {
-        case id, role, name, state, enrolled, lastSeen = "last_seen", agentVersion = "agent_version", keyCount = "key_count"
+        case id, role, name, state, enrolled
+        case lastSeen = "last_seen"
+        case agentVersion = "agent_version"
+        case keyCount = "key_count"
     }
 }
 
@@ -257,7 +281,10 @@ public struct TokenCreateRequest: Codable, Sendable {
         self.uses = uses
         self.ttlSeconds = ttlSeconds
     }
-    enum CodingKeys: String, CodingKey { case role, uses, ttlSeconds = "ttl_seconds" }
+    enum CodingKeys: String, CodingKey {
+        case role, uses
+        case ttlSeconds = "ttl_seconds"
+    }
 }
 
 /// A new token.
@@ -295,7 +322,10 @@ public struct StatusResponse: Codable, Sendable {
     /// Its place in the hierarchy.
     public var hierarchy: HierarchyStatus?
     /// A status.
-    public init(serverID: ServerID, version: String, database: String, keyCount: Int, devices: Int, secondaries: Int, started: Date, hierarchy: HierarchyStatus? = nil) {
+    public init(
+        serverID: ServerID, version: String, database: String, keyCount: Int, devices: Int, secondaries: Int, started: Date,
+        hierarchy: HierarchyStatus? = nil
+    ) {
         self.hierarchy = hierarchy
         self.serverID = serverID
         self.version = version
@@ -306,7 +336,10 @@ public struct StatusResponse: Codable, Sendable {
         self.started = started
     }
     enum CodingKeys: String, CodingKey {
-        case serverID = "server_id", version, database, keyCount = "key_count", devices, secondaries, started, hierarchy
+        case serverID = "server_id"
+        case version, database
+        case keyCount = "key_count"
+        case devices, secondaries, started, hierarchy
     }
 }
 

@@ -24,7 +24,9 @@ public struct ServerRuntimeInfo: Codable, Sendable, Equatable {
     public var started: Date
 
     /// What a server that listens now writes.
-    public init(serverID: ServerID, api: String, enroll: String, pid: Int32 = getpid(), version: String = KeyholdVersion.current, started: Date = Date()) {
+    public init(
+        serverID: ServerID, api: String, enroll: String, pid: Int32 = getpid(), version: String = KeyholdVersion.current, started: Date = Date()
+    ) {
         self.serverID = serverID
         self.api = api
         self.enroll = enroll
@@ -33,7 +35,10 @@ public struct ServerRuntimeInfo: Codable, Sendable, Equatable {
         self.started = Date(timeIntervalSince1970: started.timeIntervalSince1970.rounded(.down))
     }
 
-    enum CodingKeys: String, CodingKey { case serverID = "server_id", api, enroll, pid, version, started }
+    enum CodingKeys: String, CodingKey {
+        case serverID = "server_id"
+        case api, enroll, pid, version, started
+    }
 
     /// The path of the file in `directory`.
     public static func path(in directory: String) -> String { (directory as NSString).appendingPathComponent(fileName) }

@@ -4,13 +4,18 @@ public import KeyholdCore
 /// `POST /v1/admin/keys/export`: which keys, and the password that protects the file. The answer
 /// is the export file itself (an age file, `application/octet-stream`), streamed.
 public struct ExportRequest: Codable, Sendable {
+    /// The password that protects the file.
     public var password: String
     /// Exactly one of the selections below.
     public var all: Bool
+    /// These keys.
     public var keys: [KeyID]?
+    /// The keys a device created.
     public var device: DeviceID?
+    /// Keys created at or after this time.
     public var since: Date?
 
+    /// A request with one selection.
     public init(password: String, all: Bool = false, keys: [KeyID]? = nil, device: DeviceID? = nil, since: Date? = nil) {
         self.password = password
         self.all = all
@@ -28,17 +33,21 @@ public struct ExportRequest: Codable, Sendable {
         return "nothing"
     }
 
+    /// How many selections the request names (exactly one is valid).
     public var selectionCount: Int { (all ? 1 : 0) + (keys == nil ? 0 : 1) + (device == nil ? 0 : 1) + (since == nil ? 0 : 1) }
 }
 
 /// The answer to `POST /v1/admin/keys/import` (body: the export file; password: the
 /// `Keyhold-Password` header, base64 of its UTF-8).
 public struct ImportResponse: Codable, Sendable {
+    /// Keys stored now.
     public var inserted: Int
+    /// Keys that were there with the same secret.
     public var alreadyPresent: Int
     /// The server id the document names as its source.
     public var sourceServer: String?
 
+    /// A result.
     public init(inserted: Int, alreadyPresent: Int, sourceServer: String?) {
         self.inserted = inserted
         self.alreadyPresent = alreadyPresent
@@ -54,13 +63,17 @@ public struct ImportResponse: Codable, Sendable {
 
 /// Export passwords: what both ends accept.
 public enum TransferPassword {
+    /// The shortest password a new export file may have.
     public static let minimumLength = 8
+    /// The HTTP header that carries an import's password (base64 of its UTF-8).
     public static let header = "Keyhold-Password"
 
     /// Refuses an empty or short password for a new export file.
     public static func checkNew(_ password: String) throws {
         guard password.count >= minimumLength else {
-            throw KeyholdError(.usage, "the password is \(password.isEmpty ? "empty" : "shorter than \(minimumLength) characters")", hint: "choose a passphrase of at least \(minimumLength) characters (several words are best)")
+            throw KeyholdError(
+                .usage, "the password is \(password.isEmpty ? "empty" : "shorter than \(minimumLength) characters")",
+                hint: "choose a passphrase of at least \(minimumLength) characters (several words are best)")
         }
     }
 

@@ -89,7 +89,9 @@ struct CertificateAuthority: Sendable {
     /// The server's TLS certificate, valid for `names` (host names or IP addresses).
     func issueServerCertificate(serverID: ServerID, names: [String]) throws -> (Certificate, keyPEM: String) {
         let key = P256.Signing.PrivateKey()
-        var sans: [GeneralName] = [.uniformResourceIdentifier(CertificateIdentity(role: .server, id: ClientID(high: serverID.high, low: serverID.low)).uri)]
+        var sans: [GeneralName] = [
+            .uniformResourceIdentifier(CertificateIdentity(role: .server, id: ClientID(high: serverID.high, low: serverID.low)).uri)
+        ]
         for name in Set(names).sorted() {
             if let ip = Self.ipAddressBytes(name) {
                 sans.append(.ipAddress(ASN1OctetString(contentBytes: ArraySlice(ip))))
@@ -107,7 +109,8 @@ struct CertificateAuthority: Sendable {
     /// A client certificate for `identity` on the key in a verified CSR.
     func issueClientCertificate(csr: CertificateSigningRequest, identity: CertificateIdentity, name: String) throws -> Certificate {
         guard csr.publicKey.isValidSignature(csr.signature, for: csr) else {
-            throw KeyholdError(.invalidRequest, "the certificate request's signature does not verify", hint: "send a CSR signed by its own private key")
+            throw KeyholdError(
+                .invalidRequest, "the certificate request's signature does not verify", hint: "send a CSR signed by its own private key")
         }
         return try issue(
             publicKey: csr.publicKey, commonName: "keyhold \(identity.role) \(name)".prefix(64).description,
@@ -118,11 +121,15 @@ struct CertificateAuthority: Sendable {
     /// A client certificate with a new key (the administrator's, made by `init`).
     func issueClientCertificate(identity: CertificateIdentity, name: String) throws -> (Certificate, keyPEM: String) {
         let key = P256.Signing.PrivateKey()
-        let cert = try issue(publicKey: .init(key.publicKey), commonName: "keyhold \(identity.role) \(name)", usage: [.clientAuth], sans: [.uniformResourceIdentifier(identity.uri)])
+        let cert = try issue(
+            publicKey: .init(key.publicKey), commonName: "keyhold \(identity.role) \(name)", usage: [.clientAuth],
+            sans: [.uniformResourceIdentifier(identity.uri)])
         return (cert, key.pemRepresentation)
     }
 
-    private func issue(publicKey: Certificate.PublicKey, commonName: String, usage: [ExtendedKeyUsage.Usage], sans: [GeneralName]) throws -> Certificate {
+    private func issue(
+        publicKey: Certificate.PublicKey, commonName: String, usage: [ExtendedKeyUsage.Usage], sans: [GeneralName]
+    ) throws -> Certificate {
         let now = Date()
         return try Certificate(
             version: .v3, serialNumber: .init(), publicKey: publicKey,

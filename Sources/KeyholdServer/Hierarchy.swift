@@ -83,11 +83,14 @@ actor Hierarchy {
 
     func join(tokenText: String) async throws -> HierarchyStatus {
         if let primary {
-            throw KeyholdError(.usage, "this server already has primary \(primary.serverID) at \(primary.apiAddress)", hint: "run 'keyhold-server primary leave' first")
+            throw KeyholdError(
+                .usage, "this server already has primary \(primary.serverID) at \(primary.apiAddress)",
+                hint: "run 'keyhold-server primary leave' first")
         }
         let identity = try await Enrollment.enroll(token: try EnrollmentToken(text: tokenText), name: "server \(serverID)")
         guard identity.role == .server else {
-            throw KeyholdError(.tokenInvalid, "the token is for a device, not a server", hint: "on the primary run 'keyhold-server token create --role server'")
+            throw KeyholdError(
+                .tokenInvalid, "the token is for a device, not a server", hint: "on the primary run 'keyhold-server token create --role server'")
         }
         guard identity.serverID != serverID else {
             throw KeyholdError(.hierarchyLoop, "a server cannot be its own primary", hint: "use a token of another server")
@@ -161,10 +164,12 @@ actor Hierarchy {
             primaryRefuses = false
             cursor = last
             try await repository.setSetting(Self.cursorSetting, String(cursor))
-            try await repository.appendAudit(AuditEvent(
-                actor: .server(serverID), action: .push, route: .primary(primary.serverID), result: .ok,
-                detail: "\(keys.count) keys up to sequence \(cursor): \(response.accepted) new, \(response.alreadyPresent) already there, \(response.conflicts.count) conflicts"
-            ))
+            try await repository.appendAudit(
+                AuditEvent(
+                    actor: .server(serverID), action: .push, route: .primary(primary.serverID), result: .ok,
+                    detail:
+                        "\(keys.count) keys up to sequence \(cursor): \(response.accepted) new, \(response.alreadyPresent) already there, \(response.conflicts.count) conflicts"
+                ))
             pushed += keys.count
             batches += 1
             if keys.count < Self.batchSize { break }
@@ -194,7 +199,8 @@ actor Hierarchy {
     private nonisolated func prepare(after: Int64) async throws -> ([PushedKey], Int64) {
         let batch = try await repository.keys(afterSequence: after, limit: Self.batchSize)
         let keys = try batch.map { key in
-            PushedKey(key: KeyMaterial(record: key.record, secret: try masterKey.unwrap(key.wrappedSecret, keyID: key.record.id)), blocked: key.blocked)
+            PushedKey(
+                key: KeyMaterial(record: key.record, secret: try masterKey.unwrap(key.wrappedSecret, keyID: key.record.id)), blocked: key.blocked)
         }
         return (keys, batch.last?.sequence ?? after)
     }

@@ -17,13 +17,18 @@ extension ServerCore {
     func checkExport(_ request: ExportRequest) async throws {
         try TransferPassword.checkNew(request.password)
         guard request.selectionCount == 1 else {
-            throw KeyholdError(.usage, "an export names exactly one selection (all, keys, device or since); this one names \(request.selectionCount)", hint: "use one of --all, --key, --device or --since")
+            throw KeyholdError(
+                .usage, "an export names exactly one selection (all, keys, device or since); this one names \(request.selectionCount)",
+                hint: "use one of --all, --key, --device or --since")
         }
         if let ids = request.keys {
             var missing: [KeyID] = []
             for id in Set(ids).sorted() where try await repository.key(id: id) == nil { missing.append(id) }
             if !missing.isEmpty {
-                throw KeyholdError(.notFound, "\(missing.count) of the named keys \(missing.count == 1 ? "is" : "are") not in this repository: \(missing.prefix(10).map(\.description).joined(separator: ", "))", hint: "check the ids with 'keyhold-server key list'")
+                throw KeyholdError(
+                    .notFound,
+                    "\(missing.count) of the named keys \(missing.count == 1 ? "is" : "are") not in this repository: \(missing.prefix(10).map(\.description).joined(separator: ", "))",
+                    hint: "check the ids with 'keyhold-server key list'")
             }
         }
     }
@@ -61,21 +66,30 @@ extension ServerCore {
                 }
             }
             if page.isEmpty { continue }
-            try await audit(page.map {
-                AuditEvent(actor: caller.actor, action: .export, keyID: $0.record.id, route: .adminAPI, result: .ok, detail: request.selectionDescription)
-            })
+            try await audit(
+                page.map {
+                    AuditEvent(
+                        actor: caller.actor, action: .export, keyID: $0.record.id, route: .adminAPI, result: .ok, detail: request.selectionDescription
+                    )
+                })
             for key in page {
                 let secret = try masterKey.unwrap(key.wrappedSecret, keyID: key.record.id)
-                pending += try encryptor.append(try document.element(ExportedKey(KeyMaterial(record: key.record, secret: secret), blocked: key.blocked)))
+                pending += try encryptor.append(
+                    try document.element(ExportedKey(KeyMaterial(record: key.record, secret: secret), blocked: key.blocked)))
             }
             try await write(pending[...])
             pending = []
         }
         pending += try encryptor.append(document.closing())
         pending += try encryptor.finish()
-        try await audit([AuditEvent(actor: caller.actor, action: .exportFile, route: .adminAPI, result: .ok, detail: "\(document.count) keys (\(request.selectionDescription))")])
+        try await audit([
+            AuditEvent(
+                actor: caller.actor, action: .exportFile, route: .adminAPI, result: .ok,
+                detail: "\(document.count) keys (\(request.selectionDescription))")
+        ])
         try await write(pending[...])
-        logger.notice("keys exported", metadata: ["actor": "\(caller.actor)", "count": "\(document.count)", "selection": "\(request.selectionDescription)"])
+        logger.notice(
+            "keys exported", metadata: ["actor": "\(caller.actor)", "count": "\(document.count)", "selection": "\(request.selectionDescription)"])
     }
 
     private func audit(_ events: [AuditEvent]) async throws {
@@ -83,7 +97,9 @@ extension ServerCore {
             try await repository.appendAudit(events)
         } catch {
             logger.error("audit write failed; export stopped", metadata: ["error": "\(error)"])
-            throw KeyholdError(.auditFailed, "the audit records could not be written, so no key was exported", hint: "the server's database needs attention; try again later")
+            throw KeyholdError(
+                .auditFailed, "the audit records could not be written, so no key was exported",
+                hint: "the server's database needs attention; try again later")
         }
     }
 
@@ -93,7 +109,8 @@ extension ServerCore {
         let source = try ExportFileSource(path: path, password: Array(password.utf8), masterKey: masterKey)
         let result: KeyImportResult
         do {
-            result = try await repository.importKeys(from: source, audit: AuditEvent(actor: caller.actor, action: .importFile, route: .adminAPI, result: .ok))
+            result = try await repository.importKeys(
+                from: source, audit: AuditEvent(actor: caller.actor, action: .importFile, route: .adminAPI, result: .ok))
         } catch let conflict as KeyImportConflict {
             let listed = conflict.ids.map { "  \($0)" }.joined(separator: "\n")
             throw KeyholdError(
@@ -102,7 +119,8 @@ extension ServerCore {
                 hint: "two secrets for one key id must be investigated: compare the key records on both servers before importing"
             )
         }
-        logger.notice("keys imported", metadata: ["actor": "\(caller.actor)", "inserted": "\(result.inserted)", "already_present": "\(result.alreadyPresent)"])
+        logger.notice(
+            "keys imported", metadata: ["actor": "\(caller.actor)", "inserted": "\(result.inserted)", "already_present": "\(result.alreadyPresent)"])
         return ImportResponse(inserted: result.inserted, alreadyPresent: result.alreadyPresent, sourceServer: source.sourceServer)
     }
 }

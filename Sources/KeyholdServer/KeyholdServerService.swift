@@ -72,11 +72,13 @@ public struct KeyholdServerService: Service {
             keyPEM: String(decoding: try directory.read(directory.caKey), as: UTF8.self)
         )
         try await repository.migrate()
-        let hierarchy = try Hierarchy(serverID: settings.serverID, repository: repository, masterKey: MasterKey(master), dir: directory, logger: logger)
+        let hierarchy = try Hierarchy(
+            serverID: settings.serverID, repository: repository, masterKey: MasterKey(master), dir: directory, logger: logger)
         let addresses = BoundAddresses(settings)
         let core = ServerCore(
             serverID: settings.serverID, repository: repository, masterKey: MasterKey(master), authority: authority,
-            databaseDescription: settings.databaseDescription, hierarchy: hierarchy, addresses: addresses, spoolDirectory: directory.path, logger: logger
+            databaseDescription: settings.databaseDescription, hierarchy: hierarchy, addresses: addresses, spoolDirectory: directory.path,
+            logger: logger
         )
         let api = ServerAPI<ServerContext>(core: core, logger: logger)
 
@@ -101,9 +103,10 @@ public struct KeyholdServerService: Service {
         // A part that fails shuts the others down gracefully (a listener that bound closes cleanly),
         // then the group ends with that part's error.
         let parts: [any Service] = listeners + [announcer, heartbeat]
-        let group = ServiceGroup(configuration: .init(
-            services: parts.map { .init(service: $0, failureTerminationBehavior: .gracefullyShutdownGroup) }, logger: logger
-        ))
+        let group = ServiceGroup(
+            configuration: .init(
+                services: parts.map { .init(service: $0, failureTerminationBehavior: .gracefullyShutdownGroup) }, logger: logger
+            ))
         do {
             try await group.run()
         } catch {
@@ -162,7 +165,8 @@ struct Listener: Service {
         case EADDRINUSE:
             return KeyholdError(
                 .configuration, "cannot listen on \(address): address already in use",
-                hint: "another process (perhaps another keyhold-server) uses that port for its \(name.lowercased()) listener: stop it, or choose another port in config.toml or with --listen/--enroll-listen"
+                hint:
+                    "another process (perhaps another keyhold-server) uses that port for its \(name.lowercased()) listener: stop it, or choose another port in config.toml or with --listen/--enroll-listen"
             )
         case EADDRNOTAVAIL:
             return KeyholdError(
@@ -175,7 +179,8 @@ struct Listener: Service {
                 hint: "ports below 1024 need CAP_NET_BIND_SERVICE; choose a port of 1024 or more"
             )
         default:
-            return KeyholdError(.configuration, "cannot listen on \(address): \(reason)", hint: "check the address in config.toml and that the port is free")
+            return KeyholdError(
+                .configuration, "cannot listen on \(address): \(reason)", hint: "check the address in config.toml and that the port is free")
         }
     }
 }

@@ -51,9 +51,11 @@ struct ServerAPI<Context: PeerContext> {
                 body: .init(byteBuffer: ByteBuffer(string: core.authority.certificate.pem))
             )
         }
-        router.post(RouterPath(APIPath.enroll), use: handle { [core] request, _ in
-            try respond(try await core.enroll(try await decode(EnrollRequest.self, request)), status: .created)
-        })
+        router.post(
+            RouterPath(APIPath.enroll),
+            use: handle { [core] request, _ in
+                try respond(try await core.enroll(try await decode(EnrollRequest.self, request)), status: .created)
+            })
         return router
     }
 
@@ -103,7 +105,9 @@ struct ServerAPI<Context: PeerContext> {
         }
         route(router, .get, APIPath.adminKeys, [.admin]) { request, _, _ in
             let after = try request.uri.queryParameters.get("after").map { text -> KeyID in
-                guard let id = KeyID(String(text)) else { throw KeyholdError(.invalidRequest, "after is not a key id", hint: "pass the 'next' of the previous page") }
+                guard let id = KeyID(String(text)) else {
+                    throw KeyholdError(.invalidRequest, "after is not a key id", hint: "pass the 'next' of the previous page")
+                }
                 return id
             }
             let limit = try Self.integer(request, "limit", in: 1...10_000) ?? 1000
@@ -114,22 +118,25 @@ struct ServerAPI<Context: PeerContext> {
             try await core.checkExport(body)
             // From here on the answer is the file: a failure closes the connection before the
             // final chunk, so the client sees an incomplete transfer, never a short file.
-            return Response(status: .ok, headers: [.contentType: "application/octet-stream"], body: ResponseBody { writer in
-                do {
-                    try await core.export(body, by: caller) { bytes in try await writer.write(ByteBuffer(bytes: bytes)) }
-                } catch {
-                    logger.error("export failed mid-stream", metadata: ["error": "\(error)"])
-                    throw error
-                }
-                try await writer.finish(nil)
-            })
+            return Response(
+                status: .ok, headers: [.contentType: "application/octet-stream"],
+                body: ResponseBody { writer in
+                    do {
+                        try await core.export(body, by: caller) { bytes in try await writer.write(ByteBuffer(bytes: bytes)) }
+                    } catch {
+                        logger.error("export failed mid-stream", metadata: ["error": "\(error)"])
+                        throw error
+                    }
+                    try await writer.finish(nil)
+                })
         }
         route(router, .post, APIPath.adminKeysImport, [.admin]) { request, _, caller in
             guard let field = HTTPField.Name(TransferPassword.header), let encoded = request.headers[field],
                 let bytes = Data(base64Encoded: encoded), let password = String(data: bytes, encoding: .utf8)
             else {
                 throw KeyholdError(
-                    .invalidRequest, "the import names no password (header \(TransferPassword.header), base64)", hint: "use 'keyhold-server key import'"
+                    .invalidRequest, "the import names no password (header \(TransferPassword.header), base64)",
+                    hint: "use 'keyhold-server key import'"
                 )
             }
             let spool = try await Spool.receive(request.body, into: core.spoolDirectory, limit: 8 << 30)
@@ -174,10 +181,12 @@ struct ServerAPI<Context: PeerContext> {
         _ router: Router<Context>, _ method: HTTPRequest.Method, _ path: String, _ roles: Set<ClientRole>,
         _ body: @escaping @Sendable (Request, Context, Caller) async throws -> Response
     ) {
-        router.on(RouterPath(path), method: method, use: handle { [core] request, context in
-            let peer = try await Self.peer(request, context, roles)
-            return try await body(request, context, try await core.authenticate(peer))
-        })
+        router.on(
+            RouterPath(path), method: method,
+            use: handle { [core] request, context in
+                let peer = try await Self.peer(request, context, roles)
+                return try await body(request, context, try await core.authenticate(peer))
+            })
     }
 
     /// A key release that `roles` may call: the enrollment is checked in the release statement.
@@ -186,18 +195,20 @@ struct ServerAPI<Context: PeerContext> {
         _ router: Router<Context>, _ path: String, _ roles: Set<ClientRole>,
         _ body: @escaping @Sendable (Request, Context, Peer) async throws -> KeyMaterial
     ) {
-        router.get(RouterPath(path), use: handle { [core] request, context in
-            let peer = try await Self.peer(request, context, roles)
-            let key: KeyMaterial
-            do {
-                key = try await body(request, context, peer)
-            } catch let error as KeyholdError where error.code == .invalidRequest {
-                _ = try await core.authenticate(peer)
-                throw error
-            }
-            guard let json = key.wireJSON() else { return try respond(key) }
-            return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: json)))
-        })
+        router.get(
+            RouterPath(path),
+            use: handle { [core] request, context in
+                let peer = try await Self.peer(request, context, roles)
+                let key: KeyMaterial
+                do {
+                    key = try await body(request, context, peer)
+                } catch let error as KeyholdError where error.code == .invalidRequest {
+                    _ = try await core.authenticate(peer)
+                    throw error
+                }
+                guard let json = key.wireJSON() else { return try respond(key) }
+                return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: json)))
+            })
     }
 
     /// The peer of the connection, if its certificate names one of `roles`.
@@ -282,7 +293,9 @@ enum Spool {
         let path = "\(directory)/import-\(UUID().uuidString.lowercased()).spool"
         let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard fd >= 0 else {
-            throw KeyholdError(.ioFailed, "cannot create a spool file in \(directory): errno \(errno)", hint: "check the data directory's free space and permissions")
+            throw KeyholdError(
+                .ioFailed, "cannot create a spool file in \(directory): errno \(errno)", hint: "check the data directory's free space and permissions"
+            )
         }
         let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
         do {

@@ -44,7 +44,8 @@ struct ServerCore: Sendable {
             return Caller(client: client)
         case .revoked:
             try? await repository.appendAudit(AuditEvent(actor: peer.actor, action: .request, route: .api, result: .refused(.clientRevoked)))
-            throw KeyholdError(.clientRevoked, "\(peer.role) \(peer.id) is revoked on this server", hint: "ask an administrator to enroll this device again")
+            throw KeyholdError(
+                .clientRevoked, "\(peer.role) \(peer.id) is revoked on this server", hint: "ask an administrator to enroll this device again")
         case .moved:
             try? await repository.appendAudit(AuditEvent(actor: peer.actor, action: .request, route: .api, result: .refused(.clientMoved)))
             throw KeyholdError(
@@ -72,10 +73,12 @@ struct ServerCore: Sendable {
             case .revoked: why = "revoked"
             default: why = "not known to this server"
             }
-            try await repository.appendAudit(AuditEvent(
-                actor: .anonymous, action: .enroll, route: .enrollment, result: .refused(.tokenInvalid), detail: "token \(request.tokenID) \(why)"
-            ))
-            throw KeyholdError(.tokenInvalid, "the enrollment token is \(why)", hint: "ask the administrator for a new token ('keyhold-server token create')")
+            try await repository.appendAudit(
+                AuditEvent(
+                    actor: .anonymous, action: .enroll, route: .enrollment, result: .refused(.tokenInvalid), detail: "token \(request.tokenID) \(why)"
+                ))
+            throw KeyholdError(
+                .tokenInvalid, "the enrollment token is \(why)", hint: "ask the administrator for a new token ('keyhold-server token create')")
         }
         let csr: CertificateSigningRequest
         do {
@@ -86,12 +89,14 @@ struct ServerCore: Sendable {
         let id = ClientID.random()
         let name = String(request.name.prefix(64))
         let certificate = try authority.issueClientCertificate(csr: csr, identity: CertificateIdentity(role: token.role, id: id), name: name)
-        try await repository.insertClient(EnrolledClient(
-            id: id, role: token.role, name: name, certificateFingerprint: CertificateAuthority.fingerprint(certificate)
-        ))
-        try await repository.appendAudit(AuditEvent(
-            actor: AuditActor(token.role, id), action: .enroll, route: .enrollment, result: .ok, detail: "name \(name), token \(token.id)"
-        ))
+        try await repository.insertClient(
+            EnrolledClient(
+                id: id, role: token.role, name: name, certificateFingerprint: CertificateAuthority.fingerprint(certificate)
+            ))
+        try await repository.appendAudit(
+            AuditEvent(
+                actor: AuditActor(token.role, id), action: .enroll, route: .enrollment, result: .ok, detail: "name \(name), token \(token.id)"
+            ))
         logger.info("enrolled", metadata: ["role": "\(token.role)", "id": "\(id)", "name": "\(name)"])
         return EnrollResponse(clientID: id, role: token.role, certificatePEM: certificate.pem, caPEM: authority.certificate.pem, serverID: serverID)
     }
@@ -102,21 +107,24 @@ struct ServerCore: Sendable {
     func escrow(_ request: EscrowRequest, keyID: KeyID, by caller: Caller) async throws -> EscrowResponse {
         let record = request.key.record
         guard record.id == keyID else {
-            throw KeyholdError(.invalidRequest, "the path names key \(keyID) but the record is key \(record.id)", hint: "PUT the record to its own key id")
+            throw KeyholdError(
+                .invalidRequest, "the path names key \(keyID) but the record is key \(record.id)", hint: "PUT the record to its own key id")
         }
         let stored = try masterKey.store(record, secret: request.key.secret, provenance: .escrow)
-        let audit = request.reassignedFrom.map {
-            AuditEvent(
-                actor: caller.actor, action: .reescrow, keyID: keyID, route: .agent, result: .ok,
-                detail: "\(record.kind) key of a device reassigned from server \($0)"
-            )
-        } ?? AuditEvent(actor: caller.actor, action: .escrow, keyID: keyID, route: .agent, result: .ok, detail: "\(record.kind) key")
+        let audit =
+            request.reassignedFrom.map {
+                AuditEvent(
+                    actor: caller.actor, action: .reescrow, keyID: keyID, route: .agent, result: .ok,
+                    detail: "\(record.kind) key of a device reassigned from server \($0)"
+                )
+            } ?? AuditEvent(actor: caller.actor, action: .escrow, keyID: keyID, route: .agent, result: .ok, detail: "\(record.kind) key")
         switch try await repository.insertKey(stored, audit: audit) {
         case .inserted: return EscrowResponse(keyID: keyID, outcome: .inserted)
         case .alreadyPresent: return EscrowResponse(keyID: keyID, outcome: .alreadyPresent)
         case .conflict:
             logger.warning("escrow conflict: key id exists with another secret", metadata: ["key": "\(keyID)", "caller": "\(caller.actor)"])
-            throw KeyholdError(.conflict, "key \(keyID) is already escrowed with a different secret", hint: "create a new key; an escrowed key is never replaced")
+            throw KeyholdError(
+                .conflict, "key \(keyID) is already escrowed with a different secret", hint: "create a new key; an escrowed key is never replaced")
         }
     }
 
@@ -124,10 +132,11 @@ struct ServerCore: Sendable {
     /// from now on, with a hint naming the move); its keys stay here.
     func leave(_ request: LeaveRequest, by caller: Caller) async throws {
         _ = try await repository.setClientState(id: caller.client.id, state: .moved)
-        try await repository.appendAudit(AuditEvent(
-            actor: caller.actor, action: .deviceMoved, route: .agent, result: .ok,
-            detail: "to server \(request.newServerID) at \(request.newAddress)"
-        ))
+        try await repository.appendAudit(
+            AuditEvent(
+                actor: caller.actor, action: .deviceMoved, route: .agent, result: .ok,
+                detail: "to server \(request.newServerID) at \(request.newAddress)"
+            ))
         logger.info("device moved to another server", metadata: ["device": "\(caller.client.id)", "to": "\(request.newServerID)"])
     }
 
@@ -176,10 +185,11 @@ struct ServerCore: Sendable {
             found = try await hierarchy.ask(keyID, chain: chain, hops: hops)
         } catch let error as KeyholdError {
             try await audited {
-                try await repository.appendAudit(AuditEvent(
-                    time: request.time, actor: peer.actor, action: .release, keyID: keyID, route: route,
-                    result: .refused(error.code), detail: "not here; the primary answered: \(error.message)"
-                ))
+                try await repository.appendAudit(
+                    AuditEvent(
+                        time: request.time, actor: peer.actor, action: .release, keyID: keyID, route: route,
+                        result: .refused(error.code), detail: "not here; the primary answered: \(error.message)"
+                    ))
             }
             throw error
         }
@@ -194,7 +204,8 @@ struct ServerCore: Sendable {
             )
         }
         guard found.key.record.id == keyID else {
-            throw KeyholdError(.internalError, "the primary answered key \(found.key.record.id) for key \(keyID)", hint: "check that the servers' versions match")
+            throw KeyholdError(
+                .internalError, "the primary answered key \(found.key.record.id) for key \(keyID)", hint: "check that the servers' versions match")
         }
         let stored = try masterKey.store(found.key.record, secret: found.key.secret, provenance: .hierarchy)
         let obtained = AuditEvent(
@@ -204,7 +215,9 @@ struct ServerCore: Sendable {
         release.detail = "obtained through the hierarchy"
         let (outcome, released) = try await audited { try await repository.insertAndRelease(stored, obtained: obtained, release: release) }
         if outcome == .conflict {
-            throw KeyholdError(.conflict, "key \(keyID) from the primary conflicts with this server's copy", hint: "an administrator must investigate: two secrets exist for one key id")
+            throw KeyholdError(
+                .conflict, "key \(keyID) from the primary conflicts with this server's copy",
+                hint: "an administrator must investigate: two secrets exist for one key id")
         }
         guard let released else {
             throw KeyholdError(.internalError, "key \(keyID) was stored but not released", hint: "report this bug")
@@ -216,7 +229,8 @@ struct ServerCore: Sendable {
 
     private func refuseIfBlocked(_ key: StoredKey) throws {
         if key.blocked || key.record.state == .revoked {
-            throw KeyholdError(.keyBlocked, "key \(key.record.id) is blocked and is not released", hint: "ask an administrator ('keyhold-server key unblock')")
+            throw KeyholdError(
+                .keyBlocked, "key \(key.record.id) is blocked and is not released", hint: "ask an administrator ('keyhold-server key unblock')")
         }
     }
 
@@ -229,7 +243,9 @@ struct ServerCore: Sendable {
             throw refused  // nothing was written: the caller's enrollment did not check out
         } catch {
             logger.error("audit write failed; key not released", metadata: ["error": "\(error)"])
-            throw KeyholdError(.auditFailed, "the audit record could not be written, so the key was not released", hint: "the server's database needs attention; try again later")
+            throw KeyholdError(
+                .auditFailed, "the audit record could not be written, so the key was not released",
+                hint: "the server's database needs attention; try again later")
         }
     }
 
@@ -282,7 +298,8 @@ struct ServerCore: Sendable {
                 )
             }
             throw KeyholdError(
-                .hierarchyTooDeep, "the lookup for key \(keyID) passed \(Hierarchy.hopLimit) servers", hint: "the hierarchy is deeper than Keyhold allows; flatten it"
+                .hierarchyTooDeep, "the lookup for key \(keyID) passed \(Hierarchy.hopLimit) servers",
+                hint: "the hierarchy is deeper than Keyhold allows; flatten it"
             )
         }
         return try await resolve(keyID, for: peer, route: route, chain: chain + [serverID], hops: hops - 1)
@@ -315,11 +332,14 @@ struct ServerCore: Sendable {
             expires: Date().addingTimeInterval(TimeInterval(request.ttlSeconds))
         )
         try await repository.insertToken(record)
-        try await repository.appendAudit(AuditEvent(
-            actor: caller.actor, action: .tokenCreate, route: .adminAPI, result: .ok, detail: "token \(record.id) role \(request.role) uses \(request.uses)"
-        ))
+        try await repository.appendAudit(
+            AuditEvent(
+                actor: caller.actor, action: .tokenCreate, route: .adminAPI, result: .ok,
+                detail: "token \(record.id) role \(request.role) uses \(request.uses)"
+            ))
         let (api, enroll) = await addresses.advertised()
-        let token = EnrollmentToken(apiAddress: api, enrollAddress: enroll, caFingerprint: authority.fingerprint, id: record.id, secret: Base64URL.encode(secret))
+        let token = EnrollmentToken(
+            apiAddress: api, enrollAddress: enroll, caFingerprint: authority.fingerprint, id: record.id, secret: Base64URL.encode(secret))
         return TokenCreateResponse(token: token.text, id: record.id, expires: record.expires)
     }
 
@@ -329,7 +349,9 @@ struct ServerCore: Sendable {
             id: keyID, blocked: blocked,
             audit: AuditEvent(actor: caller.actor, action: blocked ? .block : .unblock, keyID: keyID, route: .adminAPI, result: .ok)
         )
-        guard found else { throw KeyholdError(.notFound, "key \(keyID) is not known to this server", hint: "list keys with 'keyhold-server key list'") }
+        guard found else {
+            throw KeyholdError(.notFound, "key \(keyID) is not known to this server", hint: "list keys with 'keyhold-server key list'")
+        }
     }
 
     /// `POST /v1/admin/clients/{id}/revoke`.
@@ -367,9 +389,10 @@ struct ServerCore: Sendable {
     /// `POST /v1/admin/hierarchy`: sets the option (audited).
     func setHierarchy(_ request: HierarchyOptionRequest, by caller: Caller) async throws -> HierarchyStatus {
         try await hierarchy.setEnabled(request.enabled)
-        try await repository.appendAudit(AuditEvent(
-            actor: caller.actor, action: request.enabled ? .hierarchyEnable : .hierarchyDisable, route: .adminAPI, result: .ok
-        ))
+        try await repository.appendAudit(
+            AuditEvent(
+                actor: caller.actor, action: request.enabled ? .hierarchyEnable : .hierarchyDisable, route: .adminAPI, result: .ok
+            ))
         return try await hierarchy.status()
     }
 }

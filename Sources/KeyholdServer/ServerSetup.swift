@@ -34,7 +34,8 @@ public enum ServerSetup {
     /// directory without it is an interrupted `init`, not a server.
     public static func initialize(_ dir: DataDirectory, serverID: ServerID, options: Options, repository: any Repository) async throws {
         if dir.isInitialized {
-            throw KeyholdError(.configuration, "\(dir.path) already holds a Keyhold server", hint: "use another --data-dir, or run the existing server")
+            throw KeyholdError(
+                .configuration, "\(dir.path) already holds a Keyhold server", hint: "use another --data-dir, or run the existing server")
         }
         try FileManager.default.createDirectory(atPath: dir.path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         try FileManager.default.setAttributes([.posixPermissions: 0o700], ofItemAtPath: dir.path)
@@ -59,12 +60,14 @@ public enum ServerSetup {
         try dir.write("admin.pem", Data(admin.pem.utf8), mode: 0o644)
 
         try await repository.migrate()
-        try await repository.insertClient(EnrolledClient(
-            id: adminID, role: .admin, name: "administrator", certificateFingerprint: CertificateAuthority.fingerprint(admin)
-        ))
+        try await repository.insertClient(
+            EnrolledClient(
+                id: adminID, role: .admin, name: "administrator", certificateFingerprint: CertificateAuthority.fingerprint(admin)
+            ))
         try await repository.setSetting(Hierarchy.optionSetting, options.useHierarchy ? "true" : "false")
-        try await repository.appendAudit(AuditEvent(
-            actor: .administrator(adminID), action: .initialize, route: .local, result: .ok, detail: "server \(serverID)"
-        ))
+        try await repository.appendAudit(
+            AuditEvent(
+                actor: .administrator(adminID), action: .initialize, route: .local, result: .ok, detail: "server \(serverID)"
+            ))
     }
 }

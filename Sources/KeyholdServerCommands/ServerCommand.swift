@@ -76,7 +76,9 @@ extension ServerCommand {
         @Option(help: ArgumentHelp("host:port of the mutual-TLS API.", valueName: "address")) var listen = "127.0.0.1:8443"
         @Option(help: ArgumentHelp("host:port of the enrollment listener.", valueName: "address")) var enrollListen = "127.0.0.1:8444"
         @Option(help: "A name for this server (also a host name in its TLS certificate).") var name = ""
-        @Option(name: .customLong("host-name"), help: ArgumentHelp("Another host name or address for the TLS certificate (repeatable).", valueName: "name"))
+        @Option(
+            name: .customLong("host-name"),
+            help: ArgumentHelp("Another host name or address for the TLS certificate (repeatable).", valueName: "name"))
         var hostNames: [String] = []
         @Option(help: ArgumentHelp("\"sqlite\" (default) or a postgres:// URL.", valueName: "url")) var db = "sqlite"
         @Flag(help: "Turn on \"use hierarchy to obtain encryption keys\" (off by default).") var useHierarchy = false
@@ -92,7 +94,8 @@ extension ServerCommand {
                 listen: config.listen, enrollListen: config.enrollListen, name: name, hostNames: hostNames, useHierarchy: useHierarchy
             )
             if dir.isInitialized {
-                throw KeyholdError(.configuration, "\(dir.path) already holds a Keyhold server", hint: "use another --data-dir, or run the existing server")
+                throw KeyholdError(
+                    .configuration, "\(dir.path) already holds a Keyhold server", hint: "use another --data-dir, or run the existing server")
             }
             try FileManager.default.createDirectory(atPath: dir.path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
             try await RepositoryFactory.open(db, in: dir).withRunning { repository in
@@ -101,15 +104,16 @@ extension ServerCommand {
             }
             // The config goes last: a data directory without it is an interrupted init, not a server.
             try dir.write("config.toml", Data(config.render().utf8), mode: 0o600)
-            print("""
-            Created Keyhold server \(config.serverID) in \(dir.path)
-              database:        \(RepositoryFactory.describe(config.database))
-              API (mutual TLS): \(config.listen)
-              enrollment:      \(config.enrollListen)
-              administrator:   \(dir.adminCertificate) + admin.key
-            Back up master.key: without it no stored key can be released.
-            Next: keyhold-server run --data-dir \(dir.path)
-            """)
+            print(
+                """
+                Created Keyhold server \(config.serverID) in \(dir.path)
+                  database:        \(RepositoryFactory.describe(config.database))
+                  API (mutual TLS): \(config.listen)
+                  enrollment:      \(config.enrollListen)
+                  administrator:   \(dir.adminCertificate) + admin.key
+                Back up master.key: without it no stored key can be released.
+                Next: keyhold-server run --data-dir \(dir.path)
+                """)
         }
     }
 
@@ -137,7 +141,8 @@ extension ServerCommand {
             }
             if let logLevel {
                 guard let level = Logger.Level(rawValue: logLevel) else {
-                    throw KeyholdError(.usage, "--log-level \(logLevel) is not a level", hint: "use trace, debug, info, notice, warning, error or critical")
+                    throw KeyholdError(
+                        .usage, "--log-level \(logLevel) is not a level", hint: "use trace, debug, info, notice, warning, error or critical")
                 }
                 config.logLevel = level
             }
@@ -160,13 +165,14 @@ extension ServerCommand {
                 advertiseEnroll: config.advertiseEnroll, databaseDescription: RepositoryFactory.describe(config.database),
                 hierarchyHeartbeat: .seconds(config.hierarchyHeartbeat)
             )
-            let group = ServiceGroup(configuration: .init(
-                services: [
-                    .init(service: RepositoryService(repository: repository)),
-                    .init(service: KeyholdServerService(settings: settings, directory: dir, repository: repository, logger: logger)),
-                ],
-                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger
-            ))
+            let group = ServiceGroup(
+                configuration: .init(
+                    services: [
+                        .init(service: RepositoryService(repository: repository)),
+                        .init(service: KeyholdServerService(settings: settings, directory: dir, repository: repository, logger: logger)),
+                    ],
+                    gracefulShutdownSignals: [.sigterm, .sigint], logger: logger
+                ))
             try await group.run()
         }
     }
@@ -179,14 +185,15 @@ extension ServerCommand {
         func run() async throws {
             let status = try await withAdmin(data) { try await $0.get(APIPath.adminStatus, as: StatusResponse.self) }
             if json { return try printJSON(status) }
-            print("""
-            server:       \(status.serverID) (keyhold \(status.version))
-            database:     \(status.database)
-            keys:         \(status.keyCount)
-            devices:      \(status.devices) active
-            secondaries:  \(status.secondaries) active
-            running since \(formatDate(status.started))
-            """)
+            print(
+                """
+                server:       \(status.serverID) (keyhold \(status.version))
+                database:     \(status.database)
+                keys:         \(status.keyCount)
+                devices:      \(status.devices) active
+                secondaries:  \(status.secondaries) active
+                running since \(formatDate(status.started))
+                """)
             if let h = status.hierarchy { print(describe(h)) }
         }
     }
@@ -204,7 +211,9 @@ extension ServerCommand {
             }
             if json { return try printJSON(events) }
             for e in events {
-                print("\(e.sequence ?? 0)\t\(formatDate(e.time))\t\(e.actor)\t\(e.action)\t\(e.keyID?.description ?? "-")\t\(e.route)\t\(e.result)\t\(e.detail)")
+                print(
+                    "\(e.sequence ?? 0)\t\(formatDate(e.time))\t\(e.actor)\t\(e.action)\t\(e.keyID?.description ?? "-")\t\(e.route)\t\(e.result)\t\(e.detail)"
+                )
             }
         }
     }
@@ -250,7 +259,8 @@ struct PrimaryCommand: AsyncParsableCommand {
 }
 
 struct SecondaryCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "secondary", abstract: "Servers that joined this one as their primary.", subcommands: [List.self, Revoke.self])
+    static let configuration = CommandConfiguration(
+        commandName: "secondary", abstract: "Servers that joined this one as their primary.", subcommands: [List.self, Revoke.self])
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List secondaries.")
@@ -286,7 +296,9 @@ struct HierarchyCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Push keys to the primary and answer secondaries.")
         @OptionGroup var data: DataDirOption
         func run() async throws {
-            let h = try await withAdmin(data) { try await $0.post(APIPath.adminHierarchy, HierarchyOptionRequest(enabled: true), as: HierarchyStatus.self) }
+            let h = try await withAdmin(data) {
+                try await $0.post(APIPath.adminHierarchy, HierarchyOptionRequest(enabled: true), as: HierarchyStatus.self)
+            }
             print(describe(h))
         }
     }
@@ -295,7 +307,9 @@ struct HierarchyCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Neither push nor answer secondaries (they get hierarchy_disabled).")
         @OptionGroup var data: DataDirOption
         func run() async throws {
-            let h = try await withAdmin(data) { try await $0.post(APIPath.adminHierarchy, HierarchyOptionRequest(enabled: false), as: HierarchyStatus.self) }
+            let h = try await withAdmin(data) {
+                try await $0.post(APIPath.adminHierarchy, HierarchyOptionRequest(enabled: false), as: HierarchyStatus.self)
+            }
             print(describe(h))
         }
     }
@@ -329,7 +343,8 @@ struct TokenCommand: AsyncParsableCommand {
         func run() async throws {
             let seconds = try Duration.parse(ttl)
             let response = try await withAdmin(data) {
-                try await $0.post(APIPath.adminTokens, TokenCreateRequest(role: role.clientRole, uses: uses, ttlSeconds: seconds), as: TokenCreateResponse.self)
+                try await $0.post(
+                    APIPath.adminTokens, TokenCreateRequest(role: role.clientRole, uses: uses, ttlSeconds: seconds), as: TokenCreateResponse.self)
             }
             if json { return try printJSON(response) }
             print(response.token)
@@ -338,7 +353,8 @@ struct TokenCommand: AsyncParsableCommand {
 }
 
 struct DeviceCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "device", abstract: "Enrolled devices and secondaries.", subcommands: [List.self, Revoke.self])
+    static let configuration = CommandConfiguration(
+        commandName: "device", abstract: "Enrolled devices and secondaries.", subcommands: [List.self, Revoke.self])
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List enrolled devices and secondaries.")
@@ -350,7 +366,9 @@ struct DeviceCommand: AsyncParsableCommand {
             if json { return try printJSON(clients) }
             print("id\trole\tstate\tname\tlast seen\tversion\tkeys")
             for c in clients {
-                print("\(c.id)\t\(c.role)\t\(c.state)\t\(c.name)\t\(formatDate(c.lastSeen))\t\(c.agentVersion ?? "-")\t\(c.keyCount.map(String.init) ?? "-")")
+                print(
+                    "\(c.id)\t\(c.role)\t\(c.state)\t\(c.name)\t\(formatDate(c.lastSeen))\t\(c.agentVersion ?? "-")\t\(c.keyCount.map(String.init) ?? "-")"
+                )
             }
         }
     }
@@ -361,7 +379,9 @@ struct DeviceCommand: AsyncParsableCommand {
         @Argument(help: "The device id.") var id: String
 
         func run() async throws {
-            guard ClientID(id) != nil else { throw KeyholdError(.usage, "'\(id)' is not a device id", hint: "ids are UUIDs; see 'keyhold-server device list'") }
+            guard ClientID(id) != nil else {
+                throw KeyholdError(.usage, "'\(id)' is not a device id", hint: "ids are UUIDs; see 'keyhold-server device list'")
+            }
             try await withAdmin(data) { try await $0.post(APIPath.adminClientRevoke(id)) }
             print("revoked \(id)")
         }
@@ -369,7 +389,8 @@ struct DeviceCommand: AsyncParsableCommand {
 }
 
 struct KeyAdminCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "key", abstract: "Escrowed keys (metadata only).", subcommands: [List.self, Block.self, Unblock.self, Export.self, Import.self])
+    static let configuration = CommandConfiguration(
+        commandName: "key", abstract: "Escrowed keys (metadata only).", subcommands: [List.self, Block.self, Unblock.self, Export.self, Import.self])
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List escrowed keys (never their secrets).")
@@ -381,7 +402,8 @@ struct KeyAdminCommand: AsyncParsableCommand {
             try await withAdmin(data) { client in
                 var after: KeyID? = nil
                 repeat {
-                    let page = try await client.get("\(APIPath.adminKeys)?limit=1000" + (after.map { "&after=\($0)" } ?? ""), as: KeyListResponse.self)
+                    let page = try await client.get(
+                        "\(APIPath.adminKeys)?limit=1000" + (after.map { "&after=\($0)" } ?? ""), as: KeyListResponse.self)
                     all += page.keys
                     after = page.next
                 } while after != nil
@@ -389,7 +411,9 @@ struct KeyAdminCommand: AsyncParsableCommand {
             if json { return try printJSON(all) }
             print("id\tkind\tstate\tblocked\tprovenance\torigin server\torigin device\tlabel")
             for k in all {
-                print("\(k.record.id)\t\(k.record.kind.rawValue)\t\(k.record.state.rawValue)\t\(k.blocked)\t\(k.provenance)\t\(k.record.originServerID)\t\(k.record.originDeviceID)\t\(k.record.label)")
+                print(
+                    "\(k.record.id)\t\(k.record.kind.rawValue)\t\(k.record.state.rawValue)\t\(k.blocked)\t\(k.provenance)\t\(k.record.originServerID)\t\(k.record.originDeviceID)\t\(k.record.label)"
+                )
             }
         }
     }
@@ -399,7 +423,9 @@ struct KeyAdminCommand: AsyncParsableCommand {
         @OptionGroup var data: DataDirOption
         @Argument(help: "The key id.") var id: String
         func run() async throws {
-            guard KeyID(id) != nil else { throw KeyholdError(.usage, "'\(id)' is not a key id", hint: "key ids are UUIDs; see 'keyhold-server key list'") }
+            guard KeyID(id) != nil else {
+                throw KeyholdError(.usage, "'\(id)' is not a key id", hint: "key ids are UUIDs; see 'keyhold-server key list'")
+            }
             try await withAdmin(data) { try await $0.post(APIPath.adminKeyBlock(id)) }
             print("blocked \(id)")
         }
@@ -410,7 +436,9 @@ struct KeyAdminCommand: AsyncParsableCommand {
         @OptionGroup var data: DataDirOption
         @Argument(help: "The key id.") var id: String
         func run() async throws {
-            guard KeyID(id) != nil else { throw KeyholdError(.usage, "'\(id)' is not a key id", hint: "key ids are UUIDs; see 'keyhold-server key list'") }
+            guard KeyID(id) != nil else {
+                throw KeyholdError(.usage, "'\(id)' is not a key id", hint: "key ids are UUIDs; see 'keyhold-server key list'")
+            }
             try await withAdmin(data) { try await $0.post("/v1/admin/keys/\(id)/unblock") }
             print("unblocked \(id)")
         }
@@ -436,6 +464,7 @@ enum TokenRole: String, ExpressibleByArgument, CaseIterable {
 
 /// The entry point of the `keyhold-server` executable.
 public enum KeyholdServerMain {
+    /// Runs `keyhold-server` with the process's arguments and exits.
     public static func run() async -> Never {
         await CommandRunner.run(ServerCommand.self)
     }

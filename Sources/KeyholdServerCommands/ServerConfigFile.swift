@@ -33,7 +33,9 @@ struct ServerConfigFile: Equatable {
         let advertise = try ["advertise_api", "advertise_enroll"].map { key -> String? in
             guard let text = try file.string(key), !text.isEmpty else { return nil }
             guard (try? HostPort(text)) != nil else {
-                throw KeyholdError(.configuration, "\(path): \(key) = \"\(text)\" is not host:port", hint: "write the address devices use, like \"keys.example.org:8443\"")
+                throw KeyholdError(
+                    .configuration, "\(path): \(key) = \"\(text)\" is not host:port",
+                    hint: "write the address devices use, like \"keys.example.org:8443\"")
             }
             return text
         }
@@ -58,7 +60,9 @@ struct ServerConfigFile: Equatable {
 
     /// The file's text, every key under a comment.
     func render() -> String {
-        var w = ConfigWriter(header: ["Keyhold administration server (docs/operations.md lists every key). Command-line options override these values."])
+        var w = ConfigWriter(header: [
+            "Keyhold administration server (docs/operations.md lists every key). Command-line options override these values."
+        ])
         w.add("server_id", serverID.description, comment: "this server's identity: do not change it")
         w.add("name", name)
         w.add("listen", listen.description, comment: "mutual-TLS API (host:port)")

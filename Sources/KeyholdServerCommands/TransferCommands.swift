@@ -1,8 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import ArgumentParser
 import Foundation
 import KeyholdClient
@@ -12,6 +7,12 @@ import KeyholdExport
 import KeyholdProtocol
 import KeyholdSystem
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// `keyhold-server key export` and `key import` (docs/spec/export.md).
 extension KeyAdminCommand {
     /// Transfers of a million keys take a while: the admin client waits up to an hour for them.
@@ -20,7 +21,8 @@ extension KeyAdminCommand {
     struct Export: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Export keys into a password-protected file (age format) for 'key import' on another server.",
-            discussion: "Give exactly one of --all, --key, --device or --since. The password is asked twice on the terminal, or read from --password-file."
+            discussion:
+                "Give exactly one of --all, --key, --device or --since. The password is asked twice on the terminal, or read from --password-file."
         )
         @OptionGroup var data: DataDirOption
         @Option(name: .shortAndLong, help: ArgumentHelp("The file to write (mode 0600).", valueName: "file")) var output: String
@@ -35,12 +37,16 @@ extension KeyAdminCommand {
             var r = ExportRequest(password: password, all: all)
             if !keys.isEmpty {
                 r.keys = try keys.map { text in
-                    guard let id = KeyID(text) else { throw KeyholdError(.usage, "'\(text)' is not a key id", hint: "key ids are UUIDs; see 'keyhold-server key list'") }
+                    guard let id = KeyID(text) else {
+                        throw KeyholdError(.usage, "'\(text)' is not a key id", hint: "key ids are UUIDs; see 'keyhold-server key list'")
+                    }
                     return id
                 }
             }
             if let device {
-                guard let id = ClientID(device).map(DeviceID.init(enrollment:)) else { throw KeyholdError(.usage, "'\(device)' is not a device id", hint: "see 'keyhold-server device list'") }
+                guard let id = ClientID(device).map(DeviceID.init(enrollment:)) else {
+                    throw KeyholdError(.usage, "'\(device)' is not a device id", hint: "see 'keyhold-server device list'")
+                }
                 r.device = id
             }
             if let since {
@@ -79,7 +85,9 @@ extension KeyAdminCommand {
                 // Check the file before calling it done: it opens with the password and is complete.
                 let count = try Self.verify(fd: writer.fd, name: output, password: password)
                 try writer.commit(mode: 0o600)
-                print("Exported \(count) key\(count == 1 ? "" : "s") (\(body.selectionDescription)) to \(output) (\(ProgressLine.bytes(written)), age format, scrypt work factor \(Age.defaultWorkFactor)).")
+                print(
+                    "Exported \(count) key\(count == 1 ? "" : "s") (\(body.selectionDescription)) to \(output) (\(ProgressLine.bytes(written)), age format, scrypt work factor \(Age.defaultWorkFactor))."
+                )
                 print("Keep the file and its password apart. Import it with: keyhold-server key import \(output)")
             } catch {
                 progress.finish()
@@ -111,7 +119,8 @@ extension KeyAdminCommand {
     struct Import: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Import keys from an export file: all of them in one transaction, or none.",
-            discussion: "Keys already here with the same secret are counted as present. If any key id exists here with another secret, nothing is imported and the ids are listed."
+            discussion:
+                "Keys already here with the same secret are counted as present. If any key id exists here with another secret, nothing is imported and the ids are listed."
         )
         @OptionGroup var data: DataDirOption
         @Argument(help: ArgumentHelp("The export file (age format, password-protected).", valueName: "file")) var file: String
@@ -130,7 +139,10 @@ extension KeyAdminCommand {
                 let start = ContinuousClock.now
                 while !Task.isCancelled {
                     try await Task.sleep(for: .seconds(1))
-                    if progress.isComplete { progress.note("sent; the server is storing the keys in one transaction (\(Int((ContinuousClock.now - start).components.seconds)) s)") }
+                    if progress.isComplete {
+                        progress.note(
+                            "sent; the server is storing the keys in one transaction (\(Int((ContinuousClock.now - start).components.seconds)) s)")
+                    }
                 }
             }
             let result: ImportResponse
@@ -150,7 +162,9 @@ extension KeyAdminCommand {
                 throw error
             }
             let total = result.inserted + result.alreadyPresent
-            print("Imported \(total) key\(total == 1 ? "" : "s") from \(file): \(result.inserted) new, \(result.alreadyPresent) already present" + (result.sourceServer.map { " (exported by server \($0))" } ?? "") + ".")
+            print(
+                "Imported \(total) key\(total == 1 ? "" : "s") from \(file): \(result.inserted) new, \(result.alreadyPresent) already present"
+                    + (result.sourceServer.map { " (exported by server \($0))" } ?? "") + ".")
         }
     }
 }

@@ -10,6 +10,7 @@
 /// `commit` returns one result per item, in order. If it throws, every item of that batch gets
 /// the error: nothing of a failed transaction may be reported as done.
 public actor BatchQueue<Item: Sendable, Output: Sendable> {
+    /// Commits one batch and answers each item, in order.
     public typealias Commit = @Sendable ([Item]) async throws -> [Result<Output, any Error>]
 
     private var waiting: [(item: Item, reply: CheckedContinuation<Output, any Error>)] = []
@@ -18,6 +19,7 @@ public actor BatchQueue<Item: Sendable, Output: Sendable> {
     private let maximumBatch: Int
     private let commit: Commit
 
+    /// A queue with at most `lanes` batches in flight, each of at most `maximumBatch` items.
     public init(lanes: Int, maximumBatch: Int, commit: @escaping Commit) {
         precondition(lanes > 0 && maximumBatch > 0)
         self.lanes = lanes

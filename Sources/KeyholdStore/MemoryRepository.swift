@@ -26,6 +26,7 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
     /// Nothing to migrate.
     public func migrate() async throws {}
 
+    /// Makes every later audit write fail (``RepositoryFaultInjection``).
     public func breakAuditWrites() async throws { auditBroken = true }
 
     private func append(_ event: AuditEvent) throws {
@@ -35,6 +36,7 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         events.append(e)
     }
 
+    /// Stores a key unless its id exists, with its audit record (``Repository/insertKey(_:audit:)``).
     public func insertKey(_ key: StoredKey, audit: AuditEvent?) async throws -> KeyInsertOutcome {
         if let existing = keys[key.record.id] {
             let outcome: KeyInsertOutcome = existing.secretFingerprint == key.secretFingerprint ? .alreadyPresent : .conflict
@@ -51,6 +53,7 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         return .inserted
     }
 
+    /// Stores a key obtained from the primary and releases it, in one transaction (``Repository/insertAndRelease(_:obtained:release:)``).
     public func insertAndRelease(_ key: StoredKey, obtained: AuditEvent, release: ReleaseRequest) async throws -> (KeyInsertOutcome, StoredKey?) {
         if auditBroken { throw RepositoryError("audit write failed (fault injected)") }
         if let existing = keys[key.record.id], existing.secretFingerprint != key.secretFingerprint {
@@ -72,6 +75,7 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         return (outcome, released)
     }
 
+    /// Stores a secondary's batch in one transaction (``Repository/insertKeys(_:audit:)``).
     public func insertKeys(_ batch: [StoredKey], audit: AuditEvent) async throws -> [KeyInsertOutcome] {
         // All or nothing: compute on a copy, commit by assignment.
         var next = keys
@@ -84,6 +88,7 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         return outcomes
     }
 
+    /// Imports every key of `source` or none (``Repository/importKeys(from:audit:)``).
     public func importKeys(from source: any KeyBatchSource, audit: AuditEvent) async throws -> KeyImportResult {
         var next = keys
         var sequence = lastSequence
@@ -110,7 +115,10 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         var outcomes: [KeyInsertOutcome] = []
         for key in batch {
             if let existing = next[key.record.id] {
-                guard existing.secretFingerprint == key.secretFingerprint else { outcomes.append(.conflict); continue }
+                guard existing.secretFingerprint == key.secretFingerprint else {
+                    outcomes.append(.conflict)
+                    continue
+                }
                 if key.blocked, !existing.blocked {
                     sequence += 1
                     next[key.record.id]?.blocked = true
@@ -128,12 +136,15 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         return outcomes
     }
 
+    /// Keys after a sequence number, in sequence order (``Repository/keys(afterSequence:limit:)``).
     public func keys(afterSequence after: Int64, limit: Int) async throws -> [StoredKey] {
         Array(keys.values.filter { $0.sequence > after }.sorted { $0.sequence < $1.sequence }.prefix(limit))
     }
 
+    /// The key with `id`, if stored.
     public func key(id: KeyID) async throws -> StoredKey? { keys[id] }
 
+    /// Reads a key and commits its release record together (``Repository/releaseKey(_:)``).
     public func releaseKey(_ request: ReleaseRequest) async throws -> StoredKey? {
         if let caller = request.caller, !caller.matches(clients[caller.id]) { throw ReleaseCallerRefused() }
         let key = keys[request.keyID]
@@ -141,6 +152,7 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         return key
     }
 
+    /// Sets or clears the block on a key (``Repository/setBlocked(id:blocked:audit:)``).
     public func setBlocked(id: KeyID, blocked: Bool, audit: AuditEvent) async throws -> Bool {
         guard keys[id] != nil else { return false }
         try append(audit)
@@ -149,39 +161,49 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         return true
     }
 
+    /// Key records in id order (``Repository/listKeys(after:limit:)``).
     public func listKeys(after: KeyID?, limit: Int) async throws -> [StoredKey] {
         Array(keys.values.filter { after == nil || $0.record.id > after! }.sorted { $0.record.id < $1.record.id }.prefix(limit))
     }
 
+    /// How many keys are stored (after a sequence number, when given).
     public func keyCount() async throws -> Int { keys.count }
 
+    /// How many keys are stored (after a sequence number, when given).
     public func keyCount(afterSequence after: Int64) async throws -> Int { keys.values.filter { $0.sequence > after }.count }
 
+    /// Stores a new enrollment.
     public func insertClient(_ client: EnrolledClient) async throws {
         guard clients[client.id] == nil else { throw RepositoryError("client \(client.id) exists") }
         clients[client.id] = client
     }
 
+    /// The enrollment with `id`, if any.
     public func client(id: ClientID) async throws -> EnrolledClient? { clients[id] }
 
+    /// Every enrollment (of one role, if given).
     public func listClients(role: ClientRole?) async throws -> [EnrolledClient] {
         clients.values.filter { role == nil || $0.role == role }.sorted { $0.enrolled == $1.enrolled ? $0.id < $1.id : $0.enrolled < $1.enrolled }
     }
 
+    /// Sets an enrollment's state; `false` if there is none.
     public func setClientState(id: ClientID, state: EnrollmentState) async throws -> Bool {
         guard clients[id] != nil else { return false }
         clients[id]?.state = state
         return true
     }
 
+    /// Records a heartbeat's time, version and key count.
     public func recordHeartbeat(id: ClientID, at: Date, agentVersion: String, keyCount: Int) async throws {
         clients[id]?.lastSeen = at
         clients[id]?.agentVersion = agentVersion
         clients[id]?.reportedKeyCount = keyCount
     }
 
+    /// Stores a new enrollment token.
     public func insertToken(_ token: EnrollmentTokenRecord) async throws { tokens[token.id] = token }
 
+    /// Checks a token and takes one use, atomically (``Repository/redeemToken(id:secretHash:now:)``).
     public func redeemToken(id: TokenID, secretHash: [UInt8], now: Date) async throws -> TokenRedemption {
         guard var t = tokens[id], t.secretHash == secretHash else { return .unknown }
         if t.revoked { return .revoked }
@@ -192,26 +214,34 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         return .redeemed(t)
     }
 
+    /// Every enrollment token.
     public func listTokens() async throws -> [EnrollmentTokenRecord] { tokens.values.sorted { $0.created < $1.created } }
 
+    /// Withdraws a token; `false` if there is none.
     public func revokeToken(id: TokenID) async throws -> Bool {
         guard tokens[id] != nil else { return false }
         tokens[id]?.revoked = true
         return true
     }
 
+    /// Appends audit records, committed before returning.
     public func appendAudit(_ event: AuditEvent) async throws { try append(event) }
 
+    /// Appends audit records, committed before returning.
     public func appendAudit(_ batch: [AuditEvent]) async throws {
         if auditBroken { throw RepositoryError("audit write failed (fault injected)") }
         for e in batch { try append(e) }
     }
 
+    /// Audit records after a sequence number, oldest first.
     public func audit(after: Int64, limit: Int) async throws -> [AuditEvent] {
         Array(events.filter { ($0.sequence ?? 0) > after }.prefix(limit))
     }
 
+    /// A named setting.
     public func setting(_ name: String) async throws -> String? { settings[name] }
+    /// Sets a named setting, durably.
     public func setSetting(_ name: String, _ value: String) async throws { settings[name] = value }
+    /// Releases the driver's resources.
     public func close() async throws {}
 }

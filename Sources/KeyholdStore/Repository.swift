@@ -268,10 +268,11 @@ public struct ImportTally: Sendable {
                 if conflicts.count < KeyImportConflict.limit { conflicts.append(key.record.id) }
                 continue
             }
-            events.append(AuditEvent(
-                time: base.time, actor: base.actor, action: .import, keyID: key.record.id, route: base.route,
-                result: outcome == .inserted ? .ok : .alreadyPresent
-            ))
+            events.append(
+                AuditEvent(
+                    time: base.time, actor: base.actor, action: .import, keyID: key.record.id, route: base.route,
+                    result: outcome == .inserted ? .ok : .alreadyPresent
+                ))
         }
         return events
     }
@@ -287,7 +288,9 @@ public struct ImportTally: Sendable {
     /// The summary record: `base` with the counts.
     public func summary(_ base: AuditEvent) -> AuditEvent {
         var e = base
-        e.detail = "\(inserted + alreadyPresent) keys: \(inserted) inserted, \(alreadyPresent) already present" + (base.detail.isEmpty ? "" : "; \(base.detail)")
+        e.detail =
+            "\(inserted + alreadyPresent) keys: \(inserted) inserted, \(alreadyPresent) already present"
+            + (base.detail.isEmpty ? "" : "; \(base.detail)")
         return e
     }
 }

@@ -12,6 +12,7 @@ public protocol SchemaMigration: Sendable {
 
 /// The repository schema's history. Never edit a released migration: add a new one.
 public enum Schema {
+    /// Every migration, in the order they apply.
     public static let migrations: [any SchemaMigration] = [CreateRepository(), AddKeySequence(), InsertAndReleaseFunction()]
 }
 
@@ -156,7 +157,7 @@ struct InsertAndReleaseFunction: SchemaMigration {
                                     keys.stored, keys.blocked, keys.seq
                              FROM keys WHERE keys.id = k_id;
             END $$
-            """,
+            """
         ]
     }
 }

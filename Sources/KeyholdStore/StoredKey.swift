@@ -6,12 +6,14 @@ public import KeyholdProtocol
 /// and a fingerprint that lets the repository tell "same secret" from "different secret" without
 /// seeing either.
 public struct StoredKey: Sendable, Equatable {
+    /// The key's record.
     public var record: KeyRecord
     /// `nonce || ciphertext || tag` of AES-256-GCM under the master key, with the key id as
     /// associated data (see `MasterKey` in KeyholdServer).
     public var wrappedSecret: [UInt8]
     /// HMAC-SHA256 under a key derived from the master key, over the key id and the secret.
     public var secretFingerprint: [UInt8]
+    /// How the key reached this repository.
     public var provenance: KeyProvenance
     /// When this repository stored it.
     public var stored: Date
@@ -21,7 +23,10 @@ public struct StoredKey: Sendable, Equatable {
     /// blocked or unblocked (the hierarchy's push cursor follows it). 0 before storing.
     public var sequence: Int64 = 0
 
-    public init(record: KeyRecord, wrappedSecret: [UInt8], secretFingerprint: [UInt8], provenance: KeyProvenance, stored: Date = Date(), blocked: Bool = false) {
+    /// A key to store.
+    public init(
+        record: KeyRecord, wrappedSecret: [UInt8], secretFingerprint: [UInt8], provenance: KeyProvenance, stored: Date = Date(), blocked: Bool = false
+    ) {
         self.record = record
         self.wrappedSecret = wrappedSecret
         self.secretFingerprint = secretFingerprint

@@ -31,7 +31,9 @@ public enum BatchAudit {
         let inserted = outcomes.filter { $0 == .inserted }.count
         let present = outcomes.filter { $0 == .alreadyPresent }.count
         let conflicts = outcomes.filter { $0 == .conflict }.count
-        e.detail = "\(outcomes.count) keys: \(inserted) inserted, \(present) already present, \(conflicts) conflicts" + (base.detail.isEmpty ? "" : "; \(base.detail)")
+        e.detail =
+            "\(outcomes.count) keys: \(inserted) inserted, \(present) already present, \(conflicts) conflicts"
+            + (base.detail.isEmpty ? "" : "; \(base.detail)")
         return e
     }
 

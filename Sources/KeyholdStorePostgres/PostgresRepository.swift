@@ -76,6 +76,7 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         )
     }
 
+    /// Creates or upgrades the schema (``Repository/migrate()``).
     public func migrate() async throws {
         await ready()
         try await client.withTransaction(logger: logger) { conn in
@@ -99,6 +100,7 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         }
     }
 
+    /// Makes every later audit write fail (``RepositoryFaultInjection``).
     public func breakAuditWrites() async throws {
         try await client.withTransaction(logger: logger) { conn in
             try await conn.query(
@@ -124,6 +126,7 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     /// number can never commit after a larger one was read (docs/spec/hierarchy.md §3).
     private static let sequenceLock: Int64 = 7_882_829_014
 
+    /// Stores a key unless its id exists, with its audit record (``Repository/insertKey(_:audit:)``).
     public func insertKey(_ key: StoredKey, audit: AuditEvent?) async throws -> KeyInsertOutcome {
         let r = key.record
         return try await client.withTransaction(logger: logger) { conn in
@@ -132,7 +135,9 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
             var outcome = KeyInsertOutcome.inserted
             if !inserted {
                 var existing: [UInt8] = []
-                for try await f in try await conn.query("SELECT secret_fingerprint FROM keys WHERE id = \(r.id.description)", logger: logger).decode(ByteBuffer.self) {
+                for try await f in try await conn.query("SELECT secret_fingerprint FROM keys WHERE id = \(r.id.description)", logger: logger).decode(
+                    ByteBuffer.self)
+                {
                     existing = Array(f.readableBytesView)
                 }
                 outcome = existing == key.secretFingerprint ? .alreadyPresent : .conflict
@@ -161,6 +166,7 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         ).collect().count == 1
     }
 
+    /// Stores a key obtained from the primary and releases it, in one transaction (``Repository/insertAndRelease(_:obtained:release:)``).
     public func insertAndRelease(_ key: StoredKey, obtained: AuditEvent, release: ReleaseRequest) async throws -> (KeyInsertOutcome, StoredKey?) {
         // One call of the function migration 3 created: one round trip, one commit.
         for try await row in try await client.execute(InsertAndReleaseStatement(key: key, obtained: obtained, release: release), logger: logger) {
@@ -211,6 +217,7 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         func decodeRow(_ row: PostgresRow) throws -> PostgresRow { row }
     }
 
+    /// Stores a secondary's batch in one transaction (``Repository/insertKeys(_:audit:)``).
     public func insertKeys(_ batch: [StoredKey], audit: AuditEvent) async throws -> [KeyInsertOutcome] {
         try await client.withTransaction(logger: logger) { conn in
             try await conn.query("SELECT pg_advisory_xact_lock(\(Self.sequenceLock))", logger: logger)
@@ -223,6 +230,7 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         }
     }
 
+    /// Imports every key of `source` or none (``Repository/importKeys(from:audit:)``).
     public func importKeys(from source: any KeyBatchSource, audit: AuditEvent) async throws -> KeyImportResult {
         // One transaction; postgres-nio rolls it back when the closure throws (a conflict included),
         // and reports the closure's error inside its own: pass that on when the rollback worked.
@@ -264,7 +272,10 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         for key in batch {
             let id = key.record.id.description
             if let old = existing[id] {
-                guard old.fingerprint == key.secretFingerprint else { outcomes.append(.conflict); continue }
+                guard old.fingerprint == key.secretFingerprint else {
+                    outcomes.append(.conflict)
+                    continue
+                }
                 if key.blocked, !old.blocked, !newlyBlocked.contains(id) { newlyBlocked.append(id) }
                 outcomes.append(.alreadyPresent)
             } else if seen.contains(id) {
@@ -307,6 +318,7 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         return outcomes
     }
 
+    /// Keys after a sequence number, in sequence order (``Repository/keys(afterSequence:limit:)``).
     public func keys(afterSequence after: Int64, limit: Int) async throws -> [StoredKey] {
         var out: [StoredKey] = []
         let rows = try await client.query(
@@ -316,12 +328,14 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         return out
     }
 
+    /// The key with `id`, if stored.
     public func key(id: KeyID) async throws -> StoredKey? {
         let rows = try await client.query("SELECT \(unescaped: Self.keyColumns) FROM keys WHERE id = \(id.description)", logger: logger)
         for try await row in rows { return try Self.decodeKey(row) }
         return nil
     }
 
+    /// Reads a key and commits its release record together (``Repository/releaseKey(_:)``).
     public func releaseKey(_ request: ReleaseRequest) async throws -> StoredKey? {
         try await releases.submit(request)
     }
@@ -331,17 +345,20 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     /// fails the whole statement; PostgreSQL runs a data-modifying WITH to completion whether or
     /// not the query reads it). One result row per request, in request order: whether its caller
     /// passed the check, then the key's columns.
-    private static func releaseBatch(_ requests: [ReleaseRequest], _ client: PostgresClient, _ logger: Logger) async throws -> [Result<StoredKey?, any Error>] {
+    private static func releaseBatch(
+        _ requests: [ReleaseRequest], _ client: PostgresClient, _ logger: Logger
+    ) async throws -> [Result<StoredKey?, any Error>] {
         var out: [Result<StoredKey?, any Error>] = []
         out.reserveCapacity(requests.count)
         for try await row in try await client.execute(ReleaseBatchStatement(requests), logger: logger) {
-            out.append(Result {
-                let cells = row.makeRandomAccess()
-                guard try cells[0].decode(Bool.self, context: .default) else { throw ReleaseCallerRefused() }
-                // LEFT JOIN: the key's columns are NULL when there is no such key.
-                guard try cells[1].decode(String?.self, context: .default) != nil else { return nil }
-                return try decodeKey(cells, from: 1)
-            })
+            out.append(
+                Result {
+                    let cells = row.makeRandomAccess()
+                    guard try cells[0].decode(Bool.self, context: .default) else { throw ReleaseCallerRefused() }
+                    // LEFT JOIN: the key's columns are NULL when there is no such key.
+                    guard try cells[1].decode(String?.self, context: .default) != nil else { return nil }
+                    return try decodeKey(cells, from: 1)
+                })
         }
         guard out.count == requests.count else {
             throw RepositoryError("the release statement returned \(out.count) rows for \(requests.count) requests")
@@ -399,6 +416,7 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         func decodeRow(_ row: PostgresRow) throws -> PostgresRow { row }
     }
 
+    /// Sets or clears the block on a key (``Repository/setBlocked(id:blocked:audit:)``).
     public func setBlocked(id: KeyID, blocked: Bool, audit: AuditEvent) async throws -> Bool {
         try await client.withTransaction(logger: logger) { conn in
             try await conn.query("SELECT pg_advisory_xact_lock(\(Self.sequenceLock))", logger: logger)
@@ -412,6 +430,7 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         }
     }
 
+    /// Key records in id order (``Repository/listKeys(after:limit:)``).
     public func listKeys(after: KeyID?, limit: Int) async throws -> [StoredKey] {
         var out: [StoredKey] = []
         let rows = try await client.query(
@@ -422,11 +441,13 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         return out
     }
 
+    /// How many keys are stored (after a sequence number, when given).
     public func keyCount() async throws -> Int {
         for try await n in try await client.query("SELECT COUNT(*) FROM keys", logger: logger).decode(Int.self) { return n }
         return 0
     }
 
+    /// How many keys are stored (after a sequence number, when given).
     public func keyCount(afterSequence after: Int64) async throws -> Int {
         for try await n in try await client.query("SELECT COUNT(*) FROM keys WHERE seq > \(after)", logger: logger).decode(Int.self) { return n }
         return 0
@@ -445,7 +466,8 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
                 originServerID: try StoredValue.identifier(try cell(2)), originDeviceID: try StoredValue.identifier(try cell(3)),
                 created: try cell(4), label: try cell(5), state: try StoredValue.enumeration(try cell(6))
             ),
-            wrappedSecret: Array(try cell(7, ByteBuffer.self).readableBytesView), secretFingerprint: Array(try cell(8, ByteBuffer.self).readableBytesView),
+            wrappedSecret: Array(try cell(7, ByteBuffer.self).readableBytesView),
+            secretFingerprint: Array(try cell(8, ByteBuffer.self).readableBytesView),
             provenance: try StoredValue.enumeration(try cell(9)), stored: try cell(10), blocked: try cell(11)
         )
         key.sequence = try cell(12)
@@ -456,6 +478,7 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
 
     private static let clientColumns = "id, role, name, certificate_fingerprint, enrolled, state, last_seen, agent_version, key_count"
 
+    /// Stores a new enrollment.
     public func insertClient(_ c: EnrolledClient) async throws {
         try await client.query(
             """
@@ -466,11 +489,14 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         )
     }
 
+    /// The enrollment with `id`, if any.
     public func client(id: ClientID) async throws -> EnrolledClient? {
         try await clientLookups.submit(id)
     }
 
-    private static func clientBatch(_ ids: [ClientID], _ client: PostgresClient, _ logger: Logger) async throws -> [Result<EnrolledClient?, any Error>] {
+    private static func clientBatch(
+        _ ids: [ClientID], _ client: PostgresClient, _ logger: Logger
+    ) async throws -> [Result<EnrolledClient?, any Error>] {
         var found: [ClientID: EnrolledClient] = [:]
         for try await row in try await client.execute(ClientsStatement(ids: ids.map(\.description)), logger: logger) {
             let c = try decodeClient(row)
@@ -494,6 +520,7 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         func decodeRow(_ row: PostgresRow) throws -> PostgresRow { row }
     }
 
+    /// Every enrollment (of one role, if given).
     public func listClients(role: ClientRole?) async throws -> [EnrolledClient] {
         var out: [EnrolledClient] = []
         let rows = try await client.query(
@@ -504,12 +531,14 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         return out
     }
 
+    /// Sets an enrollment's state; `false` if there is none.
     public func setClientState(id: ClientID, state: EnrollmentState) async throws -> Bool {
         try await client.query(
             "UPDATE clients SET state = \(state.rawValue) WHERE id = \(id.description) RETURNING id", logger: logger
         ).collect().count > 0
     }
 
+    /// Records a heartbeat's time, version and key count.
     public func recordHeartbeat(id: ClientID, at: Date, agentVersion: String, keyCount: Int) async throws {
         try await client.query(
             "UPDATE clients SET last_seen = \(at), agent_version = \(agentVersion), key_count = \(Int64(keyCount)) WHERE id = \(id.description)",
@@ -521,7 +550,8 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         let (id, role, name, fingerprint, enrolled, state, lastSeen, version, count) =
             try row.decode((String, String, String, String, Date, String, Date?, String?, Int64?).self)
         return EnrolledClient(
-            id: try StoredValue.identifier(id), role: try StoredValue.enumeration(role), name: name, certificateFingerprint: fingerprint, enrolled: enrolled,
+            id: try StoredValue.identifier(id), role: try StoredValue.enumeration(role), name: name, certificateFingerprint: fingerprint,
+            enrolled: enrolled,
             state: try StoredValue.enumeration(state), lastSeen: lastSeen, agentVersion: version, reportedKeyCount: count.map(Int.init)
         )
     }
@@ -530,6 +560,7 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
 
     private static let tokenColumns = "id, secret_hash, role, uses_left, expires, created, revoked"
 
+    /// Stores a new enrollment token.
     public func insertToken(_ t: EnrollmentTokenRecord) async throws {
         try await client.query(
             """
@@ -539,6 +570,7 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         )
     }
 
+    /// Checks a token and takes one use, atomically (``Repository/redeemToken(id:secretHash:now:)``).
     public func redeemToken(id: TokenID, secretHash: [UInt8], now: Date) async throws -> TokenRedemption {
         try await client.withTransaction(logger: logger) { conn in
             var token: EnrollmentTokenRecord?
@@ -557,14 +589,18 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         }
     }
 
+    /// Every enrollment token.
     public func listTokens() async throws -> [EnrollmentTokenRecord] {
         var out: [EnrollmentTokenRecord] = []
-        for try await row in try await client.query("SELECT \(unescaped: Self.tokenColumns) FROM enrollment_tokens ORDER BY created, id", logger: logger) {
+        for try await row in try await client.query(
+            "SELECT \(unescaped: Self.tokenColumns) FROM enrollment_tokens ORDER BY created, id", logger: logger)
+        {
             out.append(try Self.decodeToken(row))
         }
         return out
     }
 
+    /// Withdraws a token; `false` if there is none.
     public func revokeToken(id: TokenID) async throws -> Bool {
         try await client.query(
             "UPDATE enrollment_tokens SET revoked = TRUE WHERE id = \(id.description) RETURNING id", logger: logger
@@ -574,16 +610,19 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     private static func decodeToken(_ row: PostgresRow) throws -> EnrollmentTokenRecord {
         let (id, hash, role, uses, expires, created, revoked) = try row.decode((String, ByteBuffer, String, Int64, Date, Date, Bool).self)
         return EnrollmentTokenRecord(
-            id: try StoredValue.identifier(id), secretHash: Array(hash.readableBytesView), role: try StoredValue.enumeration(role), usesLeft: Int(uses), expires: expires, created: created, revoked: revoked
+            id: try StoredValue.identifier(id), secretHash: Array(hash.readableBytesView), role: try StoredValue.enumeration(role),
+            usesLeft: Int(uses), expires: expires, created: created, revoked: revoked
         )
     }
 
     // MARK: Audit
 
+    /// Appends audit records, committed before returning.
     public func appendAudit(_ event: AuditEvent) async throws {
         try await client.withConnection { conn in try await Self.insertAudit(conn, event, self.logger) }
     }
 
+    /// Appends audit records, committed before returning.
     public func appendAudit(_ events: [AuditEvent]) async throws {
         try await client.withTransaction(logger: logger) { conn in try await Self.insertAudits(conn, events, logger) }
     }
@@ -615,23 +654,29 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         )
     }
 
+    /// Audit records after a sequence number, oldest first.
     public func audit(after: Int64, limit: Int) async throws -> [AuditEvent] {
         var out: [AuditEvent] = []
         let rows = try await client.query(
             "SELECT seq, time, actor, action, key_id, route, result, detail FROM audit WHERE seq > \(after) ORDER BY seq LIMIT \(limit)",
             logger: logger
         )
-        for try await (seq, time, actor, action, keyID, route, result, detail) in rows.decode((Int64, Date, String, String, String?, String, String, String).self) {
-            out.append(AuditEvent(
-                sequence: seq, time: time, actor: try StoredValue.text(actor), action: try StoredValue.enumeration(action),
-                keyID: try keyID.map(StoredValue.identifier), route: try StoredValue.text(route), result: try StoredValue.text(result), detail: detail
-            ))
+        for try await (seq, time, actor, action, keyID, route, result, detail) in rows.decode(
+            (Int64, Date, String, String, String?, String, String, String).self)
+        {
+            out.append(
+                AuditEvent(
+                    sequence: seq, time: time, actor: try StoredValue.text(actor), action: try StoredValue.enumeration(action),
+                    keyID: try keyID.map(StoredValue.identifier), route: try StoredValue.text(route), result: try StoredValue.text(result),
+                    detail: detail
+                ))
         }
         return out
     }
 
     // MARK: Settings
 
+    /// A named setting.
     public func setting(_ name: String) async throws -> String? {
         // Read at every hop of a hierarchy lookup (the option): prepared, parsed and planned once.
         for try await row in try await client.execute(SettingStatement(name: name), logger: logger) {
@@ -653,6 +698,7 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         func decodeRow(_ row: PostgresRow) throws -> PostgresRow { row }
     }
 
+    /// Sets a named setting, durably.
     public func setSetting(_ name: String, _ value: String) async throws {
         try await client.query(
             "INSERT INTO settings (name, value) VALUES (\(name), \(value)) ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",

@@ -41,9 +41,11 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
     /// Nothing to run (GRDB's pool needs no task): waits for cancellation.
     public func run() async throws { await waitForCancellation() }
 
+    /// Creates or upgrades the schema (``Repository/migrate()``).
     public func migrate() async throws {
         try await pool.write { db in
-            try db.execute(sql: "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied REAL NOT NULL)")
+            try db.execute(
+                sql: "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied REAL NOT NULL)")
             let done = Set(try Int.fetchAll(db, sql: "SELECT version FROM schema_migrations"))
             for m in Schema.migrations where !done.contains(m.version) {
                 for statement in m.sqlite { try db.execute(sql: statement) }
@@ -55,14 +57,19 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         }
     }
 
+    /// Makes every later audit write fail (``RepositoryFaultInjection``).
     public func breakAuditWrites() async throws {
         try await pool.write { db in
-            try db.execute(sql: "CREATE TRIGGER IF NOT EXISTS fault_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit write failed (fault injected)'); END")
+            try db.execute(
+                sql:
+                    "CREATE TRIGGER IF NOT EXISTS fault_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit write failed (fault injected)'); END"
+            )
         }
     }
 
     // MARK: Keys
 
+    /// Stores a key unless its id exists, with its audit record (``Repository/insertKey(_:audit:)``).
     public func insertKey(_ key: StoredKey, audit: AuditEvent?) async throws -> KeyInsertOutcome {
         try await pool.write { db in
             if let existing = try Data.fetchOne(db, sql: "SELECT secret_fingerprint FROM keys WHERE id = ?", arguments: [key.record.id.description]) {
@@ -85,12 +92,13 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
     /// connection: batches of thousands of keys would otherwise re-parse it for every key.
     @discardableResult
     private static func insertRow(_ db: Database, _ key: StoredKey) throws -> Bool {
-        let statement = try db.cachedStatement(sql: """
-            INSERT INTO keys (id, kind, origin_server_id, origin_device_id, created, label, state,
-                              wrapped_secret, secret_fingerprint, provenance, stored, blocked, seq)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys))
-            ON CONFLICT (id) DO NOTHING
-            """)
+        let statement = try db.cachedStatement(
+            sql: """
+                INSERT INTO keys (id, kind, origin_server_id, origin_device_id, created, label, state,
+                                  wrapped_secret, secret_fingerprint, provenance, stored, blocked, seq)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys))
+                ON CONFLICT (id) DO NOTHING
+                """)
         try statement.execute(
             arguments: [
                 key.record.id.description, key.record.kind.rawValue, key.record.originServerID.description,
@@ -102,6 +110,7 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         return db.changesCount > 0
     }
 
+    /// Stores a key obtained from the primary and releases it, in one transaction (``Repository/insertAndRelease(_:obtained:release:)``).
     public func insertAndRelease(_ key: StoredKey, obtained: AuditEvent, release: ReleaseRequest) async throws -> (KeyInsertOutcome, StoredKey?) {
         try await pool.write { db in
             var outcome = KeyInsertOutcome.inserted
@@ -122,6 +131,7 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         }
     }
 
+    /// Stores a secondary's batch in one transaction (``Repository/insertKeys(_:audit:)``).
     public func insertKeys(_ batch: [StoredKey], audit: AuditEvent) async throws -> [KeyInsertOutcome] {
         try await pool.write { db in
             let outcomes = try Self.insertBatch(db, batch)
@@ -133,6 +143,7 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         }
     }
 
+    /// Imports every key of `source` or none (``Repository/importKeys(from:audit:)``).
     public func importKeys(from source: any KeyBatchSource, audit: AuditEvent) async throws -> KeyImportResult {
         // One write transaction: GRDB rolls it back when the closure throws (a conflict included).
         try await pool.write { db in
@@ -154,9 +165,13 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
                 outcomes.append(.inserted)
                 continue
             }
-            let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT secret_fingerprint, blocked FROM keys WHERE id = ?"), arguments: [key.record.id.description])
+            let row = try Row.fetchOne(
+                db.cachedStatement(sql: "SELECT secret_fingerprint, blocked FROM keys WHERE id = ?"), arguments: [key.record.id.description])
             if let row {
-                guard [UInt8](row["secret_fingerprint"] as Data) == key.secretFingerprint else { outcomes.append(.conflict); continue }
+                guard [UInt8](row["secret_fingerprint"] as Data) == key.secretFingerprint else {
+                    outcomes.append(.conflict)
+                    continue
+                }
                 if key.blocked, !(row["blocked"] as Bool) {
                     try db.execute(
                         sql: "UPDATE keys SET blocked = 1, seq = (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys) WHERE id = ?",
@@ -171,20 +186,24 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         return outcomes
     }
 
+    /// Keys after a sequence number, in sequence order (``Repository/keys(afterSequence:limit:)``).
     public func keys(afterSequence after: Int64, limit: Int) async throws -> [StoredKey] {
         try await pool.read { db in
             try Row.fetchAll(db, sql: "SELECT * FROM keys WHERE seq > ? ORDER BY seq LIMIT ?", arguments: [after, limit]).map(Self.decodeKey)
         }
     }
 
+    /// The key with `id`, if stored.
     public func key(id: KeyID) async throws -> StoredKey? {
         try await pool.read { db in try Self.fetchKey(db, id) }
     }
 
+    /// Reads a key and commits its release record together (``Repository/releaseKey(_:)``).
     public func releaseKey(_ request: ReleaseRequest) async throws -> StoredKey? {
         try await releases.submit(request)
     }
 
+    /// Sets or clears the block on a key (``Repository/setBlocked(id:blocked:audit:)``).
     public func setBlocked(id: KeyID, blocked: Bool, audit: AuditEvent) async throws -> Bool {
         try await pool.write { db in
             try db.execute(
@@ -197,6 +216,7 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         }
     }
 
+    /// Key records in id order (``Repository/listKeys(after:limit:)``).
     public func listKeys(after: KeyID?, limit: Int) async throws -> [StoredKey] {
         try await pool.read { db in
             try Row.fetchAll(
@@ -206,10 +226,12 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         }
     }
 
+    /// How many keys are stored (after a sequence number, when given).
     public func keyCount() async throws -> Int {
         try await pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM keys") ?? 0 }
     }
 
+    /// How many keys are stored (after a sequence number, when given).
     public func keyCount(afterSequence after: Int64) async throws -> Int {
         try await pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM keys WHERE seq > ?", arguments: [after]) ?? 0 }
     }
@@ -227,7 +249,8 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
     private static func decodeKeyColumns(_ row: Row) throws -> StoredKey {
         StoredKey(
             record: KeyRecord(
-                id: try StoredValue.identifier(row["id"]), kind: try StoredValue.enumeration(row["kind"]), originServerID: try StoredValue.identifier(row["origin_server_id"]),
+                id: try StoredValue.identifier(row["id"]), kind: try StoredValue.enumeration(row["kind"]),
+                originServerID: try StoredValue.identifier(row["origin_server_id"]),
                 originDeviceID: try StoredValue.identifier(row["origin_device_id"]), created: Date(timeIntervalSince1970: row["created"]),
                 label: row["label"], state: try StoredValue.enumeration(row["state"])
             ),
@@ -241,13 +264,14 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
 
     // MARK: Clients
 
+    /// Stores a new enrollment.
     public func insertClient(_ c: EnrolledClient) async throws {
         try await pool.write { db in
             try db.execute(
                 sql: """
-                INSERT INTO clients (id, role, name, certificate_fingerprint, enrolled, state, last_seen, agent_version, key_count)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """,
+                    INSERT INTO clients (id, role, name, certificate_fingerprint, enrolled, state, last_seen, agent_version, key_count)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """,
                 arguments: [
                     c.id.description, c.role.rawValue, c.name, c.certificateFingerprint, c.enrolled.timeIntervalSince1970,
                     c.state.rawValue, c.lastSeen?.timeIntervalSince1970, c.agentVersion, c.reportedKeyCount,
@@ -256,6 +280,7 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         }
     }
 
+    /// The enrollment with `id`, if any.
     public func client(id: ClientID) async throws -> EnrolledClient? {
         try await pool.read { db in try Self.fetchClient(db, id) }
     }
@@ -264,6 +289,7 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         try Row.fetchOne(db, sql: "SELECT * FROM clients WHERE id = ?", arguments: [id.description]).map(decodeClient)
     }
 
+    /// Every enrollment (of one role, if given).
     public func listClients(role: ClientRole?) async throws -> [EnrolledClient] {
         try await pool.read { db in
             try Row.fetchAll(
@@ -273,6 +299,7 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         }
     }
 
+    /// Sets an enrollment's state; `false` if there is none.
     public func setClientState(id: ClientID, state: EnrollmentState) async throws -> Bool {
         try await pool.write { db in
             try db.execute(sql: "UPDATE clients SET state = ? WHERE id = ?", arguments: [state.rawValue, id.description])
@@ -280,6 +307,7 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         }
     }
 
+    /// Records a heartbeat's time, version and key count.
     public func recordHeartbeat(id: ClientID, at: Date, agentVersion: String, keyCount: Int) async throws {
         try await pool.write { db in
             try db.execute(
@@ -300,6 +328,7 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
 
     // MARK: Tokens
 
+    /// Stores a new enrollment token.
     public func insertToken(_ t: EnrollmentTokenRecord) async throws {
         try await pool.write { db in
             try db.execute(
@@ -312,6 +341,7 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         }
     }
 
+    /// Checks a token and takes one use, atomically (``Repository/redeemToken(id:secretHash:now:)``).
     public func redeemToken(id: TokenID, secretHash: [UInt8], now: Date) async throws -> TokenRedemption {
         try await pool.write { db in
             guard let row = try Row.fetchOne(db, sql: "SELECT * FROM enrollment_tokens WHERE id = ?", arguments: [id.description]) else {
@@ -328,12 +358,14 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         }
     }
 
+    /// Every enrollment token.
     public func listTokens() async throws -> [EnrollmentTokenRecord] {
         try await pool.read { db in
             try Row.fetchAll(db, sql: "SELECT * FROM enrollment_tokens ORDER BY created, id").map(Self.decodeToken)
         }
     }
 
+    /// Withdraws a token; `false` if there is none.
     public func revokeToken(id: TokenID) async throws -> Bool {
         try await pool.write { db in
             try db.execute(sql: "UPDATE enrollment_tokens SET revoked = 1 WHERE id = ?", arguments: [id.description])
@@ -343,7 +375,8 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
 
     private static func decodeToken(_ row: Row) throws -> EnrollmentTokenRecord {
         EnrollmentTokenRecord(
-            id: try StoredValue.identifier(row["id"]), secretHash: [UInt8](row["secret_hash"] as Data), role: try StoredValue.enumeration(row["role"]),
+            id: try StoredValue.identifier(row["id"]), secretHash: [UInt8](row["secret_hash"] as Data),
+            role: try StoredValue.enumeration(row["role"]),
             usesLeft: row["uses_left"], expires: Date(timeIntervalSince1970: row["expires"]),
             created: Date(timeIntervalSince1970: row["created"]), revoked: row["revoked"]
         )
@@ -351,10 +384,12 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
 
     // MARK: Audit
 
+    /// Appends audit records, committed before returning.
     public func appendAudit(_ event: AuditEvent) async throws {
         try await pool.write { db in try Self.insertAudit(db, event) }
     }
 
+    /// Appends audit records, committed before returning.
     public func appendAudit(_ events: [AuditEvent]) async throws {
         try await pool.write { db in
             for e in events { try Self.insertAudit(db, e) }
@@ -370,6 +405,7 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         )
     }
 
+    /// Audit records after a sequence number, oldest first.
     public func audit(after: Int64, limit: Int) async throws -> [AuditEvent] {
         try await pool.read { db in
             try Row.fetchAll(db, sql: "SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", arguments: [after, limit]).map { row in
@@ -384,10 +420,12 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
 
     // MARK: Settings
 
+    /// A named setting.
     public func setting(_ name: String) async throws -> String? {
         try await pool.read { db in try String.fetchOne(db, sql: "SELECT value FROM settings WHERE name = ?", arguments: [name]) }
     }
 
+    /// Sets a named setting, durably.
     public func setSetting(_ name: String, _ value: String) async throws {
         try await pool.write { db in
             try db.execute(
@@ -397,6 +435,7 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         }
     }
 
+    /// Releases the driver's resources.
     public func close() async throws {
         try pool.close()
     }

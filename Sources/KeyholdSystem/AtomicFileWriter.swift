@@ -1,16 +1,18 @@
+public import Foundation
+import KeyholdCore
+
 #if canImport(Glibc)
-public import Glibc
+import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-public import Foundation
-import KeyholdCore
 
 /// Writes a file so that its destination shows either its old content or the complete new one,
 /// never a part: bytes go to a temporary file in the destination's folder, which ``commit()``
 /// syncs, renames over the destination, and follows with a sync of the folder. Anything not
 /// committed (an error, a thrown segment) is removed by ``abort()`` or on deinit.
 public final class AtomicFileWriter {
+    /// The file the writer replaces on ``commit(mode:owner:beforeRename:)``.
     public let destination: String
     private let temporaryPath: String
     /// The temporary file, open for writing.
@@ -92,6 +94,7 @@ public final class AtomicFileWriter {
         try SystemCall.check("sync folder", path: folder) { fsync(dfd) }
     }
 
+    /// The folder (`.` when none) and the last component of `path`.
     public static func split(_ path: String) -> (folder: String, base: String) {
         guard let slash = path.lastIndex(of: "/") else { return (".", path) }
         let folder = String(path[..<slash])
@@ -103,7 +106,10 @@ public final class AtomicFileWriter {
     public static func refuseSymbolicLink(_ path: String, role: String) throws {
         var st = stat()
         guard lstat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFLNK else { return }
-        let target = realpath(path, nil).map { p in defer { free(p) }; return String(cString: p) }
+        let target = realpath(path, nil).map { p in
+            defer { free(p) }
+            return String(cString: p)
+        }
         throw KeyholdError(
             .unsafePath,
             "\(role) \(path) is a symbolic link\(target.map { " to \($0)" } ?? ""); Keyhold replaces files by name, so it would replace the link and leave \(target ?? "its target") as it was",

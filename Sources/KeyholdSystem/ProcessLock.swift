@@ -1,10 +1,11 @@
+import Foundation
+import KeyholdCore
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import Foundation
-import KeyholdCore
 
 /// An exclusive lock on a file, held for the life of this object (in practice, of the process):
 /// one `keyhold-server run` per data directory, one `keyhold-agent run` per state directory.

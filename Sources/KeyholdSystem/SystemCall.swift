@@ -1,9 +1,10 @@
+public import KeyholdCore
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-public import KeyholdCore
 
 /// The one gate between Keyhold and failing system calls: every `-1` result becomes a
 /// ``KeyholdError`` with the operation, the path and an actionable hint.

@@ -1,8 +1,4 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
-@testable import KeyholdAgent
 import KeyholdAgentClient
 import KeyholdCore
 import KeyholdProtocol
@@ -10,6 +6,12 @@ import KeyholdTestSupport
 import Logging
 import ServiceLifecycle
 import Testing
+
+@testable import KeyholdAgent
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The agent's service in process: its SwiftNIO socket, its limits and its locks.
 @Suite struct AgentSocketTests {

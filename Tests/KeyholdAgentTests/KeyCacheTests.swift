@@ -1,8 +1,9 @@
 import Foundation
-@testable import KeyholdAgent
 import KeyholdCore
 import KeyholdTestSupport
 import Testing
+
+@testable import KeyholdAgent
 
 /// The sealed key cache in the state directory.
 @Suite struct KeyCacheTests {

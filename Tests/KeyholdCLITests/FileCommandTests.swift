@@ -101,7 +101,8 @@ import Testing
         #expect(encrypted.starts(with: [0x89, 0x4B, 0x48, 0x46]))
         #expect(try FileManager.default.attributesOfItem(atPath: path.path)[.posixPermissions] as? Int == 0o640)
 
-        expectError(try await keyhold(["file", "encrypt", "notes.txt", "--in-place", "--key-file", "k.json"], in: dir), mentions: "already a Keyhold")
+        expectError(
+            try await keyhold(["file", "encrypt", "notes.txt", "--in-place", "--key-file", "k.json"], in: dir), mentions: "already a Keyhold")
         #expect(try Data(contentsOf: path) == encrypted)
 
         #expect(try await keyhold(["file", "decrypt", "notes.txt", "--in-place", "--key-file", "k.json"], in: dir).status == 0)
@@ -145,7 +146,8 @@ import Testing
         try FileManager.default.createSymbolicLink(atPath: dir.appendingPathComponent("out").path, withDestinationPath: "target")
         try FileManager.default.createSymbolicLink(atPath: dir.appendingPathComponent("dangling").path, withDestinationPath: "nowhere")
         for output in ["out", "dangling"] {
-            expectError(try await keyhold(["file", "encrypt", "p", "-o", output, "--force", "--key-file", "k.json"], in: dir), mentions: "symbolic link")
+            expectError(
+                try await keyhold(["file", "encrypt", "p", "-o", output, "--force", "--key-file", "k.json"], in: dir), mentions: "symbolic link")
         }
         _ = try await keyhold(["file", "encrypt", "p", "-o", "c", "--key-file", "k.json"], in: dir)
         expectError(try await keyhold(["file", "decrypt", "c", "-o", "out", "--force", "--key-file", "k.json"], in: dir), mentions: "symbolic link")
@@ -184,7 +186,9 @@ import Testing
         try secret.write(to: shared.appendingPathComponent("s.txt"))
         for mode in [0o777, 0o775] {
             try FileManager.default.setAttributes([.posixPermissions: mode], ofItemAtPath: shared.path)
-            expectError(try await keyhold(["file", "encrypt", "shared/s.txt", "--in-place", "--key-file", "k.json"], in: dir), mentions: "other than its owner")
+            expectError(
+                try await keyhold(["file", "encrypt", "shared/s.txt", "--in-place", "--key-file", "k.json"], in: dir),
+                mentions: "other than its owner")
             #expect(try Data(contentsOf: shared.appendingPathComponent("s.txt")) == secret)
         }
         // The sticky bit (as on /tmp) stops others from moving the file: allowed.
@@ -219,7 +223,8 @@ import Testing
         expectError(try await keyhold(["file", "decrypt", "c", "-o", "d", "--key-file", "b.json"], in: dir), mentions: "not with key")
         expectError(try await keyhold(["file", "encrypt", "p", "-o", "e", "--key-file", "drive.json"], in: dir), mentions: "drive key")
         try Data(repeating: 1, count: 31).write(to: dir.appendingPathComponent("short.key"))
-        expectError(try await keyhold(["file", "decrypt", "c", "-o", "d", "--key-file", "short.key"], in: dir), mentions: "neither a 32-byte raw key")
+        expectError(
+            try await keyhold(["file", "decrypt", "c", "-o", "d", "--key-file", "short.key"], in: dir), mentions: "neither a 32-byte raw key")
         expectError(try await keyhold(["file", "decrypt", "c", "-o", "d", "--key-file", "missing.key"], in: dir), mentions: "No such file")
         #expect(try others(dir, except: ["a.json", "b.json", "drive.json", "p", "c", "short.key"]).isEmpty)
     }

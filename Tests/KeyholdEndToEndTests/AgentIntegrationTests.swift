@@ -118,7 +118,10 @@ import Testing
         #expect(r.status == 0, "\(r.stderr)")
         #expect(try Data(contentsOf: URL(fileURLWithPath: d2.path("shared.txt"))) == plain)
         let d2id = try await Self.status(d2)["device_id"] as? String ?? ""
-        #expect(try await server.auditEntries().contains { $0.action == .release && $0.result.description == "ok" && $0.actor.description == "device:\(d2id)" })
+        #expect(
+            try await server.auditEntries().contains {
+                $0.action == .release && $0.result.description == "ok" && $0.actor.description == "device:\(d2id)"
+            })
         // A key no server knows: a clear error, no output.
         _ = try await d2.keyhold(["key", "new", "-o", "foreign.json"])
         _ = try Self.write(d2, "f.txt", 10)
@@ -140,8 +143,9 @@ import Testing
         let bin = agent.folder.appendingPathComponent("keyhold")
         try FileManager.default.copyItem(at: Paths.executable("keyhold"), to: bin)
         func runAs(_ user: String, _ args: [String]) async throws -> RunResult {
-            try await run(URL(fileURLWithPath: "/usr/sbin/runuser"), ["-u", user, "--", bin.path] + args,
-                    in: URL(fileURLWithPath: "/tmp"), environment: ["KEYHOLD_SOCKET": agent.socket])
+            try await run(
+                URL(fileURLWithPath: "/usr/sbin/runuser"), ["-u", user, "--", bin.path] + args,
+                in: URL(fileURLWithPath: "/tmp"), environment: ["KEYHOLD_SOCKET": agent.socket])
         }
         let outsider = try await runAs("daemon", ["status"])
         #expect(outsider.status != 0)
@@ -155,24 +159,24 @@ import Testing
     /// Opens COUNT connections to SOCKET as the calling user and holds them, sending nothing, for
     /// HOLD seconds; prints how many connected, then how many the agent had closed by then.
     static let idleConnections = """
-    import socket, sys, time
-    path, count, hold = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-    held = []
-    for _ in range(count):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.connect(path)
-        held.append(s)
-    print(len(held), flush=True)
-    time.sleep(hold)
-    closed = 0
-    for s in held:
-        s.setblocking(False)
-        try:
-            if s.recv(65536) is not None: closed += 1
-        except BlockingIOError:
-            pass
-    print(closed, flush=True)
-    """
+        import socket, sys, time
+        path, count, hold = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+        held = []
+        for _ in range(count):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)
+            held.append(s)
+        print(len(held), flush=True)
+        time.sleep(hold)
+        closed = 0
+        for s in held:
+            s.setblocking(False)
+            try:
+                if s.recv(65536) is not None: closed += 1
+            except BlockingIOError:
+                pass
+        print(closed, flush=True)
+        """
 
     static func threads(_ pid: Int32) throws -> Int {
         let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
@@ -217,7 +221,8 @@ import Testing
             #expect(status.status == 0 && decrypt.status == 0, "\(status.stderr) \(decrypt.stderr)")
             #expect(try Data(contentsOf: URL(fileURLWithPath: agent.path("f.\(user).out"))) == plain)
             #expect(during <= before + 2, "threads: \(before) before, \(during) with 200 idle connections of \(user)")
-            print("idle-connections: \(user): root's status \(busyStatus) with 200 held (\(quietStatus) without); agent threads \(before) -> \(during)")
+            print(
+                "idle-connections: \(user): root's status \(busyStatus) with 200 held (\(quietStatus) without); agent threads \(before) -> \(during)")
             _ = await holder.waitForExit(timeout: .seconds(30))
             let lines = holder.logText().split(separator: "\n")
             if closedAtOnce {

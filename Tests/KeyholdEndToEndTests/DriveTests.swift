@@ -117,7 +117,9 @@ import Testing
         // stick cannot be produced on demand): what was made is rolled back, the header erased.
         let recovery = agent.path("recovery.txt")
         try Data("correct horse battery".utf8).write(to: URL(fileURLWithPath: recovery))
-        for (step, made) in [("format", "formatting"), ("keyslot", "keyslot 0"), ("token", "keyslot 0, token 0"), ("recovery", "keyslot 0, token 0, keyslot 1")] {
+        for (step, made) in [
+            ("format", "formatting"), ("keyslot", "keyslot 0"), ("token", "keyslot 0, token 0"), ("recovery", "keyslot 0, token 0, keyslot 1"),
+        ] {
             let rollback = try Self.image(agent, "rollback-\(step).img")
             let zeros = try Self.sha(rollback)
             let r = try await run(
@@ -141,7 +143,9 @@ import Testing
     }
 
     @Test func aDriveFromD1UnlocksOnD2ThroughTheHierarchy() async throws {
-        let t = try await HierarchyTests.server("DT"), s1 = try await HierarchyTests.server("DS1"), s2 = try await HierarchyTests.server("DS2")
+        let t = try await HierarchyTests.server("DT")
+        let s1 = try await HierarchyTests.server("DS1")
+        let s2 = try await HierarchyTests.server("DS2")
         defer { for s in [s2, s1, t] { s.terminate() } }
         try await HierarchyTests.join(s1, to: t)
         try await HierarchyTests.join(s2, to: t)
@@ -185,7 +189,10 @@ import Testing
         }
         func plainLUKS(_ name: String) async throws -> String {
             let path = try Self.image(agent, name)
-            let r = try await Self.tool(["luksFormat", "--type", "luks2", "--batch-mode", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", plainKey, path])
+            let r = try await Self.tool([
+                "luksFormat", "--type", "luks2", "--batch-mode", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", plainKey,
+                path,
+            ])
             guard r.status == 0 else { throw TestFailure("luksFormat: \(r.stderr)") }
             return path
         }

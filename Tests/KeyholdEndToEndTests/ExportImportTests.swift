@@ -85,24 +85,40 @@ import Testing
 
         // Selections: named keys, a device's keys, keys since a time.
         let two = s1.dataDir.appendingPathComponent("../two.age").standardizedFileURL.path
-        let named = try await s1.admin(["key", "export", "-o", two, "--key", bulk[0].description, bulk[1].description, "--password-file", try await Self.passwordFile(s1)])
+        let named = try await s1.admin([
+            "key", "export", "-o", two, "--key", bulk[0].description, bulk[1].description, "--password-file", try await Self.passwordFile(s1),
+        ])
         #expect(named.stdoutText.hasPrefix("Exported 2 keys"), "\(named.stdoutText)\(named.stderr)")
         let d1ID = try #require(try await AgentIntegrationTests.status(d1)["device_id"] as? String)
         let mine = s1.dataDir.appendingPathComponent("../mine.age").standardizedFileURL.path
-        #expect(try await s1.admin(["key", "export", "-o", mine, "--device", d1ID, "--password-file", try await Self.passwordFile(s1)]).stdoutText.hasPrefix("Exported 1 key "))
+        #expect(
+            try await s1.admin(["key", "export", "-o", mine, "--device", d1ID, "--password-file", try await Self.passwordFile(s1)]).stdoutText
+                .hasPrefix("Exported 1 key "))
         let future = s1.dataDir.appendingPathComponent("../future.age").standardizedFileURL.path
-        #expect(try await s1.admin(["key", "export", "-o", future, "--since", "2099-01-01T00:00:00Z", "--password-file", try await Self.passwordFile(s1)]).stdoutText.hasPrefix("Exported 0 keys"))
+        #expect(
+            try await s1.admin(["key", "export", "-o", future, "--since", "2099-01-01T00:00:00Z", "--password-file", try await Self.passwordFile(s1)])
+                .stdoutText.hasPrefix("Exported 0 keys"))
 
         // Refused before anything is written: a short password, no selection, an unknown key, an existing file.
         let refusals: [([String], String)] = [
-            (["-o", s1.dataDir.appendingPathComponent("../x.age").path, "--all", "--password-file", try await Self.passwordFile(s1, "short")], "shorter than 8"),
+            (
+                ["-o", s1.dataDir.appendingPathComponent("../x.age").path, "--all", "--password-file", try await Self.passwordFile(s1, "short")],
+                "shorter than 8"
+            ),
             (["-o", s1.dataDir.appendingPathComponent("../x.age").path, "--password-file", try await Self.passwordFile(s1)], "say which keys"),
-            (["-o", s1.dataDir.appendingPathComponent("../x.age").path, "--key", KeyID.random().description, "--password-file", try await Self.passwordFile(s1)], "not in this repository"),
+            (
+                [
+                    "-o", s1.dataDir.appendingPathComponent("../x.age").path, "--key", KeyID.random().description, "--password-file",
+                    try await Self.passwordFile(s1),
+                ], "not in this repository"
+            ),
             (["-o", file, "--all", "--password-file", try await Self.passwordFile(s1)], "already exists"),
         ]
         for (args, text) in refusals {
             let r = try await s1.admin(["key", "export"] + args)
-            #expect(r.status != 0 && r.stderr.hasPrefix("keyhold-server: error: ") && r.stderr.contains(text) && r.stderr.contains("\nhint: "), "\(r.stderr)")
+            #expect(
+                r.status != 0 && r.stderr.hasPrefix("keyhold-server: error: ") && r.stderr.contains(text) && r.stderr.contains("\nhint: "),
+                "\(r.stderr)")
         }
         #expect(!FileManager.default.fileExists(atPath: s1.dataDir.appendingPathComponent("../x.age").path))
     }

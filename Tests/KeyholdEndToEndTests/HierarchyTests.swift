@@ -12,7 +12,8 @@ import Testing
         let t, s1, s2, s3: ServerProcess
         let d1, d2: AgentProcess
         func terminate() {
-            d1.terminate(); d2.terminate()
+            d1.terminate()
+            d2.terminate()
             for s in [s3, s2, s1, t] { s.terminate() }
         }
     }
@@ -30,12 +31,16 @@ import Testing
     }
 
     static func tree() async throws -> Tree {
-        let t = try await server("T"), s1 = try await server("S1"), s2 = try await server("S2"), s3 = try await server("S3")
+        let t = try await server("T")
+        let s1 = try await server("S1")
+        let s2 = try await server("S2")
+        let s3 = try await server("S3")
         try await join(s1, to: t)
         try await join(s2, to: t)
         try await join(s3, to: s1)
-        return Tree(t: t, s1: s1, s2: s2, s3: s3,
-                    d1: try await AgentIntegrationTests.enrolledAgent(s3, name: "D1"), d2: try await AgentIntegrationTests.enrolledAgent(s2, name: "D2"))
+        return Tree(
+            t: t, s1: s1, s2: s2, s3: s3,
+            d1: try await AgentIntegrationTests.enrolledAgent(s3, name: "D1"), d2: try await AgentIntegrationTests.enrolledAgent(s2, name: "D2"))
     }
 
     static func sync(_ s: ServerProcess) async throws -> RunResult { try await s.admin(["hierarchy", "sync"]) }
@@ -77,7 +82,11 @@ import Testing
         #expect(try await Self.sync(tree.s3).stdoutText.contains("pushed 0 key(s) in 0 batch(es)"))
         // S2 keeps the key it obtained, marked as such; T audited the release to S2.
         #expect(try await tree.s2.admin(["key", "list"]).stdoutText.contains("\thierarchy\t"))
-        #expect(try await tree.t.auditEntries().contains { $0.action == .release && $0.result.description == "ok" && $0.route.description.hasPrefix("secondary:") && $0.actor.description.hasPrefix("secondary:") })
+        #expect(
+            try await tree.t.auditEntries().contains {
+                $0.action == .release && $0.result.description == "ok" && $0.route.description.hasPrefix("secondary:")
+                    && $0.actor.description.hasPrefix("secondary:")
+            })
         #expect(try await tree.s2.auditEntries().contains { $0.action == .obtain && $0.route.description.hasPrefix("primary:") })
         #expect(try await tree.t.auditEntries().contains { $0.action == .pushReceive && $0.detail.hasPrefix("1 keys: 1 inserted") })
     }
@@ -143,8 +152,12 @@ import Testing
     @Test func aRevokedSecondaryIsRefusedOnItsNextLookup() async throws {
         // The primary checks a secondary's enrollment inside the release statement; a revoked one
         // must get client_revoked, be audited as such, and receive no key.
-        let t = try await Self.server("RT"), s1 = try await Self.server("RS1")
-        defer { s1.terminate(); t.terminate() }
+        let t = try await Self.server("RT")
+        let s1 = try await Self.server("RS1")
+        defer {
+            s1.terminate()
+            t.terminate()
+        }
         try await Self.join(s1, to: t)
         let owner = try await t.enrollDevice("owner")
         var ids: [KeyID] = []
@@ -170,8 +183,12 @@ import Testing
     }
 
     @Test func aConfiguredLoopAndASilentPrimaryGiveBoundedClearErrors() async throws {
-        let a = try await Self.server("A"), b = try await Self.server("B")
-        defer { a.terminate(); b.terminate() }
+        let a = try await Self.server("A")
+        let b = try await Self.server("B")
+        defer {
+            a.terminate()
+            b.terminate()
+        }
         try await Self.join(a, to: b)
         try await Self.join(b, to: a)
         let d = try await AgentIntegrationTests.enrolledAgent(a, name: "loopdev")
@@ -195,7 +212,10 @@ import Testing
     @Test func aSyncRidesOutARestartOfThePrimary() async throws {
         let t = try await Self.server("T-restart")
         let s1 = try await Self.server("S1-restart")
-        defer { s1.terminate(); t.terminate() }
+        defer {
+            s1.terminate()
+            t.terminate()
+        }
         try await Self.join(s1, to: t)
         let device = try await s1.enrollDevice("restart")
         let ids = try await using(try device.client()) { client in
@@ -221,7 +241,10 @@ import Testing
     @Test func killingThePrimaryMidPushLosesAndDuplicatesNothing() async throws {
         let t = try await Self.server("T-kill")
         let s1 = try await Self.server("S1-kill")
-        defer { s1.terminate(); t.terminate() }
+        defer {
+            s1.terminate()
+            t.terminate()
+        }
         try await Self.join(s1, to: t)
         let device = try await s1.enrollDevice("loader")
         let count = 50_000
@@ -233,7 +256,8 @@ import Testing
                 group.addTask {
                     for i in stride(from: worker, to: count, by: 64) {
                         let record = KeyRecord(
-                            id: ids[i], kind: .file, originServerID: device.serverID, originDeviceID: DeviceID(enrollment: device.clientID), label: "bulk"
+                            id: ids[i], kind: .file, originServerID: device.serverID, originDeviceID: DeviceID(enrollment: device.clientID),
+                            label: "bulk"
                         )
                         let request = EscrowRequest(key: KeyMaterial(record: record, secret: .generate()))
                         _ = try await client.put(APIPath.key(ids[i].description), request, as: EscrowResponse.self)

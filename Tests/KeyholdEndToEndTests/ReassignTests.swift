@@ -87,7 +87,9 @@ import Testing
     }
 
     @Test func insideTheHierarchyOtherKeysComeThroughIt() async throws {
-        let t = try await HierarchyTests.server("RT"), s1 = try await HierarchyTests.server("RS1"), s2 = try await HierarchyTests.server("RS2")
+        let t = try await HierarchyTests.server("RT")
+        let s1 = try await HierarchyTests.server("RS1")
+        let s2 = try await HierarchyTests.server("RS2")
         defer { for s in [s2, s1, t] { s.terminate() } }
         try await HierarchyTests.join(s1, to: t)
         try await HierarchyTests.join(s2, to: t)
@@ -115,7 +117,10 @@ import Testing
         let s2Audit = try await s2.auditEntries()
         #expect(s2Audit.contains { $0.action == .reescrow })
         #expect(s2Audit.contains { $0.action == .obtain && $0.detail == "through the hierarchy" })
-        #expect(try await t.auditEntries().contains { $0.action == .release && $0.route.description.hasPrefix("secondary:") && $0.result.description == "ok" })
+        #expect(
+            try await t.auditEntries().contains {
+                $0.action == .release && $0.route.description.hasPrefix("secondary:") && $0.result.description == "ok"
+            })
     }
 
     @Test func killingTheNewServerMidReescrowLeavesTheDeviceWithItsOldServer() async throws {
@@ -147,7 +152,9 @@ import Testing
         let failed = try await attempt.value
         #expect(failed.status != 0)
         #expect(failed.stderr.hasPrefix("keyhold: error: re-escrow to the new server failed after "), "\(failed.stderr)")
-        #expect(failed.stderr.contains("stays with server") && failed.stderr.contains("\nhint: ") && failed.stderr.contains("again with the same token"), "\(failed.stderr)")
+        #expect(
+            failed.stderr.contains("stays with server") && failed.stderr.contains("\nhint: ") && failed.stderr.contains("again with the same token"),
+            "\(failed.stderr)")
         // Still with S1, fully working.
         #expect(try Data(contentsOf: d1.stateDir.appendingPathComponent("identity.json")) == identityBefore)
         #expect(try await AgentIntegrationTests.status(d1)["server_address"] as? String == s1.api)

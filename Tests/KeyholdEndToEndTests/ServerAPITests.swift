@@ -58,7 +58,9 @@ import Testing
         #expect(fetched.secret.constantTimeEquals(secret))
         // Unknown key: not_found, audited.
         let missing = KeyID.random()
-        await expectCode("not_found") { _ = try await using(try d2.client()) { try await $0.get(APIPath.key(missing.description), as: KeyMaterial.self) } }
+        await expectCode("not_found") {
+            _ = try await using(try d2.client()) { try await $0.get(APIPath.key(missing.description), as: KeyMaterial.self) }
+        }
 
         let audit = try await server.auditEntries()
         let escrows = audit.filter { $0.action == .escrow && $0.keyID == record.id }
@@ -96,7 +98,9 @@ import Testing
         _ = try await using(try d1.client()) { try await $0.put(APIPath.key(record.id.description), request, as: EscrowResponse.self) }
         let blocked = try await server.admin(["key", "block", record.id.description])
         #expect(blocked.status == 0, "\(blocked.stderr)")
-        await expectCode("key_blocked") { _ = try await using(try d1.client()) { try await $0.get(APIPath.key(record.id.description), as: KeyMaterial.self) } }
+        await expectCode("key_blocked") {
+            _ = try await using(try d1.client()) { try await $0.get(APIPath.key(record.id.description), as: KeyMaterial.self) }
+        }
         let list = try await server.admin(["key", "list", "--json"])
         #expect(list.stdoutText.contains("\"blocked\" : true"))
         #expect(!list.stdoutText.contains("secret"), "key list never shows secrets")

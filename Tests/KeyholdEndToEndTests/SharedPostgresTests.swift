@@ -25,7 +25,8 @@ import Testing
         // B is a second process of the same server: same identity, CA and master key, own ports.
         let bDir = a.dataDir.deletingLastPathComponent().appendingPathComponent("data-b")
         try FileManager.default.copyItem(at: a.dataDir, to: bDir)
-        let b = try await ServerProcess(name: "pg-b", binaries: Paths.binaries, dataDir: bDir, logFile: bDir.appendingPathExtension("log"), initialize: false)
+        let b = try await ServerProcess(
+            name: "pg-b", binaries: Paths.binaries, dataDir: bDir, logFile: bDir.appendingPathExtension("log"), initialize: false)
         try await a.start()
         defer { a.terminate() }
         try await b.start()
@@ -71,8 +72,12 @@ import Testing
         }
         // pg_dump of the whole database, with bytea as hex (the form a dump holds).
         let query = Dictionary(uniqueKeysWithValues: (URLComponents(string: url)?.queryItems ?? []).map { ($0.name, $0.value ?? "") })
-        let pgBin = try FileManager.default.contentsOfDirectory(atPath: "/usr/lib/postgresql").sorted().last.map { "/usr/lib/postgresql/\($0)/bin" } ?? "/usr/bin"
-        let dump = try await run(URL(fileURLWithPath: "\(pgBin)/pg_dump"), ["-h", query["host"] ?? "", "-U", query["user"] ?? "keyhold", "--data-only", "-t", "keys", name])
+        let pgBin =
+            try FileManager.default.contentsOfDirectory(atPath: "/usr/lib/postgresql").sorted().last.map { "/usr/lib/postgresql/\($0)/bin" }
+            ?? "/usr/bin"
+        let dump = try await run(
+            URL(fileURLWithPath: "\(pgBin)/pg_dump"),
+            ["-h", query["host"] ?? "", "-U", query["user"] ?? "keyhold", "--data-only", "-t", "keys", name])
         #expect(dump.status == 0, "\(dump.stderr)")
         let text = dump.stdoutText
         #expect(text.contains("COPY public.keys"))

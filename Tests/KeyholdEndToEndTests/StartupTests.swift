@@ -1,18 +1,21 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import KeyholdCore
 import KeyholdProtocol
 import KeyholdTestSupport
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Starting the real daemons: configuration files read strictly, listeners that cannot bind, a
 /// second process on the same directory; each ends at once with an error that says what to do.
 @Suite(.timeLimit(.minutes(10))) struct StartupTests {
     /// Whether any process's command line mentions `text`.
     static func running(_ text: String) async throws -> Bool {
-        try await run(URL(fileURLWithPath: "/bin/ps"), ["-eo", "args"]).stdoutText.split(separator: "\n").contains { $0.contains(text) && !$0.contains("/bin/ps") }
+        try await run(URL(fileURLWithPath: "/bin/ps"), ["-eo", "args"]).stdoutText.split(separator: "\n").contains {
+            $0.contains(text) && !$0.contains("/bin/ps")
+        }
     }
 
     /// Starts `keyhold-server run` on `server` with `args` and waits for it to end by itself.
@@ -31,8 +34,14 @@ import Testing
         for (text, mentions) in [
             (original.replacingOccurrences(of: "\nlisten = ", with: "\nlisen = "), "unknown key 'lisen'"),
             (original + "enroll_listen = \"127.0.0.1:9\"\n", "enroll_listen"),
-            (original.replacingOccurrences(of: "hierarchy_heartbeat = 30", with: "hierarchy_heartbeat = \"30\""), "hierarchy_heartbeat must be an integer"),
-            (original.replacingOccurrences(of: "\nlisten = '127.0.0.1:0'", with: "\nlisten = '127.0.0.1'"), "listen = \"127.0.0.1\" is not host:port"),
+            (
+                original.replacingOccurrences(of: "hierarchy_heartbeat = 30", with: "hierarchy_heartbeat = \"30\""),
+                "hierarchy_heartbeat must be an integer"
+            ),
+            (
+                original.replacingOccurrences(of: "\nlisten = '127.0.0.1:0'", with: "\nlisten = '127.0.0.1'"),
+                "listen = \"127.0.0.1\" is not host:port"
+            ),
         ] {
             #expect(text != original, "the test changed the file")
             try text.write(to: config, atomically: true, encoding: .utf8)
@@ -41,7 +50,8 @@ import Testing
             for (exit, output) in [(runStatus, runLog), (status.status, status.stderr)] {
                 #expect(exit == 1, "\(output)")
                 let lines = output.split(separator: "\n")
-                #expect(lines.first?.hasPrefix("keyhold-server: error: \(config.path)") == true && lines.first?.contains(mentions) == true, "\(output)")
+                #expect(
+                    lines.first?.hasPrefix("keyhold-server: error: \(config.path)") == true && lines.first?.contains(mentions) == true, "\(output)")
                 #expect(lines.contains { $0.hasPrefix("hint: ") }, "\(output)")
             }
         }
@@ -101,7 +111,9 @@ import Testing
         defer { server.terminate() }
         let (status, log) = try await Self.runToEnd(server, ["--listen", "127.0.0.1:0", "--enroll-listen", "127.0.0.1:0"])
         #expect(status == 1, "\(log)")
-        #expect(log.contains("keyhold-server: error: keyhold-server (pid \(server.pid)) is already running on the data directory \(server.dataDir.path)"), "\(log)")
+        #expect(
+            log.contains("keyhold-server: error: keyhold-server (pid \(server.pid)) is already running on the data directory \(server.dataDir.path)"),
+            "\(log)")
         #expect(log.contains("\nhint: stop it first"))
         #expect(try await server.admin(["status"]).status == 0, "the running server keeps its runtime.json and answers")
     }

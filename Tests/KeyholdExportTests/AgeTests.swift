@@ -71,8 +71,10 @@ import Testing
         let file = try encrypt(plaintext)
         let headerEnd = file.firstRange(of: Array("\n--- ".utf8))!.upperBound + 44
         let sealed = 65_536 + 16
-        let points = [0, 5, 30, headerEnd - 10, headerEnd - 1, headerEnd, headerEnd + 8, headerEnd + 16, headerEnd + 16 + 100,
-                      headerEnd + 16 + sealed, headerEnd + 16 + 2 * sealed, headerEnd + 16 + 3 * sealed, file.count - 16, file.count - 1]
+        let points = [
+            0, 5, 30, headerEnd - 10, headerEnd - 1, headerEnd, headerEnd + 8, headerEnd + 16, headerEnd + 16 + 100,
+            headerEnd + 16 + sealed, headerEnd + 16 + 2 * sealed, headerEnd + 16 + 3 * sealed, file.count - 16, file.count - 1,
+        ]
         for point in points {
             #expect(throws: KeyholdError.self, "cut at \(point)") { try decrypt(Array(file[..<point])) }
         }
@@ -124,7 +126,10 @@ import Testing
 
     func sampleKeys(_ n: Int) -> [ExportedKey] {
         (0..<n).map { i in
-            ExportedKey(KeyMaterial(record: KeyRecord(kind: .file, originServerID: .random(), originDeviceID: .random(), label: "k\(i) \"quoted\" {braces}"), secret: .generate()), blocked: i % 3 == 0)
+            ExportedKey(
+                KeyMaterial(
+                    record: KeyRecord(kind: .file, originServerID: .random(), originDeviceID: .random(), label: "k\(i) \"quoted\" {braces}"),
+                    secret: .generate()), blocked: i % 3 == 0)
         }
     }
 
@@ -154,11 +159,14 @@ import Testing
         // docs/spec/export.md: the record's fields, `blocked` and `secret` side by side.
         let record = KeyRecord(
             id: KeyID("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0")!, kind: .drive, originServerID: ServerID("11111111-2222-3333-4444-555555555555")!,
-            originDeviceID: DeviceID("66666666-7777-8888-9999-aaaaaaaaaaaa")!, created: Date(timeIntervalSince1970: 1_800_000_000), label: "USB \"stick\"/1"
+            originDeviceID: DeviceID("66666666-7777-8888-9999-aaaaaaaaaaaa")!, created: Date(timeIntervalSince1970: 1_800_000_000),
+            label: "USB \"stick\"/1"
         )
         var writer = ExportDocumentWriter()
-        let element = try writer.element(ExportedKey(KeyMaterial(record: record, secret: try SecretKey(bytes: Data(repeating: 7, count: 32))), blocked: true))
-        let expected = #"{"blocked":true,"created":"2027-01-15T08:00:00Z","id":"0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0","kind":"drive","label":"USB \"stick\"/1","#
+        let element = try writer.element(
+            ExportedKey(KeyMaterial(record: record, secret: try SecretKey(bytes: Data(repeating: 7, count: 32))), blocked: true))
+        let expected =
+            #"{"blocked":true,"created":"2027-01-15T08:00:00Z","id":"0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0","kind":"drive","label":"USB \"stick\"/1","#
             + #""origin_device_id":"66666666-7777-8888-9999-aaaaaaaaaaaa","origin_server_id":"11111111-2222-3333-4444-555555555555","#
             + #""secret":"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=","state":"active"}"#
         #expect(String(decoding: element, as: UTF8.self) == expected)

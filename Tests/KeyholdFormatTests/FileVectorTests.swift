@@ -1,9 +1,9 @@
+import Crypto
 import Foundation
 import KeyholdCore
 import KeyholdFormat
 import KeyholdTestSupport
 import Testing
-import Crypto
 
 /// Runs every case of `Tests/Vectors/file-format/` (see `scripts/gen-file-vectors.py`).
 @Suite struct FileVectorTests {

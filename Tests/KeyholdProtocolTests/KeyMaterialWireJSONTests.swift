@@ -29,7 +29,8 @@ import Testing
     }
 
     @Test func theSecretRoundTripsThroughTheWireForm() throws {
-        let key = KeyMaterial(record: KeyRecord(kind: .drive, originServerID: .random(), originDeviceID: .random(), label: "stick"), secret: .generate())
+        let key = KeyMaterial(
+            record: KeyRecord(kind: .drive, originServerID: .random(), originDeviceID: .random(), label: "stick"), secret: .generate())
         let back = try WireFormat.decoder().decode(KeyMaterial.self, from: Data(try #require(key.wireJSON())))
         #expect(back.record == key.record)
         #expect(back.secret.constantTimeEquals(key.secret))

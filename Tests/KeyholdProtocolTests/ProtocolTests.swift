@@ -25,7 +25,9 @@ import Testing
     @Test func everyErrorCodeHasTheStatusTheSpecGivesIt() throws {
         let documented = try Self.documentedStatuses()
         for code in KeyholdError.Code.allCases {
-            #expect(documented[code.rawValue] == ErrorStatus.httpStatus(for: code), "\(code): spec \(documented[code.rawValue].map(String.init) ?? "missing")")
+            #expect(
+                documented[code.rawValue] == ErrorStatus.httpStatus(for: code),
+                "\(code): spec \(documented[code.rawValue].map(String.init) ?? "missing")")
             #expect((400...599).contains(ErrorStatus.httpStatus(for: code)))
         }
         #expect(Set(documented.keys) == Set(KeyholdError.Code.allCases.map(\.rawValue)), "the spec lists exactly the codes there are")

@@ -4,11 +4,12 @@ import Hummingbird
 import HummingbirdTesting
 import KeyholdCore
 import KeyholdProtocol
-@testable import KeyholdServer
 import KeyholdStore
 import KeyholdTestSupport
 import Logging
 import NIOCore
+
+@testable import KeyholdServer
 
 /// The context of the in-process router tests: the caller is named by the `x-test-peer` header
 /// (`ROLE ID FINGERPRINT`). The server's own context takes the caller from the TLS certificate

@@ -1,11 +1,12 @@
 import Crypto
 import Foundation
-@testable import KeyholdServer
 import KeyholdCore
 import KeyholdProtocol
 import SwiftASN1
 import Testing
 import X509
+
+@testable import KeyholdServer
 
 @Suite struct MasterKeyTests {
     @Test func wrapIsBoundToTheKeyID() throws {

@@ -4,10 +4,11 @@ import Hummingbird
 import HummingbirdTesting
 import KeyholdCore
 import KeyholdProtocol
-@testable import KeyholdServer
 import KeyholdStore
 import NIOCore
 import Testing
+
+@testable import KeyholdServer
 
 /// The mutual-TLS API's router, in process (HummingbirdTesting) on the in-memory repository.
 @Suite struct ServerRouterTests {
@@ -43,7 +44,8 @@ import Testing
                     let peer = try #require(peers[role])
                     if allowed.contains(role) {
                         let r = try await client.execute(uri: path, method: method, headers: peer.header)
-                        #expect(![.unauthorized, .forbidden].contains(r.status), "\(method) \(path) as \(role): \(r.status) \(String(buffer: r.body))")
+                        #expect(
+                            ![.unauthorized, .forbidden].contains(r.status), "\(method) \(path) as \(role): \(r.status) \(String(buffer: r.body))")
                     } else {
                         let r = try await client.execute(uri: path, method: method, headers: peer.header, body: oversized)
                         #expect(r.status == .forbidden && errorCode(r) == .forbidden, "\(method) \(path) as \(role): \(r.status)")

@@ -1,11 +1,11 @@
 import Foundation
-import Synchronization
 import KeyholdCore
 import KeyholdProtocol
 import KeyholdStore
-import KeyholdStoreSQLite
 import KeyholdStorePostgres
+import KeyholdStoreSQLite
 import KeyholdTestSupport
+import Synchronization
 import Testing
 
 /// The storage backends every conformance test runs against.
@@ -32,7 +32,11 @@ struct Fixture {
             try await repo.migrate()
             return Fixture(
                 repository: repo,
-                reopen: { let r = try SQLiteRepository(path: path); try await r.migrate(); return r },
+                reopen: {
+                    let r = try SQLiteRepository(path: path)
+                    try await r.migrate()
+                    return r
+                },
                 cleanup: { try? FileManager.default.removeItem(at: dir) }
             )
         case .postgres:
@@ -217,7 +221,10 @@ func audit(_ action: AuditAction, _ key: KeyID? = nil, result: AuditResult = .ok
         let before = try await repo.audit(after: 0, limit: 1000).last?.sequence ?? 0
 
         // 400 requests: every key ten times, plus misses and impostors mixed in.
-        enum Expect: Sendable, Equatable { case key(KeyID), missing, refused }
+        enum Expect: Sendable, Equatable {
+            case key(KeyID)
+            case missing, refused
+        }
         var plan: [(ReleaseRequest, Expect)] = []
         for round in 0..<10 {
             for (i, k) in keys.enumerated() {
@@ -309,8 +316,10 @@ func audit(_ action: AuditAction, _ key: KeyID? = nil, result: AuditResult = .ok
         let f = try await Fixture.make(backend)
         defer { Task { await f.cleanup() } }
         let repo = f.repository
-        let d = EnrolledClient(id: .random(), role: .device, name: "laptop-7", certificateFingerprint: "ab12", enrolled: Date(timeIntervalSince1970: 1_800_000_000))
-        let s = EnrolledClient(id: .random(), role: .server, name: "branch", certificateFingerprint: "cd34", enrolled: Date(timeIntervalSince1970: 1_800_000_100))
+        let d = EnrolledClient(
+            id: .random(), role: .device, name: "laptop-7", certificateFingerprint: "ab12", enrolled: Date(timeIntervalSince1970: 1_800_000_000))
+        let s = EnrolledClient(
+            id: .random(), role: .server, name: "branch", certificateFingerprint: "cd34", enrolled: Date(timeIntervalSince1970: 1_800_000_100))
         try await repo.insertClient(d)
         try await repo.insertClient(s)
         await #expect(throws: (any Error).self) { try await repo.insertClient(d) }
@@ -338,10 +347,16 @@ func audit(_ action: AuditAction, _ key: KeyID? = nil, result: AuditResult = .ok
         try await repo.insertToken(t)
         #expect(try await repo.redeemToken(id: t.id, secretHash: [UInt8](repeating: 8, count: 32), now: now) == .unknown)
         #expect(try await repo.redeemToken(id: .random(), secretHash: hash, now: now) == .unknown)
-        guard case .redeemed(let r1) = try await repo.redeemToken(id: t.id, secretHash: hash, now: now) else { Issue.record("first use refused"); return }
+        guard case .redeemed(let r1) = try await repo.redeemToken(id: t.id, secretHash: hash, now: now) else {
+            Issue.record("first use refused")
+            return
+        }
         #expect(r1.usesLeft == 1)
         #expect(try await repo.redeemToken(id: t.id, secretHash: hash, now: now.addingTimeInterval(601)) == .expired)
-        guard case .redeemed = try await repo.redeemToken(id: t.id, secretHash: hash, now: now) else { Issue.record("second use refused"); return }
+        guard case .redeemed = try await repo.redeemToken(id: t.id, secretHash: hash, now: now) else {
+            Issue.record("second use refused")
+            return
+        }
         #expect(try await repo.redeemToken(id: t.id, secretHash: hash, now: now) == .usedUp)
 
         let single = EnrollmentTokenRecord(id: .random(), secretHash: hash, role: .server, usesLeft: 1, expires: now.addingTimeInterval(600))
@@ -401,7 +416,9 @@ func audit(_ action: AuditAction, _ key: KeyID? = nil, result: AuditResult = .ok
         let f = try await Fixture.make(backend)
         defer { Task { await f.cleanup() } }
         let repo = f.repository
-        let a = sampleKey(label: "a"), b = sampleKey(label: "b"), c = sampleKey(label: "c")
+        let a = sampleKey(label: "a")
+        let b = sampleKey(label: "b")
+        let c = sampleKey(label: "c")
         _ = try await repo.insertKey(a, audit: nil)
         _ = try await repo.insertKey(b, audit: nil)
         var seqs = try await repo.keys(afterSequence: 0, limit: 10).map(\.record.id)
@@ -467,7 +484,8 @@ func audit(_ action: AuditAction, _ key: KeyID? = nil, result: AuditResult = .ok
         try await (repo as! any RepositoryFaultInjection).breakAuditWrites()
         let fresh = sampleKey(label: "never")
         await #expect(throws: (any Error).self) {
-            _ = try await repo.insertAndRelease(fresh, obtained: audit(.obtain, fresh.record.id), release: ReleaseRequest(keyID: fresh.record.id, actor: testActor, route: .agent))
+            _ = try await repo.insertAndRelease(
+                fresh, obtained: audit(.obtain, fresh.record.id), release: ReleaseRequest(keyID: fresh.record.id, actor: testActor, route: .agent))
         }
         #expect(try await repo.key(id: fresh.record.id) == nil)
     }
@@ -542,7 +560,10 @@ final class Batches: KeyBatchSource {
     }
 
     func nextBatch() throws -> [StoredKey]? {
-        let n = served.withLock { $0 += 1; return $0 }
+        let n = served.withLock {
+            $0 += 1
+            return $0
+        }
         if let failAfter, n > failAfter { throw RepositoryError("the file is damaged (simulated)") }
         return batches.withLock { $0.isEmpty ? nil : $0.removeFirst() }
     }

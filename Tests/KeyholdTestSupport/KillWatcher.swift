@@ -1,4 +1,4 @@
-public import Foundation
+import Foundation
 
 /// Kills a process the moment a SQLite query on another server's database reaches a threshold —
 /// from a separate watcher process, so the timing does not depend on the test's own tasks (on a
@@ -14,18 +14,18 @@ public final class KillWatcher: @unchecked Sendable {
     ///   - pid: the process to `SIGKILL`.
     public init(database: String, query: String, threshold: Int, pid: Int32) throws {
         let script = """
-        import os, signal, sqlite3, sys, time
-        db, query, threshold, pid = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        end = time.time() + 120
-        while time.time() < end:
-            row = con.execute(query).fetchone()
-            if row and row[0] is not None and int(row[0]) >= threshold:
-                os.kill(pid, signal.SIGKILL)
-                sys.exit(0)
-            time.sleep(0.002)
-        sys.exit(1)
-        """
+            import os, signal, sqlite3, sys, time
+            db, query, threshold, pid = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+            end = time.time() + 120
+            while time.time() < end:
+                row = con.execute(query).fetchone()
+                if row and row[0] is not None and int(row[0]) >= threshold:
+                    os.kill(pid, signal.SIGKILL)
+                    sys.exit(0)
+                time.sleep(0.002)
+            sys.exit(1)
+            """
         process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["python3", "-c", script, database, query, String(threshold), String(pid)]

@@ -1,7 +1,8 @@
+public import Foundation
+
 #if canImport(Glibc)
 import Glibc
 #endif
-public import Foundation
 
 /// Raw exchanges with a Unix socket, for tests that send what a well-behaved client would not
 /// (malformed lines, idle connections). Blocking work runs on Dispatch threads.
@@ -31,12 +32,13 @@ public enum RawSocket {
     public static func exchange(_ path: String, _ bytes: Data) async throws -> Data {
         try await withCheckedThrowingContinuation { continuation in
             DispatchQueue.global().async {
-                continuation.resume(with: Result {
-                    let fd = try connect(path)
-                    defer { close(fd) }
-                    _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-                    return readToEnd(fd)
-                })
+                continuation.resume(
+                    with: Result {
+                        let fd = try connect(path)
+                        defer { close(fd) }
+                        _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                        return readToEnd(fd)
+                    })
             }
         }
     }

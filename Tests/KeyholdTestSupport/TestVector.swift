@@ -10,11 +10,16 @@ public struct TestVector: Sendable, CustomStringConvertible {
         case error(code: String, segment: Int?)
     }
 
+    /// The file name of the case.
     public let name: String
+    /// What reading the body must give.
     public let expectation: Expectation
+    /// The preamble's `name: value` lines.
     public let fields: [String: String]
+    /// The bytes under test.
     public let body: [UInt8]
 
+    /// The case's name.
     public var description: String { name }
 
     /// The `key:` field as bytes.
@@ -51,6 +56,7 @@ public struct TestVector: Sendable, CustomStringConvertible {
         self.body = Array(bytes[(split + 2)...])
     }
 
+    /// The bytes of hex `text`.
     public static func hex(_ text: String) -> [UInt8] {
         var out: [UInt8] = []
         var it = text.utf8.makeIterator()
