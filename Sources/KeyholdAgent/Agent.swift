@@ -13,6 +13,11 @@ actor Agent {
     private var creatingFileKey: Task<KeyMaterial, any Error>?
     private var lastHeartbeat: Date?
     private var lastHeartbeatError: String?
+    /// Set when the server said this device is revoked or moved: heartbeats stop until the device
+    /// enrolls or is reassigned, instead of adding a refusal to the server's audit every period.
+    private var heartbeatStopped: String?
+    /// Heartbeats that failed in a row (the service backs off by it).
+    private(set) var heartbeatFailures = 0
     private let logger: Logger
     private let serverTimeout: Duration
 
@@ -43,7 +48,7 @@ actor Agent {
     func status() -> AgentStatus {
         AgentStatus(
             enrolled: identity != nil, serverID: identity?.serverID, serverAddress: identity?.apiAddress, deviceID: identity?.clientID,
-            lastHeartbeat: lastHeartbeat, lastHeartbeatError: lastHeartbeatError, cachedKeys: cache.keys.count,
+            lastHeartbeat: lastHeartbeat, lastHeartbeatError: lastHeartbeatError, heartbeatStopped: heartbeatStopped, cachedKeys: cache.keys.count,
             activeFileKey: cache.activeFileKey, outbox: creatingFileKey == nil ? 0 : 1, version: KeyholdVersion.current
         )
     }
@@ -60,6 +65,8 @@ actor Agent {
         let enrolled = try await Enrollment.enroll(token: token, name: ProcessInfo.processInfo.hostName)
         try state.save(identity: enrolled)
         identity = enrolled
+        heartbeatStopped = nil
+        heartbeatFailures = 0
         client = try enrolled.client(timeout: serverTimeout)
         logger.info("enrolled", metadata: ["server": "\(enrolled.serverID)", "device": "\(enrolled.clientID)"])
         return status()
@@ -199,6 +206,8 @@ actor Agent {
         state.remove(state.pendingIdentity)
         lastHeartbeat = nil
         lastHeartbeatError = nil
+        heartbeatStopped = nil
+        heartbeatFailures = 0
         logger.notice("reassigned", metadata: ["from": "\(old.serverID)", "to": "\(next.serverID)", "keys": "\(done.count)"])
 
         // 4. Tell the old server (best effort), then heartbeat the new one.
@@ -221,18 +230,31 @@ actor Agent {
 
     // MARK: Heartbeat
 
+    /// One heartbeat, unless the server said this device is revoked or moved (then none until
+    /// the device enrolls or is reassigned).
     func heartbeat() async {
-        guard let client else { return }
+        guard let client, heartbeatStopped == nil else { return }
         do {
             _ = try await client.post(
                 APIPath.heartbeat, HeartbeatRequest(agentVersion: KeyholdVersion.current, keyCount: cache.keys.count), as: HeartbeatResponse.self)
             lastHeartbeat = Date()
             lastHeartbeatError = nil
+            heartbeatFailures = 0
         } catch let error as KeyholdError {
             lastHeartbeatError = "\(error.code): \(error.message)"
-            logger.notice("heartbeat failed", metadata: ["error": "\(error.code)"])
+            heartbeatFailures += 1
+            if error.code == .clientRevoked || error.code == .clientMoved {
+                heartbeatStopped =
+                    error.code == .clientRevoked
+                    ? "the server revoked this device; enroll it again ('keyhold enroll TOKEN')"
+                    : "this device moved to another server; reassign it ('keyhold reassign TOKEN') or enroll it again"
+                logger.warning("heartbeats stopped", metadata: ["reason": "\(error.code)"])
+            } else {
+                logger.notice("heartbeat failed", metadata: ["error": "\(error.code)", "failures": "\(heartbeatFailures)"])
+            }
         } catch {
             lastHeartbeatError = "\(error)"
+            heartbeatFailures += 1
         }
     }
 

@@ -67,6 +67,9 @@ final class AgentSocket: Service, Sendable {
         do {
             server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .serverChannelOption(.backlog, value: 256)
+                // A client may shut down its side once it has sent its request (socat, nc -N) and
+                // still read the answer.
+                .childChannelOption(.allowRemoteHalfClosure, value: true)
                 .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: false) { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(
@@ -223,7 +226,8 @@ enum RequestLineError: Error {
 }
 
 /// Collects the first line of a connection (at most `limit` bytes, within `timeout`) and passes it
-/// on without its newline; anything after it is ignored. Too long or too late is an error.
+/// on without its newline; anything after it is ignored. The end of the client's input also ends
+/// the line. Too long or too late is an error.
 final class RequestLineHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
@@ -264,6 +268,17 @@ final class RequestLineHandler: ChannelInboundHandler, RemovableChannelHandler {
         } else if buffer.readableBytes > limit {
             fail(context, .tooLarge(limit))
         }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case .some(.inputClosed) = event as? ChannelEvent, !done, buffer.readableBytes > 0 {
+            done = true
+            timer?.cancel()
+            let line = buffer
+            buffer = ByteBuffer()
+            context.fireChannelRead(wrapInboundOut(line))
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     private func fail(_ context: ChannelHandlerContext, _ error: RequestLineError) {

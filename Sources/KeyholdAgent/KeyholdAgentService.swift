@@ -68,7 +68,10 @@ struct HeartbeatService: Service {
     func run() async throws {
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
             await agent.heartbeat()
-            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
+            // A server that does not answer is asked less often: 1, 2, 4, at most 8 periods apart.
+            let failures = await agent.heartbeatFailures
+            let pause = interval * (1 << min(3, failures))
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: pause) }
         }
     }
 }

@@ -109,7 +109,7 @@ struct StatusCommand: ParsableCommand {
             enrolled:        \(status.enrolled ? "yes" : "no")
             server:          \(status.serverID?.description ?? "-") at \(status.serverAddress ?? "-")
             device:          \(status.deviceID?.description ?? "-")
-            last heartbeat:  \(date(status.lastHeartbeat))\(status.lastHeartbeatError.map { " (last attempt failed: \($0))" } ?? "")
+            last heartbeat:  \(date(status.lastHeartbeat))\(status.lastHeartbeatError.map { " (last attempt failed: \(PrintableText.escaped($0)))" } ?? "")\(status.heartbeatStopped.map { "\nheartbeats:      STOPPED: \($0)" } ?? "")
             cached keys:     \(status.cachedKeys)
             active file key: \(status.activeFileKey?.description ?? "none yet")
             outbox:          \(status.outbox) key(s) awaiting escrow

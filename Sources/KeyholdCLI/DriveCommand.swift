@@ -287,10 +287,10 @@ struct DriveCommand: ParsableCommand {
             guard report.luks else { return }
             print("cipher:      \(report.cipher ?? "?"), \(report.volumeKeyBits ?? 0)-bit volume key")
             print("keyslots:    \((report.keyslots ?? []).map(String.init).joined(separator: ", "))")
-            print("tokens:      \((report.tokens ?? []).joined(separator: ", "))")
+            print("tokens:      \((report.tokens ?? []).map(PrintableText.escaped).joined(separator: ", "))")
             if let t = report.keyhold {
-                print("keyhold key: \(t.keyID) (keyslot \(t.keyslots.joined(separator: ",")))")
-                print("escrowed at: server \(t.originServerID) (\(t.serverAddress))")
+                print("keyhold key: \(t.keyID) (keyslot \(PrintableText.escaped(t.keyslots.joined(separator: ","))))")
+                print("escrowed at: server \(t.originServerID) (\(PrintableText.escaped(t.serverAddress)))")
             } else {
                 print("keyhold key: none (not a Keyhold drive)")
             }

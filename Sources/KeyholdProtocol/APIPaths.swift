@@ -38,6 +38,10 @@ public enum APIPath {
     public static let adminClients = "/v1/admin/clients"
     /// `POST`: revoke client `id`.
     public static func adminClientRevoke(_ id: String) -> String { "/v1/admin/clients/\(id)/revoke" }
+    /// `GET`: the administrators.
+    public static let adminAdministrators = "/v1/admin/administrators"
+    /// `POST`: revoke administrator `id` (never the last active one).
+    public static func adminAdministratorRevoke(_ id: String) -> String { "/v1/admin/administrators/\(id)/revoke" }
     /// `POST`: a new enrollment token.
     public static let adminTokens = "/v1/admin/tokens"
     /// `POST`: join a primary; `DELETE`: forget it.

@@ -164,6 +164,8 @@ public struct AgentStatus: Codable, Sendable, Equatable {
     public var lastHeartbeat: Date?
     /// The error of the last heartbeat, if it failed.
     public var lastHeartbeatError: String?
+    /// Why heartbeats stopped (the server said the device is revoked or moved), and what to do.
+    public var heartbeatStopped: String?
     /// Keys in the sealed cache.
     public var cachedKeys: Int
     /// The key new files are encrypted with.
@@ -176,7 +178,7 @@ public struct AgentStatus: Codable, Sendable, Equatable {
     /// A status.
     public init(
         enrolled: Bool, serverID: ServerID?, serverAddress: String?, deviceID: ClientID?, lastHeartbeat: Date?,
-        lastHeartbeatError: String?, cachedKeys: Int, activeFileKey: KeyID?, outbox: Int, version: String
+        lastHeartbeatError: String?, heartbeatStopped: String? = nil, cachedKeys: Int, activeFileKey: KeyID?, outbox: Int, version: String
     ) {
         self.enrolled = enrolled
         self.serverID = serverID
@@ -184,6 +186,7 @@ public struct AgentStatus: Codable, Sendable, Equatable {
         self.deviceID = deviceID
         self.lastHeartbeat = lastHeartbeat
         self.lastHeartbeatError = lastHeartbeatError
+        self.heartbeatStopped = heartbeatStopped
         self.cachedKeys = cachedKeys
         self.activeFileKey = activeFileKey
         self.outbox = outbox
@@ -197,6 +200,7 @@ public struct AgentStatus: Codable, Sendable, Equatable {
         case deviceID = "device_id"
         case lastHeartbeat = "last_heartbeat"
         case lastHeartbeatError = "last_heartbeat_error"
+        case heartbeatStopped = "heartbeat_stopped"
         case cachedKeys = "cached_keys"
         case activeFileKey = "active_file_key"
         case outbox, version

@@ -21,6 +21,8 @@ public enum AuditAction: String, Codable, Sendable, CaseIterable, CustomStringCo
     case unblock
     /// An administrator revoked an enrollment.
     case revoke
+    /// A new administrator certificate was issued on the server machine (`keyhold-server admin recover`).
+    case adminRecover = "admin_recover"
     /// An administrator made an enrollment token.
     case tokenCreate = "token_create"
     /// A request of a client that is no longer active was refused.

@@ -106,7 +106,23 @@ struct CertificateAuthority: Sendable {
         return (cert, key.pemRepresentation)
     }
 
-    /// A client certificate for `identity` on the key in a verified CSR.
+    /// The certificate request in `pem`, if it parses and its signature verifies.
+    static func verifiedRequest(_ pem: String) throws -> CertificateSigningRequest {
+        let csr: CertificateSigningRequest
+        do {
+            csr = try CertificateSigningRequest(pemEncoded: pem)
+        } catch {
+            throw KeyholdError(.invalidRequest, "the certificate signing request is not valid PEM", hint: "send a PEM-encoded PKCS#10 request")
+        }
+        guard csr.publicKey.isValidSignature(csr.signature, for: csr) else {
+            throw KeyholdError(
+                .invalidRequest, "the certificate request's signature does not verify", hint: "send a CSR signed by its own private key")
+        }
+        return csr
+    }
+
+    /// A client certificate for `identity` on the key in a CSR that ``verifiedRequest(_:)`` accepted
+    /// (checked again here).
     func issueClientCertificate(csr: CertificateSigningRequest, identity: CertificateIdentity, name: String) throws -> Certificate {
         guard csr.publicKey.isValidSignature(csr.signature, for: csr) else {
             throw KeyholdError(

@@ -150,6 +150,14 @@ struct ServerAPI<Context: PeerContext> {
             }
         }
         route(router, .get, APIPath.adminClients, [.admin]) { _, _, _ in try respond(try await core.clients()) }
+        route(router, .get, APIPath.adminAdministrators, [.admin]) { _, _, _ in try respond(try await core.administrators()) }
+        route(router, .post, "/v1/admin/administrators/:id/revoke", [.admin]) { _, context, caller in
+            guard let text = context.parameters.get("id"), let id = ClientID(text) else {
+                throw KeyholdError(.invalidRequest, "the path does not name a valid client id", hint: "ids are lowercase UUIDs")
+            }
+            try await core.revokeAdministrator(id, by: caller)
+            return Response(status: .noContent)
+        }
         route(router, .post, "/v1/admin/clients/:id/revoke", [.admin]) { _, context, caller in
             guard let text = context.parameters.get("id"), let id = ClientID(text) else {
                 throw KeyholdError(.invalidRequest, "the path does not name a valid client id", hint: "ids are lowercase UUIDs")

@@ -56,10 +56,41 @@ struct ServerCore: Sendable {
 
     // MARK: Enrollment
 
-    /// Redeems a token for a certificate (`POST /v1/enroll`).
+    /// The longest label a key record may carry.
+    static let labelLimit = 256
+    /// The longest enrollment name kept (a host name).
+    static let nameLimit = 64
+
+    /// Redeems a token for a certificate (`POST /v1/enroll`). The request is checked whole (secret,
+    /// name, CSR and its signature) before a use of the token is taken, so a bad request costs the
+    /// token nothing; every refusal is audited.
     func enroll(_ request: EnrollRequest) async throws -> EnrollResponse {
+        func refuse(_ error: KeyholdError, _ detail: String) async throws -> Never {
+            try await repository.appendAudit(
+                AuditEvent(
+                    actor: .anonymous, action: .enroll, route: .enrollment, result: .refused(error.code),
+                    detail: "token \(request.tokenID): \(detail)")
+            )
+            throw error
+        }
         guard let secret = Base64URL.decode(request.secret) else {
-            throw KeyholdError(.tokenInvalid, "the enrollment token's secret is malformed", hint: "copy the whole token")
+            try await refuse(
+                KeyholdError(.tokenInvalid, "the enrollment token's secret is malformed", hint: "copy the whole token"), "malformed secret")
+        }
+        let name = request.name.trimmingCharacters(in: .whitespaces)
+        guard !name.isEmpty, PrintableText.isClean(name, limit: Self.nameLimit) else {
+            try await refuse(
+                KeyholdError(
+                    .invalidRequest, "the enrollment name must be 1 to \(Self.nameLimit) printable characters (no control characters)",
+                    hint: "enroll from a machine with an ordinary host name"
+                ), "name refused: \(PrintableText.escaped(String(request.name.prefix(Self.nameLimit))))"
+            )
+        }
+        let csr: CertificateSigningRequest
+        do {
+            csr = try CertificateAuthority.verifiedRequest(request.csrPEM)
+        } catch let error as KeyholdError {
+            try await refuse(error, "certificate request refused (\(error.message))")
         }
         let redemption = try await repository.redeemToken(id: request.tokenID, secretHash: Array(SHA256.hash(data: secret)), now: Date())
         let token: EnrollmentTokenRecord
@@ -73,31 +104,21 @@ struct ServerCore: Sendable {
             case .revoked: why = "revoked"
             default: why = "not known to this server"
             }
-            try await repository.appendAudit(
-                AuditEvent(
-                    actor: .anonymous, action: .enroll, route: .enrollment, result: .refused(.tokenInvalid), detail: "token \(request.tokenID) \(why)"
-                ))
-            throw KeyholdError(
-                .tokenInvalid, "the enrollment token is \(why)", hint: "ask the administrator for a new token ('keyhold-server token create')")
-        }
-        let csr: CertificateSigningRequest
-        do {
-            csr = try CertificateSigningRequest(pemEncoded: request.csrPEM)
-        } catch {
-            throw KeyholdError(.invalidRequest, "the certificate signing request is not valid PEM", hint: "send a PEM-encoded PKCS#10 request")
+            try await refuse(
+                KeyholdError(
+                    .tokenInvalid, "the enrollment token is \(why)", hint: "ask the administrator for a new token ('keyhold-server token create')"),
+                why
+            )
         }
         let id = ClientID.random()
-        let name = String(request.name.prefix(64))
         let certificate = try authority.issueClientCertificate(csr: csr, identity: CertificateIdentity(role: token.role, id: id), name: name)
         try await repository.insertClient(
-            EnrolledClient(
-                id: id, role: token.role, name: name, certificateFingerprint: CertificateAuthority.fingerprint(certificate)
-            ))
+            EnrolledClient(id: id, role: token.role, name: name, certificateFingerprint: CertificateAuthority.fingerprint(certificate))
+        )
         try await repository.appendAudit(
-            AuditEvent(
-                actor: AuditActor(token.role, id), action: .enroll, route: .enrollment, result: .ok, detail: "name \(name), token \(token.id)"
-            ))
-        logger.info("enrolled", metadata: ["role": "\(token.role)", "id": "\(id)", "name": "\(name)"])
+            AuditEvent(actor: AuditActor(token.role, id), action: .enroll, route: .enrollment, result: .ok, detail: "name \(name), token \(token.id)")
+        )
+        logger.info("enrolled", metadata: ["role": "\(token.role)", "id": "\(id)", "name": "\(PrintableText.escaped(name))"])
         return EnrollResponse(clientID: id, role: token.role, certificatePEM: certificate.pem, caPEM: authority.certificate.pem, serverID: serverID)
     }
 
@@ -106,10 +127,14 @@ struct ServerCore: Sendable {
     /// Stores a device's key (`PUT /v1/keys/{id}`); answers after the commit.
     func escrow(_ request: EscrowRequest, keyID: KeyID, by caller: Caller) async throws -> EscrowResponse {
         let record = request.key.record
+        guard record.label.count <= Self.labelLimit else {
+            throw KeyholdError(.invalidRequest, "a key's label has at most \(Self.labelLimit) characters", hint: "shorten the label")
+        }
         guard record.id == keyID else {
             throw KeyholdError(
                 .invalidRequest, "the path names key \(keyID) but the record is key \(record.id)", hint: "PUT the record to its own key id")
         }
+        try await checkOrigin(record, of: request, from: caller)
         let stored = try masterKey.store(record, secret: request.key.secret, provenance: .escrow)
         let audit =
             request.reassignedFrom.map {
@@ -126,6 +151,40 @@ struct ServerCore: Sendable {
             throw KeyholdError(
                 .conflict, "key \(keyID) is already escrowed with a different secret", hint: "create a new key; an escrowed key is never replaced")
         }
+    }
+
+    /// Who escrowed a key is this server's to say, not the caller's: a new key must name this
+    /// server and the calling device as its origin. A device moving here re-escrows the keys it
+    /// holds with their records as it holds them (its own from the old server, and others' it
+    /// fetched), which this server cannot check, but it may not claim another device of this
+    /// server nor a move from this server. A refusal is audited.
+    private func checkOrigin(_ record: KeyRecord, of request: EscrowRequest, from caller: Caller) async throws {
+        let device = DeviceID(enrollment: caller.client.id)
+        let problem: String?
+        if let from = request.reassignedFrom {
+            if from == serverID {
+                problem = "it says it moved here from this server"
+            } else if record.originServerID == serverID && record.originDeviceID != device {
+                problem = "it names another device of this server (\(record.originDeviceID)) as the key's origin"
+            } else {
+                problem = nil
+            }
+        } else if record.originServerID != serverID || record.originDeviceID != device {
+            problem =
+                "the record names origin server \(record.originServerID) and device \(record.originDeviceID), but device \(device) of server \(serverID) escrows it"
+        } else {
+            problem = nil
+        }
+        guard let problem else { return }
+        try await repository.appendAudit(
+            AuditEvent(
+                actor: caller.actor, action: request.reassignedFrom == nil ? .escrow : .reescrow, keyID: record.id, route: .agent,
+                result: .refused(.invalidRequest), detail: "origin refused: \(problem)")
+        )
+        throw KeyholdError(
+            .invalidRequest, "key \(record.id) is refused: \(problem)",
+            hint: "a device escrows its own new keys; this server records who escrowed them"
+        )
     }
 
     /// A device says it moved to another server (`POST /v1/leave`): it is marked `moved` (refused
@@ -318,13 +377,27 @@ struct ServerCore: Sendable {
         )
     }
 
+    /// How many enrollments a token may allow.
+    static let tokenUses = 1...10_000
+    /// How long a token may live, in seconds (30 days at most).
+    static let tokenLifetime = 1...(30 * 86_400)
+
     /// `POST /v1/admin/tokens`: a new enrollment token carrying the advertised addresses.
     func createToken(_ request: TokenCreateRequest, by caller: Caller) async throws -> TokenCreateResponse {
         guard request.role != .admin else {
             throw KeyholdError(.invalidRequest, "a token's role is device or server, not admin", hint: "use --role device or --role server")
         }
-        guard request.uses >= 1, request.ttlSeconds >= 1 else {
-            throw KeyholdError(.invalidRequest, "uses and ttl must be positive", hint: "for example --uses 1 --ttl 24h")
+        guard Self.tokenUses.contains(request.uses) else {
+            throw KeyholdError(
+                .invalidRequest, "a token allows \(Self.tokenUses.lowerBound) to \(Self.tokenUses.upperBound) enrollments, not \(request.uses)",
+                hint: "for a large fleet make several tokens, for example --uses 1000"
+            )
+        }
+        guard Self.tokenLifetime.contains(request.ttlSeconds) else {
+            throw KeyholdError(
+                .invalidRequest, "a token lives 1 second to \(Self.tokenLifetime.upperBound / 86_400) days, not \(request.ttlSeconds) seconds",
+                hint: "for example --ttl 24h; make a new token when it runs out"
+            )
         }
         let secret = SecureRandom.bytes(count: 32)
         let record = EnrollmentTokenRecord(
@@ -354,22 +427,57 @@ struct ServerCore: Sendable {
         }
     }
 
-    /// `POST /v1/admin/clients/{id}/revoke`.
+    /// `POST /v1/admin/clients/{id}/revoke`: a device or secondary is refused from its next
+    /// request on. Administrators are not devices: they are revoked with ``revokeAdministrator(_:by:)``.
     func revoke(_ id: ClientID, by caller: Caller) async throws {
-        guard try await repository.setClientState(id: id, state: .revoked) else {
+        guard let client = try await repository.client(id: id), client.role != .admin else {
+            if try await repository.client(id: id) != nil {
+                throw KeyholdError(
+                    .forbidden, "\(id) is an administrator, not a device or secondary",
+                    hint: "revoke administrators with 'keyhold-server admin revoke \(id)'"
+                )
+            }
             throw KeyholdError(.notFound, "no device or secondary \(id) is enrolled here", hint: "list them with 'keyhold-server device list'")
         }
-        try await repository.appendAudit(AuditEvent(actor: caller.actor, action: .revoke, route: .adminAPI, result: .ok, detail: "client \(id)"))
+        _ = try await repository.setClientState(id: id, state: .revoked)
+        try await repository.appendAudit(
+            AuditEvent(actor: caller.actor, action: .revoke, route: .adminAPI, result: .ok, detail: "\(client.role) \(id)"))
+    }
+
+    /// `POST /v1/admin/administrators/{id}/revoke`: refused for the last active administrator,
+    /// so that nobody locks every administrator out (the local `admin recover` is the way back).
+    func revokeAdministrator(_ id: ClientID, by caller: Caller) async throws {
+        let admins = try await repository.listClients(role: .admin)
+        guard let target = admins.first(where: { $0.id == id }) else {
+            throw KeyholdError(.notFound, "no administrator \(id) is enrolled here", hint: "list them with 'keyhold-server admin list'")
+        }
+        guard target.state == .active else { return }
+        guard admins.contains(where: { $0.id != id && $0.state == .active }) else {
+            throw KeyholdError(
+                .forbidden, "\(id) is the last active administrator; revoking it would leave nobody to administer this server",
+                hint: "make another administrator first, or keep this one"
+            )
+        }
+        _ = try await repository.setClientState(id: id, state: .revoked)
+        try await repository.appendAudit(
+            AuditEvent(actor: caller.actor, action: .revoke, route: .adminAPI, result: .ok, detail: "administrator \(id)"))
     }
 
     /// `GET /v1/admin/clients`: devices and secondaries (not administrators).
     func clients() async throws -> [ClientInfo] {
-        try await repository.listClients(role: nil).filter { $0.role != .admin }.map {
-            ClientInfo(
-                id: $0.id, role: $0.role, name: $0.name, state: $0.state, enrolled: $0.enrolled, lastSeen: $0.lastSeen,
-                agentVersion: $0.agentVersion, keyCount: $0.reportedKeyCount
-            )
-        }
+        try await repository.listClients(role: nil).filter { $0.role != .admin }.map(Self.info)
+    }
+
+    /// `GET /v1/admin/administrators`.
+    func administrators() async throws -> [ClientInfo] {
+        try await repository.listClients(role: .admin).map(Self.info)
+    }
+
+    private static func info(_ c: EnrolledClient) -> ClientInfo {
+        ClientInfo(
+            id: c.id, role: c.role, name: c.name, state: c.state, enrolled: c.enrolled, lastSeen: c.lastSeen, agentVersion: c.agentVersion,
+            keyCount: c.reportedKeyCount
+        )
     }
 
     /// `GET /v1/admin/keys`: one page of key metadata in id order.

@@ -70,4 +70,30 @@ public enum ServerSetup {
                 actor: .administrator(adminID), action: .initialize, route: .local, result: .ok, detail: "server \(serverID)"
             ))
     }
+
+    /// A new administrator certificate, made on the server machine from the data directory's CA
+    /// (`keyhold-server admin recover`): the way back when no administrator certificate works any
+    /// more. The new certificate replaces `admin.pem`/`admin.key` (written atomically, the key 0600)
+    /// and is recorded as an active administrator with an `admin_recover` audit record; the other
+    /// administrators stay as they are.
+    /// - Returns: the new administrator's client id.
+    public static func recoverAdministrator(_ dir: DataDirectory, repository: any Repository, by uid: UInt32) async throws -> ClientID {
+        try dir.requireInitialized()
+        let authority = try CertificateAuthority(
+            certificatePEM: String(decoding: try dir.read(dir.caCertificate), as: UTF8.self),
+            keyPEM: String(decoding: try dir.read(dir.caKey), as: UTF8.self)
+        )
+        let id = ClientID.random()
+        let (admin, keyPEM) = try authority.issueClientCertificate(identity: CertificateIdentity(role: .admin, id: id), name: "administrator")
+        try await repository.migrate()
+        try await repository.insertClient(
+            EnrolledClient(id: id, role: .admin, name: "administrator (recovered)", certificateFingerprint: CertificateAuthority.fingerprint(admin))
+        )
+        try await repository.appendAudit(
+            AuditEvent(actor: .administrator(id), action: .adminRecover, route: .local, result: .ok, detail: "by uid \(uid) on the server machine")
+        )
+        try dir.write("admin.key", Data(keyPEM.utf8), mode: 0o600)
+        try dir.write("admin.pem", Data(admin.pem.utf8), mode: 0o644)
+        return id
+    }
 }

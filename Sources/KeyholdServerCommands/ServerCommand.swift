@@ -18,7 +18,7 @@ struct ServerCommand: AsyncParsableCommand {
         version: KeyholdVersion.current,
         subcommands: [
             Init.self, Run.self, Status.self, TokenCommand.self, DeviceCommand.self, KeyAdminCommand.self, Audit.self,
-            PrimaryCommand.self, SecondaryCommand.self, HierarchyCommand.self,
+            PrimaryCommand.self, SecondaryCommand.self, HierarchyCommand.self, AdminCommand.self,
         ]
     )
 }
@@ -199,22 +199,99 @@ extension ServerCommand {
     }
 
     struct Audit: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show the audit trail (oldest first).")
+        static let configuration = CommandConfiguration(
+            abstract: "Show the audit trail, oldest first: all of it, or from --after, --since or the --last records.",
+            discussion: "Pages through the whole trail (10000 records a request), so nothing is left out; --follow then waits for new ones."
+        )
         @OptionGroup var data: DataDirOption
-        @Option(help: "Show events after this sequence number.") var after: Int64 = 0
-        @Option(help: "At most this many events.") var limit = 1000
-        @Flag(help: "Print JSON.") var json = false
+        @Option(help: "Records after this sequence number.") var after: Int64?
+        @Option(help: ArgumentHelp("Records at or after this time (ISO 8601, e.g. 2026-12-01T00:00:00Z).", valueName: "time")) var since: String?
+        @Option(help: ArgumentHelp("Only the newest N records.", valueName: "n")) var last: Int?
+        @Flag(help: "Keep printing new records as they are written (Ctrl-C ends).") var follow = false
+        @Flag(help: "Print JSON (one array; with --follow, one object per line).") var json = false
+
+        static let page = 10_000
 
         func run() async throws {
-            let events = try await withAdmin(data) {
-                try await $0.get("\(APIPath.adminAudit)?after=\(after)&limit=\(limit)", as: [AuditEvent].self)
+            guard [after != nil, since != nil, last != nil].filter({ $0 }).count <= 1 else {
+                throw KeyholdError(.usage, "--after, --since and --last choose where to start: give one", hint: "for example --last 100")
             }
-            if json { return try printJSON(events) }
+            if let last, last < 1 { throw KeyholdError(.usage, "--last \(last) is not a positive number", hint: "for example --last 100") }
+            let sinceTime = try since.map { text -> Date in
+                guard let time = ISO8601DateFormatter().date(from: text) else {
+                    throw KeyholdError(.usage, "'\(text)' is not an ISO 8601 time", hint: "write it like 2026-12-01T00:00:00Z")
+                }
+                return time
+            }
+            try await withAdmin(data) { client in
+                var cursor = after ?? 0
+                if let sinceTime { cursor = try await Self.firstSequence(client, atOrAfter: sinceTime) }
+                if let last { cursor = max(0, try await Self.newestSequence(client) - Int64(last)) }
+                var all: [AuditEvent] = []
+                while true {
+                    let page = try await Self.records(client, after: cursor, limit: Self.page)
+                    let shown = page.filter { sinceTime == nil || $0.time >= sinceTime! }
+                    if json && !follow { all += shown } else { Self.show(shown, json: json) }
+                    cursor = page.last?.sequence ?? cursor
+                    if page.count < Self.page { break }
+                }
+                if json && !follow { try printJSON(all) }
+                while follow {
+                    try await Task.sleep(for: .seconds(1))
+                    let page = try await Self.records(client, after: cursor, limit: Self.page)
+                    Self.show(page, json: json)
+                    cursor = page.last?.sequence ?? cursor
+                }
+            }
+        }
+
+        static func records(_ client: APIClient, after: Int64, limit: Int) async throws -> [AuditEvent] {
+            try await client.get("\(APIPath.adminAudit)?after=\(after)&limit=\(limit)", as: [AuditEvent].self)
+        }
+
+        /// The highest sequence number (0 for an empty trail), in O(log n) one-record requests.
+        static func newestSequence(_ client: APIClient) async throws -> Int64 {
+            var known: Int64 = 0
+            var step: Int64 = 1
+            // Grow until past the end, then narrow down: "a record after x exists" is monotonic in x.
+            while let next = try await records(client, after: known + step - 1, limit: 1).first?.sequence {
+                known = next
+                step *= 2
+            }
+            var low = known
+            var high = known + step
+            while high - low > 1 {
+                let mid = low + (high - low) / 2
+                if let found = try await records(client, after: mid - 1, limit: 1).first?.sequence, found >= mid { low = found } else { high = mid }
+            }
+            return low
+        }
+
+        /// The cursor before the first record at or after `time` (records are in time order).
+        static func firstSequence(_ client: APIClient, atOrAfter time: Date) async throws -> Int64 {
+            var low: Int64 = 0
+            var high = try await newestSequence(client)
+            while low < high {
+                let mid = low + (high - low) / 2
+                guard let record = try await records(client, after: mid, limit: 1).first, let seq = record.sequence else { break }
+                if record.time < time { low = seq } else { high = mid }
+            }
+            return low
+        }
+
+        /// Writes the records straight to standard output (unbuffered: --follow into a pipe or a
+        /// file shows each page as it comes).
+        static func show(_ events: [AuditEvent], json: Bool) {
+            var text = ""
             for e in events {
-                print(
-                    "\(e.sequence ?? 0)\t\(formatDate(e.time))\t\(e.actor)\t\(e.action)\t\(e.keyID?.description ?? "-")\t\(e.route)\t\(e.result)\t\(e.detail)"
-                )
+                if json {
+                    text += String(decoding: (try? WireFormat.encoder().encode(e)) ?? Data(), as: UTF8.self) + "\n"
+                } else {
+                    text +=
+                        "\(e.sequence ?? 0)\t\(formatDate(e.time))\t\(e.actor)\t\(e.action)\t\(e.keyID?.description ?? "-")\t\(e.route)\t\(e.result)\t\(PrintableText.escaped(e.detail))\n"
+                }
             }
+            if !text.isEmpty { FileHandle.standardOutput.write(Data(text.utf8)) }
         }
     }
 }
@@ -269,8 +346,7 @@ struct SecondaryCommand: AsyncParsableCommand {
         func run() async throws {
             let all = try await withAdmin(data) { try await $0.get(APIPath.adminClients, as: [ClientInfo].self) }.filter { $0.role == .server }
             if json { return try printJSON(all) }
-            print("id\tstate\tname\tenrolled")
-            for c in all { print("\(c.id)\t\(c.state)\t\(c.name)\t\(formatDate(c.enrolled))") }
+            printEnrollments(all)
         }
     }
 
@@ -367,7 +443,7 @@ struct DeviceCommand: AsyncParsableCommand {
             print("id\trole\tstate\tname\tlast seen\tversion\tkeys")
             for c in clients {
                 print(
-                    "\(c.id)\t\(c.role)\t\(c.state)\t\(c.name)\t\(formatDate(c.lastSeen))\t\(c.agentVersion ?? "-")\t\(c.keyCount.map(String.init) ?? "-")"
+                    "\(c.id)\t\(c.role)\t\(c.state)\t\(PrintableText.escaped(c.name))\t\(formatDate(c.lastSeen))\t\(PrintableText.escaped(c.agentVersion ?? "-"))\t\(c.keyCount.map(String.init) ?? "-")"
                 )
             }
         }
@@ -412,7 +488,7 @@ struct KeyAdminCommand: AsyncParsableCommand {
             print("id\tkind\tstate\tblocked\tprovenance\torigin server\torigin device\tlabel")
             for k in all {
                 print(
-                    "\(k.record.id)\t\(k.record.kind.rawValue)\t\(k.record.state.rawValue)\t\(k.blocked)\t\(k.provenance)\t\(k.record.originServerID)\t\(k.record.originDeviceID)\t\(k.record.label)"
+                    "\(k.record.id)\t\(k.record.kind.rawValue)\t\(k.record.state.rawValue)\t\(k.blocked)\t\(k.provenance)\t\(k.record.originServerID)\t\(k.record.originDeviceID)\t\(PrintableText.escaped(k.record.label))"
                 )
             }
         }
@@ -450,7 +526,10 @@ extension Duration {
     static func parse(_ text: String) throws -> Int {
         let units: [Character: Int] = ["s": 1, "m": 60, "h": 3600, "d": 86_400]
         if let n = Int(text), n > 0 { return n }
-        if let unit = text.last, let factor = units[unit], let n = Int(text.dropLast()), n > 0 { return n * factor }
+        if let unit = text.last, let factor = units[unit], let n = Int(text.dropLast()), n > 0 {
+            let (seconds, overflow) = n.multipliedReportingOverflow(by: factor)
+            if !overflow { return seconds }
+        }
         throw KeyholdError(.usage, "'\(text)' is not a duration", hint: "write it like 90s, 30m, 24h or 7d")
     }
 }
@@ -468,4 +547,73 @@ public enum KeyholdServerMain {
     public static func run() async -> Never {
         await CommandRunner.run(ServerCommand.self)
     }
+}
+
+/// `keyhold-server admin …`: the administrators (not devices: a device command never touches them).
+struct AdminCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "admin", abstract: "Administrators: list, revoke, and recover on the server machine.",
+        subcommands: [List.self, Revoke.self, Recover.self]
+    )
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List the administrators.")
+        @OptionGroup var data: DataDirOption
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let admins = try await withAdmin(data) { try await $0.get(APIPath.adminAdministrators, as: [ClientInfo].self) }
+            if json { return try printJSON(admins) }
+            printEnrollments(admins)
+        }
+    }
+
+    struct Revoke: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Revoke an administrator at once (never the last active one).")
+        @OptionGroup var data: DataDirOption
+        @Argument(help: "The administrator's id (see 'admin list').") var id: String
+
+        func run() async throws {
+            guard ClientID(id) != nil else { throw KeyholdError(.usage, "'\(id)' is not an id", hint: "see 'keyhold-server admin list'") }
+            try await withAdmin(data) { try await $0.post(APIPath.adminAdministratorRevoke(id)) }
+            print("revoked administrator \(id)")
+        }
+    }
+
+    struct Recover: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Issue a new administrator certificate on the server machine (when no administrator certificate works).",
+            discussion: """
+                Runs beside the data directory, not over the API: it reads the CA key, so only root or the data \
+                directory's owner can run it. The new certificate replaces admin.pem and admin.key, is recorded \
+                as an active administrator and audited (admin_recover). The server may be running.
+                """
+        )
+        @OptionGroup var data: DataDirOption
+
+        func run() async throws {
+            let dir = data.directory
+            let config = try data.config()
+            let owner = (try? FileManager.default.attributesOfItem(atPath: dir.path)[.ownerAccountID] as? NSNumber)?.uint32Value
+            guard geteuid() == 0 || owner == geteuid() else {
+                throw KeyholdError(
+                    .forbidden, "only root or the owner of \(dir.path) may recover an administrator",
+                    hint: "run it as root on the server machine ('sudo keyhold-server admin recover --data-dir \(dir.path)')"
+                )
+            }
+            let id = try await RepositoryFactory.open(config.database, in: dir).withRunning { repository in
+                let id = try await ServerSetup.recoverAdministrator(dir, repository: repository, by: geteuid())
+                try await repository.close()
+                return id
+            }
+            print("New administrator \(id): \(dir.adminCertificate) + admin.key (audited as admin_recover).")
+            print("Revoke the lost ones with 'keyhold-server admin revoke ID' (see 'keyhold-server admin list').")
+        }
+    }
+}
+
+/// The table `secondary list` and `admin list` print (names escaped).
+private func printEnrollments(_ clients: [ClientInfo]) {
+    print("id\tstate\tname\tenrolled")
+    for c in clients { print("\(c.id)\t\(c.state)\t\(PrintableText.escaped(c.name))\t\(formatDate(c.enrolled))") }
 }

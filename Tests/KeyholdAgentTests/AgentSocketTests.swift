@@ -76,6 +76,21 @@ import Glibc
             #expect(missing?.code == .invalidRequest)
             let oversized = try await Self.rawError(settings.socket, Data(repeating: 0x20, count: AgentSocket.requestLimit + 10))
             #expect(oversized?.code == .invalidRequest && oversized?.message.contains("longer than 64 KiB") == true)
+            // A client that ends its input after the request (socat, nc -N) still gets the answer.
+            let halfClosed = try await withCheckedThrowingContinuation { (c: CheckedContinuation<Data, any Error>) in
+                DispatchQueue.global().async {
+                    c.resume(
+                        with: Result {
+                            let fd = try RawSocket.connect(settings.socket)
+                            defer { close(fd) }
+                            _ = Array(#"{"op":"status"}"#.utf8).withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, 0) }
+                            shutdown(fd, Int32(SHUT_WR))
+                            return RawSocket.readToEnd(fd)
+                        })
+                }
+            }
+            let answer = try WireFormat.decoder().decode(AgentResponse.self, from: halfClosed)
+            #expect(try answer.status().version == KeyholdVersion.current)
             // A connection that sends nothing is answered and closed after the request timeout.
             let start = ContinuousClock.now
             let silent = try await Self.rawError(settings.socket, Data())

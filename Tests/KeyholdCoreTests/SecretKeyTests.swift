@@ -44,3 +44,21 @@ import Testing
         #expect(buffer.allSatisfy { $0 == 0 })
     }
 }
+
+/// Client text on its way to people.
+@Suite struct PrintableTextTests {
+    @Test func controlAndFormatCharactersAreEscapedOntoOneLine() {
+        #expect(PrintableText.escaped("laptop-7") == "laptop-7")
+        #expect(PrintableText.escaped("ünïcödé 鍵 🔑") == "ünïcödé 鍵 🔑")
+        #expect(PrintableText.escaped("a\nb\tc\r\\") == "a\\nb\\tc\\r\\\\")
+        #expect(PrintableText.escaped("bell\u{7}del\u{7F}c1\u{85}rlo\u{202E}ls\u{2028}") == "bell\\u{7}del\\u{7f}c1\\u{85}rlo\\u{202e}ls\\u{2028}")
+        #expect(!PrintableText.escaped("x\ny\u{202E}").contains("\n"))
+    }
+
+    @Test func cleanMeansPrintableAndBounded() {
+        #expect(PrintableText.isClean("laptop 7 (Ümit)", limit: 64))
+        #expect(!PrintableText.isClean("laptop\n", limit: 64))
+        #expect(!PrintableText.isClean("rlo\u{202E}", limit: 64))
+        #expect(!PrintableText.isClean(String(repeating: "x", count: 65), limit: 64))
+    }
+}

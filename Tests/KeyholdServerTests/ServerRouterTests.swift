@@ -24,6 +24,7 @@ import Testing
             (.post, "/v1/admin/keys/export", [.admin]), (.post, "/v1/admin/keys/import", [.admin]),
             (.post, "/v1/admin/keys/\(key)/block", [.admin]), (.post, "/v1/admin/keys/\(key)/unblock", [.admin]),
             (.get, "/v1/admin/clients", [.admin]), (.post, "/v1/admin/clients/\(client)/revoke", [.admin]),
+            (.get, "/v1/admin/administrators", [.admin]), (.post, "/v1/admin/administrators/\(client)/revoke", [.admin]),
             (.post, "/v1/admin/tokens", [.admin]), (.post, "/v1/admin/primary", [.admin]), (.delete, "/v1/admin/primary", [.admin]),
             (.post, "/v1/admin/hierarchy", [.admin]), (.post, "/v1/admin/hierarchy/sync", [.admin]),
         ]
