@@ -119,6 +119,7 @@ let package = Package(
                 .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
@@ -273,7 +274,7 @@ let package = Package(
         .testTarget(
             name: "KeyholdEndToEndTests",
             dependencies: [
-                "KeyholdCore", "KeyholdProtocol", "KeyholdClient", "KeyholdFormat", "KeyholdTestSupport",
+                "KeyholdCore", "KeyholdProtocol", "KeyholdClient", "KeyholdFormat", "KeyholdSystem", "KeyholdTestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "X509", package: "swift-certificates"),

@@ -74,6 +74,9 @@ public struct KeyholdError: Error, Hashable, Sendable, CustomStringConvertible {
         case unsafePath = "unsafe_path"
         /// The password does not open the (export) file.
         case wrongPassword = "wrong_password"
+        /// The caller sent more requests than its budget allows; it may try again later (the
+        /// answer's `Retry-After` says when).
+        case rateLimited = "rate_limited"
 
         /// The code as written on the wire.
         public var description: String { rawValue }

@@ -106,6 +106,20 @@ public final class ServerProcess: Sendable {
         return r.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
+    /// Sets `key = value` in the data directory's `config.toml` (`value` as TOML writes it: a
+    /// number, or a string in quotes), replacing the line `init` wrote, or adding one.
+    public func setConfig(_ key: String, _ value: String) throws {
+        let url = dataDir.appendingPathComponent("config.toml")
+        var lines = try String(contentsOf: url, encoding: .utf8).components(separatedBy: "\n")
+        let line = "\(key) = \(value)"
+        if let i = lines.firstIndex(where: { $0.hasPrefix("\(key) =") || $0.hasPrefix("\(key)=") }) {
+            lines[i] = line
+        } else {
+            lines.insert(line, at: lines.lastIndex { !$0.isEmpty }.map { $0 + 1 } ?? lines.endIndex)
+        }
+        try lines.joined(separator: "\n").write(to: url, atomically: true, encoding: .utf8)
+    }
+
     /// SIGTERM without waiting (for a `defer`).
     public func terminate() { child?.terminate() }
 

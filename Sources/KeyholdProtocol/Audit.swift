@@ -5,8 +5,11 @@ public import KeyholdCore
 public enum AuditAction: String, Codable, Sendable, CaseIterable, CustomStringConvertible {
     /// The data directory was created (`keyhold-server init`).
     case initialize = "init"
-    /// A device or secondary enrolled, or an enrollment was refused.
+    /// A device or secondary enrolled, or an enrollment naming a real token was refused.
     case enroll
+    /// Enrollment requests refused without a valid token, summed up over a window (one record per
+    /// reason, with counts and source addresses in its detail).
+    case enrollRefusals = "enroll_refusals"
     /// A device escrowed a key.
     case escrow
     /// A device moving here re-escrowed a key it held (`keyhold reassign`).

@@ -12,6 +12,7 @@ public enum ErrorStatus {
         case .conflict, .hierarchyLoop, .hierarchyTooDeep, .destinationExists: return 409
         case .invalidRequest, .invalidKey, .usage, .keyMismatch, .unsafePath: return 400
         case .inputTooLarge: return 413
+        case .rateLimited: return 429
         // An uploaded export file that does not open or is damaged.
         case .wrongPassword, .truncated, .authenticationFailed, .invalidHeader, .unsupportedVersion, .notKeyholdFile: return 422
         case .auditFailed, .unreachable: return 503

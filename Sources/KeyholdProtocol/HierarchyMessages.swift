@@ -129,10 +129,25 @@ public struct SyncResponse: Codable, Sendable, Equatable {
     public var batches: Int
     /// The cursor after the push.
     public var cursor: Int64
+    /// False when the push stopped at its time budget with keys still to send: ask again.
+    public var complete: Bool
+
     /// A report.
-    public init(pushed: Int, batches: Int, cursor: Int64) {
+    public init(pushed: Int, batches: Int, cursor: Int64, complete: Bool = true) {
         self.pushed = pushed
         self.batches = batches
         self.cursor = cursor
+        self.complete = complete
+    }
+
+    enum CodingKeys: String, CodingKey { case pushed, batches, cursor, complete }
+
+    /// Decodes a report; one without `complete` (from an older server) was complete.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        pushed = try c.decode(Int.self, forKey: .pushed)
+        batches = try c.decode(Int.self, forKey: .batches)
+        cursor = try c.decode(Int64.self, forKey: .cursor)
+        complete = try c.decodeIfPresent(Bool.self, forKey: .complete) ?? true
     }
 }

@@ -127,17 +127,30 @@ actor Hierarchy {
 
     // MARK: Push
 
-    /// One heartbeat's push: every key after the cursor, in batches; the cursor moves only after
-    /// the primary acknowledged a batch. Concurrent calls share one run.
+    /// How long one sync pushes before it answers (it finishes the batch in flight first), so an
+    /// administrator's `hierarchy sync` gets an answer in bounded time however many keys wait;
+    /// the command and the heartbeat ask again until the push is complete.
+    static let syncBudget: Duration = .seconds(5)
+
+    /// One push: the keys after the cursor, in batches, for up to ``syncBudget``; the cursor moves
+    /// only after the primary acknowledged a batch. Concurrent calls share one run.
     func sync() async throws -> SyncResponse {
         if let syncing { return try await syncing.value }
-        let task = Task { try await self.push() }
+        let task = Task { try await self.push(budget: Self.syncBudget) }
         syncing = task
         defer { syncing = nil }
         return try await task.value
     }
 
-    private func push() async throws -> SyncResponse {
+    /// Pushes until nothing is left (the heartbeat), or until shutdown.
+    func syncAll() async throws {
+        while !Task.isShuttingDownGracefully, !Task.isCancelled {
+            if try await sync().complete { return }
+        }
+    }
+
+    private func push(budget: Duration) async throws -> SyncResponse {
+        let stopAfter = ContinuousClock.now + budget
         var cursor = try await self.cursor()
         guard try await enabled(), let client, let primary else { return SyncResponse(pushed: 0, batches: 0, cursor: cursor) }
         var pushed = 0
@@ -173,6 +186,11 @@ actor Hierarchy {
             pushed += keys.count
             batches += 1
             if keys.count < Self.batchSize { break }
+            if ContinuousClock.now >= stopAfter {
+                lastPush = Date()
+                lastPushResult = "ok: \(pushed) keys, more to send"
+                return SyncResponse(pushed: pushed, batches: batches, cursor: cursor, complete: false)
+            }
         }
         lastPush = Date()
         lastPushResult = "ok: \(pushed) keys"
@@ -232,7 +250,7 @@ struct HierarchyHeartbeat: Service {
 
     func run() async throws {
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
-            _ = try? await hierarchy.sync()
+            try? await hierarchy.syncAll()
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
         }
     }

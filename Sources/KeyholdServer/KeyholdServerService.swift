@@ -4,6 +4,7 @@ import HummingbirdTLS
 public import KeyholdCore
 public import KeyholdProtocol
 public import KeyholdStore
+import KeyholdSystem
 public import Logging
 import NIOCore
 import NIOSSL
@@ -26,6 +27,14 @@ public struct ServerSettings: Sendable {
     public var databaseDescription: String
     /// Time between pushes to the primary.
     public var hierarchyHeartbeat: Duration
+    /// The API listener's connection limits.
+    public var apiLimits = ConnectionLimits.apiDefault
+    /// The enrollment listener's connection limits.
+    public var enrollLimits = ConnectionLimits.enrollmentDefault
+    /// Enrollment requests one source address may make (a token bucket).
+    public var enrollRate = RateLimit.enrollmentDefault
+    /// How often anonymous refusals are summed up into one audit record.
+    public var refusalSummaryInterval: Duration = .seconds(60)
 
     /// Settings for a server.
     public init(
@@ -78,7 +87,7 @@ public struct KeyholdServerService: Service {
         let core = ServerCore(
             serverID: settings.serverID, repository: repository, masterKey: MasterKey(master), authority: authority,
             databaseDescription: settings.databaseDescription, hierarchy: hierarchy, addresses: addresses, spoolDirectory: directory.path,
-            logger: logger
+            refusals: RefusalLedger(), enrollLimiter: RateLimiter(settings.enrollRate), logger: logger
         )
         let api = ServerAPI<ServerContext>(core: core, logger: logger)
 
@@ -90,11 +99,15 @@ public struct KeyholdServerService: Service {
         var enrollTLS = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
         enrollTLS.certificateVerification = .none
 
+        let (apiLimits, enrollLimits) = Self.fitToOpenFileLimit(settings.apiLimits, settings.enrollLimits, logger: logger)
         let listeners = [
-            try Listener(name: "API", address: settings.listen, router: api.apiRouter(), tls: apiTLS, logger: logger) {
+            try Listener(name: "API", address: settings.listen, router: api.apiRouter(), tls: apiTLS, limits: apiLimits, logger: logger) {
                 await addresses.set(api: $0)
             },
-            try Listener(name: "enrollment", address: settings.enrollListen, router: api.enrollmentRouter(), tls: enrollTLS, logger: logger) {
+            try Listener(
+                name: "enrollment", address: settings.enrollListen, router: api.enrollmentRouter(), tls: enrollTLS, limits: enrollLimits,
+                logger: logger
+            ) {
                 await addresses.set(enroll: $0)
             },
         ]
@@ -102,7 +115,10 @@ public struct KeyholdServerService: Service {
         let heartbeat = HierarchyHeartbeat(hierarchy: hierarchy, interval: settings.hierarchyHeartbeat)
         // A part that fails shuts the others down gracefully (a listener that bound closes cleanly),
         // then the group ends with that part's error.
-        let parts: [any Service] = listeners + [announcer, heartbeat]
+        // The refusal summary comes first so that it stops last, after the listeners.
+        let summary = RefusalSummaryWriter(
+            ledger: core.refusals, repository: repository, interval: settings.refusalSummaryInterval, logger: logger)
+        let parts: [any Service] = [summary] + listeners + [announcer, heartbeat]
         let group = ServiceGroup(
             configuration: .init(
                 services: parts.map { .init(service: $0, failureTerminationBehavior: .gracefullyShutdownGroup) }, logger: logger
@@ -118,6 +134,28 @@ public struct KeyholdServerService: Service {
         ServerRuntimeInfo.remove(from: directory.path)
         logger.info("stopped")
     }
+
+    /// The caps, lowered where the process's open-file limit could not hold them (with a warning):
+    /// the soft limit is raised to the hard one first, and a reserve is kept for the database,
+    /// files and outgoing connections.
+    static func fitToOpenFileLimit(_ api: ConnectionLimits, _ enroll: ConnectionLimits, logger: Logger) -> (ConnectionLimits, ConnectionLimits) {
+        let limit = OpenFileLimit.raiseToHardLimit()
+        let reserve = max(32, limit / 8)
+        let available = max(limit - reserve, 8)
+        guard api.maxConnections + enroll.maxConnections > available else { return (api, enroll) }
+        var (api, enroll) = (api, enroll)
+        let wanted = (api.maxConnections, enroll.maxConnections)
+        enroll.maxConnections = max(1, min(enroll.maxConnections, available / 4))
+        api.maxConnections = max(1, min(api.maxConnections, available - enroll.maxConnections))
+        logger.warning(
+            "the open-file limit is too low for the connection caps; lowering them",
+            metadata: [
+                "open_file_limit": "\(limit)", "max_connections": "\(wanted.0) -> \(api.maxConnections)",
+                "enroll_max_connections": "\(wanted.1) -> \(enroll.maxConnections)",
+                "hint": "raise LimitNOFILE (systemd) or ulimit -n, or lower max_connections in config.toml",
+            ])
+        return (api, enroll)
+    }
 }
 
 /// One TLS listener: a Hummingbird application whose bind failure becomes an error naming the
@@ -125,18 +163,21 @@ public struct KeyholdServerService: Service {
 struct Listener: Service {
     let name: String
     let address: HostPort
+    let counter: ConnectionCounter
     let application: Application<RouterResponder<ServerContext>>
 
     init(
-        name: String, address: HostPort, router: Router<ServerContext>, tls: TLSConfiguration, logger: Logger,
+        name: String, address: HostPort, router: Router<ServerContext>, tls: TLSConfiguration, limits: ConnectionLimits, logger: Logger,
         bound: @escaping @Sendable (String) async -> Void
     ) throws {
         self.name = name
         self.address = address
         let host = address.host
+        let counter = ConnectionCounter(name: name, limits: limits, logger: logger)
+        self.counter = counter
         application = Application(
             router: router,
-            server: try .tls(.http1(), tlsConfiguration: tls),
+            server: try GuardedTLSChannel.builder(tls: tls, counter: counter),
             configuration: .init(address: .hostname(address.host, port: address.port), serverName: "keyhold-server"),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? 0

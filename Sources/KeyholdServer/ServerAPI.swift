@@ -11,6 +11,8 @@ import NIOCore
 protocol PeerContext: RequestContext {
     /// The caller of `request`, or nil when no Keyhold identity comes with it.
     func peer(for request: Request) async -> Peer?
+    /// The connection's source address (what per-address limits count).
+    var sourceAddress: String { get }
 }
 
 /// The server's request context: the peer is the connection's verified TLS client certificate.
@@ -26,6 +28,8 @@ struct ServerContext: PeerContext {
     }
 
     func peer(for request: Request) async -> Peer? { await Self.peers.peer(of: channel) }
+
+    var sourceAddress: String { channel.remoteAddress?.ipAddress ?? "unknown" }
 }
 
 /// The server's two routers (docs/spec/protocol.md). On the mutual-TLS API every route names the
@@ -53,8 +57,18 @@ struct ServerAPI<Context: PeerContext> {
         }
         router.post(
             RouterPath(APIPath.enroll),
-            use: handle { [core] request, _ in
-                try respond(try await core.enroll(try await decode(EnrollRequest.self, request)), status: .created)
+            use: handle { [core] request, context in
+                // The source's budget is checked before the body is read; a body that does not
+                // parse is an anonymous refusal, counted, not audited one by one.
+                let address = context.sourceAddress
+                try core.admitEnrollment(from: address)
+                let body: EnrollRequest
+                do {
+                    body = try await decode(EnrollRequest.self, request)
+                } catch let error as KeyholdError {
+                    try core.refuseAnonymous(error, from: address)
+                }
+                return try respond(try await core.enroll(body, from: address), status: .created)
             })
         return router
     }
@@ -246,6 +260,10 @@ struct ServerAPI<Context: PeerContext> {
                 return try await body(request, context)
             } catch let error as KeyholdError {
                 return try respond(ErrorBody(error), status: HTTPResponse.Status(code: ErrorStatus.httpStatus(for: error.code)))
+            } catch let limited as RateLimited {
+                var response = try respond(ErrorBody(limited.error), status: .tooManyRequests)
+                response.headers[.retryAfter] = "\(limited.retryAfter)"
+                return response
             } catch {
                 logger.error("request failed", metadata: ["path": "\(request.uri.path)", "error": "\(error)"])
                 let internalError = KeyholdError(.internalError, "the server failed to handle the request", hint: "see the server's log")

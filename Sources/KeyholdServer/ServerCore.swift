@@ -23,6 +23,10 @@ struct ServerCore: Sendable {
     let addresses: BoundAddresses
     /// Where uploaded import files are spooled (the data directory): never in memory, never in /tmp.
     let spoolDirectory: String
+    /// Anonymous refusals, summed up into the audit trail per window.
+    let refusals: RefusalLedger
+    /// Enrollment requests per source address.
+    let enrollLimiter: RateLimiter<String>
     let started = Date()
     let logger: Logger
 
@@ -61,21 +65,58 @@ struct ServerCore: Sendable {
     /// The longest enrollment name kept (a host name).
     static let nameLimit = 64
 
+    /// Takes one enrollment request's place in `address`'s budget, or refuses it (`429`, counted
+    /// in the refusal ledger, not audited one by one). Called before the body is read.
+    func admitEnrollment(from address: String) throws {
+        if let wait = enrollLimiter.take(address) {
+            refusals.record(.rateLimited, from: address)
+            throw RateLimited("too many enrollment requests from \(address)", wait: wait)
+        }
+    }
+
+    /// Counts the refusal of an enrollment request nobody authenticated and throws `error`.
+    func refuseAnonymous(_ error: KeyholdError, from address: String) throws -> Never {
+        refusals.record(error.code, from: address)
+        throw error
+    }
+
     /// Redeems a token for a certificate (`POST /v1/enroll`). The request is checked whole (secret,
-    /// name, CSR and its signature) before a use of the token is taken, so a bad request costs the
-    /// token nothing; every refusal is audited.
-    func enroll(_ request: EnrollRequest) async throws -> EnrollResponse {
+    /// token, name, CSR and its signature) before a use of the token is taken, so a bad request
+    /// costs the token nothing. A request without a real token and its secret is anonymous: its
+    /// refusal is counted in the refusal ledger. Every other refusal is audited one by one.
+    func enroll(_ request: EnrollRequest, from address: String) async throws -> EnrollResponse {
         func refuse(_ error: KeyholdError, _ detail: String) async throws -> Never {
             try await repository.appendAudit(
                 AuditEvent(
                     actor: .anonymous, action: .enroll, route: .enrollment, result: .refused(error.code),
-                    detail: "token \(request.tokenID): \(detail)")
+                    detail: "token \(request.tokenID) from \(address): \(detail)")
             )
             throw error
         }
+        func why(_ redemption: TokenRedemption) -> String {
+            switch redemption {
+            case .expired: return "expired"
+            case .usedUp: return "used up"
+            case .revoked: return "revoked"
+            case .unknown, .redeemed: return "not known to this server"
+            }
+        }
+        func tokenError(_ redemption: TokenRedemption) -> KeyholdError {
+            KeyholdError(
+                .tokenInvalid, "the enrollment token is \(why(redemption))",
+                hint: "ask the administrator for a new token ('keyhold-server token create')")
+        }
         guard let secret = Base64URL.decode(request.secret) else {
-            try await refuse(
-                KeyholdError(.tokenInvalid, "the enrollment token's secret is malformed", hint: "copy the whole token"), "malformed secret")
+            try refuseAnonymous(
+                KeyholdError(.tokenInvalid, "the enrollment token's secret is malformed", hint: "copy the whole token"), from: address)
+        }
+        let secretHash = Array(SHA256.hash(data: secret))
+        // Unknown token or wrong secret: nobody is authenticated, so the refusal is only counted.
+        let check = try await repository.checkToken(id: request.tokenID, secretHash: secretHash, now: Date())
+        switch check {
+        case .redeemed: break
+        case .unknown: try refuseAnonymous(tokenError(check), from: address)
+        case .expired, .usedUp, .revoked: try await refuse(tokenError(check), why(check))
         }
         let name = request.name.trimmingCharacters(in: .whitespaces)
         guard !name.isEmpty, PrintableText.isClean(name, limit: Self.nameLimit) else {
@@ -92,23 +133,10 @@ struct ServerCore: Sendable {
         } catch let error as KeyholdError {
             try await refuse(error, "certificate request refused (\(error.message))")
         }
-        let redemption = try await repository.redeemToken(id: request.tokenID, secretHash: Array(SHA256.hash(data: secret)), now: Date())
-        let token: EnrollmentTokenRecord
-        switch redemption {
-        case .redeemed(let t): token = t
-        case .unknown, .expired, .usedUp, .revoked:
-            let why: String
-            switch redemption {
-            case .expired: why = "expired"
-            case .usedUp: why = "used up"
-            case .revoked: why = "revoked"
-            default: why = "not known to this server"
-            }
-            try await refuse(
-                KeyholdError(
-                    .tokenInvalid, "the enrollment token is \(why)", hint: "ask the administrator for a new token ('keyhold-server token create')"),
-                why
-            )
+        let redemption = try await repository.redeemToken(id: request.tokenID, secretHash: secretHash, now: Date())
+        guard case .redeemed(let token) = redemption else {
+            // The last use went to a concurrent enrollment, or the token was revoked meanwhile.
+            try await refuse(tokenError(redemption), why(redemption))
         }
         let id = ClientID.random()
         let certificate = try authority.issueClientCertificate(csr: csr, identity: CertificateIdentity(role: token.role, id: id), name: name)

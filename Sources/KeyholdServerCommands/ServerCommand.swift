@@ -160,11 +160,12 @@ extension ServerCommand {
             let lock = try dir.lockForRunning()
             defer { withExtendedLifetime(lock) {} }
             let repository = try RepositoryFactory.open(config.database, in: dir)
-            let settings = ServerSettings(
+            var settings = ServerSettings(
                 serverID: config.serverID, listen: config.listen, enrollListen: config.enrollListen, advertiseAPI: config.advertiseAPI,
                 advertiseEnroll: config.advertiseEnroll, databaseDescription: RepositoryFactory.describe(config.database),
                 hierarchyHeartbeat: .seconds(config.hierarchyHeartbeat)
             )
+            config.limits.apply(to: &settings)
             let group = ServiceGroup(
                 configuration: .init(
                     services: [
@@ -395,7 +396,16 @@ struct HierarchyCommand: AsyncParsableCommand {
         @OptionGroup var data: DataDirOption
         @Flag(help: "Print JSON.") var json = false
         func run() async throws {
-            let r = try await withAdmin(data) { try await $0.post(APIPath.adminHierarchySync, Empty(), as: SyncResponse.self) }
+            // Each answer covers a few seconds of pushing; ask again until the push is complete.
+            let r = try await withAdmin(data) { admin in
+                var total = SyncResponse(pushed: 0, batches: 0, cursor: 0, complete: false)
+                while !total.complete {
+                    let part = try await admin.post(APIPath.adminHierarchySync, Empty(), as: SyncResponse.self)
+                    total = SyncResponse(
+                        pushed: total.pushed + part.pushed, batches: total.batches + part.batches, cursor: part.cursor, complete: part.complete)
+                }
+                return total
+            }
             if json { return try printJSON(r) }
             print("pushed \(r.pushed) key(s) in \(r.batches) batch(es); cursor \(r.cursor)")
         }

@@ -20,6 +20,51 @@ struct ServerConfigFile: Equatable {
     /// Seconds between pushes to the primary.
     var hierarchyHeartbeat = 30
     var logLevel: Logger.Level = .info
+    /// Connection and request limits (docs/operations.md, "Connection limits").
+    var limits = Limits()
+
+    /// The listeners' caps and timeouts and the enrollment rate, in the file's units.
+    struct Limits: Equatable {
+        var maxConnections = ConnectionLimits.apiDefault.maxConnections
+        var maxHandshakesPerAddress = ConnectionLimits.apiDefault.maxPerAddress
+        var enrollMaxConnections = ConnectionLimits.enrollmentDefault.maxConnections
+        var enrollMaxConnectionsPerAddress = ConnectionLimits.enrollmentDefault.maxPerAddress
+        var handshakeTimeout = Int(ConnectionLimits.apiDefault.handshakeTimeout.components.seconds)
+        var idleTimeout = Int(ConnectionLimits.apiDefault.idleTimeout.components.seconds)
+        var enrollRate = Int(RateLimit.enrollmentDefault.perSecond)
+        var enrollBurst = RateLimit.enrollmentDefault.burst
+        var refusalSummaryInterval = 60
+
+        /// Every key, its range, and where its value lives.
+        static var keys: [(String, ClosedRange<Int>, WritableKeyPath<Limits, Int>, String)] {
+            [
+                ("max_connections", 1...1_000_000, \.maxConnections, "connections the API listener holds at once"),
+                (
+                    "max_handshakes_per_address", 1...1_000_000, \.maxHandshakesPerAddress,
+                    "API connections one address may have in their TLS handshake"
+                ),
+                ("enroll_max_connections", 1...1_000_000, \.enrollMaxConnections, "connections the enrollment listener holds at once"),
+                ("enroll_max_connections_per_address", 1...1_000_000, \.enrollMaxConnectionsPerAddress, "enrollment connections per source address"),
+                ("handshake_timeout", 1...600, \.handshakeTimeout, "seconds a connection has to finish its TLS handshake"),
+                ("idle_timeout", 1...86_400, \.idleTimeout, "seconds a connection may wait between requests"),
+                ("enroll_rate", 1...100_000, \.enrollRate, "enrollment requests per second per source address (sustained)"),
+                ("enroll_burst", 1...100_000, \.enrollBurst, "enrollment requests per source address at once"),
+                ("refusal_summary_interval", 1...86_400, \.refusalSummaryInterval, "seconds between audit records summing up anonymous refusals"),
+            ]
+        }
+
+        /// The server's settings from these values.
+        func apply(to settings: inout ServerSettings) {
+            settings.apiLimits = ConnectionLimits(
+                maxConnections: maxConnections, maxPerAddress: maxHandshakesPerAddress, perAddressUntilHandshake: true,
+                handshakeTimeout: .seconds(handshakeTimeout), idleTimeout: .seconds(idleTimeout))
+            settings.enrollLimits = ConnectionLimits(
+                maxConnections: enrollMaxConnections, maxPerAddress: enrollMaxConnectionsPerAddress, perAddressUntilHandshake: false,
+                handshakeTimeout: .seconds(handshakeTimeout), idleTimeout: .seconds(idleTimeout))
+            settings.enrollRate = RateLimit(perSecond: Double(enrollRate), burst: enrollBurst)
+            settings.refusalSummaryInterval = .seconds(refusalSummaryInterval)
+        }
+    }
 
     /// Reads and checks `path`.
     static func read(_ path: String) throws -> ServerConfigFile {
@@ -41,6 +86,10 @@ struct ServerConfigFile: Equatable {
         }
         let heartbeat = try file.integer("hierarchy_heartbeat", in: 1...86_400)
         let level = try file.choice("log_level", of: Logger.Level.allCases.map(\.rawValue))
+        var limits = Limits()
+        for (key, range, path, _) in Limits.keys {
+            if let value = try file.integer(key, in: range) { limits[keyPath: path] = value }
+        }
         try file.finish()
 
         let hint = "add it, or re-create the data directory with 'keyhold-server init'"
@@ -54,6 +103,7 @@ struct ServerConfigFile: Equatable {
         )
         if let heartbeat { config.hierarchyHeartbeat = heartbeat }
         if let level { config.logLevel = Logger.Level(rawValue: level) ?? .info }
+        config.limits = limits
         try RepositoryFactory.check(config.database, in: path)
         return config
     }
@@ -72,6 +122,7 @@ struct ServerConfigFile: Equatable {
         w.add("advertise_enroll", advertiseEnroll ?? "")
         w.add("hierarchy_heartbeat", hierarchyHeartbeat, comment: "seconds between pushes to the primary")
         w.add("log_level", logLevel.rawValue, comment: "trace, debug, info, notice, warning, error or critical")
+        for (key, _, path, comment) in Limits.keys { w.add(key, limits[keyPath: path], comment: comment) }
         return w.text
     }
 }

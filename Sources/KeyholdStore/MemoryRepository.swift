@@ -205,13 +205,16 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
 
     /// Checks a token and takes one use, atomically (``Repository/redeemToken(id:secretHash:now:)``).
     public func redeemToken(id: TokenID, secretHash: [UInt8], now: Date) async throws -> TokenRedemption {
-        guard var t = tokens[id], t.secretHash == secretHash else { return .unknown }
-        if t.revoked { return .revoked }
-        if t.expires <= now { return .expired }
-        if t.usesLeft <= 0 { return .usedUp }
+        let answer = TokenRedemption.check(tokens[id], secretHash: secretHash, now: now)
+        guard case .redeemed(var t) = answer else { return answer }
         t.usesLeft -= 1
         tokens[id] = t
         return .redeemed(t)
+    }
+
+    /// Checks a token, taking nothing (``Repository/checkToken(id:secretHash:now:)``).
+    public func checkToken(id: TokenID, secretHash: [UInt8], now: Date) async throws -> TokenRedemption {
+        TokenRedemption.check(tokens[id], secretHash: secretHash, now: now)
     }
 
     /// Every enrollment token.

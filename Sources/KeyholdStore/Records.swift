@@ -71,6 +71,16 @@ public struct EnrollmentTokenRecord: Sendable, Equatable {
 
 /// Why a token could not be used.
 public enum TokenRedemption: Sendable, Equatable {
+    /// What redeeming `token` (found by its id, or nil) with `secretHash` at `now` answers, before
+    /// a use is taken: `.redeemed` when a use is left.
+    public static func check(_ token: EnrollmentTokenRecord?, secretHash: [UInt8], now: Date) -> TokenRedemption {
+        guard let t = token, t.secretHash == secretHash else { return .unknown }
+        if t.revoked { return .revoked }
+        if t.expires <= now { return .expired }
+        if t.usesLeft <= 0 { return .usedUp }
+        return .redeemed(t)
+    }
+
     /// One use was taken; the record shows what is left.
     case redeemed(EnrollmentTokenRecord)
     /// No token has this id and secret.

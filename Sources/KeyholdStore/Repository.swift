@@ -79,6 +79,9 @@ public protocol Repository: Sendable {
     func insertToken(_ token: EnrollmentTokenRecord) async throws
     /// Atomically checks a token (by id and secret hash) and takes one use.
     func redeemToken(id: TokenID, secretHash: [UInt8], now: Date) async throws -> TokenRedemption
+    /// Checks a token as ``redeemToken(id:secretHash:now:)`` would, taking nothing: `.redeemed`
+    /// means a use is left now (a later redemption may still lose a race for it).
+    func checkToken(id: TokenID, secretHash: [UInt8], now: Date) async throws -> TokenRedemption
     /// Every token.
     func listTokens() async throws -> [EnrollmentTokenRecord]
     /// Withdraws a token; `false` if there is no such token.

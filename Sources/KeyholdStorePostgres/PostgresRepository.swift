@@ -579,14 +579,23 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
             ) {
                 token = try Self.decodeToken(row)
             }
-            guard var t = token, t.secretHash == secretHash else { return .unknown }
-            if t.revoked { return .revoked }
-            if t.expires <= now { return .expired }
-            if t.usesLeft <= 0 { return .usedUp }
+            let answer = TokenRedemption.check(token, secretHash: secretHash, now: now)
+            guard case .redeemed(var t) = answer else { return answer }
             try await conn.query("UPDATE enrollment_tokens SET uses_left = uses_left - 1 WHERE id = \(id.description)", logger: logger)
             t.usesLeft -= 1
             return .redeemed(t)
         }
+    }
+
+    /// Checks a token, taking nothing (``Repository/checkToken(id:secretHash:now:)``).
+    public func checkToken(id: TokenID, secretHash: [UInt8], now: Date) async throws -> TokenRedemption {
+        var token: EnrollmentTokenRecord?
+        for try await row in try await client.query(
+            "SELECT \(unescaped: Self.tokenColumns) FROM enrollment_tokens WHERE id = \(id.description)", logger: logger)
+        {
+            token = try Self.decodeToken(row)
+        }
+        return TokenRedemption.check(token, secretHash: secretHash, now: now)
     }
 
     /// Every enrollment token.

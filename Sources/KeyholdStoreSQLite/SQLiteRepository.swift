@@ -347,14 +347,19 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
             guard let row = try Row.fetchOne(db, sql: "SELECT * FROM enrollment_tokens WHERE id = ?", arguments: [id.description]) else {
                 return .unknown
             }
-            var t = try Self.decodeToken(row)
-            guard t.secretHash == secretHash else { return .unknown }
-            if t.revoked { return .revoked }
-            if t.expires <= now { return .expired }
-            if t.usesLeft <= 0 { return .usedUp }
+            let answer = TokenRedemption.check(try Self.decodeToken(row), secretHash: secretHash, now: now)
+            guard case .redeemed(var t) = answer else { return answer }
             try db.execute(sql: "UPDATE enrollment_tokens SET uses_left = uses_left - 1 WHERE id = ?", arguments: [id.description])
             t.usesLeft -= 1
             return .redeemed(t)
+        }
+    }
+
+    /// Checks a token, taking nothing (``Repository/checkToken(id:secretHash:now:)``).
+    public func checkToken(id: TokenID, secretHash: [UInt8], now: Date) async throws -> TokenRedemption {
+        try await pool.read { db in
+            let row = try Row.fetchOne(db, sql: "SELECT * FROM enrollment_tokens WHERE id = ?", arguments: [id.description])
+            return TokenRedemption.check(try row.map(Self.decodeToken), secretHash: secretHash, now: now)
         }
     }
 

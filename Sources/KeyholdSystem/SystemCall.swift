@@ -38,3 +38,21 @@ public enum SystemCall {
         return KeyholdError(.ioFailed, "cannot \(what)\(target): \(reason)", hint: hint)
     }
 }
+
+/// The process's limit on open files (`RLIMIT_NOFILE`).
+public enum OpenFileLimit {
+    /// Raises the soft limit to the hard one when it is lower, and returns the soft limit in
+    /// force. The call is made only when it changes something (a systemd unit that sets
+    /// `LimitNOFILE=` sets both, and its system-call filter may forbid `setrlimit`).
+    @discardableResult
+    public static func raiseToHardLimit() -> Int {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 1024 }
+        if limit.rlim_cur < limit.rlim_max {
+            var raised = limit
+            raised.rlim_cur = limit.rlim_max
+            if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { limit = raised }
+        }
+        return limit.rlim_cur > rlim_t(Int.max) ? Int.max : Int(limit.rlim_cur)
+    }
+}

@@ -175,9 +175,16 @@ import Testing
         wrongCA.caFingerprint = String(repeating: "ab", count: 32)
         await expectCode("token_invalid") { _ = try await Enrollment.enroll(token: wrongCA, name: "g") }
 
+        // Used up, replayed and expired: the real token with its secret, audited one by one. The
+        // guessed secret authenticated nobody: counted, and summed up in an enroll_refusals record
+        // when the server stops.
         let audit = try await server.auditEntries().filter { $0.action == .enroll }
         #expect(audit.filter { $0.result.description == "ok" }.count == 3)
-        #expect(audit.filter { $0.result.description == "token_invalid" }.count == 4)
+        #expect(audit.filter { $0.result.description == "token_invalid" }.count == 3)
+        #expect(await server.stop() == 0)
+        try await server.start()
+        let summaries = try await server.auditEntries().filter { $0.action == .enrollRefusals }
+        #expect(summaries.map(\.result.description) == ["token_invalid"] && summaries.first?.detail.hasPrefix("1 refused") == true)
         let clients = try await server.admin(["device", "list", "--json"]).stdoutText
         #expect(!clients.contains("\"g\"") && !clients.contains("\"f\"") && !clients.contains("d-replay"))
     }

@@ -19,7 +19,12 @@ import Glibc
     }
 
     /// Starts `keyhold-server run` on `server` with `args` and waits for it to end by itself.
-    static func runToEnd(_ server: ServerProcess, _ args: [String] = [], within: Duration = .seconds(10)) async throws -> (Int32?, String) {
+    /// The defect was a process that never ended (and spun); on an idle machine these end in well
+    /// under a second, but with both cores loaded by other processes a start alone can take
+    /// several, so "promptly" is bounded generously.
+    static let promptly: Duration = .seconds(30)
+
+    static func runToEnd(_ server: ServerProcess, _ args: [String] = [], within: Duration = promptly) async throws -> (Int32?, String) {
         let log = server.dataDir.deletingLastPathComponent().appendingPathComponent("second-\(UUID().uuidString.prefix(6)).log")
         let child = try ChildProcess(server.binary, ["run", "--data-dir", server.dataDir.path] + args, log: log)
         let status = await child.waitForExit(timeout: within)
@@ -96,7 +101,7 @@ import Glibc
             let start = ContinuousClock.now
             let (status, log) = try await Self.runToEnd(second, [flag, busy])
             #expect(status == 1, "it must end by itself, non-zero: \(log)")
-            #expect(ContinuousClock.now - start < .seconds(10), "it ends by itself, promptly")
+            #expect(ContinuousClock.now - start < Self.promptly, "it ends by itself, promptly")
             #expect(log.contains("keyhold-server: error: cannot listen on \(busy): address already in use\nhint: "), "\(log)")
             #expect(!log.contains("CancellationError") && !log.contains("Already closed"), "\(log)")
             #expect(try await !Self.running(second.dataDir.path), "nothing of the second server is left running")
@@ -127,6 +132,6 @@ import Glibc
         #expect(r.status == 1)
         #expect(r.stderr.hasPrefix("keyhold-agent: error: cannot listen on /proc/keyhold-agent-test.sock: "), "\(r.stderr)")
         #expect(r.stderr.contains("\nhint: "))
-        #expect(ContinuousClock.now - start < .seconds(10), "it ends by itself, promptly")
+        #expect(ContinuousClock.now - start < Self.promptly, "it ends by itself, promptly")
     }
 }

@@ -2,6 +2,7 @@ import Foundation
 import KeyholdClient
 import KeyholdCore
 import KeyholdProtocol
+import KeyholdSystem
 import KeyholdTestSupport
 import Testing
 
@@ -125,10 +126,149 @@ import Testing
         // The single-use token still enrolls a device.
         let device = try await Enrollment.enroll(token: token, name: "good")
         #expect(device.role == .device)
+        // The requests that named the real token with its secret are audited one by one; the one
+        // with a malformed secret authenticated nobody and is counted in the summary (defect 3).
         let refusals = try await server.auditEntries().filter { $0.action == .enroll && $0.result != .ok }
-        #expect(refusals.map(\.result) == [.refused(.invalidRequest), .refused(.tokenInvalid), .refused(.invalidRequest)])
-        #expect(refusals.allSatisfy { $0.actor == .anonymous && $0.detail.hasPrefix("token \(token.id): ") })
-        #expect(!refusals[2].detail.contains("\n"), "the refused name is escaped in the record")
+        #expect(refusals.map(\.result) == [.refused(.invalidRequest), .refused(.invalidRequest)])
+        #expect(refusals.allSatisfy { $0.actor == .anonymous && $0.detail.hasPrefix("token \(token.id) from 127.0.0.1: ") })
+        #expect(refusals.count == 2 && !refusals[1].detail.contains("\n"), "the refused name is escaped in the record")
+        #expect(await server.stop() == 0)
+        try await server.start()
+        let summaries = try await server.auditEntries().filter { $0.action == .enrollRefusals }
+        #expect(summaries.map(\.result) == [.refused(.tokenInvalid)], "the stop wrote the summary of the counted refusal")
+        #expect(summaries.first?.detail.hasPrefix("1 refused from 1 addresses") == true, "\(summaries)")
+    }
+
+    /// Defect 2: no caps or timeouts on the listeners, so idle connections from anyone could
+    /// exhaust the server's descriptors. 500 idle TCP connections to each listener from another
+    /// address (127.0.0.2) are cut to the per-address caps at once and closed by the handshake
+    /// timeout, while a device releases keys and the administrator works as usual.
+    @Test func idleConnectionsAreCappedAndTimedOutWhileDevicesAreServed() async throws {
+        OpenFileLimit.raiseToHardLimit()  // this process holds the 1000 connections
+        let server = try await ServerProcess(name: "idle")
+        try server.setConfig("handshake_timeout", "20")
+        try await server.start()
+        defer { server.terminate() }
+        let device = try await server.enrollDevice("honest")
+        var keys: [(KeyRecord, SecretKey)] = []
+        try await using(try device.client()) { client in
+            for _ in 0..<20 {
+                let (record, secret, request) = newKey(device)
+                _ = try await client.put(APIPath.key(record.id.description), request, as: EscrowResponse.self)
+                keys.append((record, secret))
+            }
+        }
+
+        let api = try IdleSockets(to: try HostPort(server.api), from: "127.0.0.2", count: 500)
+        let enroll = try IdleSockets(to: try HostPort(server.enroll), from: "127.0.0.2", count: 500)
+        defer {
+            api.close()
+            enroll.close()
+        }
+        // The defaults (docs/operations.md): 64 API connections per address in their handshake,
+        // 8 enrollment connections per address. Connects beyond the accept backlog are retried by
+        // the kernel, so the excess is closed over a few seconds, not at once.
+        let capped = ContinuousClock.now + .seconds(15)
+        while ContinuousClock.now < capped, api.stillOpen() > 64 || enroll.stillOpen() > 8 { try await Task.sleep(for: .milliseconds(200)) }
+        let (apiOpen, enrollOpen) = (api.stillOpen(), enroll.stillOpen())
+        #expect(apiOpen <= 64, "API connections in their handshake per address: \(apiOpen)")
+        #expect(enrollOpen <= 8, "enrollment connections per address: \(enrollOpen)")
+        #expect(apiOpen > 0 && enrollOpen > 0, "connections under the caps are held until the handshake timeout")
+
+        // Meanwhile: releases, the administrator and a new enrollment from another address work.
+        try await using(try device.client()) { client in
+            for (record, secret) in keys {
+                let released = try await client.get(APIPath.key(record.id.description), as: KeyMaterial.self)
+                #expect(released.secret.constantTimeEquals(secret))
+            }
+        }
+        #expect(try await server.admin(["status"]).status == 0)
+        _ = try await server.enrollDevice("newcomer")
+
+        // The handshake timeout (20 s here) closes what the caps let in.
+        let deadline = ContinuousClock.now + .seconds(40)
+        while ContinuousClock.now < deadline, api.stillOpen() + enroll.stillOpen() > 0 { try await Task.sleep(for: .milliseconds(200)) }
+        #expect(api.stillOpen() == 0 && enroll.stillOpen() == 0, "every idle connection was closed by the server")
+        #expect(server.log().contains("refusing connections over the listener's caps"))
+    }
+
+    /// Defect 3: every bogus enrollment wrote a durable audit row, so a flood of them slowed the
+    /// devices' releases. Now a source address has a request budget (429 with Retry-After beyond
+    /// it), and anonymous refusals are summed up per window instead of written one by one.
+    @Test func anonymousRefusalsAreRateLimitedAndSummedUpNotAuditedOneByOne() async throws {
+        let server = try await ServerProcess(name: "flood")
+        try server.setConfig("refusal_summary_interval", "2")
+        try await server.start()
+        defer { server.terminate() }
+        let device = try await server.enrollDevice("honest")
+        let (record, secret, request) = newKey(device)
+        _ = try await using(try device.client()) { try await $0.put(APIPath.key(record.id.description), request, as: EscrowResponse.self) }
+        let before = try await server.auditEntries().count
+
+        let flood = 3000
+        let floodStarted = ContinuousClock.now
+        let bogus = EnrollRequest(tokenID: .random(), secret: Base64URL.encode(SecureRandom.bytes(count: 32)), csrPEM: "", name: "x")
+        let enroll = try APIClient(address: server.enroll, caPEM: try server.file("ca.pem"), verifyHostname: false)
+        let codes = try await withThrowingTaskGroup(of: [String].self) { group in
+            for _ in 0..<6 {
+                group.addTask {
+                    var codes: [String] = []
+                    for _ in 0..<(flood / 6) {
+                        do {
+                            _ = try await enroll.post(APIPath.enroll, bogus, as: EnrollResponse.self)
+                            codes.append("enrolled")
+                        } catch let error as KeyholdError {
+                            codes.append(error.code.rawValue)
+                        }
+                    }
+                    return codes
+                }
+            }
+            // The device keeps being served during the flood.
+            group.addTask {
+                try await using(try device.client()) { client in
+                    for _ in 0..<50 {
+                        let released = try await client.get(APIPath.key(record.id.description), as: KeyMaterial.self)
+                        #expect(released.secret.constantTimeEquals(secret))
+                    }
+                }
+                return []
+            }
+            return try await group.reduce(into: []) { $0 += $1 }
+        }
+        await enroll.shutdown()
+        let counted = Dictionary(grouping: codes, by: { $0 }).mapValues(\.count)
+        #expect(counted["enrolled"] == nil)
+        #expect((counted["token_invalid"] ?? 0) >= 20, "\(counted)")
+        #expect((counted["rate_limited"] ?? 0) > flood / 2, "most of the flood is over the budget: \(counted)")
+        #expect((counted["token_invalid"] ?? 0) + (counted["rate_limited"] ?? 0) == flood)
+
+        // 429 carries Retry-After (a burst of 30 from curl, over the budget of 20).
+        let url = "https://\(server.enroll)/v1/enroll"
+        let curl = try await run(
+            URL(fileURLWithPath: "/usr/bin/curl"),
+            ["-sk", "-i", "-X", "POST", "--data", "{}", "-H", "content-type: application/json"] + Array(repeating: url, count: 30))
+        #expect(curl.stdoutText.contains("HTTP/1.1 429"), "\(curl.stdoutText.prefix(2000))")
+        #expect(curl.stdoutText.lowercased().contains("retry-after: "))
+        let curlRefusals = curl.stdoutText.components(separatedBy: "HTTP/1.1 ").count - 1
+        #expect(curlRefusals == 30)
+
+        // Once the budget refills, the same address enrolls again.
+        try await Task.sleep(for: .seconds(2))
+        _ = try await server.enrollDevice("after the flood")
+
+        // A few summary records, no row per refusal; their counts add up to every refusal.
+        try await Task.sleep(for: .seconds(3))
+        let added = try await server.auditEntries().dropFirst(before)
+        #expect(!added.contains { $0.action == .enroll && $0.result != .ok }, "no anonymous refusal is audited one by one")
+        let summaries = added.filter { $0.action == .enrollRefusals }
+        // One record per reason (token_invalid, rate_limited, invalid_request) per 2-second window.
+        let windows = Int((ContinuousClock.now - floodStarted).components.seconds) / 2 + 2
+        #expect(summaries.count <= 3 * windows, "\(summaries.count) summary records in \(windows) windows")
+        #expect(summaries.count * 10 < flood, "far fewer records than refusals")
+        let total = summaries.compactMap { Int($0.detail.prefix { $0.isNumber }) }.reduce(0, +)
+        #expect(total == flood + curlRefusals, "the summaries count \(total) refusals")
+        #expect(summaries.allSatisfy { $0.actor == .anonymous && $0.detail.contains("most from 127.0.0.1") })
     }
 
     /// Defect 6: escrow stored the origin server and device the caller named.
@@ -233,4 +373,47 @@ import Testing
         let text = try await agent.keyhold(["status"]).stdoutText
         #expect(text.contains("heartbeats:      STOPPED: the server revoked this device"), "\(text)")
     }
+}
+
+/// Raw TCP connections that never say a word (no TLS handshake), made from a chosen source
+/// address without blocking.
+final class IdleSockets: Sendable {
+    let descriptors: [Int32]
+
+    init(to target: HostPort, from source: String, count: Int) throws {
+        var made: [Int32] = []
+        for _ in 0..<count {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+            guard fd >= 0 else { throw LaunchFailure("socket: \(String(cString: strerror(errno)))") }
+            var local = sockaddr_in()
+            local.sin_family = sa_family_t(AF_INET)
+            inet_pton(AF_INET, source, &local.sin_addr)
+            var remote = sockaddr_in()
+            remote.sin_family = sa_family_t(AF_INET)
+            remote.sin_port = in_port_t(UInt16(target.port).bigEndian)
+            inet_pton(AF_INET, target.host, &remote.sin_addr)
+            let bound = withUnsafePointer(to: &local) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            let connected = withUnsafePointer(to: &remote) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            guard bound == 0, connected == 0 || errno == EINPROGRESS else {
+                throw LaunchFailure("connect from \(source): \(String(cString: strerror(errno)))")
+            }
+            made.append(fd)
+        }
+        descriptors = made
+    }
+
+    /// How many the server has not closed (a read would block rather than see the end).
+    func stillOpen() -> Int {
+        var byte: UInt8 = 0
+        return descriptors.filter { fd in
+            let n = recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
+            return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)
+        }.count
+    }
+
+    func close() { for fd in descriptors { _ = Glibc.close(fd) } }
 }

@@ -28,6 +28,8 @@ struct TestContext: PeerContext {
         guard parts.count == 3, let role = ClientRole(rawValue: parts[0]), let id = ClientID(parts[1]) else { return nil }
         return Peer(role: role, id: id, fingerprint: parts[2])
     }
+
+    var sourceAddress: String { "127.0.0.1" }
 }
 
 /// A server core on the in-memory repository, with its CA and master key made in memory and a
@@ -52,7 +54,8 @@ struct InProcessServer {
         )
         let core = ServerCore(
             serverID: serverID, repository: repository, masterKey: master, authority: authority, databaseDescription: "memory",
-            hierarchy: hierarchy, addresses: BoundAddresses(settings), spoolDirectory: dir.path, logger: logger
+            hierarchy: hierarchy, addresses: BoundAddresses(settings), spoolDirectory: dir.path, refusals: RefusalLedger(),
+            enrollLimiter: RateLimiter(settings.enrollRate), logger: logger
         )
         return InProcessServer(core: core, repository: repository, serverID: serverID)
     }

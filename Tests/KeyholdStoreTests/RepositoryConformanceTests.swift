@@ -345,6 +345,17 @@ func audit(_ action: AuditAction, _ key: KeyID? = nil, result: AuditResult = .ok
         let hash = [UInt8](repeating: 7, count: 32)
         let t = EnrollmentTokenRecord(id: .random(), secretHash: hash, role: .device, usesLeft: 2, expires: now.addingTimeInterval(600))
         try await repo.insertToken(t)
+        // A check answers what a redemption would, and takes nothing.
+        #expect(try await repo.checkToken(id: t.id, secretHash: [UInt8](repeating: 8, count: 32), now: now) == .unknown)
+        #expect(try await repo.checkToken(id: .random(), secretHash: hash, now: now) == .unknown)
+        #expect(try await repo.checkToken(id: t.id, secretHash: hash, now: now.addingTimeInterval(601)) == .expired)
+        for _ in 0..<3 {
+            guard case .redeemed(let checked) = try await repo.checkToken(id: t.id, secretHash: hash, now: now) else {
+                Issue.record("a usable token was refused by the check")
+                return
+            }
+            #expect(checked.usesLeft == 2)
+        }
         #expect(try await repo.redeemToken(id: t.id, secretHash: [UInt8](repeating: 8, count: 32), now: now) == .unknown)
         #expect(try await repo.redeemToken(id: .random(), secretHash: hash, now: now) == .unknown)
         guard case .redeemed(let r1) = try await repo.redeemToken(id: t.id, secretHash: hash, now: now) else {
@@ -358,6 +369,7 @@ func audit(_ action: AuditAction, _ key: KeyID? = nil, result: AuditResult = .ok
             return
         }
         #expect(try await repo.redeemToken(id: t.id, secretHash: hash, now: now) == .usedUp)
+        #expect(try await repo.checkToken(id: t.id, secretHash: hash, now: now) == .usedUp)
 
         let single = EnrollmentTokenRecord(id: .random(), secretHash: hash, role: .server, usesLeft: 1, expires: now.addingTimeInterval(600))
         try await repo.insertToken(single)
@@ -377,6 +389,7 @@ func audit(_ action: AuditAction, _ key: KeyID? = nil, result: AuditResult = .ok
         try await repo.insertToken(revocable)
         #expect(try await repo.revokeToken(id: revocable.id))
         #expect(try await repo.redeemToken(id: revocable.id, secretHash: hash, now: now) == .revoked)
+        #expect(try await repo.checkToken(id: revocable.id, secretHash: hash, now: now) == .revoked)
         #expect(try await repo.listTokens().count == 3)
     }
 
