@@ -16,6 +16,8 @@ public enum AuditAction: String, Codable, Sendable, CaseIterable, CustomStringCo
     case reescrow
     /// A key was asked for: released, or refused with the reason.
     case release
+    /// One device received the alert threshold's number of distinct keys within the window.
+    case releaseAlert = "release_alert"
     /// This server obtained a missing key from its primary.
     case obtain
     /// An administrator blocked a key.

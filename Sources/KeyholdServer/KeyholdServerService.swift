@@ -35,6 +35,12 @@ public struct ServerSettings: Sendable {
     public var enrollRate = RateLimit.enrollmentDefault
     /// How often anonymous refusals are summed up into one audit record.
     public var refusalSummaryInterval: Duration = .seconds(60)
+    /// Key releases one device may ask for (a token bucket).
+    public var releaseRate = RateLimit.releaseDefault
+    /// When a device's distinct released keys raise an alert.
+    public var releaseAlert = ReleaseAlert.standard
+    /// Which devices may receive a key.
+    public var releasePolicy = ReleasePolicy.any
 
     /// Settings for a server.
     public init(
@@ -87,7 +93,8 @@ public struct KeyholdServerService: Service {
         let core = ServerCore(
             serverID: settings.serverID, repository: repository, masterKey: MasterKey(master), authority: authority,
             databaseDescription: settings.databaseDescription, hierarchy: hierarchy, addresses: addresses, spoolDirectory: directory.path,
-            refusals: RefusalLedger(), enrollLimiter: RateLimiter(settings.enrollRate), logger: logger
+            refusals: RefusalLedger(), enrollLimiter: RateLimiter(settings.enrollRate), releaseLimiter: RateLimiter(settings.releaseRate),
+            releaseWatch: ReleaseWatch(settings.releaseAlert), releasePolicy: settings.releasePolicy, logger: logger
         )
         let api = ServerAPI<ServerContext>(core: core, logger: logger)
 

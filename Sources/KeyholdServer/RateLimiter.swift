@@ -18,6 +18,9 @@ public struct RateLimit: Sendable, Equatable {
     /// Enrollment requests per source address: far above one enrollment per device, far below
     /// what fills the audit trail or the token table's lock.
     public static let enrollmentDefault = RateLimit(perSecond: 5, burst: 20)
+    /// Key releases per device: an agent asks once per key it has not cached, so even opening a
+    /// folder of a thousand files stays within the burst; a harvest of the repository does not.
+    public static let releaseDefault = RateLimit(perSecond: 20, burst: 1000)
 }
 
 /// One token bucket per key (a source address, a client), shared by every event loop. Buckets

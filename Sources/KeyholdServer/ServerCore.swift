@@ -27,6 +27,12 @@ struct ServerCore: Sendable {
     let refusals: RefusalLedger
     /// Enrollment requests per source address.
     let enrollLimiter: RateLimiter<String>
+    /// Key releases per device.
+    let releaseLimiter: RateLimiter<ClientID>
+    /// Distinct keys released per device, for the alert.
+    let releaseWatch: ReleaseWatch
+    /// Which devices may receive a key.
+    let releasePolicy: ReleasePolicy
     let started = Date()
     let logger: Logger
 
@@ -229,8 +235,54 @@ struct ServerCore: Sendable {
 
     /// A key for a device (`GET /v1/keys/{id}`). The enrollment check rides in the release
     /// statement (one database round trip, shared with concurrent releases).
+    /// A device's request for a key (`GET /v1/keys/{id}`) within its release budget: over it, the
+    /// refusal is audited and answered `429` with `Retry-After`. A release that makes the device's
+    /// distinct keys in the window reach the alert threshold is logged at warning and audited
+    /// (`release_alert`).
     func release(_ keyID: KeyID, to peer: Peer) async throws -> KeyMaterial {
-        try await resolve(keyID, for: peer, route: .agent, chain: [serverID], hops: Hierarchy.hopLimit)
+        if let wait = releaseLimiter.take(peer.id) {
+            let limited = RateLimited("\(peer.role) \(peer.id) asked for more keys than its release budget allows", wait: wait)
+            try await audited {
+                try await repository.appendAudit(
+                    AuditEvent(
+                        actor: peer.actor, action: .release, keyID: keyID, route: .agent, result: .refused(.rateLimited),
+                        detail: "over the release budget (\(releaseLimiter.limit.burst) at once, \(releaseLimiter.limit.perSecond)/s)"))
+            }
+            throw limited
+        }
+        try await checkReleasePolicy(keyID, for: peer)
+        let key = try await resolve(keyID, for: peer, route: .agent, chain: [serverID], hops: Hierarchy.hopLimit)
+        if releaseWatch.released(keyID, to: peer.id) {
+            let alert = releaseWatch.alert
+            let detail = "\(alert.keys) distinct keys released to this \(peer.role) within \(alert.window.components.seconds) s"
+            logger.warning("release alert: one device received many distinct keys", metadata: ["client": "\(peer.id)", "detail": "\(detail)"])
+            try? await repository.appendAudit(AuditEvent(actor: peer.actor, action: .releaseAlert, route: .agent, result: .ok, detail: detail))
+        }
+        return key
+    }
+
+    /// Refuses (audited, `403 forbidden`) a key the release policy keeps from `peer`. Under a
+    /// policy other than `any` only keys held here are released to devices (no hierarchy
+    /// lookup): a key from elsewhere has another origin server, and a device's own keys were
+    /// escrowed, or re-escrowed by `keyhold reassign`, here.
+    private func checkReleasePolicy(_ keyID: KeyID, for peer: Peer) async throws {
+        guard releasePolicy != .any else { return }
+        let why: String?
+        if let stored = try await repository.key(id: keyID) {
+            why = releasePolicy.refusal(of: stored.record, to: peer.id, here: serverID)
+        } else {
+            why = "it is not held here, and only keys escrowed here are released"
+        }
+        guard let why else { return }
+        try await audited {
+            try await repository.appendAudit(
+                AuditEvent(
+                    actor: peer.actor, action: .release, keyID: keyID, route: .agent, result: .refused(.forbidden),
+                    detail: "release_policy \(releasePolicy.rawValue): \(why)"))
+        }
+        throw KeyholdError(
+            .forbidden, "release_policy = \(releasePolicy.rawValue) keeps key \(keyID) from this device: \(why)",
+            hint: "ask an administrator: they can export the key for you, or change release_policy")
     }
 
     /// Records a device's heartbeat (`POST /v1/heartbeat`).

@@ -166,6 +166,7 @@ extension ServerCommand {
                 hierarchyHeartbeat: .seconds(config.hierarchyHeartbeat)
             )
             config.limits.apply(to: &settings)
+            settings.releasePolicy = config.releasePolicy
             let group = ServiceGroup(
                 configuration: .init(
                     services: [

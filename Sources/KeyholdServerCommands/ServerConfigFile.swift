@@ -22,6 +22,8 @@ struct ServerConfigFile: Equatable {
     var logLevel: Logger.Level = .info
     /// Connection and request limits (docs/operations.md, "Connection limits").
     var limits = Limits()
+    /// Which devices may receive a key.
+    var releasePolicy = ReleasePolicy.any
 
     /// The listeners' caps and timeouts and the enrollment rate, in the file's units.
     struct Limits: Equatable {
@@ -34,6 +36,10 @@ struct ServerConfigFile: Equatable {
         var enrollRate = Int(RateLimit.enrollmentDefault.perSecond)
         var enrollBurst = RateLimit.enrollmentDefault.burst
         var refusalSummaryInterval = 60
+        var releaseRate = Int(RateLimit.releaseDefault.perSecond)
+        var releaseBurst = RateLimit.releaseDefault.burst
+        var releaseAlertKeys = ReleaseAlert.standard.keys
+        var releaseAlertWindow = Int(ReleaseAlert.standard.window.components.seconds)
 
         /// Every key, its range, and where its value lives.
         static var keys: [(String, ClosedRange<Int>, WritableKeyPath<Limits, Int>, String)] {
@@ -50,6 +56,10 @@ struct ServerConfigFile: Equatable {
                 ("enroll_rate", 1...100_000, \.enrollRate, "enrollment requests per second per source address (sustained)"),
                 ("enroll_burst", 1...100_000, \.enrollBurst, "enrollment requests per source address at once"),
                 ("refusal_summary_interval", 1...86_400, \.refusalSummaryInterval, "seconds between audit records summing up anonymous refusals"),
+                ("release_rate", 1...1_000_000, \.releaseRate, "key releases per second per device (sustained)"),
+                ("release_burst", 1...1_000_000, \.releaseBurst, "key releases per device at once"),
+                ("release_alert_keys", 1...10_000_000, \.releaseAlertKeys, "distinct keys released to one device that raise an alert"),
+                ("release_alert_window", 1...2_592_000, \.releaseAlertWindow, "seconds the alert counts distinct keys in"),
             ]
         }
 
@@ -63,6 +73,8 @@ struct ServerConfigFile: Equatable {
                 handshakeTimeout: .seconds(handshakeTimeout), idleTimeout: .seconds(idleTimeout))
             settings.enrollRate = RateLimit(perSecond: Double(enrollRate), burst: enrollBurst)
             settings.refusalSummaryInterval = .seconds(refusalSummaryInterval)
+            settings.releaseRate = RateLimit(perSecond: Double(releaseRate), burst: releaseBurst)
+            settings.releaseAlert = ReleaseAlert(keys: releaseAlertKeys, window: .seconds(releaseAlertWindow))
         }
     }
 
@@ -86,6 +98,7 @@ struct ServerConfigFile: Equatable {
         }
         let heartbeat = try file.integer("hierarchy_heartbeat", in: 1...86_400)
         let level = try file.choice("log_level", of: Logger.Level.allCases.map(\.rawValue))
+        let policy = try file.choice("release_policy", of: ReleasePolicy.allCases.map(\.rawValue))
         var limits = Limits()
         for (key, range, path, _) in Limits.keys {
             if let value = try file.integer(key, in: range) { limits[keyPath: path] = value }
@@ -104,6 +117,7 @@ struct ServerConfigFile: Equatable {
         if let heartbeat { config.hierarchyHeartbeat = heartbeat }
         if let level { config.logLevel = Logger.Level(rawValue: level) ?? .info }
         config.limits = limits
+        if let policy { config.releasePolicy = ReleasePolicy(rawValue: policy) ?? .any }
         try RepositoryFactory.check(config.database, in: path)
         return config
     }
@@ -122,6 +136,9 @@ struct ServerConfigFile: Equatable {
         w.add("advertise_enroll", advertiseEnroll ?? "")
         w.add("hierarchy_heartbeat", hierarchyHeartbeat, comment: "seconds between pushes to the primary")
         w.add("log_level", logLevel.rawValue, comment: "trace, debug, info, notice, warning, error or critical")
+        w.add(
+            "release_policy", releasePolicy.rawValue,
+            comment: "who may receive a key: any (active device of this server), same_server (keys escrowed here) or origin_device")
         for (key, _, path, comment) in Limits.keys { w.add(key, limits[keyPath: path], comment: comment) }
         return w.text
     }

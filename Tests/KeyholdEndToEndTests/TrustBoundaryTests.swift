@@ -139,6 +139,113 @@ import Testing
         #expect(summaries.first?.detail.hasPrefix("1 refused from 1 addresses") == true, "\(summaries)")
     }
 
+    /// Defect 4: one device certificate pulled 2,000 keys of another device and nothing noticed.
+    /// Now releases have a budget per device (429 with Retry-After beyond it, each refusal
+    /// audited), and a device that receives the threshold's number of distinct keys raises an
+    /// alert (a warning in the log and a release_alert audit record), once per window.
+    @Test func releasesHaveABudgetPerDeviceAndAHarvestRaisesAnAlert() async throws {
+        let server = try await ServerProcess(name: "harvest")
+        for (key, value) in [("release_rate", "2"), ("release_burst", "10"), ("release_alert_keys", "15")] { try server.setConfig(key, value) }
+        try await server.start()
+        defer { server.terminate() }
+        let owner = try await server.enrollDevice("owner")
+        let thief = try await server.enrollDevice("stolen")
+        var keys: [KeyID] = []
+        try await using(try owner.client()) { client in
+            for _ in 0..<40 {
+                let (record, _, request) = newKey(owner)
+                _ = try await client.put(APIPath.key(record.id.description), request, as: EscrowResponse.self)
+                keys.append(record.id)
+            }
+        }
+        let started = ContinuousClock.now
+        var released = 0
+        var limited = 0
+        try await using(try thief.client()) { client in
+            for id in keys.prefix(30) {
+                do {
+                    _ = try await client.get(APIPath.key(id.description), as: KeyMaterial.self)
+                    released += 1
+                } catch let error as KeyholdError {
+                    #expect(error.code == .rateLimited, "\(error)")
+                    #expect(error.hint.contains("wait"))
+                    limited += 1
+                }
+            }
+        }
+        let refill = Int((ContinuousClock.now - started).components.seconds) * 2 + 2
+        #expect(released >= 10 && released <= 10 + refill, "the burst of 10, plus 2/s: \(released)")
+        #expect(limited == 30 - released)
+        var audit = try await server.auditEntries()
+        #expect(audit.filter { $0.action == .release && $0.result == .refused(.rateLimited) && $0.actor == .device(thief.clientID) }.count == limited)
+        #expect(!audit.contains { $0.action == .releaseAlert }, "\(released) distinct keys is under the threshold of 15")
+
+        // The budget refills; the 15th distinct key raises the alert, once.
+        try await Task.sleep(for: .seconds(5))
+        try await using(try thief.client()) { client in
+            for id in keys.dropFirst(30).prefix(15 - released) { _ = try await client.get(APIPath.key(id.description), as: KeyMaterial.self) }
+            _ = try await client.get(APIPath.key(keys[0].description), as: KeyMaterial.self)  // the same key again counts once
+        }
+        audit = try await server.auditEntries()
+        let alerts = audit.filter { $0.action == .releaseAlert }
+        #expect(alerts.count == 1 && alerts.first?.actor == .device(thief.clientID), "\(alerts)")
+        #expect(alerts.first?.detail.hasPrefix("15 distinct keys released to this device within 3600 s") == true)
+        #expect(server.log().contains("release alert: one device received many distinct keys"))
+
+        // 429 carries Retry-After.
+        let folder = server.dataDir.deletingLastPathComponent()
+        let (cert, key) = (folder.appendingPathComponent("thief.pem"), folder.appendingPathComponent("thief.key"))
+        try thief.certificatePEM.write(to: cert, atomically: true, encoding: .utf8)
+        try thief.keyPEM.write(to: key, atomically: true, encoding: .utf8)
+        let head = try await run(
+            URL(fileURLWithPath: "/usr/bin/curl"),
+            ["-sk", "-i", "--cert", cert.path, "--key", key.path] + Array(repeating: "https://\(server.api)/v1/keys/\(keys[1])", count: 20))
+        #expect(head.stdoutText.contains("HTTP/1.1 429") && head.stdoutText.lowercased().contains("retry-after: "), "\(head.stdoutText.prefix(600))")
+    }
+
+    /// Defect 4, the policy: `release_policy` decides who may receive another device's key.
+    @Test func theReleasePolicyDecidesWhoReceivesAnotherDevicesKey() async throws {
+        let server = try await ServerProcess(name: "policy", initOptions: ["--use-hierarchy"])
+        try await server.start()
+        defer { server.terminate() }
+        let owner = try await server.enrollDevice("owner")
+        let other = try await server.enrollDevice("other")
+        let (record, _, request) = newKey(owner)
+        _ = try await using(try owner.client()) { try await $0.put(APIPath.key(record.id.description), request, as: EscrowResponse.self) }
+        // A key that came up from a secondary: its origin is another server.
+        let pushed = KeyMaterial(record: KeyRecord(kind: .file, originServerID: .random(), originDeviceID: .random()), secret: .generate())
+        let secondary = try await Enrollment.enroll(token: try await server.token(role: "server"), name: "secondary")
+        _ = try await using(try secondary.client()) {
+            try await $0.post(APIPath.hierarchyPush, PushRequest(keys: [PushedKey(key: pushed, blocked: false)]), as: PushResponse.self)
+        }
+        func fetch(_ device: EnrolledIdentity, _ id: KeyID) async throws -> String {
+            do {
+                let key = try await using(try device.client()) { try await $0.get(APIPath.key(id.description), as: KeyMaterial.self) }
+                return key.record.id == id ? "released" : "wrong key"
+            } catch let error as KeyholdError {
+                return error.code.rawValue
+            }
+        }
+        // (policy, [owner's key to the owner, owner's key to the other device, pushed key to the other device])
+        for (policy, expected) in [
+            ("any", ["released", "released", "released"]), ("same_server", ["released", "released", "forbidden"]),
+            ("origin_device", ["released", "forbidden", "forbidden"]),
+        ] {
+            #expect(await server.stop() == 0)
+            try server.setConfig("release_policy", "\"\(policy)\"")
+            try await server.start()
+            let got = [try await fetch(owner, record.id), try await fetch(other, record.id), try await fetch(other, pushed.record.id)]
+            #expect(got == expected, "release_policy = \(policy)")
+        }
+        let refusals = try await server.auditEntries().filter { $0.action == .release && $0.result == .refused(.forbidden) }
+        #expect(refusals.count == 3 && refusals.allSatisfy { $0.detail.hasPrefix("release_policy ") && $0.actor == .device(other.clientID) })
+        // A policy the server does not know is a configuration error naming the key.
+        #expect(await server.stop() == 0)
+        try server.setConfig("release_policy", "\"approval\"")
+        let refused = try await server.admin(["status"])
+        #expect(refused.status == 1 && refused.stderr.contains("release_policy = \"approval\" is not one of any, same_server, origin_device"))
+    }
+
     /// Defect 2: no caps or timeouts on the listeners, so idle connections from anyone could
     /// exhaust the server's descriptors. 500 idle TCP connections to each listener from another
     /// address (127.0.0.2) are cut to the per-address caps at once and closed by the handshake

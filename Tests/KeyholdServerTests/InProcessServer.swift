@@ -55,7 +55,8 @@ struct InProcessServer {
         let core = ServerCore(
             serverID: serverID, repository: repository, masterKey: master, authority: authority, databaseDescription: "memory",
             hierarchy: hierarchy, addresses: BoundAddresses(settings), spoolDirectory: dir.path, refusals: RefusalLedger(),
-            enrollLimiter: RateLimiter(settings.enrollRate), logger: logger
+            enrollLimiter: RateLimiter(settings.enrollRate), releaseLimiter: RateLimiter(settings.releaseRate),
+            releaseWatch: ReleaseWatch(settings.releaseAlert), releasePolicy: settings.releasePolicy, logger: logger
         )
         return InProcessServer(core: core, repository: repository, serverID: serverID)
     }
