@@ -30,12 +30,48 @@ public struct PushedKey: Codable, Sendable {
     }
 }
 
+/// A key's block state as of one change, in a primary's change feed (docs/spec/hierarchy.md §3a).
+public struct KeyStateChange: Codable, Sendable, Equatable {
+    /// The key.
+    public var keyID: KeyID
+    /// Whether it is blocked now.
+    public var blocked: Bool
+    /// The change's place in the primary's feed (strictly increasing).
+    public var sequence: Int64
+
+    /// A change.
+    public init(keyID: KeyID, blocked: Bool, sequence: Int64) {
+        self.keyID = keyID
+        self.blocked = blocked
+        self.sequence = sequence
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case keyID = "key_id"
+        case blocked
+        case sequence
+    }
+}
+
 /// `POST /v1/hierarchy/push`.
 public struct PushRequest: Codable, Sendable {
-    /// The batch, in the secondary's sequence order.
+    /// The batch, in the secondary's sequence order (may be empty: a heartbeat that only asks for
+    /// the primary's state changes).
     public var keys: [PushedKey]
+    /// The last change of the primary's feed the secondary applied; nil asks for none (an older
+    /// secondary).
+    public var changesAfter: Int64?
+
     /// A batch.
-    public init(keys: [PushedKey]) { self.keys = keys }
+    public init(keys: [PushedKey], changesAfter: Int64? = nil) {
+        self.keys = keys
+        self.changesAfter = changesAfter
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case keys
+        case changesAfter = "changes_after"
+    }
 }
 
 /// Sent after the primary committed the batch.
@@ -46,16 +82,35 @@ public struct PushResponse: Codable, Sendable, Equatable {
     public var alreadyPresent: Int
     /// Keys refused because the primary holds another secret under their id.
     public var conflicts: [KeyID]
+    /// The primary's state changes after the request's `changes_after`, oldest first, at most
+    /// ``PushResponse/changeLimit``; a full page means more follow.
+    public var changes: [KeyStateChange]
+
+    /// Most changes one answer carries.
+    public static let changeLimit = 10_000
+
     /// An acknowledgement.
-    public init(accepted: Int, alreadyPresent: Int, conflicts: [KeyID]) {
+    public init(accepted: Int, alreadyPresent: Int, conflicts: [KeyID], changes: [KeyStateChange] = []) {
         self.accepted = accepted
         self.alreadyPresent = alreadyPresent
         self.conflicts = conflicts
+        self.changes = changes
     }
+
     enum CodingKeys: String, CodingKey {
         case accepted
         case alreadyPresent = "already_present"
         case conflicts
+        case changes
+    }
+
+    /// Decodes an acknowledgement; one without `changes` (an older primary) carries none.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        accepted = try c.decode(Int.self, forKey: .accepted)
+        alreadyPresent = try c.decode(Int.self, forKey: .alreadyPresent)
+        conflicts = try c.decode([KeyID].self, forKey: .conflicts)
+        changes = try c.decodeIfPresent([KeyStateChange].self, forKey: .changes) ?? []
     }
 }
 

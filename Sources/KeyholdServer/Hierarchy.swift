@@ -22,6 +22,8 @@ actor Hierarchy {
     static let optionSetting = "use_hierarchy"
     /// The repository setting that holds the highest sequence number the primary acknowledged.
     static let cursorSetting = "push_cursor"
+    /// The repository setting that holds the last change of the primary's feed applied here.
+    static let changesSetting = "primary_changes_cursor"
 
     /// A key the primary released, and which primary it was.
     struct Answer: Sendable {
@@ -101,6 +103,7 @@ actor Hierarchy {
         primary = identity
         client = try identity.client(timeout: .seconds(10))
         try await repository.setSetting(Self.cursorSetting, "0")
+        try await repository.setSetting(Self.changesSetting, "0")  // a new primary, a new feed
         logger.info("joined primary", metadata: ["primary": "\(identity.serverID)", "address": "\(identity.apiAddress)"])
         return try await status()
     }
@@ -124,6 +127,18 @@ actor Hierarchy {
     }
 
     private func cursor() async throws -> Int64 { Int64(try await repository.setting(Self.cursorSetting) ?? "0") ?? 0 }
+    private func changesCursor() async throws -> Int64 { Int64(try await repository.setting(Self.changesSetting) ?? "0") ?? 0 }
+
+    /// Applies the state changes of a push's answer (blocks and unblocks decided above) and moves
+    /// the feed cursor; true when the answer was a full page (more changes follow).
+    private func apply(_ changes: [KeyStateChange], from primary: ServerID) async throws -> Bool {
+        guard let last = changes.last else { return false }
+        let changed = try await repository.applyStateChanges(
+            changes, audit: AuditEvent(actor: .server(serverID), action: .block, route: .primary(primary), result: .ok, detail: "decided above"))
+        if !changed.isEmpty { logger.notice("applied block state from the primary", metadata: ["keys": "\(changed.count)"]) }
+        try await repository.setSetting(Self.changesSetting, String(last.sequence))
+        return changes.count >= PushResponse.changeLimit
+    }
 
     // MARK: Push
 
@@ -160,21 +175,18 @@ actor Hierarchy {
         let start = cursor
         var next = Task { try await self.prepare(after: start) }
         defer { next.cancel() }
+        // Every push asks for the primary's state changes too, so a block decided above reaches
+        // this server within one heartbeat even when it has no keys to send (an empty push).
+        var first = true
+        var moreChanges = false
         while true {
             let (keys, last) = try await next.value
-            if keys.isEmpty { break }
+            if keys.isEmpty && !first { break }
+            first = false
             next = Task { try await self.prepare(after: last) }
-            let response: PushResponse
-            do {
-                response = try await send(PushRequest(keys: keys), with: client)
-            } catch let error as KeyholdError {
-                lastPush = Date()
-                lastPushResult = "\(error.code.rawValue): \(error.message)"
-                primaryRefuses = error.code == .hierarchyDisabled
-                logger.notice("push to primary failed", metadata: ["error": "\(error.code)"])
-                throw error
-            }
-            primaryRefuses = false
+            let response = try await exchange(PushRequest(keys: keys, changesAfter: try await changesCursor()), with: client)
+            moreChanges = try await apply(response.changes, from: primary.serverID)
+            if keys.isEmpty { break }
             cursor = last
             try await repository.setSetting(Self.cursorSetting, String(cursor))
             try await repository.appendAudit(
@@ -186,15 +198,34 @@ actor Hierarchy {
             pushed += keys.count
             batches += 1
             if keys.count < Self.batchSize { break }
-            if ContinuousClock.now >= stopAfter {
+            if ContinuousClock.now >= stopAfter && !moreChanges {
                 lastPush = Date()
                 lastPushResult = "ok: \(pushed) keys, more to send"
                 return SyncResponse(pushed: pushed, batches: batches, cursor: cursor, complete: false)
             }
         }
+        while moreChanges {
+            let response = try await exchange(PushRequest(keys: [], changesAfter: try await changesCursor()), with: client)
+            moreChanges = try await apply(response.changes, from: primary.serverID)
+        }
         lastPush = Date()
         lastPushResult = "ok: \(pushed) keys"
         return SyncResponse(pushed: pushed, batches: batches, cursor: cursor)
+    }
+
+    /// Sends one push and keeps what the answer says about the primary (for `status`).
+    private func exchange(_ request: PushRequest, with client: APIClient) async throws -> PushResponse {
+        do {
+            let response = try await send(request, with: client)
+            primaryRefuses = false
+            return response
+        } catch let error as KeyholdError {
+            lastPush = Date()
+            lastPushResult = "\(error.code.rawValue): \(error.message)"
+            primaryRefuses = error.code == .hierarchyDisabled
+            logger.notice("push to primary failed", metadata: ["error": "\(error.code)"])
+            throw error
+        }
     }
 
     /// Sends one batch; a primary that cannot be reached is tried again, with growing pauses,

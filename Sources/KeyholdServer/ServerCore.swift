@@ -391,9 +391,11 @@ struct ServerCore: Sendable {
     // MARK: Hierarchy (secondaries calling this server)
 
     /// Refuses a secondary's request while the option is off here (audited).
-    private func requireHierarchy(_ actor: AuditActor, _ route: AuditRoute, action: AuditAction) async throws {
+    private func requireHierarchy(_ actor: AuditActor, _ route: AuditRoute, action: AuditAction, audit: Bool = true) async throws {
         guard try await hierarchy.enabled() else {
-            try? await repository.appendAudit(AuditEvent(actor: actor, action: action, route: route, result: .refused(.hierarchyDisabled)))
+            if audit {
+                try? await repository.appendAudit(AuditEvent(actor: actor, action: action, route: route, result: .refused(.hierarchyDisabled)))
+            }
             throw KeyholdError(
                 .hierarchyDisabled,
                 "server \(serverID) refuses hierarchy requests (hierarchy_disabled: its 'use hierarchy to obtain encryption keys' option is off)",
@@ -405,9 +407,21 @@ struct ServerCore: Sendable {
     /// Stores a batch a secondary pushed (`POST /v1/hierarchy/push`); answers after the commit.
     func receivePush(_ request: PushRequest, by caller: Caller) async throws -> PushResponse {
         let route = AuditRoute.secondary(caller.client.id)
-        try await requireHierarchy(caller.actor, route, action: .pushReceive)
+        // An empty push is a heartbeat's poll for state changes: refused, it carries nothing worth
+        // a durable record (it would be one per secondary and heartbeat).
+        try await requireHierarchy(caller.actor, route, action: .pushReceive, audit: !request.keys.isEmpty)
         guard request.keys.count <= Hierarchy.batchSize else {
             throw KeyholdError(.invalidRequest, "a push carries at most \(Hierarchy.batchSize) keys", hint: "send smaller batches")
+        }
+        // The state changes are read after the batch committed, so a block the batch carried up
+        // is in them (and the secondary that sent it finds its own state again: a no-op).
+        let changes = { (after: Int64?) async throws -> [KeyStateChange] in
+            guard let after else { return [] }
+            return try await self.repository.stateChanges(after: after, limit: PushResponse.changeLimit)
+        }
+        // An empty push only asks for the changes: nothing is stored, nothing is audited.
+        guard !request.keys.isEmpty else {
+            return PushResponse(accepted: 0, alreadyPresent: 0, conflicts: [], changes: try await changes(request.changesAfter))
         }
         let batch = try request.keys.map { pushed in
             try masterKey.store(pushed.key.record, secret: pushed.key.secret, provenance: .pushed, blocked: pushed.blocked)
@@ -418,7 +432,9 @@ struct ServerCore: Sendable {
             logger.warning("pushed keys conflict with stored ones", metadata: ["count": "\(conflicts.count)", "from": "\(caller.actor)"])
         }
         return PushResponse(
-            accepted: outcomes.filter { $0 == .inserted }.count, alreadyPresent: outcomes.filter { $0 == .alreadyPresent }.count, conflicts: conflicts
+            accepted: outcomes.filter { $0 == .inserted }.count, alreadyPresent: outcomes.filter { $0 == .alreadyPresent }.count,
+            conflicts: conflicts,
+            changes: try await changes(request.changesAfter)
         )
     }
 

@@ -11,10 +11,24 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
     private var settings: [String: String] = [:]
     private var auditBroken = false
     private var lastSequence: Int64 = 0
+    /// The change feed: each key's latest state change (``Repository/stateChanges(after:limit:)``).
+    private var stateSequence: [KeyID: Int64] = [:]
+    private var lastStateSequence: Int64 = 0
 
     private func nextSequence() -> Int64 {
         lastSequence += 1
         return lastSequence
+    }
+
+    /// Puts `id` at the end of the change feed.
+    private func stateChanged(_ id: KeyID) {
+        lastStateSequence += 1
+        stateSequence[id] = lastStateSequence
+    }
+
+    /// Feeds the keys that `next` blocks and the current keys do not (a block that came up in a push).
+    private func feedNewBlocks(in next: [KeyID: StoredKey], of batch: [StoredKey]) {
+        for key in batch where next[key.record.id]?.blocked == true && keys[key.record.id]?.blocked == false { stateChanged(key.record.id) }
     }
 
     /// An empty repository.
@@ -83,6 +97,7 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         let outcomes = Self.merge(batch, into: &next, sequence: &sequence)
         try append(BatchAudit.summary(audit, outcomes))
         for (key, outcome) in zip(batch, outcomes) where outcome == .conflict { try append(BatchAudit.conflict(audit, key.record.id)) }
+        feedNewBlocks(in: next, of: batch)
         keys = next
         lastSequence = sequence
         return outcomes
@@ -94,8 +109,10 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         var sequence = lastSequence
         var tally = ImportTally()
         var pending: [AuditEvent] = []
+        var all: [StoredKey] = []
         while let batch = try source.nextBatch() {
             pending += tally.add(batch, Self.merge(batch, into: &next, sequence: &sequence), base: audit)
+            all += batch
         }
         try tally.checkConflicts()
         let saved = events
@@ -106,6 +123,7 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
             events = saved
             throw error
         }
+        feedNewBlocks(in: next, of: all)
         keys = next
         lastSequence = sequence
         return tally.result
@@ -158,7 +176,37 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         try append(audit)
         keys[id]?.blocked = blocked
         keys[id]?.sequence = nextSequence()
+        stateChanged(id)
         return true
+    }
+
+    /// The change feed (``Repository/stateChanges(after:limit:)``).
+    public func stateChanges(after: Int64, limit: Int) async throws -> [KeyStateChange] {
+        stateSequence.filter { $0.value > after }.sorted { $0.value < $1.value }.prefix(limit).compactMap { id, sequence in
+            keys[id].map { KeyStateChange(keyID: id, blocked: $0.blocked, sequence: sequence) }
+        }
+    }
+
+    /// Applies a primary's changes (``Repository/applyStateChanges(_:audit:)``).
+    public func applyStateChanges(_ changes: [KeyStateChange], audit: AuditEvent) async throws -> [KeyID] {
+        let targets = changes.filter { change in keys[change.keyID].map { $0.blocked != change.blocked } ?? false }
+        let saved = events
+        do {
+            for change in targets {
+                var event = audit
+                event.keyID = change.keyID
+                event.action = change.blocked ? .block : .unblock
+                try append(event)
+            }
+        } catch {
+            events = saved
+            throw error
+        }
+        for change in targets {
+            keys[change.keyID]?.blocked = change.blocked
+            stateChanged(change.keyID)
+        }
+        return targets.map(\.keyID)
     }
 
     /// Key records in id order (``Repository/listKeys(after:limit:)``).

@@ -41,6 +41,15 @@ public protocol Repository: Sendable {
     func insertAndRelease(_ key: StoredKey, obtained: AuditEvent, release: ReleaseRequest) async throws -> (KeyInsertOutcome, StoredKey?)
     /// Sets or clears the block on a key (giving it a new sequence number); `false` if there is no such key.
     func setBlocked(id: KeyID, blocked: Bool, audit: AuditEvent) async throws -> Bool
+    /// The keys whose block state changed after `after` (a block or unblock here, or a block
+    /// that came up in a push), one entry per key with its latest state, in change order: the
+    /// feed a primary answers its secondaries with.
+    func stateChanges(after: Int64, limit: Int) async throws -> [KeyStateChange]
+    /// Applies a primary's changes to the keys held here, in one transaction: a key whose state
+    /// differs takes the new one and enters this server's own feed (for its secondaries), with
+    /// one audit record (`audit` with the key id, action `block` or `unblock`); keys not held
+    /// here are skipped. Returns the ids changed.
+    func applyStateChanges(_ changes: [KeyStateChange], audit: AuditEvent) async throws -> [KeyID]
     /// Stores a batch received from a secondary in one transaction, in order. A key already present
     /// with the same secret counts as `alreadyPresent` and takes the incoming `blocked = true`.
     /// `audit` is appended once for the batch (with the counts in its detail) and once per conflict.

@@ -13,7 +13,9 @@ public protocol SchemaMigration: Sendable {
 /// The repository schema's history. Never edit a released migration: add a new one.
 public enum Schema {
     /// Every migration, in the order they apply.
-    public static let migrations: [any SchemaMigration] = [CreateRepository(), AddKeySequence(), InsertAndReleaseFunction()]
+    public static let migrations: [any SchemaMigration] = [
+        CreateRepository(), AddKeySequence(), InsertAndReleaseFunction(), AddKeyStateSequence(),
+    ]
 }
 
 /// Version 1: keys, enrolled clients, enrollment tokens, audit, settings.
@@ -158,6 +160,29 @@ struct InsertAndReleaseFunction: SchemaMigration {
                              FROM keys WHERE keys.id = k_id;
             END $$
             """
+        ]
+    }
+}
+
+/// Version 4: a state sequence per key, for the change feed a primary sends down to its
+/// secondaries (docs/spec/hierarchy.md §3a). Keys blocked before it enter the feed once.
+struct AddKeyStateSequence: SchemaMigration {
+    let version = 4
+    let name = "add key state sequence"
+
+    var sqlite: [String] {
+        [
+            "ALTER TABLE keys ADD COLUMN state_seq INTEGER NOT NULL DEFAULT 0",
+            "UPDATE keys SET state_seq = seq WHERE blocked = 1",
+            "CREATE INDEX keys_state_seq ON keys (state_seq)",
+        ]
+    }
+
+    var postgres: [String] {
+        [
+            "ALTER TABLE keys ADD COLUMN state_seq BIGINT NOT NULL DEFAULT 0",
+            "UPDATE keys SET state_seq = seq WHERE blocked",
+            "CREATE INDEX keys_state_seq ON keys (state_seq)",
         ]
     }
 }

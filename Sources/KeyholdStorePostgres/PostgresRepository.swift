@@ -310,7 +310,8 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         if !newlyBlocked.isEmpty {
             try await conn.query(
                 """
-                UPDATE keys SET blocked = TRUE, seq = (SELECT COALESCE(MAX(seq), 0) FROM keys) + u.ord
+                UPDATE keys SET blocked = TRUE, seq = (SELECT COALESCE(MAX(seq), 0) FROM keys) + u.ord,
+                  state_seq = (SELECT COALESCE(MAX(state_seq), 0) FROM keys) + u.ord
                 FROM unnest(\(newlyBlocked)::text[]) WITH ORDINALITY AS u(id, ord) WHERE keys.id = u.id
                 """, logger: logger
             )
@@ -421,12 +422,50 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         try await client.withTransaction(logger: logger) { conn in
             try await conn.query("SELECT pg_advisory_xact_lock(\(Self.sequenceLock))", logger: logger)
             let changed = try await conn.query(
-                "UPDATE keys SET blocked = \(blocked), seq = (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys) WHERE id = \(id.description) RETURNING id",
+                """
+                UPDATE keys SET blocked = \(blocked), seq = (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys),
+                  state_seq = (SELECT COALESCE(MAX(state_seq), 0) + 1 FROM keys) WHERE id = \(id.description) RETURNING id
+                """,
                 logger: logger
             ).collect().count
             guard changed > 0 else { return false }
             try await Self.insertAudit(conn, audit, logger)
             return true
+        }
+    }
+
+    /// The change feed (``Repository/stateChanges(after:limit:)``).
+    public func stateChanges(after: Int64, limit: Int) async throws -> [KeyStateChange] {
+        var out: [KeyStateChange] = []
+        let rows = try await client.query(
+            "SELECT id, blocked, state_seq FROM keys WHERE state_seq > \(after) ORDER BY state_seq LIMIT \(Int64(limit))", logger: logger)
+        for try await (id, blocked, sequence) in rows.decode((String, Bool, Int64).self) {
+            guard let keyID = KeyID(id) else { throw RepositoryError("a stored key id is not a UUID") }
+            out.append(KeyStateChange(keyID: keyID, blocked: blocked, sequence: sequence))
+        }
+        return out
+    }
+
+    /// Applies a primary's changes (``Repository/applyStateChanges(_:audit:)``).
+    public func applyStateChanges(_ changes: [KeyStateChange], audit: AuditEvent) async throws -> [KeyID] {
+        try await client.withTransaction(logger: logger) { conn in
+            try await conn.query("SELECT pg_advisory_xact_lock(\(Self.sequenceLock))", logger: logger)
+            var changed: [KeyID] = []
+            for change in changes {
+                let updated = try await conn.query(
+                    """
+                    UPDATE keys SET blocked = \(change.blocked), state_seq = (SELECT COALESCE(MAX(state_seq), 0) + 1 FROM keys)
+                    WHERE id = \(change.keyID.description) AND blocked <> \(change.blocked) RETURNING id
+                    """, logger: logger
+                ).collect().count
+                guard updated > 0 else { continue }
+                var event = audit
+                event.keyID = change.keyID
+                event.action = change.blocked ? .block : .unblock
+                try await Self.insertAudit(conn, event, logger)
+                changed.append(change.keyID)
+            }
+            return changed
         }
     }
 

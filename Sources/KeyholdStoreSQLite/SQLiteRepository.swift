@@ -174,7 +174,8 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
                 }
                 if key.blocked, !(row["blocked"] as Bool) {
                     try db.execute(
-                        sql: "UPDATE keys SET blocked = 1, seq = (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys) WHERE id = ?",
+                        sql:
+                            "UPDATE keys SET blocked = 1, seq = (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys), state_seq = (SELECT COALESCE(MAX(state_seq), 0) + 1 FROM keys) WHERE id = ?",
                         arguments: [key.record.id.description]
                     )
                 }
@@ -207,12 +208,45 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
     public func setBlocked(id: KeyID, blocked: Bool, audit: AuditEvent) async throws -> Bool {
         try await pool.write { db in
             try db.execute(
-                sql: "UPDATE keys SET blocked = ?, seq = (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys) WHERE id = ?",
+                sql:
+                    "UPDATE keys SET blocked = ?, seq = (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys), state_seq = (SELECT COALESCE(MAX(state_seq), 0) + 1 FROM keys) WHERE id = ?",
                 arguments: [blocked, id.description]
             )
             guard db.changesCount > 0 else { return false }
             try Self.insertAudit(db, audit)
             return true
+        }
+    }
+
+    /// The change feed (``Repository/stateChanges(after:limit:)``).
+    public func stateChanges(after: Int64, limit: Int) async throws -> [KeyStateChange] {
+        try await pool.read { db in
+            try Row.fetchAll(
+                db, sql: "SELECT id, blocked, state_seq FROM keys WHERE state_seq > ? ORDER BY state_seq LIMIT ?", arguments: [after, limit]
+            ).map { row in
+                guard let id = KeyID(row["id"] as String) else { throw RepositoryError("a stored key id is not a UUID") }
+                return KeyStateChange(keyID: id, blocked: row["blocked"], sequence: row["state_seq"])
+            }
+        }
+    }
+
+    /// Applies a primary's changes (``Repository/applyStateChanges(_:audit:)``).
+    public func applyStateChanges(_ changes: [KeyStateChange], audit: AuditEvent) async throws -> [KeyID] {
+        try await pool.write { db in
+            var changed: [KeyID] = []
+            for change in changes {
+                try db.execute(
+                    sql: "UPDATE keys SET blocked = ?, state_seq = (SELECT COALESCE(MAX(state_seq), 0) + 1 FROM keys) WHERE id = ? AND blocked != ?",
+                    arguments: [change.blocked, change.keyID.description, change.blocked]
+                )
+                guard db.changesCount > 0 else { continue }
+                var event = audit
+                event.keyID = change.keyID
+                event.action = change.blocked ? .block : .unblock
+                try Self.insertAudit(db, event)
+                changed.append(change.keyID)
+            }
+            return changed
         }
     }
 

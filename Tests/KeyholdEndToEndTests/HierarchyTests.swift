@@ -110,6 +110,66 @@ import Testing
         #expect(try await tree.t.auditEntries().contains { $0.action == .release && $0.result.description == "key_blocked" })
     }
 
+    /// Defect 13 of "Harden the trust boundary": a block at the top did not reach the secondaries
+    /// that already held a copy, so S2 still released the key to a newly enrolled device. Now each
+    /// push (an empty one too) brings the primary's state changes down; a change reaches a server
+    /// n levels below the one that decided it after n heartbeats (here: syncs) at most.
+    @Test func aBlockAtTheTopReachesEveryServerHoldingACopy() async throws {
+        let tree = try await Self.tree()
+        defer { tree.terminate() }
+        _ = try await Self.encryptOnD1(tree, "f13")
+        #expect(try await Self.sync(tree.s3).status == 0)
+        #expect(try await Self.sync(tree.s1).status == 0)
+        let info = try JSONSerialization.jsonObject(with: try await tree.d1.keyhold(["file", "info", "f13.khf", "--json"]).stdout) as? [String: Any]
+        let keyText = try #require(info?["key_id"] as? String)
+        let keyID = try #require(KeyID(keyText))
+        // S2 obtains a copy from T; S1 and S3 hold it already. Every server holds the key now.
+        let r = try await tree.d2.keyhold(["file", "decrypt", "f13.khf", "-o", "f13.txt"])
+        #expect(r.status == 0, "\(r.stderr)")
+
+        // Newly enrolled devices (no cache) on each secondary.
+        let onS2 = try await tree.s2.enrollDevice("newcomer-s2")
+        let onS1 = try await tree.s1.enrollDevice("newcomer-s1")
+        let onS3 = try await tree.s3.enrollDevice("newcomer-s3")
+        func ask(_ device: EnrolledIdentity) async throws -> String {
+            do {
+                let key = try await using(try device.client()) { try await $0.get(APIPath.key(keyID.description), as: KeyMaterial.self) }
+                return key.record.id == keyID ? "released" : "wrong key"
+            } catch let error as KeyholdError {
+                return error.code.rawValue
+            }
+        }
+        #expect(try await ask(onS2) == "released")
+        // S2's copy climbs back as any key it stores does (T has it already): S2 is now idle.
+        #expect(try await Self.sync(tree.s2).stdoutText.contains("pushed 1 key"))
+
+        #expect(try await tree.t.admin(["key", "block", keyID.description]).status == 0)
+        // One heartbeat of S2 (it has no keys to push: an empty push) brings the block down.
+        #expect(try await Self.sync(tree.s2).stdoutText.contains("pushed 0 key(s)"))
+        #expect(try await ask(onS2) == "key_blocked")
+        // Two levels down: S1's heartbeat, then S3's.
+        #expect(try await Self.sync(tree.s1).status == 0)
+        #expect(try await ask(onS1) == "key_blocked")
+        #expect(try await ask(onS3) == "released", "S3 has not had its heartbeat yet: the documented window")
+        #expect(try await Self.sync(tree.s3).status == 0)
+        #expect(try await ask(onS3) == "key_blocked")
+        let applied = try await tree.s2.auditEntries().filter { $0.action == .block && $0.keyID == keyID }
+        let top = try WireFormat.decoder().decode(StatusResponse.self, from: try await tree.t.admin(["status", "--json"]).stdout).serverID
+        #expect(applied.count == 1 && applied.first?.route == .primary(top) && applied.first?.detail == "decided above", "\(applied)")
+
+        // An unblock at the top travels the same way.
+        #expect(try await tree.t.admin(["key", "unblock", keyID.description]).status == 0)
+        for s in [tree.s2, tree.s1, tree.s3] { #expect(try await Self.sync(s).status == 0) }
+        for device in [onS2, onS1, onS3] { #expect(try await ask(device) == "released") }
+
+        // A block where the key was escrowed climbs to the top and comes down the other branch.
+        #expect(try await tree.s3.admin(["key", "block", keyID.description]).status == 0)
+        for s in [tree.s3, tree.s1, tree.s2] { #expect(try await Self.sync(s).status == 0) }
+        #expect(try await ask(onS2) == "key_blocked")
+        // Nothing is audited for the idle polls: T's trail has no refused or empty pushes.
+        #expect(!(try await tree.t.auditEntries().contains { $0.action == .pushReceive && $0.detail.hasPrefix("0 keys") }))
+    }
+
     @Test func optionOffOnTheTopRefusesWithItsOwnError() async throws {
         let tree = try await Self.tree()
         defer { tree.terminate() }

@@ -425,6 +425,53 @@ func audit(_ action: AuditAction, _ key: KeyID? = nil, result: AuditResult = .ok
     }
 
     @Test(arguments: Backend.allCases)
+    func blockStateChangesFormAFeedAndApplyOnlyToHeldKeys(_ backend: Backend) async throws {
+        let f = try await Fixture.make(backend)
+        defer { Task { await f.cleanup() } }
+        let repo = f.repository
+        let (a, b, c) = (sampleKey(label: "a"), sampleKey(label: "b"), sampleKey(label: "c"))
+        for key in [a, b, c] { _ = try await repo.insertKey(key, audit: nil) }
+        #expect(try await repo.stateChanges(after: 0, limit: 10).isEmpty, "new keys are not state changes")
+
+        // A block here, then a block that came up in a push: both enter the feed, in order.
+        _ = try await repo.setBlocked(id: a.record.id, blocked: true, audit: audit(.block, a.record.id))
+        var bBlocked = b
+        bBlocked.blocked = true
+        _ = try await repo.insertKeys([bBlocked], audit: audit(.pushReceive))
+        var feed = try await repo.stateChanges(after: 0, limit: 10)
+        #expect(feed.map(\.keyID) == [a.record.id, b.record.id] && feed.allSatisfy(\.blocked))
+        #expect(feed.map(\.sequence) == feed.map(\.sequence).sorted() && Set(feed.map(\.sequence)).count == 2)
+        #expect(try await repo.stateChanges(after: feed[0].sequence, limit: 10).map(\.keyID) == [b.record.id])
+        #expect(try await repo.stateChanges(after: 0, limit: 1).count == 1)
+        // An unblock moves the key to the end of the feed with its latest state: one entry per key.
+        _ = try await repo.setBlocked(id: a.record.id, blocked: false, audit: audit(.unblock, a.record.id))
+        feed = try await repo.stateChanges(after: 0, limit: 10)
+        #expect(feed.map(\.keyID) == [b.record.id, a.record.id] && feed.map(\.blocked) == [true, false])
+
+        // Changes from a primary: applied to held keys whose state differs, each audited and fed on;
+        // unknown keys and changes that change nothing are skipped.
+        let cursor = feed.last!.sequence
+        let unknown = KeyID.random()
+        let base = AuditEvent(actor: .server(.random()), action: .block, route: .local, result: .ok, detail: "decided above")
+        let changed = try await repo.applyStateChanges(
+            [
+                KeyStateChange(keyID: c.record.id, blocked: true, sequence: 7), KeyStateChange(keyID: unknown, blocked: true, sequence: 8),
+                KeyStateChange(keyID: b.record.id, blocked: true, sequence: 9), KeyStateChange(keyID: a.record.id, blocked: true, sequence: 10),
+            ], audit: base)
+        #expect(changed == [c.record.id, a.record.id])
+        #expect(try await repo.key(id: c.record.id)?.blocked == true)
+        #expect(try await repo.key(id: a.record.id)?.blocked == true)
+        #expect(try await repo.stateChanges(after: cursor, limit: 10).map(\.keyID) == [c.record.id, a.record.id])
+        let records = try await repo.audit(after: 0, limit: 100).filter { $0.detail == "decided above" }
+        #expect(records.map(\.keyID) == [c.record.id, a.record.id] && records.allSatisfy { $0.action == .block })
+        // Applying changes does not renew the push sequence: the primary already knows.
+        let before = try await repo.keys(afterSequence: 0, limit: 10).map(\.sequence)
+        _ = try await repo.applyStateChanges([KeyStateChange(keyID: c.record.id, blocked: false, sequence: 11)], audit: base)
+        #expect(try await repo.keys(afterSequence: 0, limit: 10).map(\.sequence) == before)
+        #expect(try await repo.audit(after: 0, limit: 100).last?.action == .unblock)
+    }
+
+    @Test(arguments: Backend.allCases)
     func sequencesFollowChangesAndBatchesAreAtomic(_ backend: Backend) async throws {
         let f = try await Fixture.make(backend)
         defer { Task { await f.cleanup() } }
