@@ -43,14 +43,36 @@ public struct AgentClient: Sendable {
         defer { close(fd) }
         var line = try WireFormat.encoder().encode(request)
         line.append(0x0A)
-        try line.withUnsafeBytes { raw in
+        let failure: Int32? = line.withUnsafeBytes { raw in
             var done = 0
             while done < raw.count {
-                done += try SystemCall.check("write to the agent at", path: path) {
-                    Glibc.send(fd, raw.baseAddress! + done, raw.count - done, Int32(MSG_NOSIGNAL))
+                let n = Glibc.send(fd, raw.baseAddress! + done, raw.count - done, Int32(MSG_NOSIGNAL))
+                if n >= 0 {
+                    done += n
+                } else if errno != EINTR {
+                    return errno
                 }
             }
+            return nil
         }
+        if let failure {
+            // The agent answers a caller it refuses at once and closes, perhaps before the request
+            // is written: that answer, already waiting, says why. Only without one is the failed
+            // write the error.
+            if failure == EPIPE || failure == ECONNRESET, let refusal = try? Self.readAnswer(fd, path: path, timeout: timeout),
+                case .failure(let body) = refusal
+            {
+                throw body.error
+            }
+            throw SystemCall.error("write to the agent at", path: path, errno: failure)
+        }
+        let response = try Self.readAnswer(fd, path: path, timeout: timeout)
+        if case .failure(let body) = response { throw body.error }
+        return response
+    }
+
+    /// Reads the agent's one-line answer until it closes the connection.
+    private static func readAnswer(_ fd: Int32, path: String, timeout: Int) throws -> AgentResponse {
         var answer = Data()
         defer { answer.withUnsafeMutableBytes { SecretKey.wipe($0) } }
         var buffer = [UInt8](repeating: 0, count: 16 * 1024)
@@ -66,15 +88,12 @@ public struct AgentClient: Sendable {
             guard n > 0 else { break }
             answer.append(contentsOf: buffer[..<n])
         }
-        let response: AgentResponse
         do {
-            response = try WireFormat.decoder().decode(AgentResponse.self, from: answer)
+            return try WireFormat.decoder().decode(AgentResponse.self, from: answer)
         } catch {
             throw KeyholdError(
                 .unreachable, "the agent at \(path) gave no valid answer", hint: "check the agent's log ('journalctl -u keyhold-agent')")
         }
-        if case .failure(let body) = response { throw body.error }
-        return response
     }
 
     /// A socket connected to `path`, with send and receive timeouts of `timeout` seconds.

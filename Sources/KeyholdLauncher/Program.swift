@@ -55,21 +55,57 @@ public enum Program {
         let outData = Mutex(Data())
         let errData = Mutex(Data())
         DispatchQueue.global().async(group: group) {
-            let d = out.fileHandleForReading.readDataToEndOfFile()
+            let d = readToEnd(out.fileHandleForReading.fileDescriptor)
             outData.withLock { $0 = d }
         }
         DispatchQueue.global().async(group: group) {
-            let d = err.fileHandleForReading.readDataToEndOfFile()
+            let d = readToEnd(err.fileHandleForReading.fileDescriptor)
             errData.withLock { $0 = d }
         }
         if let stdin {
-            input.fileHandleForWriting.write(stdin)
+            writeAll(stdin, to: input.fileHandleForWriting.fileDescriptor)
             try input.fileHandleForWriting.close()
         }
         group.wait()
         process.waitUntilExit()
         let status = process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
         return ProgramResult(status: status, stdout: outData.withLock { $0 }, stderr: String(decoding: errData.withLock { $0 }, as: UTF8.self))
+    }
+
+    // Foundation's FileHandle.readDataToEndOfFile and write(_:) end the process (a `try!`
+    // inside) when a signal interrupts the call (EINTR), which a busy test process with many
+    // children meets; these retry instead.
+
+    /// Everything readable from `fd` until its end (EINTR retried; another error ends the read).
+    static func readToEnd(_ fd: Int32) -> Data {
+        var data = Data()
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n > 0 {
+                data.append(contentsOf: buffer[..<n])
+            } else if n < 0 && errno == EINTR {
+                continue
+            } else {
+                return data
+            }
+        }
+    }
+
+    /// Writes all of `data` to `fd` (EINTR retried; a reader that went away ends the write).
+    static func writeAll(_ data: Data, to fd: Int32) {
+        var offset = 0
+        let bytes = [UInt8](data)
+        while offset < bytes.count {
+            let n = bytes[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if n > 0 {
+                offset += n
+            } else if n < 0 && errno == EINTR {
+                continue
+            } else {
+                return
+            }
+        }
     }
 }
 
