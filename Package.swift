@@ -66,7 +66,9 @@ let package = Package(
         ),
         // Wire messages, the audit vocabulary, roles, API paths, error statuses and runtime.json,
         // shared by agent, server and CLI.
-        .target(name: "KeyholdProtocol", dependencies: ["KeyholdCore", "KeyholdSystem"], swiftSettings: swiftSettings),
+        .target(
+            name: "KeyholdProtocol", dependencies: ["KeyholdCore", "KeyholdSystem", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: swiftSettings),
         // Repository protocols, records and the in-memory driver; the drivers below implement them.
         .target(name: "KeyholdStore", dependencies: ["KeyholdCore", "KeyholdProtocol"], swiftSettings: swiftSettings),
         .target(

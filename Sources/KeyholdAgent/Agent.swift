@@ -95,10 +95,10 @@ actor Agent {
     /// Makes a key, escrows it and caches it: the caller gets it only after the server's acknowledgement.
     private func createKey(kind: KeyKind, label: String, makeActive: Bool) async throws -> KeyMaterial {
         let (identity, client) = try enrolled()
-        let material = KeyMaterial(
-            record: KeyRecord(kind: kind, originServerID: identity.serverID, originDeviceID: DeviceID(enrollment: identity.clientID), label: label),
-            secret: .generate()
-        )
+        // The id is derived from the secret (docs/spec/key-id.md), so no one who reads it in a
+        // file header can escrow another secret under it that wins a conflict in the hierarchy.
+        let material = KeyMaterial.generate(
+            kind: kind, originServerID: identity.serverID, originDeviceID: DeviceID(enrollment: identity.clientID), label: label)
         let request = EscrowRequest(key: material)
         do {
             _ = try await client.put(APIPath.key(material.record.id.description), request, as: EscrowResponse.self)

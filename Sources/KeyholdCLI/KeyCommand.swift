@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import KeyholdCommandLine
 import KeyholdCore
+import KeyholdProtocol
 import KeyholdSystem
 
 /// `keyhold key …`: offline key files, for tools and tests that work without an agent.
@@ -46,14 +47,12 @@ struct KeyCommand: ParsableCommand {
             if AtomicFileWriter.exists(output), !force {
                 throw KeyholdError(.destinationExists, "\(output) already exists", hint: "choose another name, or add --force to replace it")
             }
-            let record = KeyRecord(
-                kind: kind,
-                originServerID: try parseID(originServer, option: "--origin-server") ?? .zero,
+            let key = KeyMaterial.generate(
+                kind: kind, originServerID: try parseID(originServer, option: "--origin-server") ?? .zero,
                 originDeviceID: try parseID(originDevice, option: "--origin-device") ?? .zero,
-                created: Date(timeIntervalSince1970: Date().timeIntervalSince1970.rounded(.down)),
-                label: label
-            )
-            var json = try KeyMaterial(record: record, secret: .generate()).keyFileJSON()
+                created: Date(timeIntervalSince1970: Date().timeIntervalSince1970.rounded(.down)), label: label)
+            let record = key.record
+            var json = try key.keyFileJSON()
             defer { json.withUnsafeMutableBytes { SecretKey.wipe($0) } }
             try AtomicFileWriter.replace(output, with: json, mode: 0o600)
             print(record.id)

@@ -38,6 +38,10 @@ public enum AuditAction: String, Codable, Sendable, CaseIterable, CustomStringCo
     case push
     /// This server received a batch from a secondary.
     case pushReceive = "push_receive"
+    /// A pushed key whose id is derived from its secret replaced a stored key under that id
+    /// whose id is not (docs/spec/key-id.md): a conflict resolved in favour of the key that
+    /// proves itself.
+    case keyReplaced = "key_replaced"
     /// An administrator turned "use hierarchy" on.
     case hierarchyEnable = "hierarchy_enable"
     /// An administrator turned "use hierarchy" off.

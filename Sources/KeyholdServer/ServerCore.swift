@@ -427,15 +427,42 @@ struct ServerCore: Sendable {
             try masterKey.store(pushed.key.record, secret: pushed.key.secret, provenance: .pushed, blocked: pushed.blocked)
         }
         let outcomes = try await repository.insertKeys(batch, audit: AuditEvent(actor: caller.actor, action: .pushReceive, route: route, result: .ok))
-        let conflicts = zip(batch, outcomes).filter { $0.1 == .conflict }.map { $0.0.record.id }
+        var conflicts: [KeyID] = []
+        var replaced = 0
+        for (i, outcome) in outcomes.enumerated() where outcome == .conflict {
+            if try await resolveConflict(request.keys[i].key, stored: batch[i], by: caller) {
+                replaced += 1
+            } else {
+                conflicts.append(batch[i].record.id)
+            }
+        }
         if !conflicts.isEmpty {
             logger.warning("pushed keys conflict with stored ones", metadata: ["count": "\(conflicts.count)", "from": "\(caller.actor)"])
         }
         return PushResponse(
-            accepted: outcomes.filter { $0 == .inserted }.count, alreadyPresent: outcomes.filter { $0 == .alreadyPresent }.count,
+            accepted: outcomes.filter { $0 == .inserted }.count + replaced, alreadyPresent: outcomes.filter { $0 == .alreadyPresent }.count,
             conflicts: conflicts,
             changes: try await changes(request.changesAfter)
         )
+    }
+
+    /// A pushed key that conflicts with the stored one wins when its id is derived from its secret
+    /// and the stored one's is not (docs/spec/key-id.md): nobody can choose a second secret for a
+    /// derived id, so the stored one was escrowed by someone who only read the id. Replaced in
+    /// one transaction with a `key_replaced` audit record; true when replaced.
+    private func resolveConflict(_ incoming: KeyMaterial, stored replacement: StoredKey, by caller: Caller) async throws -> Bool {
+        guard incoming.idIsDerived, let current = try await repository.key(id: incoming.record.id) else { return false }
+        let currentSecret = try masterKey.unwrap(current.wrappedSecret, keyID: current.record.id)
+        guard !KeyMaterial(record: current.record, secret: currentSecret).idIsDerived else { return false }
+        let detail =
+            "the stored secret (origin server \(current.record.originServerID), device \(current.record.originDeviceID)) does not match the id; replaced by the pushed one, whose id is derived from it (origin server \(incoming.record.originServerID), device \(incoming.record.originDeviceID))"
+        let done = try await repository.replaceKey(
+            replacement, replacing: current.secretFingerprint,
+            audit: AuditEvent(
+                actor: caller.actor, action: .keyReplaced, keyID: incoming.record.id, route: .secondary(caller.client.id), result: .ok, detail: detail
+            ))
+        if done { logger.warning("a conflicting key was replaced by one whose id proves it", metadata: ["key": "\(incoming.record.id)"]) }
+        return done
     }
 
     /// A secondary's lookup (`GET /v1/hierarchy/keys/{id}`): the same rule as a device's release,

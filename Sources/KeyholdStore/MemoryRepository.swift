@@ -180,6 +180,17 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         return true
     }
 
+    /// Replaces a key whose fingerprint is still `fingerprint` (``Repository/replaceKey(_:replacing:audit:)``).
+    public func replaceKey(_ key: StoredKey, replacing fingerprint: [UInt8], audit: AuditEvent) async throws -> Bool {
+        guard let old = keys[key.record.id], old.secretFingerprint == fingerprint else { return false }
+        try append(audit)
+        var replacement = key
+        replacement.blocked = old.blocked
+        replacement.sequence = nextSequence()
+        keys[key.record.id] = replacement
+        return true
+    }
+
     /// The change feed (``Repository/stateChanges(after:limit:)``).
     public func stateChanges(after: Int64, limit: Int) async throws -> [KeyStateChange] {
         stateSequence.filter { $0.value > after }.sorted { $0.value < $1.value }.prefix(limit).compactMap { id, sequence in

@@ -41,6 +41,10 @@ public protocol Repository: Sendable {
     func insertAndRelease(_ key: StoredKey, obtained: AuditEvent, release: ReleaseRequest) async throws -> (KeyInsertOutcome, StoredKey?)
     /// Sets or clears the block on a key (giving it a new sequence number); `false` if there is no such key.
     func setBlocked(id: KeyID, blocked: Bool, audit: AuditEvent) async throws -> Bool
+    /// Replaces the stored key with `key`'s id — only while its secret fingerprint is still
+    /// `fingerprint` — with `key` (record, secret, provenance; the block flag is kept), renewing
+    /// its push sequence, and writes `audit` in the same transaction. False when nothing matched.
+    func replaceKey(_ key: StoredKey, replacing fingerprint: [UInt8], audit: AuditEvent) async throws -> Bool
     /// The keys whose block state changed after `after` (a block or unblock here, or a block
     /// that came up in a push), one entry per key with its latest state, in change order: the
     /// feed a primary answers its secondaries with.

@@ -434,6 +434,26 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         }
     }
 
+    /// Replaces a key whose fingerprint is still `fingerprint` (``Repository/replaceKey(_:replacing:audit:)``).
+    public func replaceKey(_ key: StoredKey, replacing fingerprint: [UInt8], audit: AuditEvent) async throws -> Bool {
+        try await client.withTransaction(logger: logger) { conn in
+            try await conn.query("SELECT pg_advisory_xact_lock(\(Self.sequenceLock))", logger: logger)
+            let r = key.record
+            let changed = try await conn.query(
+                """
+                UPDATE keys SET kind = \(r.kind.rawValue), origin_server_id = \(r.originServerID.description),
+                  origin_device_id = \(r.originDeviceID.description), created = \(r.created), label = \(r.label), state = \(r.state.rawValue),
+                  wrapped_secret = \(bytea(key.wrappedSecret)), secret_fingerprint = \(bytea(key.secretFingerprint)),
+                  provenance = \(key.provenance.rawValue), stored = \(key.stored), seq = (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys)
+                WHERE id = \(r.id.description) AND secret_fingerprint = \(bytea(fingerprint)) RETURNING id
+                """, logger: logger
+            ).collect().count
+            guard changed > 0 else { return false }
+            try await Self.insertAudit(conn, audit, logger)
+            return true
+        }
+    }
+
     /// The change feed (``Repository/stateChanges(after:limit:)``).
     public func stateChanges(after: Int64, limit: Int) async throws -> [KeyStateChange] {
         var out: [KeyStateChange] = []

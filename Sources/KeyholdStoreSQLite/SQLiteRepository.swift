@@ -218,6 +218,28 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         }
     }
 
+    /// Replaces a key whose fingerprint is still `fingerprint` (``Repository/replaceKey(_:replacing:audit:)``).
+    public func replaceKey(_ key: StoredKey, replacing fingerprint: [UInt8], audit: AuditEvent) async throws -> Bool {
+        try await pool.write { db in
+            let r = key.record
+            try db.execute(
+                sql: """
+                    UPDATE keys SET kind = ?, origin_server_id = ?, origin_device_id = ?, created = ?, label = ?, state = ?,
+                      wrapped_secret = ?, secret_fingerprint = ?, provenance = ?, stored = ?,
+                      seq = (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys)
+                    WHERE id = ? AND secret_fingerprint = ?
+                    """,
+                arguments: [
+                    r.kind.rawValue, r.originServerID.description, r.originDeviceID.description, r.created.timeIntervalSince1970, r.label,
+                    r.state.rawValue, Data(key.wrappedSecret), Data(key.secretFingerprint), key.provenance.rawValue,
+                    key.stored.timeIntervalSince1970, r.id.description, Data(fingerprint),
+                ])
+            guard db.changesCount > 0 else { return false }
+            try Self.insertAudit(db, audit)
+            return true
+        }
+    }
+
     /// The change feed (``Repository/stateChanges(after:limit:)``).
     public func stateChanges(after: Int64, limit: Int) async throws -> [KeyStateChange] {
         try await pool.read { db in

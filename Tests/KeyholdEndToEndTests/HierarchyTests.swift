@@ -170,6 +170,41 @@ import Testing
         #expect(!(try await tree.t.auditEntries().contains { $0.action == .pushReceive && $0.detail.hasPrefix("0 keys") }))
     }
 
+    /// Defect 14 of "Harden the trust boundary": a device of another secondary reads a key id in
+    /// a file header and escrows its own secret under it; its server pushes first, so the real
+    /// key became a conflict at the top and every lookup there answered with the forged secret.
+    /// Keys are now made with ids derived from their secrets, and a primary resolves such a
+    /// conflict in favour of the key that proves its id.
+    @Test func aForgedKeyUnderAnIdReadFromAFileLosesToTheRealOneAtThePrimary() async throws {
+        let tree = try await Self.tree()
+        defer { tree.terminate() }
+        _ = try await Self.encryptOnD1(tree, "f14")
+        let info = try JSONSerialization.jsonObject(with: try await tree.d1.keyhold(["file", "info", "f14.khf", "--json"]).stdout) as? [String: Any]
+        let keyText = try #require(info?["key_id"] as? String)
+        let keyID = try #require(KeyID(keyText))
+        // The attacker: a device of S2, escrowing the id with its own secret (its origin is itself).
+        let attacker = try await tree.s2.enrollDevice("attacker")
+        let forged = KeyMaterial(
+            record: KeyRecord(id: keyID, kind: .file, originServerID: attacker.serverID, originDeviceID: DeviceID(enrollment: attacker.clientID)),
+            secret: .generate())
+        _ = try await using(try attacker.client()) {
+            try await $0.put(APIPath.key(keyID.description), EscrowRequest(key: forged), as: EscrowResponse.self)
+        }
+        #expect(try await Self.sync(tree.s2).stdoutText.contains("pushed 1 key"), "the forgery reaches the top first")
+        // The real key climbs S3 → S1 → T and replaces the forgery there.
+        #expect(try await Self.sync(tree.s3).status == 0)
+        #expect(try await Self.sync(tree.s1).status == 0)
+        let watcher = try await tree.t.enrollDevice("helpdesk")
+        let atTop = try await using(try watcher.client()) { try await $0.get(APIPath.key(keyID.description), as: KeyMaterial.self) }
+        #expect(atTop.idIsDerived && !atTop.secret.constantTimeEquals(forged.secret), "the top holds the real key")
+        #expect(atTop.record.originServerID != attacker.serverID)
+        let replaced = try await tree.t.auditEntries().filter { $0.action == .keyReplaced && $0.keyID == keyID }
+        #expect(replaced.count == 1 && replaced.first?.actor.description.hasPrefix("secondary:") == true, "\(replaced)")
+        // The trail says what happened, in order: the conflict, then its resolution.
+        let trail = try await tree.t.auditEntries().filter { $0.keyID == keyID && [.pushReceive, .keyReplaced].contains($0.action) }
+        #expect(trail.map(\.action) == [.pushReceive, .keyReplaced] && trail.first?.result == .refused(.conflict), "\(trail)")
+    }
+
     @Test func optionOffOnTheTopRefusesWithItsOwnError() async throws {
         let tree = try await Self.tree()
         defer { tree.terminate() }

@@ -425,6 +425,29 @@ func audit(_ action: AuditAction, _ key: KeyID? = nil, result: AuditResult = .ok
     }
 
     @Test(arguments: Backend.allCases)
+    func aKeyIsReplacedOnlyWhileItHoldsTheSecretItWasCheckedFor(_ backend: Backend) async throws {
+        let f = try await Fixture.make(backend)
+        defer { Task { await f.cleanup() } }
+        let repo = f.repository
+        var forged = sampleKey(label: "forged")
+        forged.blocked = true
+        _ = try await repo.insertKey(forged, audit: nil)
+        let before = try #require(try await repo.key(id: forged.record.id))
+        var real = sampleKey(label: "real")
+        real.record.id = forged.record.id
+        real.secretFingerprint = [UInt8](repeating: 5, count: 32)
+        // A stale fingerprint matches nothing: nothing changes, nothing is audited.
+        #expect(try await !repo.replaceKey(real, replacing: [UInt8](repeating: 7, count: 32), audit: audit(.keyReplaced, real.record.id)))
+        #expect(try await repo.key(id: real.record.id)?.secretFingerprint == forged.secretFingerprint)
+        #expect(try await repo.replaceKey(real, replacing: forged.secretFingerprint, audit: audit(.keyReplaced, real.record.id)))
+        let after = try #require(try await repo.key(id: real.record.id))
+        #expect(after.secretFingerprint == real.secretFingerprint && after.record.label == "real")
+        #expect(after.blocked, "the block stays")
+        #expect(after.sequence > before.sequence, "the replacement climbs at the next push")
+        #expect(try await repo.audit(after: 0, limit: 10).filter { $0.action == .keyReplaced }.count == 1)
+    }
+
+    @Test(arguments: Backend.allCases)
     func blockStateChangesFormAFeedAndApplyOnlyToHeldKeys(_ backend: Backend) async throws {
         let f = try await Fixture.make(backend)
         defer { Task { await f.cleanup() } }
