@@ -25,8 +25,9 @@ apt_packages=(libsqlite3-dev libcryptsetup-dev libblkid-dev pkg-config)
 vm_packages=(qemu-system-x86 busybox-static udev kmod dmsetup e2fsprogs cryptsetup-bin util-linux procps)
 case "$LEVEL" in
   build) ;;
-  test) apt_packages+=(python3-venv postgresql systemd age cryptsetup-bin "${vm_packages[@]}") ;;
-  bench) apt_packages+=(python3-venv postgresql systemd age cryptsetup-bin "${vm_packages[@]}" openssl gnupg time) ;;
+  # curl: the trust-boundary tests read Retry-After headers with it.
+  test) apt_packages+=(python3-venv postgresql systemd age cryptsetup-bin curl "${vm_packages[@]}") ;;
+  bench) apt_packages+=(python3-venv postgresql systemd age cryptsetup-bin curl "${vm_packages[@]}" openssl gnupg time) ;;
   *) echo "usage: $0 [build|test|bench]" >&2; exit 2 ;;
 esac
 missing=()
