@@ -193,7 +193,8 @@ public final class APIClient: Sendable {
         } catch {
             throw Self.unreachable(String(base.dropFirst("https://".count)), error)
         }
-        guard (200..<300).contains(Int(response.status.code)) else { throw Self.failure(response.status.code, data) }
+        // 202 is `pending_approval`: an error body for a request that is queued, not answered.
+        guard (200..<300).contains(Int(response.status.code)), response.status.code != 202 else { throw Self.failure(response.status.code, data) }
         return data
     }
 

@@ -30,6 +30,11 @@ public enum TokenIDKind: IdentifierKind {
     /// "token id".
     public static let displayName = "token id"
 }
+/// Tag for ``ApprovalID``.
+public enum ApprovalIDKind: IdentifierKind {
+    /// "request id".
+    public static let displayName = "request id"
+}
 
 /// A 128-bit random identifier, written as a lowercase UUID (`8-4-4-4-12` hexadecimal digits).
 ///
@@ -158,6 +163,8 @@ public typealias DeviceID = Identifier<DeviceIDKind>
 public typealias ClientID = Identifier<ClientIDKind>
 /// Identifies one enrollment token.
 public typealias TokenID = Identifier<TokenIDKind>
+/// Identifies one request for an administrator's approval of a key release.
+public typealias ApprovalID = Identifier<ApprovalIDKind>
 
 extension Identifier where Kind == DeviceIDKind {
     /// The device enrolled under `client`: a device's id is the client id of the enrollment it

@@ -77,6 +77,10 @@ public struct KeyholdError: Error, Hashable, Sendable, CustomStringConvertible {
         /// The caller sent more requests than its budget allows; it may try again later (the
         /// answer's `Retry-After` says when).
         case rateLimited = "rate_limited"
+        /// The key may go to this device only once an administrator approves the request
+        /// (`release_policy = approval`); the request is queued, and asking again after the
+        /// approval releases it.
+        case pendingApproval = "pending_approval"
 
         /// The code as written on the wire.
         public var description: String { rawValue }

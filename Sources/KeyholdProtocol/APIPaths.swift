@@ -48,6 +48,10 @@ public enum APIPath {
     public static let adminPrimary = "/v1/admin/primary"
     /// `POST`: set "use hierarchy to obtain encryption keys".
     public static let adminHierarchy = "/v1/admin/hierarchy"
+    /// `GET`: the requests for release approval (`state`, `limit`).
+    public static let adminReleases = "/v1/admin/releases"
+    /// `POST`: approve (`approve`) or deny (`deny`) request `id`.
+    public static func adminRelease(_ id: String, _ decision: String) -> String { "/v1/admin/releases/\(id)/\(decision)" }
     /// `POST`: push to the primary now.
     public static let adminHierarchySync = "/v1/admin/hierarchy/sync"
 

@@ -18,6 +18,13 @@ public enum AuditAction: String, Codable, Sendable, CaseIterable, CustomStringCo
     case release
     /// One device received the alert threshold's number of distinct keys within the window.
     case releaseAlert = "release_alert"
+    /// A device asked for a key that `release_policy = approval` keeps for an administrator's
+    /// decision: the request was queued (one record per request, not per retry).
+    case releaseRequest = "release_request"
+    /// An administrator approved a queued request.
+    case releaseApprove = "release_approve"
+    /// An administrator denied a queued request.
+    case releaseDeny = "release_deny"
     /// This server obtained a missing key from its primary.
     case obtain
     /// An administrator blocked a key.

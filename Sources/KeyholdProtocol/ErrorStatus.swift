@@ -13,6 +13,9 @@ public enum ErrorStatus {
         case .invalidRequest, .invalidKey, .usage, .keyMismatch, .unsafePath: return 400
         case .inputTooLarge: return 413
         case .rateLimited: return 429
+        // Not a failure: the request is queued for an administrator (202 Accepted, with the
+        // error body saying so).
+        case .pendingApproval: return 202
         // An uploaded export file that does not open or is damaged.
         case .wrongPassword, .truncated, .authenticationFailed, .invalidHeader, .unsupportedVersion, .notKeyholdFile: return 422
         case .auditFailed, .unreachable: return 503

@@ -41,6 +41,8 @@ public struct ServerSettings: Sendable {
     public var releaseAlert = ReleaseAlert.standard
     /// Which devices may receive a key.
     public var releasePolicy = ReleasePolicy.any
+    /// Seconds an approved release request stays usable (`release_policy = approval`).
+    public var approvalLifetime: Double = 86_400
 
     /// Settings for a server.
     public init(
@@ -94,7 +96,8 @@ public struct KeyholdServerService: Service {
             serverID: settings.serverID, repository: repository, masterKey: MasterKey(master), authority: authority,
             databaseDescription: settings.databaseDescription, hierarchy: hierarchy, addresses: addresses, spoolDirectory: directory.path,
             refusals: RefusalLedger(), enrollLimiter: RateLimiter(settings.enrollRate), releaseLimiter: RateLimiter(settings.releaseRate),
-            releaseWatch: ReleaseWatch(settings.releaseAlert), releasePolicy: settings.releasePolicy, logger: logger
+            releaseWatch: ReleaseWatch(settings.releaseAlert), releasePolicy: settings.releasePolicy,
+            approvalLifetime: settings.approvalLifetime, logger: logger
         )
         let api = ServerAPI<ServerContext>(core: core, logger: logger)
 

@@ -60,6 +60,9 @@ public enum ReleasePolicy: String, Sendable, CaseIterable {
     case sameServer = "same_server"
     /// Only the device that escrowed the key.
     case originDevice = "origin_device"
+    /// The device that escrowed the key receives it; any other device's request waits for an
+    /// administrator's approval (`keyhold-server release approve`).
+    case approval
 
     /// Why `record` may not go to the device `client` of server `here`, or nil when it may.
     func refusal(of record: KeyRecord, to client: ClientID, here: ServerID) -> String? {
@@ -68,7 +71,7 @@ public enum ReleasePolicy: String, Sendable, CaseIterable {
             return nil
         case .sameServer:
             return record.originServerID == here ? nil : "it was escrowed at server \(record.originServerID), not here"
-        case .originDevice:
+        case .originDevice, .approval:
             let device = DeviceID(enrollment: client)
             return record.originDeviceID == device ? nil : "it belongs to device \(record.originDeviceID), not to this one"
         }

@@ -192,6 +192,31 @@ struct ServerAPI<Context: PeerContext> {
         route(router, .post, APIPath.adminHierarchy, [.admin]) { request, _, caller in
             try respond(try await core.setHierarchy(try await decode(HierarchyOptionRequest.self, request), by: caller))
         }
+        route(router, .get, APIPath.adminReleases, [.admin]) { request, _, _ in
+            let states: Set<ApprovalState>
+            switch request.uri.queryParameters.get("state").map { String($0) } ?? "open" {
+            case "open": states = ApprovalState.open
+            case "all": states = Set(ApprovalState.allCases)
+            case let name:
+                guard let state = ApprovalState(rawValue: name) else {
+                    throw KeyholdError(
+                        .invalidRequest, "state=\(name) is not open, all or one of \(ApprovalState.allCases.map(\.rawValue).joined(separator: ", "))",
+                        hint: "see docs/spec/protocol.md")
+                }
+                states = [state]
+            }
+            let limit = try Self.integer(request, "limit", in: 1...10_000) ?? 1000
+            return try respond(try await core.approvals(states: states, limit: limit))
+        }
+        for decision in ["approve", "deny"] {
+            route(router, .post, "/v1/admin/releases/:id/\(decision)", [.admin]) { request, context, caller in
+                guard let text = context.parameters.get("id"), let id = ApprovalID(text) else {
+                    throw KeyholdError(.invalidRequest, "the path does not name a valid request id", hint: "ids are lowercase UUIDs")
+                }
+                let body = try await decode(ApprovalDecisionRequest.self, request)
+                return try respond(try await core.decide(id, approve: decision == "approve", reason: body.reason, by: caller))
+            }
+        }
         route(router, .post, APIPath.adminHierarchySync, [.admin]) { _, _, _ in try respond(try await core.hierarchy.sync()) }
         return router
     }

@@ -33,6 +33,8 @@ struct ServerCore: Sendable {
     let releaseWatch: ReleaseWatch
     /// Which devices may receive a key.
     let releasePolicy: ReleasePolicy
+    /// Seconds an approved release request stays usable (`release_policy = approval`).
+    let approvalLifetime: TimeInterval
     let started = Date()
     let logger: Logger
 
@@ -242,16 +244,16 @@ struct ServerCore: Sendable {
     func release(_ keyID: KeyID, to peer: Peer) async throws -> KeyMaterial {
         if let wait = releaseLimiter.take(peer.id) {
             let limited = RateLimited("\(peer.role) \(peer.id) asked for more keys than its release budget allows", wait: wait)
-            try await audited {
-                try await repository.appendAudit(
-                    AuditEvent(
-                        actor: peer.actor, action: .release, keyID: keyID, route: .agent, result: .refused(.rateLimited),
-                        detail: "over the release budget (\(releaseLimiter.limit.burst) at once, \(releaseLimiter.limit.perSecond)/s)"))
-            }
+            try await auditRefusedRelease(
+                keyID, to: peer.actor, .rateLimited,
+                "over the release budget (\(releaseLimiter.limit.burst) at once, \(releaseLimiter.limit.perSecond)/s)")
             throw limited
         }
-        try await checkReleasePolicy(keyID, for: peer)
-        let key = try await resolve(keyID, for: peer, route: .agent, chain: [serverID], hops: Hierarchy.hopLimit)
+        let approval = try await checkReleasePolicy(keyID, for: peer)
+        let key = try await resolve(
+            keyID, for: peer, route: .agent, chain: [serverID], hops: Hierarchy.hopLimit,
+            detail: approval.map { "approved by admin:\($0.decidedBy?.description ?? "?") (request \($0.id))" } ?? "")
+        if let approval { await consumeApproval(approval) }
         if releaseWatch.released(keyID, to: peer.id) {
             let alert = releaseWatch.alert
             let detail = "\(alert.keys) distinct keys released to this \(peer.role) within \(alert.window.components.seconds) s"
@@ -261,25 +263,25 @@ struct ServerCore: Sendable {
         return key
     }
 
-    /// Refuses (audited, `403 forbidden`) a key the release policy keeps from `peer`. Under a
-    /// policy other than `any` only keys held here are released to devices (no hierarchy
-    /// lookup): a key from elsewhere has another origin server, and a device's own keys were
-    /// escrowed, or re-escrowed by `keyhold reassign`, here.
-    private func checkReleasePolicy(_ keyID: KeyID, for peer: Peer) async throws {
-        guard releasePolicy != .any else { return }
+    /// Refuses (audited, `403 forbidden`) a key the release policy keeps from `peer`. Under
+    /// `same_server` and `origin_device` only keys held here are released to devices (no
+    /// hierarchy lookup): a key from elsewhere has another origin server, and a device's own
+    /// keys were escrowed, or re-escrowed by `keyhold reassign`, here. Under `approval` what
+    /// `origin_device` refuses waits for an administrator instead: the approved request is
+    /// returned (to be closed once the key went out), or `pending_approval` thrown. Under any
+    /// policy but `any` the caller is authenticated first, so a refused device hears why.
+    private func checkReleasePolicy(_ keyID: KeyID, for peer: Peer) async throws -> ApprovalRecord? {
+        guard releasePolicy != .any else { return nil }
+        let caller = try await authenticate(peer)
         let why: String?
         if let stored = try await repository.key(id: keyID) {
             why = releasePolicy.refusal(of: stored.record, to: peer.id, here: serverID)
         } else {
-            why = "it is not held here, and only keys escrowed here are released"
+            why = releasePolicy == .approval ? "it is not held here" : "it is not held here, and only keys escrowed here are released"
         }
-        guard let why else { return }
-        try await audited {
-            try await repository.appendAudit(
-                AuditEvent(
-                    actor: peer.actor, action: .release, keyID: keyID, route: .agent, result: .refused(.forbidden),
-                    detail: "release_policy \(releasePolicy.rawValue): \(why)"))
-        }
+        guard let why else { return nil }
+        if releasePolicy == .approval { return try await approvedRequest(for: keyID, by: caller, why: why) }
+        try await auditRefusedRelease(keyID, to: peer.actor, .forbidden, "release_policy \(releasePolicy.rawValue): \(why)")
         throw KeyholdError(
             .forbidden, "release_policy = \(releasePolicy.rawValue) keeps key \(keyID) from this device: \(why)",
             hint: "ask an administrator: they can export the key for you, or change release_policy")
@@ -297,22 +299,24 @@ struct ServerCore: Sendable {
     /// primary, which is then kept here. Every attempt is audited before anything is released. The
     /// peer's enrollment is checked inside the release statement; when that check refuses,
     /// ``authenticate(_:)`` says why (and audits it).
-    func resolve(_ keyID: KeyID, for peer: Peer, route: AuditRoute, chain: [ServerID], hops: Int) async throws -> KeyMaterial {
+    func resolve(_ keyID: KeyID, for peer: Peer, route: AuditRoute, chain: [ServerID], hops: Int, detail: String = "") async throws -> KeyMaterial {
         do {
-            return try await resolve(keyID, for: peer, check: true, route: route, chain: chain, hops: hops)
+            return try await resolve(keyID, for: peer, check: true, route: route, chain: chain, hops: hops, detail: detail)
         } catch is ReleaseCallerRefused {
             // Throws the precise refusal; if the enrollment became valid in between, ask again.
             _ = try await authenticate(peer)
-            return try await resolve(keyID, for: peer, check: false, route: route, chain: chain, hops: hops)
+            return try await resolve(keyID, for: peer, check: false, route: route, chain: chain, hops: hops, detail: detail)
         }
     }
 
-    private func resolve(_ keyID: KeyID, for peer: Peer, check: Bool, route: AuditRoute, chain: [ServerID], hops: Int) async throws -> KeyMaterial {
+    private func resolve(
+        _ keyID: KeyID, for peer: Peer, check: Bool, route: AuditRoute, chain: [ServerID], hops: Int, detail: String
+    ) async throws -> KeyMaterial {
         // A key held here: one statement reads it and commits its release record. A key missing
         // here writes nothing yet: it is asked of the primary (when the option is on), then stored
         // and released in one commit, or its miss or the primary's refusal is audited. So each
         // server on a lookup's route commits once.
-        var request = ReleaseRequest(keyID: keyID, actor: peer.actor, route: route)
+        var request = ReleaseRequest(keyID: keyID, actor: peer.actor, route: route, detail: detail)
         request.auditIfMissing = false
         request.caller = check ? peer.releaseCheck : nil
         if let key = try await audited({ try await repository.releaseKey(request) }) {
@@ -351,7 +355,7 @@ struct ServerCore: Sendable {
             actor: .server(serverID), action: .obtain, keyID: keyID, route: .primary(found.primary), result: .ok, detail: "through the hierarchy"
         )
         var release = request
-        release.detail = "obtained through the hierarchy"
+        release.detail = detail.isEmpty ? "obtained through the hierarchy" : "\(detail); obtained through the hierarchy"
         let (outcome, released) = try await audited { try await repository.insertAndRelease(stored, obtained: obtained, release: release) }
         if outcome == .conflict {
             throw KeyholdError(
@@ -373,9 +377,18 @@ struct ServerCore: Sendable {
         }
     }
 
+    /// Audits the refusal of a device's request for `keyID` (fail-closed: `audit_failed` if the
+    /// record cannot be written).
+    func auditRefusedRelease(_ keyID: KeyID, to actor: AuditActor, _ code: KeyholdError.Code, _ detail: String) async throws {
+        try await audited {
+            try await repository.appendAudit(
+                AuditEvent(actor: actor, action: .release, keyID: keyID, route: .agent, result: .refused(code), detail: detail))
+        }
+    }
+
     /// Runs a release or its audit record; a failure to write the record becomes `audit_failed`.
     @discardableResult
-    private func audited<T>(_ body: () async throws -> T) async throws -> T {
+    func audited<T>(_ body: () async throws -> T) async throws -> T {
         do {
             return try await body()
         } catch let refused as ReleaseCallerRefused {

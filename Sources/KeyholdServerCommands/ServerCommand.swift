@@ -18,7 +18,7 @@ struct ServerCommand: AsyncParsableCommand {
         version: KeyholdVersion.current,
         subcommands: [
             Init.self, Run.self, Status.self, TokenCommand.self, DeviceCommand.self, KeyAdminCommand.self, Audit.self,
-            PrimaryCommand.self, SecondaryCommand.self, HierarchyCommand.self, AdminCommand.self,
+            PrimaryCommand.self, SecondaryCommand.self, HierarchyCommand.self, AdminCommand.self, ReleaseCommand.self,
         ]
     )
 }

@@ -40,6 +40,7 @@ struct ServerConfigFile: Equatable {
         var releaseBurst = RateLimit.releaseDefault.burst
         var releaseAlertKeys = ReleaseAlert.standard.keys
         var releaseAlertWindow = Int(ReleaseAlert.standard.window.components.seconds)
+        var releaseApprovalLifetime = 86_400
 
         /// Every key, its range, and where its value lives.
         static var keys: [(String, ClosedRange<Int>, WritableKeyPath<Limits, Int>, String)] {
@@ -60,6 +61,10 @@ struct ServerConfigFile: Equatable {
                 ("release_burst", 1...1_000_000, \.releaseBurst, "key releases per device at once"),
                 ("release_alert_keys", 1...10_000_000, \.releaseAlertKeys, "distinct keys released to one device that raise an alert"),
                 ("release_alert_window", 1...2_592_000, \.releaseAlertWindow, "seconds the alert counts distinct keys in"),
+                (
+                    "release_approval_lifetime", 1...2_592_000, \.releaseApprovalLifetime,
+                    "seconds an approved release request stays usable (release_policy = approval)"
+                ),
             ]
         }
 
@@ -75,6 +80,7 @@ struct ServerConfigFile: Equatable {
             settings.refusalSummaryInterval = .seconds(refusalSummaryInterval)
             settings.releaseRate = RateLimit(perSecond: Double(releaseRate), burst: releaseBurst)
             settings.releaseAlert = ReleaseAlert(keys: releaseAlertKeys, window: .seconds(releaseAlertWindow))
+            settings.approvalLifetime = TimeInterval(releaseApprovalLifetime)
         }
     }
 
@@ -138,7 +144,9 @@ struct ServerConfigFile: Equatable {
         w.add("log_level", logLevel.rawValue, comment: "trace, debug, info, notice, warning, error or critical")
         w.add(
             "release_policy", releasePolicy.rawValue,
-            comment: "who may receive a key: any (active device of this server), same_server (keys escrowed here) or origin_device")
+            comment:
+                "who may receive a key: any (active device of this server), same_server (keys escrowed here), origin_device, or approval (origin_device, and an administrator approves other requests)"
+        )
         for (key, _, path, comment) in Limits.keys { w.add(key, limits[keyPath: path], comment: comment) }
         return w.text
     }

@@ -9,6 +9,7 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
     private var tokens: [TokenID: EnrollmentTokenRecord] = [:]
     private var events: [AuditEvent] = []
     private var settings: [String: String] = [:]
+    private var approvals: [ApprovalID: ApprovalRecord] = [:]
     private var auditBroken = false
     private var lastSequence: Int64 = 0
     /// The change feed: each key's latest state change (``Repository/stateChanges(after:limit:)``).
@@ -298,6 +299,43 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
     /// Audit records after a sequence number, oldest first.
     public func audit(after: Int64, limit: Int) async throws -> [AuditEvent] {
         Array(events.filter { ($0.sequence ?? 0) > after }.prefix(limit))
+    }
+
+    /// The open request for the key by the device, or `request` (``Repository/openApproval(_:audit:)``).
+    public func openApproval(_ request: ApprovalRecord, audit: AuditEvent) async throws -> (ApprovalRecord, created: Bool) {
+        if let open = approvals.values.first(where: {
+            $0.keyID == request.keyID && $0.clientID == request.clientID && ApprovalState.open.contains($0.state)
+        }) {
+            return (open, false)
+        }
+        try append(audit)
+        approvals[request.id] = request
+        return (request, true)
+    }
+
+    /// The request with `id`.
+    public func approval(id: ApprovalID) async throws -> ApprovalRecord? { approvals[id] }
+
+    /// Requests in `states`, newest first.
+    public func listApprovals(states: Set<ApprovalState>, limit: Int) async throws -> [ApprovalRecord] {
+        Array(
+            approvals.values.filter { states.contains($0.state) }.sorted { ($0.requested, $0.id) > ($1.requested, $1.id) }.prefix(limit))
+    }
+
+    /// Moves a request on (``Repository/setApprovalState(id:from:to:decision:audit:)``).
+    public func setApprovalState(
+        id: ApprovalID, from: Set<ApprovalState>, to state: ApprovalState, decision: ApprovalDecision?, audit: AuditEvent?
+    ) async throws -> ApprovalRecord? {
+        guard var request = approvals[id], from.contains(request.state) else { return nil }
+        if let audit { try append(audit) }
+        request.state = state
+        if let decision {
+            request.decidedBy = decision.by
+            request.decided = decision.at
+            request.reason = decision.reason
+        }
+        approvals[id] = request
+        return request
     }
 
     /// A named setting.

@@ -92,3 +92,56 @@ public enum TokenRedemption: Sendable, Equatable {
     /// The token was withdrawn.
     case revoked
 }
+
+/// A device's request for a key that `release_policy = approval` keeps for an administrator
+/// (``Repository/openApproval(keyID:client:at:audit:)``).
+public struct ApprovalRecord: Sendable, Equatable {
+    /// The request's id.
+    public var id: ApprovalID
+    /// The key asked for.
+    public var keyID: KeyID
+    /// The device that asked.
+    public var clientID: ClientID
+    /// When it first asked.
+    public var requested: Date
+    /// Where it stands.
+    public var state: ApprovalState
+    /// The administrator who last approved or denied it.
+    public var decidedBy: ClientID?
+    /// When they did.
+    public var decided: Date?
+    /// The reason they gave ("" before a decision).
+    public var reason: String
+
+    /// A request record.
+    public init(
+        id: ApprovalID, keyID: KeyID, clientID: ClientID, requested: Date, state: ApprovalState = .pending, decidedBy: ClientID? = nil,
+        decided: Date? = nil, reason: String = ""
+    ) {
+        self.id = id
+        self.keyID = keyID
+        self.clientID = clientID
+        self.requested = requested
+        self.state = state
+        self.decidedBy = decidedBy
+        self.decided = decided
+        self.reason = reason
+    }
+}
+
+/// An administrator's decision on an ``ApprovalRecord``.
+public struct ApprovalDecision: Sendable, Equatable {
+    /// Who decided.
+    public var by: ClientID
+    /// When.
+    public var at: Date
+    /// Why.
+    public var reason: String
+
+    /// A decision.
+    public init(by: ClientID, at: Date, reason: String) {
+        self.by = by
+        self.at = at
+        self.reason = reason
+    }
+}

@@ -109,6 +109,24 @@ public protocol Repository: Sendable {
     /// Events with a sequence greater than `after`, oldest first, at most `limit`.
     func audit(after: Int64, limit: Int) async throws -> [AuditEvent]
 
+    // MARK: Release approval
+
+    /// The open request (pending, approved or denied) of `request`'s device for its key, or
+    /// else `request` itself (pending), stored with `audit` in the same transaction (the audit
+    /// record is written only for a new request). At most one request per device and key is
+    /// open, also under concurrent calls. Returns the open request and whether it is new.
+    func openApproval(_ request: ApprovalRecord, audit: AuditEvent) async throws -> (ApprovalRecord, created: Bool)
+    /// The request with `id`, if any.
+    func approval(id: ApprovalID) async throws -> ApprovalRecord?
+    /// Requests in one of `states`, newest first, at most `limit`.
+    func listApprovals(states: Set<ApprovalState>, limit: Int) async throws -> [ApprovalRecord]
+    /// Moves request `id` to `state` if it is in one of `from`, recording `decision` (when
+    /// given; otherwise the last decision stays) and writing `audit` (when given) in the same
+    /// transaction. The updated request, or nil when there is no such request in one of `from`.
+    func setApprovalState(
+        id: ApprovalID, from: Set<ApprovalState>, to state: ApprovalState, decision: ApprovalDecision?, audit: AuditEvent?
+    ) async throws -> ApprovalRecord?
+
     // MARK: Settings
 
     /// A named setting (`use_hierarchy`, `push_cursor`).

@@ -15,6 +15,7 @@ public enum Schema {
     /// Every migration, in the order they apply.
     public static let migrations: [any SchemaMigration] = [
         CreateRepository(), AddKeySequence(), InsertAndReleaseFunction(), AddKeyStateSequence(),
+        AddReleaseApprovals(),
     ]
 }
 
@@ -183,6 +184,37 @@ struct AddKeyStateSequence: SchemaMigration {
             "ALTER TABLE keys ADD COLUMN state_seq BIGINT NOT NULL DEFAULT 0",
             "UPDATE keys SET state_seq = seq WHERE blocked",
             "CREATE INDEX keys_state_seq ON keys (state_seq)",
+        ]
+    }
+}
+
+/// Version 5: requests for an administrator's approval of a key release
+/// (`release_policy = approval`). At most one open request per device and key.
+struct AddReleaseApprovals: SchemaMigration {
+    let version = 5
+    let name = "add release approvals"
+
+    var sqlite: [String] {
+        [
+            """
+            CREATE TABLE release_approvals (
+              id TEXT PRIMARY KEY, key_id TEXT NOT NULL, client_id TEXT NOT NULL, requested REAL NOT NULL, state TEXT NOT NULL,
+              decided_by TEXT, decided REAL, reason TEXT NOT NULL DEFAULT '')
+            """,
+            "CREATE UNIQUE INDEX release_approvals_open ON release_approvals (key_id, client_id) WHERE state IN ('pending', 'approved', 'denied')",
+            "CREATE INDEX release_approvals_requested ON release_approvals (requested)",
+        ]
+    }
+
+    var postgres: [String] {
+        [
+            """
+            CREATE TABLE release_approvals (
+              id TEXT PRIMARY KEY, key_id TEXT NOT NULL, client_id TEXT NOT NULL, requested TIMESTAMPTZ NOT NULL, state TEXT NOT NULL,
+              decided_by TEXT, decided TIMESTAMPTZ, reason TEXT NOT NULL DEFAULT '')
+            """,
+            "CREATE UNIQUE INDEX release_approvals_open ON release_approvals (key_id, client_id) WHERE state IN ('pending', 'approved', 'denied')",
+            "CREATE INDEX release_approvals_requested ON release_approvals (requested)",
         ]
     }
 }

@@ -742,6 +742,104 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         return out
     }
 
+    // MARK: Release approval
+
+    private static let approvalColumns = "id, key_id, client_id, requested, state, decided_by, decided, reason"
+
+    /// The open request for the key by the device, or `request` (``Repository/openApproval(_:audit:)``).
+    public func openApproval(_ request: ApprovalRecord, audit: AuditEvent) async throws -> (ApprovalRecord, created: Bool) {
+        let (keyID, device, at) = (request.keyID, request.clientID, request.requested)
+        return try await client.withTransaction(logger: logger) { conn in
+            // The partial unique index keeps one open request per device and key: a concurrent
+            // insert waits for the other transaction and then does nothing.
+            let inserted =
+                try await conn.query(
+                    """
+                    INSERT INTO release_approvals (id, key_id, client_id, requested, state, reason)
+                    VALUES (\(request.id.description), \(keyID.description), \(device.description), \(at), \(request.state.rawValue), '')
+                    ON CONFLICT (key_id, client_id) WHERE state IN ('pending', 'approved', 'denied') DO NOTHING RETURNING id
+                    """, logger: logger
+                ).collect().count > 0
+            if inserted {
+                try await Self.insertAudit(conn, audit, logger)
+                return (request, true)
+            }
+            for try await row in try await conn.query(
+                """
+                SELECT \(unescaped: Self.approvalColumns) FROM release_approvals
+                WHERE key_id = \(keyID.description) AND client_id = \(device.description) AND state IN ('pending', 'approved', 'denied')
+                """, logger: logger)
+            {
+                return (try Self.decodeApproval(row), false)
+            }
+            throw RepositoryError("the open release approval of \(device) for \(keyID) vanished while it was read")
+        }
+    }
+
+    /// The request with `id`.
+    public func approval(id: ApprovalID) async throws -> ApprovalRecord? {
+        for try await row in try await client.query(
+            "SELECT \(unescaped: Self.approvalColumns) FROM release_approvals WHERE id = \(id.description)", logger: logger)
+        {
+            return try Self.decodeApproval(row)
+        }
+        return nil
+    }
+
+    /// Requests in `states`, newest first.
+    public func listApprovals(states: Set<ApprovalState>, limit: Int) async throws -> [ApprovalRecord] {
+        var out: [ApprovalRecord] = []
+        for try await row in try await client.query(
+            """
+            SELECT \(unescaped: Self.approvalColumns) FROM release_approvals WHERE state = ANY(\(states.map(\.rawValue))::text[])
+            ORDER BY requested DESC, id DESC LIMIT \(Int64(limit))
+            """, logger: logger)
+        {
+            out.append(try Self.decodeApproval(row))
+        }
+        return out
+    }
+
+    /// Moves a request on (``Repository/setApprovalState(id:from:to:decision:audit:)``).
+    public func setApprovalState(
+        id: ApprovalID, from: Set<ApprovalState>, to state: ApprovalState, decision: ApprovalDecision?, audit: AuditEvent?
+    ) async throws -> ApprovalRecord? {
+        try await client.withTransaction(logger: logger) { conn in
+            var found: ApprovalRecord?
+            for try await row in try await conn.query(
+                "SELECT \(unescaped: Self.approvalColumns) FROM release_approvals WHERE id = \(id.description) FOR UPDATE", logger: logger)
+            {
+                found = try Self.decodeApproval(row)
+            }
+            guard var request = found, from.contains(request.state) else { return nil }
+            request.state = state
+            if let decision {
+                request.decidedBy = decision.by
+                request.decided = decision.at
+                request.reason = decision.reason
+            }
+            try await conn.query(
+                """
+                UPDATE release_approvals SET state = \(state.rawValue), decided_by = \(request.decidedBy?.description),
+                       decided = \(request.decided), reason = \(request.reason)
+                WHERE id = \(id.description)
+                """, logger: logger
+            )
+            if let audit { try await Self.insertAudit(conn, audit, logger) }
+            return request
+        }
+    }
+
+    private static func decodeApproval(_ row: PostgresRow) throws -> ApprovalRecord {
+        let (id, key, client, requested, state, decidedBy, decided, reason) = try row.decode(
+            (String, String, String, Date, String, String?, Date?, String).self)
+        return ApprovalRecord(
+            id: try StoredValue.identifier(id), keyID: try StoredValue.identifier(key), clientID: try StoredValue.identifier(client),
+            requested: requested, state: try StoredValue.enumeration(state), decidedBy: try decidedBy.map(StoredValue.identifier),
+            decided: decided, reason: reason
+        )
+    }
+
     // MARK: Settings
 
     /// A named setting.

@@ -479,6 +479,85 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         }
     }
 
+    // MARK: Release approval
+
+    /// The open request for the key by the device, or `request` (``Repository/openApproval(_:audit:)``).
+    public func openApproval(_ request: ApprovalRecord, audit: AuditEvent) async throws -> (ApprovalRecord, created: Bool) {
+        let (keyID, client, at) = (request.keyID, request.clientID, request.requested)
+        return try await pool.write { db in
+            // SQLite has one writer: the read and the insert cannot interleave with another's.
+            if let row = try Row.fetchOne(
+                db, sql: "SELECT * FROM release_approvals WHERE key_id = ? AND client_id = ? AND state IN ('pending', 'approved', 'denied')",
+                arguments: [keyID.description, client.description])
+            {
+                return (try Self.decodeApproval(row), false)
+            }
+            try db.execute(
+                sql: "INSERT INTO release_approvals (id, key_id, client_id, requested, state, reason) VALUES (?, ?, ?, ?, ?, '')",
+                arguments: [request.id.description, keyID.description, client.description, at.timeIntervalSince1970, request.state.rawValue]
+            )
+            try Self.insertAudit(db, audit)
+            return (request, true)
+        }
+    }
+
+    /// The request with `id`.
+    public func approval(id: ApprovalID) async throws -> ApprovalRecord? {
+        try await pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM release_approvals WHERE id = ?", arguments: [id.description]).map(Self.decodeApproval)
+        }
+    }
+
+    /// Requests in `states`, newest first.
+    public func listApprovals(states: Set<ApprovalState>, limit: Int) async throws -> [ApprovalRecord] {
+        let names = states.map(\.rawValue).sorted()
+        guard !names.isEmpty else { return [] }
+        return try await pool.read { db in
+            try Row.fetchAll(
+                db,
+                sql:
+                    "SELECT * FROM release_approvals WHERE state IN (\(names.map { _ in "?" }.joined(separator: ", "))) ORDER BY requested DESC, id DESC LIMIT ?",
+                arguments: StatementArguments(names.map { $0 as any DatabaseValueConvertible } + [limit])
+            ).map(Self.decodeApproval)
+        }
+    }
+
+    /// Moves a request on (``Repository/setApprovalState(id:from:to:decision:audit:)``).
+    public func setApprovalState(
+        id: ApprovalID, from: Set<ApprovalState>, to state: ApprovalState, decision: ApprovalDecision?, audit: AuditEvent?
+    ) async throws -> ApprovalRecord? {
+        try await pool.write { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM release_approvals WHERE id = ?", arguments: [id.description]) else {
+                return nil
+            }
+            var request = try Self.decodeApproval(row)
+            guard from.contains(request.state) else { return nil }
+            request.state = state
+            if let decision {
+                request.decidedBy = decision.by
+                request.decided = decision.at
+                request.reason = decision.reason
+            }
+            try db.execute(
+                sql: "UPDATE release_approvals SET state = ?, decided_by = ?, decided = ?, reason = ? WHERE id = ?",
+                arguments: [
+                    state.rawValue, request.decidedBy?.description, request.decided?.timeIntervalSince1970, request.reason, id.description,
+                ]
+            )
+            if let audit { try Self.insertAudit(db, audit) }
+            return request
+        }
+    }
+
+    private static func decodeApproval(_ row: Row) throws -> ApprovalRecord {
+        ApprovalRecord(
+            id: try StoredValue.identifier(row["id"]), keyID: try StoredValue.identifier(row["key_id"]),
+            clientID: try StoredValue.identifier(row["client_id"]), requested: Date(timeIntervalSince1970: row["requested"]),
+            state: try StoredValue.enumeration(row["state"]), decidedBy: try (row["decided_by"] as String?).map(StoredValue.identifier),
+            decided: (row["decided"] as Double?).map(Date.init(timeIntervalSince1970:)), reason: row["reason"]
+        )
+    }
+
     // MARK: Settings
 
     /// A named setting.

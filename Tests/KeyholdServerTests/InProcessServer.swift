@@ -39,7 +39,9 @@ struct InProcessServer {
     let repository: MemoryRepository
     let serverID: ServerID
 
-    static func make(useHierarchy: Bool = false) async throws -> InProcessServer {
+    static func make(
+        useHierarchy: Bool = false, releasePolicy: ReleasePolicy = .any, approvalLifetime: TimeInterval = 86_400
+    ) async throws -> InProcessServer {
         let serverID = ServerID.random()
         let repository = MemoryRepository()
         let dir = DataDirectory(try Paths.temporaryFolder("core").path)
@@ -49,14 +51,17 @@ struct InProcessServer {
         logger.logLevel = .critical
         let hierarchy = try Hierarchy(serverID: serverID, repository: repository, masterKey: master, dir: dir, logger: logger)
         try await hierarchy.setEnabled(useHierarchy)
-        let settings = ServerSettings(
+        var settings = ServerSettings(
             serverID: serverID, listen: try HostPort("127.0.0.1:8443"), enrollListen: try HostPort("127.0.0.1:8444"), databaseDescription: "memory"
         )
+        settings.releasePolicy = releasePolicy
+        settings.approvalLifetime = approvalLifetime
         let core = ServerCore(
             serverID: serverID, repository: repository, masterKey: master, authority: authority, databaseDescription: "memory",
             hierarchy: hierarchy, addresses: BoundAddresses(settings), spoolDirectory: dir.path, refusals: RefusalLedger(),
             enrollLimiter: RateLimiter(settings.enrollRate), releaseLimiter: RateLimiter(settings.releaseRate),
-            releaseWatch: ReleaseWatch(settings.releaseAlert), releasePolicy: settings.releasePolicy, logger: logger
+            releaseWatch: ReleaseWatch(settings.releaseAlert), releasePolicy: settings.releasePolicy,
+            approvalLifetime: settings.approvalLifetime, logger: logger
         )
         return InProcessServer(core: core, repository: repository, serverID: serverID)
     }

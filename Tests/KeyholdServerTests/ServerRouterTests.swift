@@ -16,6 +16,7 @@ import Testing
     static let routes: [(HTTPRequest.Method, String, Set<ClientRole>)] = {
         let key = KeyID.random()
         let client = ClientID.random()
+        let request = ApprovalID.random()
         return [
             (.put, "/v1/keys/\(key)", [.device]), (.get, "/v1/keys/\(key)", [.device]),
             (.post, "/v1/leave", [.device]), (.post, "/v1/heartbeat", [.device]),
@@ -27,6 +28,8 @@ import Testing
             (.get, "/v1/admin/administrators", [.admin]), (.post, "/v1/admin/administrators/\(client)/revoke", [.admin]),
             (.post, "/v1/admin/tokens", [.admin]), (.post, "/v1/admin/primary", [.admin]), (.delete, "/v1/admin/primary", [.admin]),
             (.post, "/v1/admin/hierarchy", [.admin]), (.post, "/v1/admin/hierarchy/sync", [.admin]),
+            (.get, "/v1/admin/releases", [.admin]), (.post, "/v1/admin/releases/\(request)/approve", [.admin]),
+            (.post, "/v1/admin/releases/\(request)/deny", [.admin]),
         ]
     }()
 

@@ -448,6 +448,55 @@ func audit(_ action: AuditAction, _ key: KeyID? = nil, result: AuditResult = .ok
     }
 
     @Test(arguments: Backend.allCases)
+    func oneReleaseRequestPerDeviceAndKeyStaysOpenAndMovesOnOnlyFromTheStatesGiven(_ backend: Backend) async throws {
+        let f = try await Fixture.make(backend)
+        defer { Task { await f.cleanup() } }
+        let repo = f.repository
+        let (key, device, admin) = (KeyID.random(), ClientID.random(), ClientID.random())
+        let start = Date(timeIntervalSince1970: 1_800_000_000)
+        func ask(_ at: Date) -> ApprovalRecord { ApprovalRecord(id: .random(), keyID: key, clientID: device, requested: at) }
+        // Concurrent requests of one device for one key open one request, audited once.
+        let opened = try await withThrowingTaskGroup(of: (ApprovalRecord, Bool).self) { group in
+            for i in 0..<8 {
+                group.addTask { try await repo.openApproval(ask(start.addingTimeInterval(Double(i))), audit: audit(.releaseRequest, key)) }
+            }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        #expect(Set(opened.map(\.0.id)).count == 1 && opened.filter(\.1).count == 1)
+        let id = opened[0].0.id
+        #expect(try await repo.audit(after: 0, limit: 100).filter { $0.action == .releaseRequest }.count == 1)
+        // Another device's request for the same key is its own.
+        let (elsewhere, isNew) = try await repo.openApproval(
+            ApprovalRecord(id: .random(), keyID: key, clientID: .random(), requested: start.addingTimeInterval(100)),
+            audit: audit(.releaseRequest, key))
+        #expect(isNew && elsewhere.id != id)
+        #expect(try await repo.listApprovals(states: [.pending], limit: 10).map(\.id) == [elsewhere.id, id], "newest first")
+        #expect(try await repo.listApprovals(states: [.pending], limit: 1).map(\.id) == [elsewhere.id])
+
+        // A transition happens only from the states given, with the decision and its audit record.
+        let decision = ApprovalDecision(by: admin, at: start.addingTimeInterval(10), reason: "ticket 1")
+        #expect(try await repo.setApprovalState(id: id, from: [.approved], to: .released, decision: nil, audit: nil) == nil)
+        let approved = try #require(
+            try await repo.setApprovalState(id: id, from: [.pending, .denied], to: .approved, decision: decision, audit: audit(.releaseApprove, key)))
+        #expect(approved.state == .approved && approved.decidedBy == admin && approved.reason == "ticket 1")
+        #expect(approved.decided.map { abs($0.timeIntervalSince(decision.at)) < 0.001 } == true)
+        #expect(try await repo.openApproval(ask(start), audit: audit(.releaseRequest, key)).0.id == id, "an approved request is still open")
+        let used = try #require(try await repo.setApprovalState(id: id, from: [.approved], to: .released, decision: nil, audit: nil))
+        #expect(used.state == .released && used.reason == "ticket 1", "the decision stays")
+        #expect(
+            try await repo.setApprovalState(id: ApprovalID.random(), from: Set(ApprovalState.allCases), to: .denied, decision: nil, audit: nil) == nil
+        )
+
+        // Closed, the device's next request is a new one; everything survives a reopen.
+        let (next, created) = try await repo.openApproval(ask(start.addingTimeInterval(200)), audit: audit(.releaseRequest, key))
+        #expect(created && next.id != id)
+        let again = try await f.reopen()
+        #expect(try await again.approval(id: id) == used)
+        #expect(try await again.listApprovals(states: ApprovalState.open, limit: 10).map(\.id) == [next.id, elsewhere.id])
+        #expect(try await again.audit(after: 0, limit: 100).filter { $0.action == .releaseApprove }.count == 1)
+    }
+
+    @Test(arguments: Backend.allCases)
     func blockStateChangesFormAFeedAndApplyOnlyToHeldKeys(_ backend: Backend) async throws {
         let f = try await Fixture.make(backend)
         defer { Task { await f.cleanup() } }
