@@ -45,17 +45,13 @@ public enum Enrollment {
     /// 2. make a P-256 key and a CSR; 3. send token and CSR over TLS pinned to that CA;
     /// 4. check the returned certificate chains to the CA and carries our public key.
     public static func enroll(token: EnrollmentToken, name: String) async throws -> EnrolledIdentity {
-        let (caPEM, ca) = try await verifiedCA(token)
-        let key = P256.Signing.PrivateKey()
-        let csr = try CertificateSigningRequest(
-            version: .v1, subject: try DistinguishedName { CommonName(String(name.prefix(64))) },
-            privateKey: .init(key), attributes: .init(), signatureAlgorithm: .ecdsaWithSHA256
-        )
+        let (caPEM, _) = try await verifiedCA(token)
+        let key = try ClientKey(name: name)
         let enrollClient = try APIClient(address: token.enrollAddress, caPEM: caPEM, verifyHostname: false)
         let response: EnrollResponse
         do {
             response = try await enrollClient.post(
-                APIPath.enroll, EnrollRequest(tokenID: token.id, secret: token.secret, csrPEM: try csr.serializeAsPEM().pemString, name: name),
+                APIPath.enroll, EnrollRequest(tokenID: token.id, secret: token.secret, csrPEM: key.csrPEM, name: name),
                 as: EnrollResponse.self
             )
             await enrollClient.shutdown()
@@ -63,16 +59,10 @@ public enum Enrollment {
             await enrollClient.shutdown()
             throw error
         }
-        let issued = try Certificate(pemEncoded: response.certificatePEM)
-        guard issued.publicKey == Certificate.PublicKey(key.publicKey), issued.issuer == ca.subject,
-            ca.publicKey.isValidSignature(issued.signature, for: issued)
-        else {
-            throw KeyholdError(
-                .internalError, "the server returned a certificate that is not ours or not from its CA", hint: "report this; do not use this server")
-        }
+        try key.checkIssued(response.certificatePEM, caPEM: caPEM)
         return EnrolledIdentity(
             clientID: response.clientID, role: response.role, serverID: response.serverID, apiAddress: token.apiAddress,
-            caPEM: caPEM, certificatePEM: response.certificatePEM, keyPEM: key.pemRepresentation
+            caPEM: caPEM, certificatePEM: response.certificatePEM, keyPEM: key.privateKeyPEM
         )
     }
 

@@ -30,6 +30,8 @@ public enum APIPath {
     public static let adminKeys = "/v1/admin/keys"
     /// `POST`: block key `id` (`…/unblock` releases it again).
     public static func adminKeyBlock(_ id: String) -> String { "/v1/admin/keys/\(id)/block" }
+    /// `POST`: reveal key `id` to the administrator, with a reason (audited; marks it for rotation).
+    public static func adminKeyReveal(_ id: String) -> String { "/v1/admin/keys/\(id)/reveal" }
     /// `POST`: an export file, streamed.
     public static let adminKeysExport = "/v1/admin/keys/export"
     /// `POST`: import an export file (the body).

@@ -25,6 +25,9 @@ public enum AuditAction: String, Codable, Sendable, CaseIterable, CustomStringCo
     case releaseApprove = "release_approve"
     /// An administrator denied a queued request.
     case releaseDeny = "release_deny"
+    /// An administrator was shown a key's secret (`keyhold-server key reveal`), with a reason;
+    /// the key is then marked *rotation required*.
+    case reveal
     /// This server obtained a missing key from its primary.
     case obtain
     /// An administrator blocked a key.
@@ -35,6 +38,8 @@ public enum AuditAction: String, Codable, Sendable, CaseIterable, CustomStringCo
     case revoke
     /// A new administrator certificate was issued on the server machine (`keyhold-server admin recover`).
     case adminRecover = "admin_recover"
+    /// An administrator issued a certificate for a new, named administrator (`keyhold-server admin add`).
+    case adminAdd = "admin_add"
     /// An administrator made an enrollment token.
     case tokenCreate = "token_create"
     /// A request of a client that is no longer active was refused.

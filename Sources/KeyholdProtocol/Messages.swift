@@ -205,12 +205,65 @@ public struct KeyInfo: Codable, Sendable, Equatable {
     public var stored: Date
     /// Whether it is blocked.
     public var blocked: Bool
+    /// Whether it was revealed to an administrator and should be replaced (`key reveal`).
+    public var rotationRequired: Bool
     /// Metadata of one key.
-    public init(record: KeyRecord, provenance: KeyProvenance, stored: Date, blocked: Bool) {
+    public init(record: KeyRecord, provenance: KeyProvenance, stored: Date, blocked: Bool, rotationRequired: Bool = false) {
         self.record = record
         self.provenance = provenance
         self.stored = stored
         self.blocked = blocked
+        self.rotationRequired = rotationRequired
+    }
+    enum CodingKeys: String, CodingKey {
+        case record, provenance, stored, blocked
+        case rotationRequired = "rotation_required"
+    }
+    /// Decodes; `rotation_required` is absent from older servers' answers (false).
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        record = try c.decode(KeyRecord.self, forKey: .record)
+        provenance = try c.decode(KeyProvenance.self, forKey: .provenance)
+        stored = try c.decode(Date.self, forKey: .stored)
+        blocked = try c.decode(Bool.self, forKey: .blocked)
+        rotationRequired = try c.decodeIfPresent(Bool.self, forKey: .rotationRequired) ?? false
+    }
+}
+
+/// `POST /v1/admin/keys/{id}/reveal`.
+public struct RevealRequest: Codable, Sendable {
+    /// Why the key is revealed (required; recorded with the administrator).
+    public var reason: String
+    /// A request with `reason`.
+    public init(reason: String) { self.reason = reason }
+}
+
+/// A key revealed to an administrator: the secret, and for a drive key the command that opens
+/// the drive on any Linux machine.
+public struct RevealResponse: Codable, Sendable {
+    /// The key's record.
+    public var record: KeyRecord
+    /// The 32 bytes in lowercase hex.
+    public var secretHex: String
+    /// The 32 bytes in base64.
+    public var secretBase64: String
+    /// For a drive key: a shell command that opens the drive, `DEVICE` standing for its device path.
+    public var openCommand: String?
+    /// Whether the key is blocked here (revealed anyway: an administrator asked on purpose).
+    public var blocked: Bool
+    /// An answer.
+    public init(record: KeyRecord, secretHex: String, secretBase64: String, openCommand: String?, blocked: Bool) {
+        self.record = record
+        self.secretHex = secretHex
+        self.secretBase64 = secretBase64
+        self.openCommand = openCommand
+        self.blocked = blocked
+    }
+    enum CodingKeys: String, CodingKey {
+        case record, blocked
+        case secretHex = "secret_hex"
+        case secretBase64 = "secret_base64"
+        case openCommand = "open_command"
     }
 }
 
@@ -365,5 +418,44 @@ public enum WireFormat {
         let d = JSONDecoder()
         d.dateDecodingStrategy = .iso8601
         return d
+    }
+}
+
+/// `POST /v1/admin/administrators`: a certificate for a new, named administrator. The key pair
+/// is made by the caller; only the request travels.
+public struct AdministratorCreateRequest: Codable, Sendable {
+    /// The person's name (1…64 printable characters, unique among active administrators).
+    public var name: String
+    /// A PEM certificate signing request for the new administrator's key.
+    public var csrPEM: String
+    /// A request for `name`.
+    public init(name: String, csrPEM: String) {
+        self.name = name
+        self.csrPEM = csrPEM
+    }
+    enum CodingKeys: String, CodingKey {
+        case name
+        case csrPEM = "csr_pem"
+    }
+}
+
+/// The answer to ``AdministratorCreateRequest``.
+public struct AdministratorCreateResponse: Codable, Sendable {
+    /// The new administrator's client id.
+    public var id: ClientID
+    /// Its certificate (PEM).
+    public var certificatePEM: String
+    /// The server's CA certificate (PEM), for the PKCS#12 bundle and for checking the certificate.
+    public var caPEM: String
+    /// An answer.
+    public init(id: ClientID, certificatePEM: String, caPEM: String) {
+        self.id = id
+        self.certificatePEM = certificatePEM
+        self.caPEM = caPEM
+    }
+    enum CodingKeys: String, CodingKey {
+        case id
+        case certificatePEM = "certificate_pem"
+        case caPEM = "ca_pem"
     }
 }

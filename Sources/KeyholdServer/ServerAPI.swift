@@ -163,8 +163,15 @@ struct ServerAPI<Context: PeerContext> {
                 return Response(status: .noContent)
             }
         }
+        route(router, .post, "/v1/admin/keys/:id/reveal", [.admin]) { request, context, caller in
+            let id = try Self.keyID(context)
+            return try respond(try await core.reveal(id, reason: try await decode(RevealRequest.self, request).reason, by: caller))
+        }
         route(router, .get, APIPath.adminClients, [.admin]) { _, _, _ in try respond(try await core.clients()) }
         route(router, .get, APIPath.adminAdministrators, [.admin]) { _, _, _ in try respond(try await core.administrators()) }
+        route(router, .post, APIPath.adminAdministrators, [.admin]) { request, _, caller in
+            try respond(try await core.addAdministrator(try await decode(AdministratorCreateRequest.self, request), by: caller), status: .created)
+        }
         route(router, .post, "/v1/admin/administrators/:id/revoke", [.admin]) { _, context, caller in
             guard let text = context.parameters.get("id"), let id = ClientID(text) else {
                 throw KeyholdError(.invalidRequest, "the path does not name a valid client id", hint: "ids are lowercase UUIDs")

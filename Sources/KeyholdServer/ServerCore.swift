@@ -599,6 +599,32 @@ struct ServerCore: Sendable {
             AuditEvent(actor: caller.actor, action: .revoke, route: .adminAPI, result: .ok, detail: "administrator \(id)"))
     }
 
+    /// `POST /v1/admin/administrators`: a certificate for a new administrator named `name`,
+    /// signed from the caller's request (the key pair never leaves the caller), recorded as
+    /// active and audited (`admin_add`) with the administrator who made it.
+    func addAdministrator(_ request: AdministratorCreateRequest, by caller: Caller) async throws -> AdministratorCreateResponse {
+        let name = request.name
+        guard !name.isEmpty, PrintableText.isClean(name, limit: Self.nameLimit) else {
+            throw KeyholdError(
+                .invalidRequest, "an administrator's name must be 1 to \(Self.nameLimit) printable characters",
+                hint: "use the person's name or login, for example 'alice'")
+        }
+        if try await repository.listClients(role: .admin).contains(where: { $0.state == .active && $0.name == name }) {
+            throw KeyholdError(
+                .conflict, "an active administrator is already named '\(name)'",
+                hint: "choose another name, or revoke the old one first ('keyhold-server admin revoke ID')")
+        }
+        let csr = try CertificateAuthority.verifiedRequest(request.csrPEM)
+        let id = ClientID.random()
+        let certificate = try authority.issueClientCertificate(csr: csr, identity: CertificateIdentity(role: .admin, id: id), name: name)
+        try await repository.insertClient(
+            EnrolledClient(id: id, role: .admin, name: name, certificateFingerprint: CertificateAuthority.fingerprint(certificate)))
+        try await repository.appendAudit(
+            AuditEvent(actor: caller.actor, action: .adminAdd, route: .adminAPI, result: .ok, detail: "administrator \(id) '\(name)'"))
+        logger.notice("administrator added", metadata: ["id": "\(id)", "by": "\(caller.actor)"])
+        return AdministratorCreateResponse(id: id, certificatePEM: certificate.pem, caPEM: authority.certificate.pem)
+    }
+
     /// `GET /v1/admin/clients`: devices and secondaries (not administrators).
     func clients() async throws -> [ClientInfo] {
         try await repository.listClients(role: nil).filter { $0.role != .admin }.map(Self.info)
@@ -619,8 +645,13 @@ struct ServerCore: Sendable {
     /// `GET /v1/admin/keys`: one page of key metadata in id order.
     func keys(after: KeyID?, limit: Int) async throws -> KeyListResponse {
         let page = try await repository.listKeys(after: after, limit: limit)
+        let rotation = try await repository.rotationRequired(page.map(\.record.id))
         return KeyListResponse(
-            keys: page.map { KeyInfo(record: $0.record, provenance: $0.provenance, stored: $0.stored, blocked: $0.blocked) },
+            keys: page.map {
+                KeyInfo(
+                    record: $0.record, provenance: $0.provenance, stored: $0.stored, blocked: $0.blocked,
+                    rotationRequired: rotation.contains($0.record.id))
+            },
             next: page.count == limit ? page.last?.record.id : nil
         )
     }

@@ -39,16 +39,49 @@ struct DataDirOption: ParsableArguments {
         return try ServerConfigFile.read(dir.config)
     }
 
+    @Option(
+        help: ArgumentHelp(
+            "Act as this administrator: their certificate (default: $KEYHOLD_ADMIN_CERT, else admin.pem of the data directory).",
+            valueName: "file"))
+    var adminCert: String?
+    @Option(
+        help: ArgumentHelp("The private key of --admin-cert (default: $KEYHOLD_ADMIN_KEY, else admin.key of the data directory).", valueName: "file"))
+    var adminKey: String?
+
+    /// The administrator certificate and key to act as: `--admin-cert`/`--admin-key` (or their
+    /// environment variables), else the data directory's `admin.pem`/`admin.key`.
+    func administrator() throws -> (certificatePEM: String, keyPEM: String) {
+        let environment = ProcessInfo.processInfo.environment
+        let cert = adminCert ?? environment["KEYHOLD_ADMIN_CERT"]
+        let key = adminKey ?? environment["KEYHOLD_ADMIN_KEY"]
+        guard (cert == nil) == (key == nil) else {
+            throw KeyholdError(
+                .usage, "an administrator certificate needs its key, and a key its certificate",
+                hint: "give both --admin-cert and --admin-key (or KEYHOLD_ADMIN_CERT and KEYHOLD_ADMIN_KEY)")
+        }
+        let dir = directory
+        guard let cert, let key else {
+            return (String(decoding: try dir.read(dir.adminCertificate), as: UTF8.self), String(decoding: try dir.read(dir.adminKey), as: UTF8.self))
+        }
+        func read(_ path: String) throws -> String {
+            guard let data = FileManager.default.contents(atPath: path) else {
+                throw KeyholdError(.ioFailed, "cannot read \(path)", hint: "check the path and that you may read it")
+            }
+            return String(decoding: data, as: UTF8.self)
+        }
+        return (try read(cert), try read(key))
+    }
+
     /// An admin client for the running server of this data directory: at the address the
     /// running server wrote into `runtime.json`, else the configured one.
     func adminClient(timeout: Duration = .seconds(15)) throws -> APIClient {
         let dir = directory
         let config = try config()
         let address = try ServerRuntimeInfo.read(from: dir.path)?.api ?? config.listen.description
+        let (certificatePEM, keyPEM) = try administrator()
         return try APIClient(
-            address: address, caPEM: String(decoding: try dir.read(dir.caCertificate), as: UTF8.self),
-            certificatePEM: String(decoding: try dir.read(dir.adminCertificate), as: UTF8.self),
-            keyPEM: String(decoding: try dir.read(dir.adminKey), as: UTF8.self), timeout: timeout
+            address: address, caPEM: String(decoding: try dir.read(dir.caCertificate), as: UTF8.self), certificatePEM: certificatePEM,
+            keyPEM: keyPEM, timeout: timeout
         )
     }
 }
@@ -226,6 +259,7 @@ extension ServerCommand {
                 return time
             }
             try await withAdmin(data) { client in
+                let names = AdministratorNames(client)
                 var cursor = after ?? 0
                 if let sinceTime { cursor = try await Self.firstSequence(client, atOrAfter: sinceTime) }
                 if let last { cursor = max(0, try await Self.newestSequence(client) - Int64(last)) }
@@ -233,7 +267,7 @@ extension ServerCommand {
                 while true {
                     let page = try await Self.records(client, after: cursor, limit: Self.page)
                     let shown = page.filter { sinceTime == nil || $0.time >= sinceTime! }
-                    if json && !follow { all += shown } else { Self.show(shown, json: json) }
+                    if json && !follow { all += shown } else { Self.show(shown, json: json, names: try await names.resolve(shown)) }
                     cursor = page.last?.sequence ?? cursor
                     if page.count < Self.page { break }
                 }
@@ -241,7 +275,7 @@ extension ServerCommand {
                 while follow {
                     try await Task.sleep(for: .seconds(1))
                     let page = try await Self.records(client, after: cursor, limit: Self.page)
-                    Self.show(page, json: json)
+                    Self.show(page, json: json, names: try await names.resolve(page))
                     cursor = page.last?.sequence ?? cursor
                 }
             }
@@ -281,20 +315,43 @@ extension ServerCommand {
             return low
         }
 
+        /// The actor column: an administrator also by name.
+        static func actor(_ actor: AuditActor, _ names: [ClientID: String]) -> String {
+            guard case .administrator(let id) = actor, let name = names[id] else { return actor.description }
+            return "\(actor) (\(PrintableText.escaped(name)))"
+        }
+
         /// Writes the records straight to standard output (unbuffered: --follow into a pipe or a
         /// file shows each page as it comes).
-        static func show(_ events: [AuditEvent], json: Bool) {
+        static func show(_ events: [AuditEvent], json: Bool, names: [ClientID: String]) {
             var text = ""
             for e in events {
                 if json {
                     text += String(decoding: (try? WireFormat.encoder().encode(e)) ?? Data(), as: UTF8.self) + "\n"
                 } else {
                     text +=
-                        "\(e.sequence ?? 0)\t\(formatDate(e.time))\t\(e.actor)\t\(e.action)\t\(e.keyID?.description ?? "-")\t\(e.route)\t\(e.result)\t\(PrintableText.escaped(e.detail))\n"
+                        "\(e.sequence ?? 0)\t\(formatDate(e.time))\t\(Self.actor(e.actor, names))\t\(e.action)\t\(e.keyID?.description ?? "-")\t\(e.route)\t\(e.result)\t\(PrintableText.escaped(e.detail))\n"
                 }
             }
             if !text.isEmpty { FileHandle.standardOutput.write(Data(text.utf8)) }
         }
+    }
+}
+
+/// Administrators' names for the audit output, fetched again when a record names one not known yet.
+final class AdministratorNames {
+    private let client: APIClient
+    private var names: [ClientID: String] = [:]
+
+    init(_ client: APIClient) { self.client = client }
+
+    /// The names of every administrator the records name.
+    func resolve(_ events: [AuditEvent]) async throws -> [ClientID: String] {
+        let unknown = events.contains { if case .administrator(let id) = $0.actor { return names[id] == nil } else { return false } }
+        if unknown {
+            for admin in try await client.get(APIPath.adminAdministrators, as: [ClientInfo].self) { names[admin.id] = admin.name }
+        }
+        return names
     }
 }
 
@@ -477,7 +534,8 @@ struct DeviceCommand: AsyncParsableCommand {
 
 struct KeyAdminCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "key", abstract: "Escrowed keys (metadata only).", subcommands: [List.self, Block.self, Unblock.self, Export.self, Import.self])
+        commandName: "key", abstract: "Escrowed keys: metadata, blocks, transfers, and the audited reveal.",
+        subcommands: [List.self, Reveal.self, Block.self, Unblock.self, Export.self, Import.self])
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List escrowed keys (never their secrets).")
@@ -496,12 +554,47 @@ struct KeyAdminCommand: AsyncParsableCommand {
                 } while after != nil
             }
             if json { return try printJSON(all) }
-            print("id\tkind\tstate\tblocked\tprovenance\torigin server\torigin device\tlabel")
+            print("id\tkind\tstate\tblocked\trotation\tprovenance\torigin server\torigin device\tlabel")
             for k in all {
                 print(
-                    "\(k.record.id)\t\(k.record.kind.rawValue)\t\(k.record.state.rawValue)\t\(k.blocked)\t\(k.provenance)\t\(k.record.originServerID)\t\(k.record.originDeviceID)\t\(PrintableText.escaped(k.record.label))"
+                    "\(k.record.id)\t\(k.record.kind.rawValue)\t\(k.record.state.rawValue)\t\(k.blocked)\t\(k.rotationRequired ? "required" : "-")\t\(k.provenance)\t\(k.record.originServerID)\t\(k.record.originDeviceID)\t\(PrintableText.escaped(k.record.label))"
                 )
             }
+        }
+    }
+
+    struct Reveal: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show a key's secret to you, with a reason (audited as reveal; the key is marked for rotation).",
+            discussion: """
+                Prints the 32 bytes in hex and base64 and, for a drive key, the cryptsetup command that opens \
+                the drive on any Linux machine. Fail-closed: nothing is shown unless the reveal record, with \
+                your name and the reason, is written.
+                Example: keyhold-server key reveal 5f0c…e2 --reason 'ticket 4711: user locked out of /dev/sdb'
+                """)
+        @OptionGroup var data: DataDirOption
+        @Argument(help: "The key id.") var id: String
+        @Option(help: "Why (required; recorded in the audit trail).") var reason: String
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            guard KeyID(id) != nil else {
+                throw KeyholdError(.usage, "'\(id)' is not a key id", hint: "key ids are UUIDs; see 'keyhold-server key list'")
+            }
+            let key = try await withAdmin(data) {
+                try await $0.post(APIPath.adminKeyReveal(id), RevealRequest(reason: reason), as: RevealResponse.self)
+            }
+            if json { return try printJSON(key) }
+            print(
+                "key \(key.record.id) (\(key.record.kind.rawValue), \(PrintableText.escaped(key.record.label)))\(key.blocked ? " — BLOCKED here" : "")"
+            )
+            print("hex:    \(key.secretHex)")
+            print("base64: \(key.secretBase64)")
+            if let command = key.openCommand {
+                print("open the drive on any Linux machine (DEVICE is the drive, for example /dev/sdb1):")
+                print("  \(command)")
+            }
+            print("audited as reveal; the key is marked rotation required")
         }
     }
 
@@ -563,8 +656,8 @@ public enum KeyholdServerMain {
 /// `keyhold-server admin …`: the administrators (not devices: a device command never touches them).
 struct AdminCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "admin", abstract: "Administrators: list, revoke, and recover on the server machine.",
-        subcommands: [List.self, Revoke.self, Recover.self]
+        commandName: "admin", abstract: "Administrators: add, list, revoke, and recover on the server machine.",
+        subcommands: [Add.self, List.self, Revoke.self, Recover.self]
     )
 
     struct List: AsyncParsableCommand {

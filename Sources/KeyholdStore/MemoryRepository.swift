@@ -10,6 +10,7 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
     private var events: [AuditEvent] = []
     private var settings: [String: String] = [:]
     private var approvals: [ApprovalID: ApprovalRecord] = [:]
+    private var rotations: Set<KeyID> = []
     private var auditBroken = false
     private var lastSequence: Int64 = 0
     /// The change feed: each key's latest state change (``Repository/stateChanges(after:limit:)``).
@@ -300,6 +301,17 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
     public func audit(after: Int64, limit: Int) async throws -> [AuditEvent] {
         Array(events.filter { ($0.sequence ?? 0) > after }.prefix(limit))
     }
+
+    /// Reads and marks a key, with its audit record (``Repository/revealKey(id:audit:)``).
+    public func revealKey(id: KeyID, audit: AuditEvent) async throws -> StoredKey? {
+        guard let key = keys[id] else { return nil }
+        try append(audit)
+        rotations.insert(id)
+        return key
+    }
+
+    /// Which of `ids` are marked.
+    public func rotationRequired(_ ids: [KeyID]) async throws -> Set<KeyID> { rotations.intersection(ids) }
 
     /// The open request for the key by the device, or `request` (``Repository/openApproval(_:audit:)``).
     public func openApproval(_ request: ApprovalRecord, audit: AuditEvent) async throws -> (ApprovalRecord, created: Bool) {

@@ -109,6 +109,15 @@ public protocol Repository: Sendable {
     /// Events with a sequence greater than `after`, oldest first, at most `limit`.
     func audit(after: Int64, limit: Int) async throws -> [AuditEvent]
 
+    // MARK: Reveal and rotation
+
+    /// Reads the key, marks it *rotation required* and appends `audit` (its `reveal` record), in
+    /// one transaction committed before returning: a key is never revealed unless its record is
+    /// durable. Nil, with nothing written, when there is no such key.
+    func revealKey(id: KeyID, audit: AuditEvent) async throws -> StoredKey?
+    /// Which of `ids` are marked *rotation required*.
+    func rotationRequired(_ ids: [KeyID]) async throws -> Set<KeyID>
+
     // MARK: Release approval
 
     /// The open request (pending, approved or denied) of `request`'s device for its key, or

@@ -15,7 +15,7 @@ public enum Schema {
     /// Every migration, in the order they apply.
     public static let migrations: [any SchemaMigration] = [
         CreateRepository(), AddKeySequence(), InsertAndReleaseFunction(), AddKeyStateSequence(),
-        AddReleaseApprovals(),
+        AddReleaseApprovals(), AddKeyRotations(),
     ]
 }
 
@@ -217,4 +217,14 @@ struct AddReleaseApprovals: SchemaMigration {
             "CREATE INDEX release_approvals_requested ON release_approvals (requested)",
         ]
     }
+}
+
+/// Version 6: keys marked *rotation required* (revealed to an administrator), one row per key.
+struct AddKeyRotations: SchemaMigration {
+    let version = 6
+    let name = "add key rotations"
+
+    var sqlite: [String] { ["CREATE TABLE key_rotations (key_id TEXT PRIMARY KEY, marked REAL NOT NULL)"] }
+
+    var postgres: [String] { ["CREATE TABLE key_rotations (key_id TEXT PRIMARY KEY, marked TIMESTAMPTZ NOT NULL)"] }
 }

@@ -742,6 +742,38 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         return out
     }
 
+    // MARK: Reveal and rotation
+
+    /// Reads and marks a key, with its audit record (``Repository/revealKey(id:audit:)``).
+    public func revealKey(id: KeyID, audit: AuditEvent) async throws -> StoredKey? {
+        try await client.withTransaction(logger: logger) { conn in
+            var key: StoredKey?
+            for try await row in try await conn.query(
+                "SELECT \(unescaped: Self.keyColumns) FROM keys WHERE id = \(id.description)", logger: logger)
+            {
+                key = try Self.decodeKey(row)
+            }
+            guard let key else { return nil }
+            try await conn.query(
+                "INSERT INTO key_rotations (key_id, marked) VALUES (\(id.description), \(audit.time)) ON CONFLICT (key_id) DO NOTHING",
+                logger: logger)
+            try await Self.insertAudit(conn, audit, logger)
+            return key
+        }
+    }
+
+    /// Which of `ids` are marked.
+    public func rotationRequired(_ ids: [KeyID]) async throws -> Set<KeyID> {
+        guard !ids.isEmpty else { return [] }
+        var found = Set<KeyID>()
+        for try await text in try await client.query(
+            "SELECT key_id FROM key_rotations WHERE key_id = ANY(\(ids.map(\.description))::text[])", logger: logger
+        ).decode(String.self) {
+            found.insert(try StoredValue.identifier(text))
+        }
+        return found
+    }
+
     // MARK: Release approval
 
     private static let approvalColumns = "id, key_id, client_id, requested, state, decided_by, decided, reason"

@@ -479,6 +479,36 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         }
     }
 
+    // MARK: Reveal and rotation
+
+    /// Reads and marks a key, with its audit record (``Repository/revealKey(id:audit:)``).
+    public func revealKey(id: KeyID, audit: AuditEvent) async throws -> StoredKey? {
+        try await pool.write { db in
+            guard let key = try Self.fetchKey(db, id) else { return nil }
+            try db.execute(
+                sql: "INSERT INTO key_rotations (key_id, marked) VALUES (?, ?) ON CONFLICT (key_id) DO NOTHING",
+                arguments: [id.description, audit.time.timeIntervalSince1970])
+            try Self.insertAudit(db, audit)
+            return key
+        }
+    }
+
+    /// Which of `ids` are marked.
+    public func rotationRequired(_ ids: [KeyID]) async throws -> Set<KeyID> {
+        guard !ids.isEmpty else { return [] }
+        return try await pool.read { db in
+            var found = Set<KeyID>()
+            // In chunks, below SQLite's limit on bound parameters.
+            for chunk in stride(from: 0, to: ids.count, by: 500).map({ ids[$0..<min($0 + 500, ids.count)] }) {
+                let rows = try String.fetchAll(
+                    db, sql: "SELECT key_id FROM key_rotations WHERE key_id IN (\(chunk.map { _ in "?" }.joined(separator: ", ")))",
+                    arguments: StatementArguments(chunk.map(\.description)))
+                for text in rows { found.insert(try StoredValue.identifier(text)) }
+            }
+            return found
+        }
+    }
+
     // MARK: Release approval
 
     /// The open request for the key by the device, or `request` (``Repository/openApproval(_:audit:)``).

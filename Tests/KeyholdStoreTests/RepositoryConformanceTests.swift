@@ -497,6 +497,29 @@ func audit(_ action: AuditAction, _ key: KeyID? = nil, result: AuditResult = .ok
     }
 
     @Test(arguments: Backend.allCases)
+    func aRevealReadsMarksAndAuditsTheKeyInOneCommitOrDoesNothing(_ backend: Backend) async throws {
+        let f = try await Fixture.make(backend)
+        defer { Task { await f.cleanup() } }
+        let repo = f.repository
+        let (a, b) = (sampleKey(label: "a"), sampleKey(label: "b"))
+        for key in [a, b] { _ = try await repo.insertKey(key, audit: nil) }
+        #expect(try await repo.rotationRequired([a.record.id, b.record.id]).isEmpty)
+        #expect(try await repo.revealKey(id: KeyID.random(), audit: audit(.reveal)) == nil, "no such key: nothing written")
+        let revealed = try #require(try await repo.revealKey(id: a.record.id, audit: audit(.reveal, a.record.id)))
+        #expect(revealed.secretFingerprint == a.secretFingerprint)
+        _ = try await repo.revealKey(id: a.record.id, audit: audit(.reveal, a.record.id))
+        #expect(try await repo.rotationRequired([a.record.id, b.record.id, .random()]) == [a.record.id])
+        #expect(try await repo.audit(after: 0, limit: 10).filter { $0.action == .reveal }.count == 2)
+        // Fail-closed: when the record cannot be written, the key is neither returned nor marked.
+        if let faulty = repo as? any RepositoryFaultInjection {
+            try await faulty.breakAuditWrites()
+            await #expect(throws: (any Error).self) { try await repo.revealKey(id: b.record.id, audit: audit(.reveal, b.record.id)) }
+            #expect(try await repo.rotationRequired([b.record.id]).isEmpty)
+        }
+        #expect(try await f.reopen().rotationRequired([a.record.id]) == [a.record.id], "the mark is durable")
+    }
+
+    @Test(arguments: Backend.allCases)
     func blockStateChangesFormAFeedAndApplyOnlyToHeldKeys(_ backend: Backend) async throws {
         let f = try await Fixture.make(backend)
         defer { Task { await f.cleanup() } }
