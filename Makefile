@@ -83,6 +83,7 @@ bench:
 vectors: deps
 	.venv/bin/python scripts/gen-file-vectors.py
 	.venv/bin/python scripts/gen-key-id-vectors.py
+	.venv/bin/python scripts/gen-offline-vectors.py
 
 install:
 	@scripts/install-deps.sh build

@@ -81,6 +81,9 @@ public struct KeyholdError: Error, Hashable, Sendable, CustomStringConvertible {
         /// (`release_policy = approval`); the request is queued, and asking again after the
         /// approval releases it.
         case pendingApproval = "pending_approval"
+        /// An offline request or response code is mistyped, damaged, expired or not one this
+        /// side can use (docs/spec/offline-access.md).
+        case invalidCode = "invalid_code"
 
         /// The code as written on the wire.
         public var description: String { rawValue }

@@ -10,7 +10,7 @@ public enum ErrorStatus {
         case .forbidden, .clientRevoked, .clientMoved, .keyBlocked, .hierarchyDisabled: return 403
         case .notFound: return 404
         case .conflict, .hierarchyLoop, .hierarchyTooDeep, .destinationExists: return 409
-        case .invalidRequest, .invalidKey, .usage, .keyMismatch, .unsafePath: return 400
+        case .invalidRequest, .invalidKey, .usage, .keyMismatch, .unsafePath, .invalidCode: return 400
         case .inputTooLarge: return 413
         case .rateLimited: return 429
         // Not a failure: the request is queued for an administrator (202 Accepted, with the
