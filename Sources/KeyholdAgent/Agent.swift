@@ -42,7 +42,46 @@ actor Agent {
         case .fileKey: return .key(try await fileKey())
         case .driveKey(let label): return .key(try await driveKey(label: label))
         case .key(let id): return .key(try await key(id))
+        case .offlineRequest(let id, let kind): return .offlineRequest(try offlineRequest(id, kind: kind))
+        case .offlineKey(let code, let keyID): return .key(try offlineKey(code, for: keyID))
         }
+    }
+
+    // MARK: Offline access (docs/spec/offline-access.md)
+
+    private var offline: PendingOfflineRequests { PendingOfflineRequests(folder: state.offline) }
+
+    /// A request code for `keyID`, its private key kept until the response is used.
+    func offlineRequest(_ keyID: KeyID, kind: KeyKind) throws -> OfflineRequestInfo {
+        let (identity, _) = try enrolled()
+        let (request, privateKey) = OfflineRequest.make(keyID: keyID, deviceID: identity.clientID)
+        try offline.save(request, privateKey: privateKey, kind: kind)
+        logger.info("offline request made", metadata: ["key": "\(keyID)", "request": "\(request.requestIDText)"])
+        return OfflineRequestInfo(code: request.code, requestID: request.requestIDText, keyID: keyID, deviceID: identity.clientID)
+    }
+
+    /// The key an administrator's response code carries: opened with the pending request's
+    /// private key, which is deleted before the key is handed out, so the response works once.
+    /// Not cached; the server is not contacted.
+    func offlineKey(_ code: String, for expected: KeyID?) throws -> KeyMaterial {
+        let response = try OfflineResponse(code: code)
+        guard let (request, privateKey, kind) = try offline.find(response.requestID) else {
+            throw KeyholdError(
+                .invalidCode, "this response answers request \(Hex.lowercase(response.requestID)), which this device has no open request for",
+                hint: "a response works once, on the device that printed the request code; make a new request ('--offline')")
+        }
+        if let expected, expected != request.keyID {
+            throw KeyholdError(
+                .keyMismatch, "this response carries key \(request.keyID), not key \(expected) that this file needs",
+                hint: "use it for the file or drive it was asked for; it stays usable")
+        }
+        let secret = try response.open(request, with: privateKey)
+        try offline.remove(request.requestID)
+        logger.notice("key obtained offline", metadata: ["key": "\(request.keyID)", "request": "\(request.requestIDText)"])
+        let record = KeyRecord(
+            id: request.keyID, kind: kind, originServerID: identity?.serverID ?? .zero, originDeviceID: .zero,
+            label: "offline response to request \(request.requestIDText)")
+        return KeyMaterial(record: record, secret: secret)
     }
 
     func status() -> AgentStatus {

@@ -26,7 +26,7 @@ struct SocketPolicy: Sendable {
 
     /// Whether an admitted caller may run `operation`.
     func allows(_ operation: AgentOperation, _ peer: PeerCredentials) -> Bool {
-        peer.uid == 0 || [.status, .fileKey, .key].contains(operation)
+        peer.uid == 0 || [.status, .fileKey, .key, .offlineRequest, .offlineKey].contains(operation)
     }
 }
 

@@ -16,6 +16,8 @@ struct StateDirectory: Sendable {
     var pendingIdentity: String { path + "/reassign-pending.json" }
     /// Held by the running agent.
     var lock: String { path + "/agent.lock" }
+    /// Offline requests waiting for their response (docs/spec/offline-access.md).
+    var offline: String { path + "/offline" }
 
     /// Creates the directory if needed and checks its permissions and those of its files.
     func prepare() throws {
@@ -23,7 +25,7 @@ struct StateDirectory: Sendable {
         if !fm.fileExists(atPath: path) {
             try fm.createDirectory(atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         }
-        for file in [path, identity, cacheKey, cache, pendingIdentity, lock] where fm.fileExists(atPath: file) {
+        for file in [path, identity, cacheKey, cache, pendingIdentity, lock, offline] where fm.fileExists(atPath: file) {
             let attrs = try fm.attributesOfItem(atPath: file)
             let mode = (attrs[.posixPermissions] as? Int) ?? 0
             let owner = (attrs[.ownerAccountID] as? NSNumber)?.uint32Value ?? 0

@@ -4,6 +4,7 @@ import KeyholdAgentClient
 import KeyholdCommandLine
 import KeyholdCore
 import KeyholdProtocol
+import KeyholdSystem
 
 #if canImport(Glibc)
 import Glibc
@@ -19,8 +20,42 @@ struct AgentOptions: ParsableArguments {
 
     /// A key from the agent (`file-key` for encryption, `key` for decryption, `drive-key`).
     func key(_ request: AgentRequest) throws -> KeyFile {
-        let key = try client().send(request).key()
-        return KeyFile(secret: key.secret, record: key.record)
+        KeyFile(agentKey: try client().send(request).key())
+    }
+}
+
+extension KeyFile {
+    /// A key the agent answered.
+    init(agentKey key: KeyMaterial) { self.init(secret: key.secret, record: key.record) }
+}
+
+/// The two halves of offline access on the command line (docs/spec/offline-access.md).
+enum OfflineAccessOptions {
+    /// Asks the agent for a request code for `keyID`, prints it (and writes it to `requestFile`).
+    static func printRequest(_ keyID: KeyID, kind: KeyKind, agent: AgentOptions, requestFile: String?) throws {
+        let request = try agent.client().send(.offlineRequest(keyID, kind: kind)).offlineRequest()
+        if let requestFile { try AtomicFileWriter.replace(requestFile, with: Data((request.code + "\n").utf8), mode: 0o644) }
+        print(request.code)
+        FileHandle.standardError.write(
+            Data(
+                """
+                keyhold: request \(request.requestID) for key \(keyID) from device \(request.deviceID)\(requestFile.map { " (also in \($0))" } ?? "")
+                keyhold: give the code above to your administrator ('keyhold-server key respond CODE --reason …'), then run
+                keyhold:   the same command with --response CODE instead of --offline (the response works once, on this device)
+
+                """.utf8))
+    }
+
+    /// The response code given with `--response` or `--response-file`, if either.
+    static func responseCode(_ code: String?, file: String?) throws -> String? {
+        guard code == nil || file == nil else {
+            throw KeyholdError(.usage, "give --response or --response-file, not both", hint: "for example --response 46DCBP-0VHK54-…")
+        }
+        guard let file else { return code }
+        guard let data = FileManager.default.contents(atPath: file) else {
+            throw KeyholdError(.ioFailed, "cannot read \(file)", hint: "check the path")
+        }
+        return String(decoding: data, as: UTF8.self)
     }
 }
 

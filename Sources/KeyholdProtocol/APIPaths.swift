@@ -32,6 +32,8 @@ public enum APIPath {
     public static func adminKeyBlock(_ id: String) -> String { "/v1/admin/keys/\(id)/block" }
     /// `POST`: reveal key `id` to the administrator, with a reason (audited; marks it for rotation).
     public static func adminKeyReveal(_ id: String) -> String { "/v1/admin/keys/\(id)/reveal" }
+    /// `POST`: answer an offline request code (docs/spec/offline-access.md).
+    public static let adminKeysOfflineResponse = "/v1/admin/keys/offline-response"
     /// `POST`: an export file, streamed.
     public static let adminKeysExport = "/v1/admin/keys/export"
     /// `POST`: import an export file (the body).

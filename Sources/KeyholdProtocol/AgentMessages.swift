@@ -18,6 +18,10 @@ public enum AgentOperation: String, Codable, Sendable, CaseIterable, CustomStrin
     case driveKey = "drive-key"
     /// A key by id, for decryption.
     case key
+    /// An offline request code for a key (docs/spec/offline-access.md).
+    case offlineRequest = "offline-request"
+    /// The key an administrator's response code carries, for one use.
+    case offlineKey = "offline-key"
 
     /// The wire text.
     public var description: String { rawValue }
@@ -37,6 +41,11 @@ public enum AgentRequest: Codable, Sendable, Equatable {
     case driveKey(label: String)
     /// `{"op": "key", "key_id": "…"}`
     case key(KeyID)
+    /// `{"op": "offline-request", "key_id": "…", "kind": "file"}`
+    case offlineRequest(KeyID, kind: KeyKind)
+    /// `{"op": "offline-key", "code": "…", "key_id": "…"}` (`key_id` optional: the key the
+    /// caller needs; a response for another key is refused and stays usable)
+    case offlineKey(code: String, keyID: KeyID?)
 
     /// Which operation this is.
     public var operation: AgentOperation {
@@ -47,11 +56,13 @@ public enum AgentRequest: Codable, Sendable, Equatable {
         case .fileKey: return .fileKey
         case .driveKey: return .driveKey
         case .key: return .key
+        case .offlineRequest: return .offlineRequest
+        case .offlineKey: return .offlineKey
         }
     }
 
     enum CodingKeys: String, CodingKey {
-        case op, token, label
+        case op, token, label, kind, code
         case keyID = "key_id"
         case dryRun = "dry_run"
     }
@@ -67,6 +78,10 @@ public enum AgentRequest: Codable, Sendable, Equatable {
         case .fileKey: self = .fileKey
         case .driveKey: self = .driveKey(label: try c.decodeIfPresent(String.self, forKey: .label) ?? "drive key")
         case .key: self = .key(try c.decode(KeyID.self, forKey: .keyID))
+        case .offlineRequest:
+            self = .offlineRequest(try c.decode(KeyID.self, forKey: .keyID), kind: try c.decodeIfPresent(KeyKind.self, forKey: .kind) ?? .file)
+        case .offlineKey:
+            self = .offlineKey(code: try c.decode(String.self, forKey: .code), keyID: try c.decodeIfPresent(KeyID.self, forKey: .keyID))
         }
     }
 
@@ -82,11 +97,42 @@ public enum AgentRequest: Codable, Sendable, Equatable {
             try c.encode(dryRun, forKey: .dryRun)
         case .driveKey(let label): try c.encode(label, forKey: .label)
         case .key(let id): try c.encode(id, forKey: .keyID)
+        case .offlineRequest(let id, let kind):
+            try c.encode(id, forKey: .keyID)
+            try c.encode(kind, forKey: .kind)
+        case .offlineKey(let code, let keyID):
+            try c.encode(code, forKey: .code)
+            try c.encodeIfPresent(keyID, forKey: .keyID)
         }
     }
 }
 
-/// The agent's answer: exactly one of `status`, `key`, `reassign` or `error`.
+/// A request code the agent made, and what it names (`offline-request`).
+public struct OfflineRequestInfo: Codable, Sendable, Equatable {
+    /// The request code to give the administrator.
+    public var code: String
+    /// The request id (hex), as the server's audit trail will name it.
+    public var requestID: String
+    /// The key asked for.
+    public var keyID: KeyID
+    /// This device's client id.
+    public var deviceID: ClientID
+    /// A request's description.
+    public init(code: String, requestID: String, keyID: KeyID, deviceID: ClientID) {
+        self.code = code
+        self.requestID = requestID
+        self.keyID = keyID
+        self.deviceID = deviceID
+    }
+    enum CodingKeys: String, CodingKey {
+        case code
+        case requestID = "request_id"
+        case keyID = "key_id"
+        case deviceID = "device_id"
+    }
+}
+
+/// The agent's answer: exactly one of `status`, `key`, `reassign`, `offline_request` or `error`.
 public enum AgentResponse: Codable, Sendable {
     /// `{"status": {…}}`
     case status(AgentStatus)
@@ -94,10 +140,15 @@ public enum AgentResponse: Codable, Sendable {
     case key(KeyMaterial)
     /// `{"reassign": {…}}`
     case reassign(ReassignReport)
+    /// `{"offline_request": {code, request_id, key_id, device_id}}`
+    case offlineRequest(OfflineRequestInfo)
     /// `{"error": {"code": "…", "message": "…", "hint": "…"}}`
     case failure(ErrorBody)
 
-    enum CodingKeys: String, CodingKey { case status, key, reassign, error }
+    enum CodingKeys: String, CodingKey {
+        case status, key, reassign, error
+        case offlineRequest = "offline_request"
+    }
 
     /// Decodes whichever of the four fields is present.
     public init(from decoder: any Decoder) throws {
@@ -110,6 +161,8 @@ public enum AgentResponse: Codable, Sendable {
             self = .key(k)
         } else if let r = try c.decodeIfPresent(ReassignReport.self, forKey: .reassign) {
             self = .reassign(r)
+        } else if let o = try c.decodeIfPresent(OfflineRequestInfo.self, forKey: .offlineRequest) {
+            self = .offlineRequest(o)
         } else {
             throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription: "an agent answer holds status, key, reassign or error"))
         }
@@ -122,6 +175,7 @@ public enum AgentResponse: Codable, Sendable {
         case .status(let s): try c.encode(s, forKey: .status)
         case .key(let k): try c.encode(k, forKey: .key)
         case .reassign(let r): try c.encode(r, forKey: .reassign)
+        case .offlineRequest(let o): try c.encode(o, forKey: .offlineRequest)
         case .failure(let e): try c.encode(e, forKey: .error)
         }
     }
@@ -142,6 +196,12 @@ public enum AgentResponse: Codable, Sendable {
     public func reassignReport() throws -> ReassignReport {
         if case .reassign(let r) = self { return r }
         throw unexpected("a report")
+    }
+
+    /// The answer's offline request, or the error it carries.
+    public func offlineRequest() throws -> OfflineRequestInfo {
+        if case .offlineRequest(let o) = self { return o }
+        throw unexpected("a request code")
     }
 
     private func unexpected(_ what: String) -> KeyholdError {

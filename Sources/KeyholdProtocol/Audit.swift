@@ -28,6 +28,9 @@ public enum AuditAction: String, Codable, Sendable, CaseIterable, CustomStringCo
     /// An administrator was shown a key's secret (`keyhold-server key reveal`), with a reason;
     /// the key is then marked *rotation required*.
     case reveal
+    /// An administrator answered a device's offline request code with the key sealed to it
+    /// (`keyhold-server key respond`); the key is then marked *rotation required*.
+    case offlineRelease = "offline_release"
     /// This server obtained a missing key from its primary.
     case obtain
     /// An administrator blocked a key.

@@ -459,3 +459,53 @@ public struct AdministratorCreateResponse: Codable, Sendable {
         case caPEM = "ca_pem"
     }
 }
+
+/// `POST /v1/admin/keys/offline-response`: answer a device's offline request code.
+public struct OfflineRespondRequest: Codable, Sendable {
+    /// The request code the device printed.
+    public var requestCode: String
+    /// Why (required; recorded with the administrator).
+    public var reason: String
+    /// Seconds the response stays usable (1…604800; default 3600).
+    public var validSeconds: Int
+    /// A request.
+    public init(requestCode: String, reason: String, validSeconds: Int = 3600) {
+        self.requestCode = requestCode
+        self.reason = reason
+        self.validSeconds = validSeconds
+    }
+    enum CodingKeys: String, CodingKey {
+        case reason
+        case requestCode = "request_code"
+        case validSeconds = "valid_seconds"
+    }
+}
+
+/// The answer to ``OfflineRespondRequest``.
+public struct OfflineRespondResponse: Codable, Sendable {
+    /// The response code to read to the user.
+    public var responseCode: String
+    /// The key it carries.
+    public var keyID: KeyID
+    /// The device it is for.
+    public var deviceID: ClientID
+    /// The request it answers (hex).
+    public var requestID: String
+    /// Until when the device accepts it.
+    public var expiry: Date
+    /// An answer.
+    public init(responseCode: String, keyID: KeyID, deviceID: ClientID, requestID: String, expiry: Date) {
+        self.responseCode = responseCode
+        self.keyID = keyID
+        self.deviceID = deviceID
+        self.requestID = requestID
+        self.expiry = expiry
+    }
+    enum CodingKeys: String, CodingKey {
+        case expiry
+        case responseCode = "response_code"
+        case keyID = "key_id"
+        case deviceID = "device_id"
+        case requestID = "request_id"
+    }
+}

@@ -12,11 +12,7 @@ extension ServerCore {
     /// audited (`reveal`, with the reason) in one transaction. Blocked keys are revealed too —
     /// the administrator asks on purpose — and say so. Only keys held here.
     func reveal(_ keyID: KeyID, reason: String, by caller: Caller) async throws -> RevealResponse {
-        guard !reason.isEmpty, PrintableText.isClean(reason, limit: Self.reasonLimit) else {
-            throw KeyholdError(
-                .invalidRequest, "a reveal needs a reason of 1 to \(Self.reasonLimit) printable characters",
-                hint: "say why, for example --reason 'ticket 4711: user locked out of drive'")
-        }
+        try Self.checkReason(reason, for: "a reveal")
         let audit = AuditEvent(
             actor: caller.actor, action: .reveal, keyID: keyID, route: .adminAPI, result: .ok, detail: "reason: \(reason); rotation required")
         guard let stored = try await audited({ try await repository.revealKey(id: keyID, audit: audit) }) else {
@@ -31,6 +27,62 @@ extension ServerCore {
         return RevealResponse(
             record: stored.record, secretHex: Hex.lowercase(bytes), secretBase64: base64,
             openCommand: stored.record.kind == .drive ? Self.openCommand(base64: base64, keyID: keyID) : nil, blocked: stored.blocked)
+    }
+
+    /// Seconds an offline response may stay usable.
+    static let offlineValidity = 1...(7 * 86_400)
+
+    /// `POST /v1/admin/keys/offline-response`: the key a device's request code asks for, sealed
+    /// to that request (docs/spec/offline-access.md §5). The device must be an active device of
+    /// this server, the key held here and not blocked; the `offline_release` record (with the
+    /// administrator, device, request, expiry and reason) and the rotation mark commit before
+    /// the response is made.
+    func respondOffline(_ body: OfflineRespondRequest, by caller: Caller) async throws -> OfflineRespondResponse {
+        let request = try OfflineRequest(code: body.requestCode)
+        try Self.checkReason(body.reason, for: "an offline response")
+        guard Self.offlineValidity.contains(body.validSeconds) else {
+            throw KeyholdError(
+                .invalidRequest, "a response stays usable 1 s to 7 days, not \(body.validSeconds) s", hint: "for example --valid 3600")
+        }
+        guard let device = try await repository.client(id: request.deviceID), device.role == .device else {
+            throw KeyholdError(
+                .notFound, "the request names device \(request.deviceID), which is not enrolled here",
+                hint: "answer it on the device's own server ('keyhold status' on the device shows it)")
+        }
+        guard device.state == .active else {
+            throw KeyholdError(
+                .forbidden, "device \(request.deviceID) (\(PrintableText.escaped(device.name))) is \(device.state) here: it may be the lost one",
+                hint: "check who asks; a device that should be served must be enrolled again")
+        }
+        guard let held = try await repository.key(id: request.keyID) else {
+            throw KeyholdError(.notFound, "key \(request.keyID) is not held by this server", hint: "answer it on a server that holds the key")
+        }
+        guard !held.blocked else {
+            throw KeyholdError(
+                .keyBlocked, "key \(request.keyID) is blocked", hint: "unblock it first if the device should have it ('keyhold-server key unblock')")
+        }
+        let expiry = Date(timeIntervalSince1970: (Date().timeIntervalSince1970 + Double(body.validSeconds)).rounded(.down))
+        let audit = AuditEvent(
+            actor: caller.actor, action: .offlineRelease, keyID: request.keyID, route: .adminAPI, result: .ok,
+            detail:
+                "to device \(request.deviceID), request \(request.requestIDText), valid until \(ISO8601DateFormatter().string(from: expiry)): \(body.reason); rotation required"
+        )
+        guard let stored = try await audited({ try await repository.revealKey(id: request.keyID, audit: audit) }) else {
+            throw KeyholdError(.notFound, "key \(request.keyID) is not held by this server", hint: "answer it on a server that holds the key")
+        }
+        let response = try OfflineResponse.seal(try masterKey.unwrap(stored.wrappedSecret, keyID: request.keyID), to: request, expiry: expiry)
+        logger.notice("offline response made", metadata: ["key": "\(request.keyID)", "device": "\(request.deviceID)", "by": "\(caller.actor)"])
+        return OfflineRespondResponse(
+            responseCode: response.code, keyID: request.keyID, deviceID: request.deviceID, requestID: request.requestIDText, expiry: expiry)
+    }
+
+    /// Refuses a missing, overlong or unprintable reason.
+    static func checkReason(_ reason: String, for what: String) throws {
+        guard !reason.isEmpty, PrintableText.isClean(reason, limit: reasonLimit) else {
+            throw KeyholdError(
+                .invalidRequest, "\(what) needs a reason of 1 to \(reasonLimit) printable characters",
+                hint: "say why, for example --reason 'ticket 4711: user locked out'")
+        }
     }
 
     /// The shell command that opens a drive whose keyslot takes the 32 raw key bytes as its

@@ -84,11 +84,7 @@ extension ServerCore {
     /// administrator). A pending or denied request can be approved; a pending or approved one
     /// (not yet used) can be denied.
     func decide(_ id: ApprovalID, approve: Bool, reason: String, by caller: Caller) async throws -> ApprovalInfo {
-        guard !reason.isEmpty, PrintableText.isClean(reason, limit: Self.reasonLimit) else {
-            throw KeyholdError(
-                .invalidRequest, "the reason must be 1 to \(Self.reasonLimit) printable characters",
-                hint: "say why, for example --reason 'ticket 4711: user locked out'")
-        }
+        try Self.checkReason(reason, for: "a decision")
         let from: Set<ApprovalState> = approve ? [.pending, .denied] : [.pending, .approved]
         let decision = ApprovalDecision(by: caller.client.id, at: Date(), reason: reason)
         guard let current = try await repository.approval(id: id) else {

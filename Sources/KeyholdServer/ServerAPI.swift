@@ -163,6 +163,9 @@ struct ServerAPI<Context: PeerContext> {
                 return Response(status: .noContent)
             }
         }
+        route(router, .post, APIPath.adminKeysOfflineResponse, [.admin]) { request, _, caller in
+            try respond(try await core.respondOffline(try await decode(OfflineRespondRequest.self, request), by: caller))
+        }
         route(router, .post, "/v1/admin/keys/:id/reveal", [.admin]) { request, context, caller in
             let id = try Self.keyID(context)
             return try respond(try await core.reveal(id, reason: try await decode(RevealRequest.self, request).reason, by: caller))

@@ -535,7 +535,7 @@ struct DeviceCommand: AsyncParsableCommand {
 struct KeyAdminCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "key", abstract: "Escrowed keys: metadata, blocks, transfers, and the audited reveal.",
-        subcommands: [List.self, Reveal.self, Block.self, Unblock.self, Export.self, Import.self])
+        subcommands: [List.self, Reveal.self, Respond.self, Block.self, Unblock.self, Export.self, Import.self])
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List escrowed keys (never their secrets).")
@@ -595,6 +595,47 @@ struct KeyAdminCommand: AsyncParsableCommand {
                 print("  \(command)")
             }
             print("audited as reveal; the key is marked rotation required")
+        }
+    }
+
+    struct Respond: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Answer a device's offline request code with a response code (audited as offline_release).",
+            discussion: """
+                The response carries the key sealed to that request: it opens only on the device that made the \
+                request, once, until it expires. The key is marked for rotation. docs/spec/offline-access.md.
+                Example: keyhold-server key respond 26D7VY-9PVRG7-… --reason 'ticket 4711: laptop offline abroad'
+                """)
+        @OptionGroup var data: DataDirOption
+        @Argument(help: "The request code the user read out (or --request-file).") var code: String?
+        @Option(help: ArgumentHelp("Read the request code from this file.", valueName: "file")) var requestFile: String?
+        @Option(help: "Why (required; recorded in the audit trail).") var reason: String
+        @Option(help: ArgumentHelp("Seconds the response stays usable (1…604800).", valueName: "seconds")) var valid = 3600
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            guard (code == nil) != (requestFile == nil) else {
+                throw KeyholdError(
+                    .usage, "give the request code or --request-file, not both or neither", hint: "for example: key respond CODE --reason …")
+            }
+            let text: String
+            if let requestFile {
+                guard let data = FileManager.default.contents(atPath: requestFile) else {
+                    throw KeyholdError(.ioFailed, "cannot read \(requestFile)", hint: "check the path")
+                }
+                text = String(decoding: data, as: UTF8.self)
+            } else {
+                text = code ?? ""
+            }
+            let answer = try await withAdmin(data) {
+                try await $0.post(
+                    APIPath.adminKeysOfflineResponse, OfflineRespondRequest(requestCode: text, reason: reason, validSeconds: valid),
+                    as: OfflineRespondResponse.self)
+            }
+            if json { return try printJSON(answer) }
+            print("response for device \(answer.deviceID), key \(answer.keyID), request \(answer.requestID):")
+            print(answer.responseCode)
+            print("valid until \(formatDate(answer.expiry)), once, on that device; audited as offline_release; the key is marked rotation required")
         }
     }
 

@@ -112,4 +112,88 @@ import Testing
         #expect(reveals[0].detail.contains("ticket 4711: user locked out"))
         if case .administrator = reveals[0].actor {} else { Issue.record("revealed to \(reveals[0].actor)") }
     }
+
+    /// Offline access end to end: a device that cannot reach its server prints a request code;
+    /// the administrator answers it; the response opens the file on that device, once — and not
+    /// on another device, not after its expiry, and not with a character changed (which is
+    /// reported by its group).
+    @Test func anOfflineDeviceOpensAFileWithAResponseCodeOnceAndNowhereElse() async throws {
+        let server = try await ServerProcess(name: "offline")
+        try await server.start()
+        defer { server.terminate() }
+        let owner = try await AgentIntegrationTests.enrolledAgent(server, name: "offline-owner")
+        defer { owner.terminate() }
+        let colleague = try await AgentIntegrationTests.enrolledAgent(server, name: "offline-colleague")
+        defer { colleague.terminate() }
+        let third = try await AgentIntegrationTests.enrolledAgent(server, name: "offline-third")
+        defer { third.terminate() }
+        let plain = try AgentIntegrationTests.write(owner, "plan.txt", 50_000)
+        #expect(try await owner.keyhold(["file", "encrypt", "plan.txt", "-o", "plan.khf"]).status == 0)
+        for agent in [colleague, third] { try FileManager.default.copyItem(atPath: owner.path("plan.khf"), toPath: agent.path("plan.khf")) }
+
+        // From here the devices cannot reach their server.
+        #expect(await server.stop() == 0)
+        #expect(try await colleague.keyhold(["file", "decrypt", "plan.khf", "-o", "plan.txt"]).status != 0)
+        let asked = try await colleague.keyhold(["file", "decrypt", "plan.khf", "--offline", "--request-file", colleague.path("request.txt")])
+        #expect(asked.status == 0, "\(asked.stderr)")
+        let code = asked.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(try String(contentsOfFile: colleague.path("request.txt"), encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines) == code)
+        #expect(asked.stderr.contains("keyhold-server key respond CODE") && asked.stderr.contains("--response CODE"))
+        let request = try OfflineRequest(code: code)
+        let colleagueID = try await AgentIntegrationTests.status(colleague)["device_id"] as? String
+        #expect(request.deviceID.description == colleagueID)
+
+        // The administrator answers at the server.
+        try await server.start()
+        let noReason = try await server.admin(["key", "respond", code, "--reason", ""])
+        #expect(noReason.status == 1 && noReason.stderr.contains("needs a reason"))
+        let answer = try WireFormat.decoder().decode(
+            OfflineRespondResponse.self,
+            from: Data(
+                try await server.must(["key", "respond", "--request-file", colleague.path("request.txt"), "--reason", "ticket 9: abroad", "--json"])
+                    .utf8
+            ))
+        #expect(answer.keyID == request.keyID && answer.deviceID == request.deviceID && answer.requestID == request.requestIDText)
+        let mangled = String(code.prefix(22)) + (code.dropFirst(22).first == "A" ? "B" : "A") + String(code.dropFirst(23))
+        let typo = try await server.admin(["key", "respond", mangled, "--reason", "x"])
+        #expect(typo.status == 1 && typo.stderr.contains("error: group 4 of ") && typo.stderr.contains("is mistyped"), "\(typo.stderr)")
+        #expect(await server.stop() == 0)
+
+        // A character changed in the response is reported by its group; another device cannot use it.
+        let response = answer.responseCode
+        let position = response.index(response.startIndex, offsetBy: 31)
+        let changed = String(response[..<position]) + (response[position] == "7" ? "8" : "7") + String(response[response.index(after: position)...])
+        let wrong = try await colleague.keyhold(["file", "decrypt", "plan.khf", "-o", "plan.txt", "--response", changed])
+        let group = response[..<position].filter { $0 == "-" }.count + 1
+        #expect(wrong.status == 1 && wrong.stderr.contains("keyhold: error: group \(group) of "), "\(wrong.stderr)")
+        let elsewhere = try await third.keyhold(["file", "decrypt", "plan.khf", "-o", "plan.txt", "--response", response])
+        #expect(elsewhere.status == 1 && elsewhere.stderr.contains("no open request"), "\(elsewhere.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: third.path("plan.txt")))
+
+        // On the device that asked: the file opens, once.
+        let opened = try await colleague.keyhold(["file", "decrypt", "plan.khf", "-o", "plan.txt", "--response", response])
+        #expect(opened.status == 0, "\(opened.stderr)")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: colleague.path("plan.txt"))) == plain)
+        let twice = try await colleague.keyhold(["file", "decrypt", "plan.khf", "-o", "again.txt", "--response", response])
+        #expect(twice.status == 1 && twice.stderr.contains("no open request"), "\(twice.stderr)")
+
+        // A response past its expiry is refused, and says so.
+        let second = try await colleague.keyhold(["file", "decrypt", "plan.khf", "--offline"]).stdoutText.trimmingCharacters(
+            in: .whitespacesAndNewlines)
+        try await server.start()
+        let short = try WireFormat.decoder().decode(
+            OfflineRespondResponse.self,
+            from: Data(try await server.must(["key", "respond", second, "--reason", "short", "--valid", "1", "--json"]).utf8))
+        #expect(await server.stop() == 0)
+        try await Task.sleep(for: .seconds(2.5))
+        let late = try await colleague.keyhold(["file", "decrypt", "plan.khf", "-o", "late.txt", "--response", short.responseCode])
+        #expect(late.status == 1 && late.stderr.contains("expired"), "\(late.stderr)")
+
+        try await server.start()
+        let releases = try await server.auditEntries().filter { $0.action == .offlineRelease }
+        #expect(releases.count == 2 && releases.allSatisfy { $0.keyID == request.keyID && $0.detail.contains("device \(request.deviceID)") })
+        #expect(releases[0].detail.contains("ticket 9: abroad") && releases[0].detail.contains("request \(request.requestIDText)"))
+        let keys = try WireFormat.decoder().decode([KeyInfo].self, from: Data(try await server.must(["key", "list", "--json"]).utf8))
+        #expect(keys.first { $0.record.id == request.keyID }?.rotationRequired == true)
+    }
 }
