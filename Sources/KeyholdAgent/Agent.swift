@@ -44,7 +44,19 @@ actor Agent {
         case .key(let id): return .key(try await key(id))
         case .offlineRequest(let id, let kind): return .offlineRequest(try offlineRequest(id, kind: kind))
         case .offlineKey(let code, let keyID): return .key(try offlineKey(code, for: keyID))
+        case .retireKey(let id, let replacedBy):
+            try await retire(id, replacedBy: replacedBy)
+            return .status(status())
         }
+    }
+
+    /// Asks the server to retire `old`, replaced by `new` on a drive (`keyhold drive rekey`),
+    /// proving this device holds `old`.
+    func retire(_ old: KeyID, replacedBy new: KeyID) async throws {
+        let (_, client) = try enrolled()
+        let oldKey = try await key(old)
+        try await client.post(APIPath.keyRetire(old.description), RetireRequest(old: old, oldSecret: oldKey.secret, replacedBy: new))
+        logger.info("drive key retired", metadata: ["key": "\(old)", "replaced by": "\(new)"])
     }
 
     // MARK: Offline access (docs/spec/offline-access.md)

@@ -17,7 +17,7 @@ struct DriveCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "drive",
         abstract: "Encrypt removable drives with escrowed keys (LUKS2), unlock and lock them.",
-        subcommands: [Encrypt.self, Unlock.self, Lock.self, Info.self]
+        subcommands: [Encrypt.self, Unlock.self, Lock.self, Info.self, Rekey.self]
     )
 
     /// Where `unlock` notes which mapping belongs to which device, so `lock` finds it after the
@@ -326,5 +326,116 @@ enum TestFault {
     static func check(_ step: String) throws {
         guard ProcessInfo.processInfo.environment["KEYHOLD_TEST_FAULT"] == "drive-encrypt:\(step)" else { return }
         throw KeyholdError(.driveFailed, "fault injected after the \(step) step (KEYHOLD_TEST_FAULT)", hint: "unset KEYHOLD_TEST_FAULT")
+    }
+
+    /// `KEYHOLD_TEST_FAULT=drive-rekey:<step>`: the process kills itself with SIGKILL after that
+    /// step of `drive rekey` — as a power cut or `kill -9` would, with no cleanup at all.
+    static func crash(_ step: String) {
+        guard ProcessInfo.processInfo.environment["KEYHOLD_TEST_FAULT"] == "drive-rekey:\(step)" else { return }
+        kill(getpid(), SIGKILL)
+    }
+}
+
+extension DriveCommand {
+    /// `keyhold drive rekey DEVICE`: replaces the drive's escrowed key (docs/spec/luks2-token.md,
+    /// "Re-keying"). Each step is one header write, and the token always names a key that opens
+    /// the drive; an interrupted run is finished by running the command again.
+    struct Rekey: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Replace a drive's escrowed key with a new one (root): after a reveal, or on schedule.",
+            discussion: """
+                A new key is escrowed first; then a keyslot for it is added, the keyhold token switched to it, \
+                the old key's keyslot removed, and the old key retired at the server. Interrupted at any point, \
+                the drive still opens with the key its token names; run the command again to finish.
+                Example: keyhold drive rekey /dev/sdb
+                """)
+        @Argument(help: "The block device or image file.") var device: String
+        @OptionGroup var agent: AgentOptions
+
+        func run() throws {
+            try DriveCommand.requireRoot("keyhold drive rekey")
+            _ = try DriveCommand.requireExisting(device)
+            guard case .luks = try BlockProbe.probe(device) else {
+                throw KeyholdError(.usage, "\(device) is not a LUKS drive", hint: "encrypt it first: 'keyhold drive encrypt \(device)'")
+            }
+            let volume = try LUKSVolume.open(device)
+            guard let (tokenID, found) = try volume.keyholdToken(), var slot = found.keyslot else {
+                throw KeyholdError(.usage, "\(device) has no keyhold token", hint: "only drives made by 'keyhold drive encrypt' are re-keyed")
+            }
+            var token = found
+            let status = try agent.client().send(.status).status()
+            guard status.enrolled, let serverAddress = status.serverAddress else {
+                throw KeyholdError(.configuration, "this device is not enrolled with a Keyhold server", hint: "enroll it: 'keyhold enroll TOKEN'")
+            }
+            let current = try agent.key(.key(token.keyID))
+
+            // A run that stopped after switching the token: only the old keyslot and the retirement are left.
+            if let previous = token.previousKeyID {
+                print("Finishing the rekey of \(device) from key \(previous) to \(token.keyID)…")
+                try finish(volume, tokenID: tokenID, token: &token, slot: slot, previous: previous)
+                return
+            }
+
+            // 1. The new key: escrowed first (or the one an interrupted run escrowed and noted).
+            let new: KeyFile
+            if let pending = token.rekeyTo {
+                print("Resuming the rekey of \(device) to key \(pending)…")
+                new = try agent.key(.key(pending))
+            } else {
+                print("Escrowing a new drive key with server \(status.serverID?.description ?? "?") at \(serverAddress)…")
+                new = try agent.key(.driveKey(label: "drive \(device) on \(ProcessInfo.processInfo.hostName) (replaces \(token.keyID))"))
+                TestFault.crash("escrow")
+                guard let id = new.record?.id else {
+                    throw KeyholdError(.internalError, "the agent returned a drive key without its record", hint: "check the agent's version")
+                }
+                token.rekeyTo = id
+                try volume.replaceToken(tokenID, with: token)
+                TestFault.crash("intent")
+            }
+            guard let newID = token.rekeyTo, let origin = new.record?.originServerID else {
+                throw KeyholdError(.internalError, "the new key has no record", hint: "check the agent's version")
+            }
+            print("  key \(newID) escrowed (acknowledged after the server's commit)")
+
+            // 2. A keyslot for it (unless the interrupted run added it already).
+            let others = volume.activeKeyslots.filter { $0 != slot }
+            let newSlot: Int
+            if let existing = volume.keyslot(openedBy: DriveCommand.passphrase(new), among: others) {
+                newSlot = existing
+            } else {
+                newSlot = try volume.addKeyslot(
+                    passphrase: DriveCommand.passphrase(new), authorisedBy: DriveCommand.passphrase(current), kdf: .fullEntropyKey)
+                TestFault.crash("keyslot")
+            }
+            try volume.verify(passphrase: DriveCommand.passphrase(new), keyslot: newSlot)
+            print("  keyslot \(newSlot): the new key")
+
+            // 3. The token names the new key from now on (one header write).
+            let previous = token.keyID
+            token = KeyholdToken(keyslot: newSlot, keyID: newID, originServerID: origin, serverAddress: serverAddress)
+            token.previousKeyID = previous
+            try volume.replaceToken(tokenID, with: token)
+            TestFault.crash("token")
+            print("  token \(tokenID): key \(newID)")
+            slot = newSlot
+            try finish(volume, tokenID: tokenID, token: &token, slot: slot, previous: previous)
+        }
+
+        /// Steps 4 and 5: removes the keyslot `previous` opens, has the server retire it, and
+        /// clears the token's note of it.
+        private func finish(_ volume: LUKSVolume, tokenID: Int, token: inout KeyholdToken, slot: Int, previous: KeyID) throws {
+            let old = try agent.key(.key(previous))
+            if let oldSlot = volume.keyslot(openedBy: DriveCommand.passphrase(old), among: volume.activeKeyslots.filter { $0 != slot }) {
+                try volume.destroyKeyslot(oldSlot)
+                TestFault.crash("old-keyslot")
+                print("  keyslot \(oldSlot) (key \(previous)) removed")
+            }
+            _ = try agent.client().send(.retireKey(previous, replacedBy: token.keyID)).status()
+            TestFault.crash("retire")
+            print("  key \(previous) retired at the server (released by no server from now on)")
+            token.previousKeyID = nil
+            try volume.replaceToken(tokenID, with: token)
+            print("Re-keyed \(device): it opens with key \(token.keyID) only.")
+        }
     }
 }

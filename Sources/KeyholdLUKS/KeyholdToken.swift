@@ -21,6 +21,11 @@ public struct KeyholdToken: Codable, Sendable, Equatable {
     public var originServerID: ServerID
     /// `host:port` of the server that escrowed the key.
     public var serverAddress: String
+    /// While `keyhold drive rekey` adds a keyslot for a new key: that key (escrowed already).
+    public var rekeyTo: KeyID?
+    /// After a rekey switched the token, until the old key's keyslot is gone and the server
+    /// retired it: the key this token replaced.
+    public var previousKeyID: KeyID?
 
     /// A token for the key in `keyslot`.
     public init(keyslot: Int, keyID: KeyID, originServerID: ServerID, serverAddress: String) {
@@ -38,6 +43,8 @@ public struct KeyholdToken: Codable, Sendable, Equatable {
         case keyID = "key_id"
         case originServerID = "origin_server_id"
         case serverAddress = "server_address"
+        case rekeyTo = "rekey_to"
+        case previousKeyID = "previous_key_id"
     }
 
     /// The keyslot number, when the token names exactly one.

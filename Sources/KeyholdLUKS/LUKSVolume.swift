@@ -61,12 +61,71 @@ public final class LUKSVolume {
         case passphrase
     }
 
-    /// Adds a keyslot opened by `passphrase` (any bytes); returns its number.
+    /// Adds a keyslot opened by `passphrase` (any bytes); returns its number. Only right after
+    /// ``format(_:label:)``, while the new volume key is in memory.
     @discardableResult
     public func addKeyslot(passphrase: some Collection<UInt8>, kdf: KDF) throws -> Int {
         // Wiped in place (a copy made to wipe would leave the original alone).
         var bytes = Array(passphrase)
         defer { bytes.withUnsafeMutableBytes { SecretKey.wipe($0) } }
+        try setKDF(kdf)
+        return Int(
+            try bytes.withUnsafeBufferPointer { buffer in
+                try buffer.withMemoryRebound(to: CChar.self) { chars in
+                    try LUKSCall.check(
+                        crypt_keyslot_add_by_volume_key(cd, keyhold_CRYPT_ANY_SLOT, nil, 0, chars.baseAddress, chars.count),
+                        "add a keyslot to", path
+                    )
+                }
+            })
+    }
+
+    /// Adds a keyslot opened by `passphrase` to an existing volume, authorised by `existing`
+    /// (the passphrase of any active keyslot); returns its number. One header write.
+    @discardableResult
+    public func addKeyslot(passphrase: some Collection<UInt8>, authorisedBy existing: some Collection<UInt8>, kdf: KDF) throws -> Int {
+        var new = Array(passphrase)
+        var old = Array(existing)
+        defer {
+            new.withUnsafeMutableBytes { SecretKey.wipe($0) }
+            old.withUnsafeMutableBytes { SecretKey.wipe($0) }
+        }
+        try setKDF(kdf)
+        return Int(
+            try old.withUnsafeBufferPointer { oldBuffer in
+                try oldBuffer.withMemoryRebound(to: CChar.self) { oldChars in
+                    try new.withUnsafeBufferPointer { newBuffer in
+                        try newBuffer.withMemoryRebound(to: CChar.self) { newChars in
+                            try LUKSCall.check(
+                                crypt_keyslot_add_by_passphrase(
+                                    cd, keyhold_CRYPT_ANY_SLOT, oldChars.baseAddress, oldChars.count, newChars.baseAddress, newChars.count),
+                                "add a keyslot to", path)
+                        }
+                    }
+                }
+            })
+    }
+
+    /// Removes keyslot `keyslot` (one header write; the volume key stays in the others).
+    public func destroyKeyslot(_ keyslot: Int) throws {
+        try LUKSCall.check(crypt_keyslot_destroy(cd, Int32(keyslot)), "remove keyslot \(keyslot) of", path)
+    }
+
+    /// Whether `keyslot` uses PBKDF2 (the KDF of keyslots opened by escrowed keys; a person's
+    /// passphrase gets argon2id, which is slow to try).
+    public func keyslotUsesPBKDF2(_ keyslot: Int) -> Bool {
+        var pbkdf = crypt_pbkdf_type()
+        guard crypt_keyslot_get_pbkdf(cd, Int32(keyslot), &pbkdf) == 0, let type = pbkdf.type else { return false }
+        return String(cString: type) == CRYPT_KDF_PBKDF2
+    }
+
+    /// The PBKDF2 keyslot among `keyslots` that `passphrase` opens, if any (argon2id keyslots
+    /// are not tried).
+    public func keyslot(openedBy passphrase: some Collection<UInt8>, among keyslots: [Int]) -> Int? {
+        keyslots.first { keyslotUsesPBKDF2($0) && (try? verify(passphrase: passphrase, keyslot: $0)) != nil }
+    }
+
+    private func setKDF(_ kdf: KDF) throws {
         switch kdf {
         case .fullEntropyKey:
             // The struct holds C strings: they must outlive crypt_set_pbkdf_type, hence the closures.
@@ -82,15 +141,6 @@ public final class LUKSVolume {
         case .passphrase:
             try LUKSCall.check(crypt_set_pbkdf_type(cd, crypt_get_pbkdf_default(CRYPT_LUKS2)), "set the keyslot KDF of", path)
         }
-        return Int(
-            try bytes.withUnsafeBufferPointer { buffer in
-                try buffer.withMemoryRebound(to: CChar.self) { chars in
-                    try LUKSCall.check(
-                        crypt_keyslot_add_by_volume_key(cd, keyhold_CRYPT_ANY_SLOT, nil, 0, chars.baseAddress, chars.count),
-                        "add a keyslot to", path
-                    )
-                }
-            })
     }
 
     /// The keyslots in use.
@@ -105,6 +155,12 @@ public final class LUKSVolume {
     @discardableResult
     public func addToken(_ token: KeyholdToken) throws -> Int {
         Int(try LUKSCall.check(crypt_token_json_set(cd, keyhold_CRYPT_ANY_TOKEN, try token.json()), "write the keyhold token to", path))
+    }
+
+    /// Replaces token `id` with `token`: one header write, so a crash leaves the old token or the
+    /// new one, never neither.
+    public func replaceToken(_ id: Int, with token: KeyholdToken) throws {
+        try LUKSCall.check(crypt_token_json_set(cd, Int32(id), try token.json()), "rewrite the keyhold token of", path)
     }
 
     /// Every token's type and JSON (copied out: libcryptsetup owns its strings).

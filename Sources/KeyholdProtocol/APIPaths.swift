@@ -15,6 +15,8 @@ public enum APIPath {
     public static let keys = "/v1/keys"
     /// `PUT`: escrow key `id`; `GET`: release it.
     public static func key(_ id: String) -> String { "/v1/keys/\(id)" }
+    /// `POST`: retire drive key `id`, replaced by a new one (`keyhold drive rekey`).
+    public static func keyRetire(_ id: String) -> String { "/v1/keys/\(id)/retire" }
     /// `POST`: a device's heartbeat.
     public static let heartbeat = "/v1/heartbeat"
     /// `POST`: a device says it moved to another server.

@@ -22,6 +22,8 @@ public enum AgentOperation: String, Codable, Sendable, CaseIterable, CustomStrin
     case offlineRequest = "offline-request"
     /// The key an administrator's response code carries, for one use.
     case offlineKey = "offline-key"
+    /// Retire a drive key that `keyhold drive rekey` replaced (root).
+    case retireKey = "retire-key"
 
     /// The wire text.
     public var description: String { rawValue }
@@ -46,6 +48,8 @@ public enum AgentRequest: Codable, Sendable, Equatable {
     /// `{"op": "offline-key", "code": "…", "key_id": "…"}` (`key_id` optional: the key the
     /// caller needs; a response for another key is refused and stays usable)
     case offlineKey(code: String, keyID: KeyID?)
+    /// `{"op": "retire-key", "key_id": "…", "replaced_by": "…"}`
+    case retireKey(KeyID, replacedBy: KeyID)
 
     /// Which operation this is.
     public var operation: AgentOperation {
@@ -58,11 +62,13 @@ public enum AgentRequest: Codable, Sendable, Equatable {
         case .key: return .key
         case .offlineRequest: return .offlineRequest
         case .offlineKey: return .offlineKey
+        case .retireKey: return .retireKey
         }
     }
 
     enum CodingKeys: String, CodingKey {
         case op, token, label, kind, code
+        case replacedBy = "replaced_by"
         case keyID = "key_id"
         case dryRun = "dry_run"
     }
@@ -82,6 +88,8 @@ public enum AgentRequest: Codable, Sendable, Equatable {
             self = .offlineRequest(try c.decode(KeyID.self, forKey: .keyID), kind: try c.decodeIfPresent(KeyKind.self, forKey: .kind) ?? .file)
         case .offlineKey:
             self = .offlineKey(code: try c.decode(String.self, forKey: .code), keyID: try c.decodeIfPresent(KeyID.self, forKey: .keyID))
+        case .retireKey:
+            self = .retireKey(try c.decode(KeyID.self, forKey: .keyID), replacedBy: try c.decode(KeyID.self, forKey: .replacedBy))
         }
     }
 
@@ -103,6 +111,9 @@ public enum AgentRequest: Codable, Sendable, Equatable {
         case .offlineKey(let code, let keyID):
             try c.encode(code, forKey: .code)
             try c.encodeIfPresent(keyID, forKey: .keyID)
+        case .retireKey(let id, let replacedBy):
+            try c.encode(id, forKey: .keyID)
+            try c.encode(replacedBy, forKey: .replacedBy)
         }
     }
 }

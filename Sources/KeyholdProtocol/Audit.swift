@@ -33,6 +33,9 @@ public enum AuditAction: String, Codable, Sendable, CaseIterable, CustomStringCo
     case offlineRelease = "offline_release"
     /// This server obtained a missing key from its primary.
     case obtain
+    /// A device re-keyed a drive and retired its old key (which is then blocked: released by no
+    /// server, revealed only by an administrator on purpose).
+    case retire
     /// An administrator blocked a key.
     case block
     /// An administrator unblocked a key.

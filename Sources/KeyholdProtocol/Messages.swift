@@ -1,3 +1,4 @@
+import Crypto
 public import Foundation
 public import KeyholdCore
 
@@ -507,5 +508,43 @@ public struct OfflineRespondResponse: Codable, Sendable {
         case keyID = "key_id"
         case deviceID = "device_id"
         case requestID = "request_id"
+    }
+}
+
+/// `POST /v1/keys/{id}/retire`: a device that re-keyed a drive asks its server to retire the
+/// drive's old key (docs/spec/protocol.md). It proves it holds the old key and names the new one,
+/// which it escrowed.
+public struct RetireRequest: Codable, Sendable {
+    /// The key that replaced it (escrowed by the same device).
+    public var replacedBy: KeyID
+    /// ``RetireRequest/proof(oldSecret:old:new:)``, base64.
+    public var proof: String
+
+    /// A request proving possession of `oldSecret`.
+    public init(old: KeyID, oldSecret: SecretKey, replacedBy: KeyID) {
+        self.replacedBy = replacedBy
+        self.proof = Data(Self.proof(oldSecret: oldSecret, old: old, new: replacedBy)).base64EncodedString()
+    }
+
+    /// HMAC-SHA256 keyed with the old key's secret over `"keyhold retire v1"`, the old key id
+    /// and the new key id (16 bytes each).
+    public static func proof(oldSecret: SecretKey, old: KeyID, new: KeyID) -> [UInt8] {
+        oldSecret.withUnsafeBytes { secret in
+            Array(HMAC<SHA256>.authenticationCode(for: message(old, new), using: SymmetricKey(data: secret)))
+        }
+    }
+
+    /// Whether `proof` is the proof for these keys (compared in constant time by swift-crypto).
+    public static func verify(_ proof: [UInt8], oldSecret: SecretKey, old: KeyID, new: KeyID) -> Bool {
+        oldSecret.withUnsafeBytes { secret in
+            HMAC<SHA256>.isValidAuthenticationCode(proof, authenticating: message(old, new), using: SymmetricKey(data: secret))
+        }
+    }
+
+    private static func message(_ old: KeyID, _ new: KeyID) -> [UInt8] { Array("keyhold retire v1".utf8) + old.bytes + new.bytes }
+
+    enum CodingKeys: String, CodingKey {
+        case proof
+        case replacedBy = "replaced_by"
     }
 }

@@ -29,6 +29,36 @@ extension ServerCore {
             openCommand: stored.record.kind == .drive ? Self.openCommand(base64: base64, keyID: keyID) : nil, blocked: stored.blocked)
     }
 
+    /// `POST /v1/keys/{id}/retire`: the device `caller` re-keyed a drive from `old` to
+    /// `body.replacedBy`. It must have escrowed the new key here and prove it holds the old one;
+    /// the old key is then blocked (it travels to every server holding a copy through the change
+    /// feed) with a `retire` record. Retiring a retired key again changes nothing.
+    func retire(_ old: KeyID, _ body: RetireRequest, by caller: Caller) async throws {
+        let device = DeviceID(enrollment: caller.client.id)
+        guard let new = try await repository.key(id: body.replacedBy), new.record.originDeviceID == device else {
+            throw KeyholdError(
+                .forbidden, "key \(body.replacedBy) was not escrowed here by this device", hint: "a device retires a key only for one it escrowed")
+        }
+        guard let stored = try await repository.key(id: old) else {
+            throw KeyholdError(.notFound, "key \(old) is not held by this server", hint: "retire it on the server that holds it")
+        }
+        let secret = try masterKey.unwrap(stored.wrappedSecret, keyID: old)
+        guard let proof = Data(base64Encoded: body.proof),
+            RetireRequest.verify(Array(proof), oldSecret: secret, old: old, new: body.replacedBy)
+        else {
+            try? await repository.appendAudit(
+                AuditEvent(
+                    actor: caller.actor, action: .retire, keyID: old, route: .agent, result: .refused(.forbidden),
+                    detail: "no proof of holding the key"))
+            throw KeyholdError(.forbidden, "the request does not prove that this device holds key \(old)", hint: "only the key's holder retires it")
+        }
+        _ = try await repository.setBlocked(
+            id: old, blocked: true,
+            audit: AuditEvent(
+                actor: caller.actor, action: .retire, keyID: old, route: .agent, result: .ok, detail: "replaced by \(body.replacedBy) (drive rekey)"))
+        logger.info("key retired", metadata: ["key": "\(old)", "by": "\(caller.actor)"])
+    }
+
     /// Seconds an offline response may stay usable.
     static let offlineValidity = 1...(7 * 86_400)
 

@@ -87,6 +87,10 @@ struct ServerAPI<Context: PeerContext> {
         release(router, "/v1/keys/:id", [.device]) { request, context, peer in
             try await core.release(try Self.keyID(context), to: peer)
         }
+        route(router, .post, "/v1/keys/:id/retire", [.device]) { request, context, caller in
+            try await core.retire(try Self.keyID(context), try await decode(RetireRequest.self, request), by: caller)
+            return Response(status: .noContent)
+        }
         route(router, .post, APIPath.leave, [.device]) { request, _, caller in
             try await core.leave(try await decode(LeaveRequest.self, request), by: caller)
             return Response(status: .noContent)

@@ -196,4 +196,105 @@ import Testing
         let keys = try WireFormat.decoder().decode([KeyInfo].self, from: Data(try await server.must(["key", "list", "--json"]).utf8))
         #expect(keys.first { $0.record.id == request.keyID }?.rotationRequired == true)
     }
+
+    /// Rotation after a reveal: `drive rekey` escrows a new key first, and afterwards the revealed
+    /// key no longer opens the drive in cryptsetup while the new escrowed one does; the server
+    /// retired (blocked) the old key; the trail shows reveal, the new escrow and the retirement.
+    @Test func aRevealedDriveKeyIsReplacedByRekeyAndNoLongerOpensTheDrive() async throws {
+        let server = try await ServerProcess(name: "rekey")
+        try await server.start()
+        defer { server.terminate() }
+        let agent = try await AgentIntegrationTests.enrolledAgent(server, name: "rekey-d")
+        defer { agent.terminate() }
+        let image = try DriveTests.image(agent, "stick.img")
+        let recovery = agent.path("recovery.txt")
+        try Data("correct horse battery".utf8).write(to: URL(fileURLWithPath: recovery))
+        #expect(try await agent.keyhold(["drive", "encrypt", image, "--recovery-passphrase-file", recovery]).status == 0)
+        let oldID = try Self.tokenKey(try await DriveTests.info(agent, image))
+        let revealed = try WireFormat.decoder().decode(
+            RevealResponse.self, from: Data(try await server.must(["key", "reveal", oldID, "--reason", "ticket 1", "--json"]).utf8))
+        let oldFile = agent.path("old.key")
+        try Data(base64Encoded: revealed.secretBase64)!.write(to: URL(fileURLWithPath: oldFile))
+
+        let rekey = try await agent.keyhold(["drive", "rekey", image])
+        #expect(rekey.status == 0, "\(rekey.stderr)")
+        let info = try await DriveTests.info(agent, image)
+        let newID = try Self.tokenKey(info)
+        #expect(newID != oldID)
+        #expect(Set(info["keyslots"] as? [Int] ?? []) == [1, 2], "the recovery keyslot (1) and the new key's (2); the old key's (0) is gone")
+        let newFile = agent.path("new.key")
+        try await DriveTests.escrowedKeyFile(server, keyID: newID, to: newFile)
+        #expect(try await DriveTests.tool(["open", "--test-passphrase", "--key-file", newFile, image]).status == 0)
+        #expect(try await DriveTests.tool(["open", "--test-passphrase", "--key-file", oldFile, image]).status != 0, "the revealed key opens nothing")
+        #expect(try await DriveTests.tool(["open", "--test-passphrase", "--key-file", recovery, image]).status == 0, "the recovery keyslot stays")
+
+        let trail = try await server.auditEntries()
+        #expect(trail.contains { $0.action == .reveal && $0.keyID?.description == oldID })
+        #expect(trail.contains { $0.action == .escrow && $0.keyID?.description == newID })
+        #expect(trail.contains { $0.action == .retire && $0.keyID?.description == oldID && $0.result == .ok && $0.detail.contains(newID) })
+        let keys = try WireFormat.decoder().decode([KeyInfo].self, from: Data(try await server.must(["key", "list", "--json"]).utf8))
+        #expect(keys.first { $0.record.id.description == oldID }?.blocked == true, "the old key is released by no server")
+        #expect(keys.first { $0.record.id.description == newID }?.blocked == false)
+    }
+
+    /// `kill -9` of `keyhold drive rekey` after each of its steps (the process kills itself with
+    /// SIGKILL there): the drive opens with the key its token names, and running the command
+    /// again finishes the job — one key, the new one, in the end.
+    @Test func aRekeyKilledAfterAnyStepLeavesADriveThatOpensAndFinishesWhenRunAgain() async throws {
+        let server = try await ServerProcess(name: "rekey-kill")
+        try await server.start()
+        defer { server.terminate() }
+        let agent = try await AgentIntegrationTests.enrolledAgent(server, name: "rekey-kill-d")
+        defer { agent.terminate() }
+        // (step, whether the token names the new key right after the kill)
+        let steps: [(String, Bool)] = [
+            ("escrow", false), ("intent", false), ("keyslot", false), ("token", true), ("old-keyslot", true), ("retire", true),
+        ]
+        var outcomes: [String] = []
+        for (step, switched) in steps {
+            let image = try DriveTests.image(agent, "\(step).img")
+            #expect(try await agent.keyhold(["drive", "encrypt", image]).status == 0)
+            let before = try Self.tokenKey(try await DriveTests.info(agent, image))
+            let killed = try await agent.keyhold(["drive", "rekey", image], environment: ["KEYHOLD_TEST_FAULT": "drive-rekey:\(step)"])
+            #expect(killed.status != 0, "the fault killed the command after \(step)")
+            let named = try Self.tokenKey(try await DriveTests.info(agent, image))
+            let file = agent.path("\(step).key")
+            try await Self.keyFile(agent, server, named, to: file)
+            let opens = try await DriveTests.tool(["open", "--test-passphrase", "--key-file", file, image]).status == 0
+            #expect(opens, "after \(step) the key the token names opens the drive")
+            #expect((named != before) == switched, "after \(step) the token names the \(switched ? "new" : "old") key")
+
+            let again = try await agent.keyhold(["drive", "rekey", image])
+            #expect(again.status == 0, "\(step): \(again.stderr)")
+            let final = try Self.tokenKey(try await DriveTests.info(agent, image))
+            let finalFile = agent.path("\(step)-final.key")
+            try await Self.keyFile(agent, server, final, to: finalFile)
+            let slots = (try await DriveTests.info(agent, image))["keyslots"] as? [Int] ?? []
+            let finalOpens = try await DriveTests.tool(["open", "--test-passphrase", "--key-file", finalFile, image]).status == 0
+            let oldFile = agent.path("\(step)-old.key")
+            try await Self.keyFile(agent, server, before, to: oldFile, revealing: true)
+            let oldOpens = try await DriveTests.tool(["open", "--test-passphrase", "--key-file", oldFile, image]).status == 0
+            #expect(final != before && finalOpens && !oldOpens && slots.count == 1, "\(step): one keyslot, the new key's")
+            outcomes.append(
+                "\(step): \(opens ? "opens" : "LOCKED") with the \(named == before ? "old" : "new") key; finished: \(finalOpens && !oldOpens)")
+        }
+        #expect(outcomes.count == steps.count, "\(outcomes.joined(separator: "\n"))")
+    }
+
+    /// The key id the drive's keyhold token names.
+    static func tokenKey(_ info: [String: Any]) throws -> String {
+        try #require((info["keyhold"] as? [String: Any])?["key_id"] as? String)
+    }
+
+    /// The 32 bytes of key `id`, from the server: released to another device, or (for a retired,
+    /// blocked key) revealed to the administrator.
+    static func keyFile(_ agent: AgentProcess, _ server: ServerProcess, _ id: String, to path: String, revealing: Bool = false) async throws {
+        if revealing {
+            let key = try WireFormat.decoder().decode(
+                RevealResponse.self, from: Data(try await server.must(["key", "reveal", id, "--reason", "test", "--json"]).utf8))
+            try Data(base64Encoded: key.secretBase64)!.write(to: URL(fileURLWithPath: path))
+        } else {
+            try await DriveTests.escrowedKeyFile(server, keyID: id, to: path)
+        }
+    }
 }

@@ -19,7 +19,7 @@ import Testing
         let request = ApprovalID.random()
         return [
             (.put, "/v1/keys/\(key)", [.device]), (.get, "/v1/keys/\(key)", [.device]),
-            (.post, "/v1/leave", [.device]), (.post, "/v1/heartbeat", [.device]),
+            (.post, "/v1/keys/\(key)/retire", [.device]), (.post, "/v1/leave", [.device]), (.post, "/v1/heartbeat", [.device]),
             (.post, "/v1/hierarchy/push", [.server]), (.get, "/v1/hierarchy/keys/\(key)", [.server]),
             (.get, "/v1/admin/status", [.admin]), (.get, "/v1/admin/audit", [.admin]), (.get, "/v1/admin/keys", [.admin]),
             (.post, "/v1/admin/keys/export", [.admin]), (.post, "/v1/admin/keys/import", [.admin]),
@@ -134,5 +134,35 @@ import Testing
         }
         let refusals = try await server.repository.audit(after: 0, limit: 100).filter { $0.action == .request }
         #expect(refusals.map(\.result) == [.refused(.clientRevoked), .refused(.clientRevoked), .refused(.clientMoved), .refused(.clientMoved)])
+    }
+
+    @Test func onlyTheHolderOfAnOldDriveKeyRetiresItForOneItEscrowed() async throws {
+        let server = try await InProcessServer.make()
+        let owner = try await server.enroll(.device)
+        let other = try await server.enroll(.device)
+        let (old, oldBody) = try escrowBody(for: owner, serverID: server.serverID)
+        let (new, newBody) = try escrowBody(for: owner, serverID: server.serverID)
+        let path = "/v1/keys/\(old.record.id)/retire"
+        let forgedBody = ByteBuffer(
+            bytes: try WireFormat.encoder().encode(RetireRequest(old: old.record.id, oldSecret: .generate(), replacedBy: new.record.id)))
+        let realBody = ByteBuffer(
+            bytes: try WireFormat.encoder().encode(RetireRequest(old: old.record.id, oldSecret: old.secret, replacedBy: new.record.id)))
+        try await server.apiApplication().test(.router) { client in
+            for (key, body) in [(old, oldBody), (new, newBody)] {
+                _ = try await client.execute(uri: "/v1/keys/\(key.record.id)", method: .put, headers: owner.header, body: body)
+            }
+            // A wrong proof (made with another secret) and a new key the caller did not escrow are refused.
+            let refused = try await client.execute(uri: path, method: .post, headers: owner.header, body: forgedBody)
+            #expect(refused.status == .forbidden && errorCode(refused) == .forbidden)
+            let notTheirs = try await client.execute(uri: path, method: .post, headers: other.header, body: realBody)
+            #expect(notTheirs.status == .forbidden, "the new key was not escrowed by this device")
+            #expect(try await server.repository.key(id: old.record.id)?.blocked == false, "nothing changed")
+            // The holder retires it: blocked, audited.
+            let done = try await client.execute(uri: path, method: .post, headers: owner.header, body: realBody)
+            #expect(done.status == .noContent)
+        }
+        #expect(try await server.repository.key(id: old.record.id)?.blocked == true)
+        let records = try await server.repository.audit(after: 0, limit: 100).filter { $0.action == .retire }
+        #expect(records.map(\.result) == [.refused(.forbidden), .ok])
     }
 }
