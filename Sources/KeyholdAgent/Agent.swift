@@ -16,6 +16,9 @@ actor Agent {
     /// Set when the server said this device is revoked or moved: heartbeats stop until the device
     /// enrolls or is reassigned, instead of adding a refusal to the server's audit every period.
     private var heartbeatStopped: String?
+    /// The escrow checks of drives unlocked since the last heartbeat, the newest per key, sent
+    /// (and then forgotten) with the next successful heartbeat.
+    private var driveChecks: [KeyID: DriveCheck] = [:]
     /// Heartbeats that failed in a row (the service backs off by it).
     private(set) var heartbeatFailures = 0
     private let logger: Logger
@@ -47,7 +50,23 @@ actor Agent {
         case .retireKey(let id, let replacedBy):
             try await retire(id, replacedBy: replacedBy)
             return .status(status())
+        case .keyStatus(let id):
+            let (_, client) = try enrolled()
+            return .keyStatus(try await client.get(APIPath.keyStatus(id.description), as: KeyStatusResponse.self))
+        case .driveCheck(let id, let opens):
+            noteDriveCheck(DriveCheck(keyID: id, opens: opens, checked: Date()))
+            return .status(status())
         }
+    }
+
+    /// Keeps a drive's escrow check for the next heartbeat (at most the heartbeat's limit: the
+    /// oldest are dropped first).
+    func noteDriveCheck(_ check: DriveCheck) {
+        driveChecks[check.keyID] = check
+        if driveChecks.count > HeartbeatRequest.checkLimit, let oldest = driveChecks.values.min(by: { $0.checked < $1.checked }) {
+            driveChecks[oldest.keyID] = nil
+        }
+        if !check.opens { logger.warning("escrow drift: the drive's escrowed key opened no keyslot", metadata: ["key": "\(check.keyID)"]) }
     }
 
     /// Asks the server to retire `old`, replaced by `new` on a drive (`keyhold drive rekey`),
@@ -285,9 +304,12 @@ actor Agent {
     /// the device enrolls or is reassigned).
     func heartbeat() async {
         guard let client, heartbeatStopped == nil else { return }
+        let checks = driveChecks.values.sorted { $0.checked < $1.checked }
         do {
             _ = try await client.post(
-                APIPath.heartbeat, HeartbeatRequest(agentVersion: KeyholdVersion.current, keyCount: cache.keys.count), as: HeartbeatResponse.self)
+                APIPath.heartbeat, HeartbeatRequest(agentVersion: KeyholdVersion.current, keyCount: cache.keys.count, driveChecks: checks),
+                as: HeartbeatResponse.self)
+            for sent in checks where driveChecks[sent.keyID] == sent { driveChecks[sent.keyID] = nil }
             lastHeartbeat = Date()
             lastHeartbeatError = nil
             heartbeatFailures = 0

@@ -172,11 +172,17 @@ struct DriveCommand: ParsableCommand {
     struct Unlock: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Unlock a LUKS2 drive with its escrowed key: /dev/mapper/keyhold-<uuid> (root).",
-            discussion:
-                "A drive that is not LUKS, or LUKS without a keyhold token, is left alone (exit 0). The key comes from the agent's cache, else its server (and so the hierarchy)."
+            discussion: """
+                A drive that is not LUKS, or LUKS without a keyhold token, is left alone (exit 0). The key comes from the agent's \
+                cache, else its server (and so the hierarchy). Whether the escrowed key still opens the drive goes to the server \
+                at the next heartbeat (key list: verified or DRIFT). A key an administrator revealed is replaced first, as \
+                'keyhold drive rekey' does.
+                Example: keyhold drive unlock /dev/sdb
+                """
         )
         @Argument(help: "The block device or image file.") var device: String
-        @Flag(help: "Only check that the escrowed key opens the drive; activate nothing (no device-mapper needed).") var verifyOnly = false
+        @Flag(help: "Only check that the escrowed key opens the drive; activate nothing and change nothing (no device-mapper needed).")
+        var verifyOnly = false
         @OptionGroup var agent: AgentOptions
 
         func run() throws {
@@ -188,7 +194,7 @@ struct DriveCommand: ParsableCommand {
                 return
             }
             let volume = try LUKSVolume.open(device)
-            guard let (_, token) = try volume.keyholdToken(), let slot = token.keyslot else {
+            guard let (_, token) = try volume.keyholdToken(), var slot = token.keyslot else {
                 print("left alone: \(device) is LUKS without a keyhold token (not a Keyhold drive)")
                 return
             }
@@ -197,11 +203,45 @@ struct DriveCommand: ParsableCommand {
                 print("already unlocked: /dev/mapper/\(name)")
                 return
             }
-            let key = try agent.key(.key(token.keyID))
+            var key = try agent.key(.key(token.keyID))
+
+            // The escrow check: does the escrowed key still open the drive? Reported to the
+            // server at the agent's next heartbeat (verified, or DRIFT).
+            let opens = (try? volume.verify(passphrase: DriveCommand.passphrase(key), keyslot: slot)) != nil
+            _ = try? agent.client().send(.driveCheck(token.keyID, opens: opens))
+            guard opens else {
+                throw KeyholdError(
+                    .escrowDrift,
+                    "the escrowed key \(token.keyID) no longer opens keyslot \(slot) of \(device): its keyslots were changed outside Keyhold (reported to the server as DRIFT)",
+                    hint:
+                        "open it with the passphrase that replaced the key (cryptsetup open), copy the data off, and encrypt the drive again ('keyhold drive encrypt --erase')"
+                )
+            }
             if verifyOnly {
-                try volume.verify(passphrase: DriveCommand.passphrase(key), keyslot: slot)
                 print("verified: the escrowed key \(token.keyID) opens keyslot \(slot) of \(device) (nothing activated)")
                 return
+            }
+
+            // Rotation: a key revealed to an administrator (or an interrupted rekey) is replaced
+            // before the drive is used; if that fails, the drive unlocks with its current key and
+            // the next unlock tries again.
+            if token.rekeyTo != nil || token.previousKeyID != nil
+                || (try? agent.client().send(.keyStatus(token.keyID)).keyStatus().rotationRequired) == true
+            {
+                do {
+                    print("Key \(token.keyID) was revealed or its replacement is unfinished: re-keying \(device) first.")
+                    try DriveCommand.rekey(volume, device: device, agent: agent)
+                } catch {
+                    let text = (error as? KeyholdError).map { "\($0.message) (hint: \($0.hint))" } ?? "\(error)"
+                    FileHandle.standardError.write(
+                        Data(
+                            "keyhold: warning: re-keying \(device) failed: \(text); it unlocks with its current key and is re-keyed at the next unlock\n"
+                                .utf8))
+                }
+                if let (_, now) = try volume.keyholdToken(), let nowSlot = now.keyslot, now.keyID != token.keyID {
+                    key = try agent.key(.key(now.keyID))
+                    slot = nowSlot
+                }
             }
             guard FileManager.default.fileExists(atPath: "/dev/mapper/control") else {
                 throw KeyholdError(
@@ -358,84 +398,94 @@ extension DriveCommand {
             guard case .luks = try BlockProbe.probe(device) else {
                 throw KeyholdError(.usage, "\(device) is not a LUKS drive", hint: "encrypt it first: 'keyhold drive encrypt \(device)'")
             }
-            let volume = try LUKSVolume.open(device)
-            guard let (tokenID, found) = try volume.keyholdToken(), var slot = found.keyslot else {
-                throw KeyholdError(.usage, "\(device) has no keyhold token", hint: "only drives made by 'keyhold drive encrypt' are re-keyed")
-            }
-            var token = found
-            let status = try agent.client().send(.status).status()
-            guard status.enrolled, let serverAddress = status.serverAddress else {
-                throw KeyholdError(.configuration, "this device is not enrolled with a Keyhold server", hint: "enroll it: 'keyhold enroll TOKEN'")
-            }
-            let current = try agent.key(.key(token.keyID))
+            try DriveCommand.rekey(try LUKSVolume.open(device), device: device, agent: agent)
+        }
+    }
 
-            // A run that stopped after switching the token: only the old keyslot and the retirement are left.
-            if let previous = token.previousKeyID {
-                print("Finishing the rekey of \(device) from key \(previous) to \(token.keyID)…")
-                try finish(volume, tokenID: tokenID, token: &token, slot: slot, previous: previous)
-                return
-            }
+    /// Replaces the drive's escrowed key (`drive rekey`, and `drive unlock` for a revealed key):
+    /// escrow → intent → keyslot → token → old keyslot → retirement, resuming an interrupted run
+    /// from what the token notes.
+    static func rekey(_ volume: LUKSVolume, device: String, agent: AgentOptions) throws {
+        guard let (tokenID, found) = try volume.keyholdToken(), var slot = found.keyslot else {
+            throw KeyholdError(.usage, "\(device) has no keyhold token", hint: "only drives made by 'keyhold drive encrypt' are re-keyed")
+        }
+        var token = found
+        let status = try agent.client().send(.status).status()
+        guard status.enrolled, let serverAddress = status.serverAddress else {
+            throw KeyholdError(.configuration, "this device is not enrolled with a Keyhold server", hint: "enroll it: 'keyhold enroll TOKEN'")
+        }
+        let current = try agent.key(.key(token.keyID))
 
-            // 1. The new key: escrowed first (or the one an interrupted run escrowed and noted).
-            let new: KeyFile
-            if let pending = token.rekeyTo {
-                print("Resuming the rekey of \(device) to key \(pending)…")
-                new = try agent.key(.key(pending))
-            } else {
-                print("Escrowing a new drive key with server \(status.serverID?.description ?? "?") at \(serverAddress)…")
-                new = try agent.key(.driveKey(label: "drive \(device) on \(ProcessInfo.processInfo.hostName) (replaces \(token.keyID))"))
-                TestFault.crash("escrow")
-                guard let id = new.record?.id else {
-                    throw KeyholdError(.internalError, "the agent returned a drive key without its record", hint: "check the agent's version")
-                }
-                token.rekeyTo = id
-                try volume.replaceToken(tokenID, with: token)
-                TestFault.crash("intent")
-            }
-            guard let newID = token.rekeyTo, let origin = new.record?.originServerID else {
-                throw KeyholdError(.internalError, "the new key has no record", hint: "check the agent's version")
-            }
-            print("  key \(newID) escrowed (acknowledged after the server's commit)")
-
-            // 2. A keyslot for it (unless the interrupted run added it already).
-            let others = volume.activeKeyslots.filter { $0 != slot }
-            let newSlot: Int
-            if let existing = volume.keyslot(openedBy: DriveCommand.passphrase(new), among: others) {
-                newSlot = existing
-            } else {
-                newSlot = try volume.addKeyslot(
-                    passphrase: DriveCommand.passphrase(new), authorisedBy: DriveCommand.passphrase(current), kdf: .fullEntropyKey)
-                TestFault.crash("keyslot")
-            }
-            try volume.verify(passphrase: DriveCommand.passphrase(new), keyslot: newSlot)
-            print("  keyslot \(newSlot): the new key")
-
-            // 3. The token names the new key from now on (one header write).
-            let previous = token.keyID
-            token = KeyholdToken(keyslot: newSlot, keyID: newID, originServerID: origin, serverAddress: serverAddress)
-            token.previousKeyID = previous
-            try volume.replaceToken(tokenID, with: token)
-            TestFault.crash("token")
-            print("  token \(tokenID): key \(newID)")
-            slot = newSlot
-            try finish(volume, tokenID: tokenID, token: &token, slot: slot, previous: previous)
+        // A run that stopped after switching the token: only the old keyslot and the retirement are left.
+        if let previous = token.previousKeyID {
+            print("Finishing the rekey of \(device) from key \(previous) to \(token.keyID)…")
+            try finish(volume, device: device, tokenID: tokenID, token: &token, slot: slot, previous: previous, agent: agent)
+            return
         }
 
-        /// Steps 4 and 5: removes the keyslot `previous` opens, has the server retire it, and
-        /// clears the token's note of it.
-        private func finish(_ volume: LUKSVolume, tokenID: Int, token: inout KeyholdToken, slot: Int, previous: KeyID) throws {
-            let old = try agent.key(.key(previous))
-            if let oldSlot = volume.keyslot(openedBy: DriveCommand.passphrase(old), among: volume.activeKeyslots.filter { $0 != slot }) {
-                try volume.destroyKeyslot(oldSlot)
-                TestFault.crash("old-keyslot")
-                print("  keyslot \(oldSlot) (key \(previous)) removed")
+        // 1. The new key: escrowed first (or the one an interrupted run escrowed and noted).
+        let new: KeyFile
+        if let pending = token.rekeyTo {
+            print("Resuming the rekey of \(device) to key \(pending)…")
+            new = try agent.key(.key(pending))
+        } else {
+            print("Escrowing a new drive key with server \(status.serverID?.description ?? "?") at \(serverAddress)…")
+            new = try agent.key(.driveKey(label: "drive \(device) on \(ProcessInfo.processInfo.hostName) (replaces \(token.keyID))"))
+            TestFault.crash("escrow")
+            guard let id = new.record?.id else {
+                throw KeyholdError(.internalError, "the agent returned a drive key without its record", hint: "check the agent's version")
             }
-            _ = try agent.client().send(.retireKey(previous, replacedBy: token.keyID)).status()
-            TestFault.crash("retire")
-            print("  key \(previous) retired at the server (released by no server from now on)")
-            token.previousKeyID = nil
+            token.rekeyTo = id
             try volume.replaceToken(tokenID, with: token)
-            print("Re-keyed \(device): it opens with key \(token.keyID) only.")
+            TestFault.crash("intent")
         }
+        guard let newID = token.rekeyTo, let origin = new.record?.originServerID else {
+            throw KeyholdError(.internalError, "the new key has no record", hint: "check the agent's version")
+        }
+        print("  key \(newID) escrowed (acknowledged after the server's commit)")
+
+        // 2. A keyslot for it (unless the interrupted run added it already).
+        let others = volume.activeKeyslots.filter { $0 != slot }
+        let newSlot: Int
+        if let existing = volume.keyslot(openedBy: DriveCommand.passphrase(new), among: others) {
+            newSlot = existing
+        } else {
+            newSlot = try volume.addKeyslot(
+                passphrase: DriveCommand.passphrase(new), authorisedBy: DriveCommand.passphrase(current), kdf: .fullEntropyKey)
+            TestFault.crash("keyslot")
+        }
+        try volume.verify(passphrase: DriveCommand.passphrase(new), keyslot: newSlot)
+        print("  keyslot \(newSlot): the new key")
+
+        // 3. The token names the new key from now on (one header write).
+        let previous = token.keyID
+        token = KeyholdToken(keyslot: newSlot, keyID: newID, originServerID: origin, serverAddress: serverAddress)
+        token.previousKeyID = previous
+        try volume.replaceToken(tokenID, with: token)
+        TestFault.crash("token")
+        print("  token \(tokenID): key \(newID)")
+        slot = newSlot
+        try finish(volume, device: device, tokenID: tokenID, token: &token, slot: slot, previous: previous, agent: agent)
+    }
+
+    /// Steps 4 and 5: removes the keyslot `previous` opens, has the server retire it, and
+    /// clears the token's note of it.
+    private static func finish(
+        _ volume: LUKSVolume, device: String, tokenID: Int, token: inout KeyholdToken, slot: Int, previous: KeyID, agent: AgentOptions
+    ) throws {
+        let old = try agent.key(.key(previous))
+        if let oldSlot = volume.keyslot(openedBy: DriveCommand.passphrase(old), among: volume.activeKeyslots.filter { $0 != slot }) {
+            try volume.destroyKeyslot(oldSlot)
+            TestFault.crash("old-keyslot")
+            print("  keyslot \(oldSlot) (key \(previous)) removed")
+        }
+        _ = try agent.client().send(.retireKey(previous, replacedBy: token.keyID)).status()
+        TestFault.crash("retire")
+        print("  key \(previous) retired at the server (released by no server from now on)")
+        token.previousKeyID = nil
+        try volume.replaceToken(tokenID, with: token)
+        // The new key opens the drive: the server shows it verified from the next heartbeat.
+        _ = try? agent.client().send(.driveCheck(token.keyID, opens: true))
+        print("Re-keyed \(device): it opens with key \(token.keyID) only.")
     }
 }

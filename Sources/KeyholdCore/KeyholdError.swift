@@ -66,6 +66,8 @@ public struct KeyholdError: Error, Hashable, Sendable, CustomStringConvertible {
         case driveFailed = "drive_failed"
         /// The drive is mounted, held by another mapping or has data that would be destroyed.
         case deviceBusy = "device_busy"
+        /// A drive's escrowed key opens none of its keyslots: they were changed outside Keyhold.
+        case escrowDrift = "escrow_drift"
         /// The kernel offers no device-mapper (dm-crypt), so a LUKS drive cannot be activated here.
         case deviceMapperUnavailable = "device_mapper_unavailable"
         /// Replacing the path could leave the original content behind or write somewhere else: it

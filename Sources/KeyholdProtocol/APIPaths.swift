@@ -17,6 +17,8 @@ public enum APIPath {
     public static func key(_ id: String) -> String { "/v1/keys/\(id)" }
     /// `POST`: retire drive key `id`, replaced by a new one (`keyhold drive rekey`).
     public static func keyRetire(_ id: String) -> String { "/v1/keys/\(id)/retire" }
+    /// `GET`: whether key `id` is blocked or marked for rotation (no secret).
+    public static func keyStatus(_ id: String) -> String { "/v1/keys/\(id)/status" }
     /// `POST`: a device's heartbeat.
     public static let heartbeat = "/v1/heartbeat"
     /// `POST`: a device says it moved to another server.

@@ -24,6 +24,10 @@ public enum AgentOperation: String, Codable, Sendable, CaseIterable, CustomStrin
     case offlineKey = "offline-key"
     /// Retire a drive key that `keyhold drive rekey` replaced (root).
     case retireKey = "retire-key"
+    /// Ask the server whether a key is blocked or marked for rotation (root).
+    case keyStatus = "key-status"
+    /// Note whether a drive's escrowed key opened its keyslot, for the next heartbeat (root).
+    case driveCheck = "drive-check"
 
     /// The wire text.
     public var description: String { rawValue }
@@ -50,6 +54,10 @@ public enum AgentRequest: Codable, Sendable, Equatable {
     case offlineKey(code: String, keyID: KeyID?)
     /// `{"op": "retire-key", "key_id": "…", "replaced_by": "…"}`
     case retireKey(KeyID, replacedBy: KeyID)
+    /// `{"op": "key-status", "key_id": "…"}`
+    case keyStatus(KeyID)
+    /// `{"op": "drive-check", "key_id": "…", "opens": true}`
+    case driveCheck(KeyID, opens: Bool)
 
     /// Which operation this is.
     public var operation: AgentOperation {
@@ -63,11 +71,13 @@ public enum AgentRequest: Codable, Sendable, Equatable {
         case .offlineRequest: return .offlineRequest
         case .offlineKey: return .offlineKey
         case .retireKey: return .retireKey
+        case .keyStatus: return .keyStatus
+        case .driveCheck: return .driveCheck
         }
     }
 
     enum CodingKeys: String, CodingKey {
-        case op, token, label, kind, code
+        case op, token, label, kind, code, opens
         case replacedBy = "replaced_by"
         case keyID = "key_id"
         case dryRun = "dry_run"
@@ -90,6 +100,8 @@ public enum AgentRequest: Codable, Sendable, Equatable {
             self = .offlineKey(code: try c.decode(String.self, forKey: .code), keyID: try c.decodeIfPresent(KeyID.self, forKey: .keyID))
         case .retireKey:
             self = .retireKey(try c.decode(KeyID.self, forKey: .keyID), replacedBy: try c.decode(KeyID.self, forKey: .replacedBy))
+        case .keyStatus: self = .keyStatus(try c.decode(KeyID.self, forKey: .keyID))
+        case .driveCheck: self = .driveCheck(try c.decode(KeyID.self, forKey: .keyID), opens: try c.decode(Bool.self, forKey: .opens))
         }
     }
 
@@ -114,6 +126,10 @@ public enum AgentRequest: Codable, Sendable, Equatable {
         case .retireKey(let id, let replacedBy):
             try c.encode(id, forKey: .keyID)
             try c.encode(replacedBy, forKey: .replacedBy)
+        case .keyStatus(let id): try c.encode(id, forKey: .keyID)
+        case .driveCheck(let id, let opens):
+            try c.encode(id, forKey: .keyID)
+            try c.encode(opens, forKey: .opens)
         }
     }
 }
@@ -143,7 +159,8 @@ public struct OfflineRequestInfo: Codable, Sendable, Equatable {
     }
 }
 
-/// The agent's answer: exactly one of `status`, `key`, `reassign`, `offline_request` or `error`.
+/// The agent's answer: exactly one of `status`, `key`, `reassign`, `offline_request`,
+/// `key_status` or `error`.
 public enum AgentResponse: Codable, Sendable {
     /// `{"status": {…}}`
     case status(AgentStatus)
@@ -153,12 +170,15 @@ public enum AgentResponse: Codable, Sendable {
     case reassign(ReassignReport)
     /// `{"offline_request": {code, request_id, key_id, device_id}}`
     case offlineRequest(OfflineRequestInfo)
+    /// `{"key_status": {key_id, blocked, rotation_required}}`
+    case keyStatus(KeyStatusResponse)
     /// `{"error": {"code": "…", "message": "…", "hint": "…"}}`
     case failure(ErrorBody)
 
     enum CodingKeys: String, CodingKey {
         case status, key, reassign, error
         case offlineRequest = "offline_request"
+        case keyStatus = "key_status"
     }
 
     /// Decodes whichever of the four fields is present.
@@ -174,6 +194,8 @@ public enum AgentResponse: Codable, Sendable {
             self = .reassign(r)
         } else if let o = try c.decodeIfPresent(OfflineRequestInfo.self, forKey: .offlineRequest) {
             self = .offlineRequest(o)
+        } else if let k = try c.decodeIfPresent(KeyStatusResponse.self, forKey: .keyStatus) {
+            self = .keyStatus(k)
         } else {
             throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription: "an agent answer holds status, key, reassign or error"))
         }
@@ -187,6 +209,7 @@ public enum AgentResponse: Codable, Sendable {
         case .key(let k): try c.encode(k, forKey: .key)
         case .reassign(let r): try c.encode(r, forKey: .reassign)
         case .offlineRequest(let o): try c.encode(o, forKey: .offlineRequest)
+        case .keyStatus(let k): try c.encode(k, forKey: .keyStatus)
         case .failure(let e): try c.encode(e, forKey: .error)
         }
     }
@@ -213,6 +236,12 @@ public enum AgentResponse: Codable, Sendable {
     public func offlineRequest() throws -> OfflineRequestInfo {
         if case .offlineRequest(let o) = self { return o }
         throw unexpected("a request code")
+    }
+
+    /// The answer's key status, or the error it carries.
+    public func keyStatus() throws -> KeyStatusResponse {
+        if case .keyStatus(let k) = self { return k }
+        throw unexpected("a key status")
     }
 
     private func unexpected(_ what: String) -> KeyholdError {

@@ -36,6 +36,9 @@ public enum AuditAction: String, Codable, Sendable, CaseIterable, CustomStringCo
     /// A device re-keyed a drive and retired its old key (which is then blocked: released by no
     /// server, revealed only by an administrator on purpose).
     case retire
+    /// A device found that a drive's escrowed key no longer opens any keyslot it should (the
+    /// drive's keyslots were changed outside Keyhold): the key is shown as `DRIFT`.
+    case escrowDrift = "escrow_drift"
     /// An administrator blocked a key.
     case block
     /// An administrator unblocked a key.

@@ -19,7 +19,7 @@ public enum ErrorStatus {
         // An uploaded export file that does not open or is damaged.
         case .wrongPassword, .truncated, .authenticationFailed, .invalidHeader, .unsupportedVersion, .notKeyholdFile: return 422
         case .auditFailed, .unreachable: return 503
-        case .internalError, .configuration, .ioFailed, .driveFailed, .deviceBusy, .deviceMapperUnavailable: return 500
+        case .internalError, .configuration, .ioFailed, .driveFailed, .deviceBusy, .deviceMapperUnavailable, .escrowDrift: return 500
         }
     }
 }

@@ -168,14 +168,94 @@ public struct HeartbeatRequest: Codable, Sendable {
     public var agentVersion: String
     /// How many keys the agent holds.
     public var keyCount: Int
+    /// The escrow checks of the drives unlocked (or tried) since the last heartbeat, the newest
+    /// per key; at most ``checkLimit``.
+    public var driveChecks: [DriveCheck]
+    /// The most drive checks one heartbeat carries.
+    public static let checkLimit = 256
     /// A heartbeat.
-    public init(agentVersion: String, keyCount: Int) {
+    public init(agentVersion: String, keyCount: Int, driveChecks: [DriveCheck] = []) {
         self.agentVersion = agentVersion
         self.keyCount = keyCount
+        self.driveChecks = driveChecks
     }
     enum CodingKeys: String, CodingKey {
         case agentVersion = "agent_version"
         case keyCount = "key_count"
+        case driveChecks = "drive_checks"
+    }
+    /// Decodes; `drive_checks` is absent from older agents' heartbeats (none).
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        agentVersion = try c.decode(String.self, forKey: .agentVersion)
+        keyCount = try c.decode(Int.self, forKey: .keyCount)
+        driveChecks = try c.decodeIfPresent([DriveCheck].self, forKey: .driveChecks) ?? []
+    }
+}
+
+/// What a device found when it unlocked a drive (or tried to): whether the key the drive's
+/// keyhold token names — the escrowed one — still opens a keyslot of that drive.
+public struct DriveCheck: Codable, Sendable, Equatable {
+    /// The key the drive's token names.
+    public var keyID: KeyID
+    /// Whether it opened the token's keyslot (false: the keyslots were changed outside Keyhold).
+    public var opens: Bool
+    /// When the device checked.
+    public var checked: Date
+    /// One check.
+    public init(keyID: KeyID, opens: Bool, checked: Date) {
+        self.keyID = keyID
+        self.opens = opens
+        self.checked = checked
+    }
+    enum CodingKeys: String, CodingKey {
+        case keyID = "key_id"
+        case opens, checked
+    }
+}
+
+/// `GET /v1/keys/{id}/status`: what a device needs to know about a key it holds, without its secret.
+public struct KeyStatusResponse: Codable, Sendable, Equatable {
+    /// The key.
+    public var keyID: KeyID
+    /// Whether it is blocked (or retired) here.
+    public var blocked: Bool
+    /// Whether it was revealed and should be replaced (a drive is re-keyed at its next unlock).
+    public var rotationRequired: Bool
+    /// A status.
+    public init(keyID: KeyID, blocked: Bool, rotationRequired: Bool) {
+        self.keyID = keyID
+        self.blocked = blocked
+        self.rotationRequired = rotationRequired
+    }
+    enum CodingKeys: String, CodingKey {
+        case keyID = "key_id"
+        case blocked
+        case rotationRequired = "rotation_required"
+    }
+}
+
+/// The last escrow check of a drive key, as a server records it from a device's heartbeat.
+public struct EscrowCheck: Codable, Sendable, Equatable {
+    /// The device that checked.
+    public var deviceID: ClientID
+    /// When it checked.
+    public var checked: Date
+    /// Whether the escrowed key opened the drive: `verified`, else `DRIFT`.
+    public var opens: Bool
+    /// A check.
+    public init(deviceID: ClientID, checked: Date, opens: Bool) {
+        self.deviceID = deviceID
+        self.checked = checked
+        self.opens = opens
+    }
+    /// `verified <time>` or `DRIFT` (with the time), as the lists print it.
+    public var summary: String {
+        opens ? "verified \(ISO8601DateFormatter().string(from: checked))" : "DRIFT since \(ISO8601DateFormatter().string(from: checked))"
+    }
+    enum CodingKeys: String, CodingKey {
+        case deviceID = "device_id"
+        case checked, opens
     }
 }
 
@@ -208,19 +288,24 @@ public struct KeyInfo: Codable, Sendable, Equatable {
     public var blocked: Bool
     /// Whether it was revealed to an administrator and should be replaced (`key reveal`).
     public var rotationRequired: Bool
+    /// For a drive key: the last escrow check a device reported (nil: never checked).
+    public var check: EscrowCheck?
     /// Metadata of one key.
-    public init(record: KeyRecord, provenance: KeyProvenance, stored: Date, blocked: Bool, rotationRequired: Bool = false) {
+    public init(
+        record: KeyRecord, provenance: KeyProvenance, stored: Date, blocked: Bool, rotationRequired: Bool = false, check: EscrowCheck? = nil
+    ) {
         self.record = record
         self.provenance = provenance
         self.stored = stored
         self.blocked = blocked
         self.rotationRequired = rotationRequired
+        self.check = check
     }
     enum CodingKeys: String, CodingKey {
-        case record, provenance, stored, blocked
+        case record, provenance, stored, blocked, check
         case rotationRequired = "rotation_required"
     }
-    /// Decodes; `rotation_required` is absent from older servers' answers (false).
+    /// Decodes; `rotation_required` and `check` are absent from older servers' answers.
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         record = try c.decode(KeyRecord.self, forKey: .record)
@@ -228,6 +313,7 @@ public struct KeyInfo: Codable, Sendable, Equatable {
         stored = try c.decode(Date.self, forKey: .stored)
         blocked = try c.decode(Bool.self, forKey: .blocked)
         rotationRequired = try c.decodeIfPresent(Bool.self, forKey: .rotationRequired) ?? false
+        check = try c.decodeIfPresent(EscrowCheck.self, forKey: .check)
     }
 }
 
@@ -299,11 +385,18 @@ public struct ClientInfo: Codable, Sendable, Equatable {
     public var agentVersion: String?
     /// The key count its last heartbeat reported.
     public var keyCount: Int?
+    /// The escrow checks of the drives it unlocked: the newest verified one, and the drive keys
+    /// whose last check found that the escrowed key no longer opens the drive (`DRIFT`).
+    public var escrowVerified: Date?
+    /// Drive keys whose last check by this device was a drift.
+    public var escrowDrift: [KeyID]
     /// One client.
     public init(
         id: ClientID, role: ClientRole, name: String, state: EnrollmentState, enrolled: Date, lastSeen: Date?, agentVersion: String?,
-        keyCount: Int?
+        keyCount: Int?, escrowVerified: Date? = nil, escrowDrift: [KeyID] = []
     ) {
+        self.escrowVerified = escrowVerified
+        self.escrowDrift = escrowDrift
         self.id = id
         self.role = role
         self.name = name
@@ -318,6 +411,27 @@ public struct ClientInfo: Codable, Sendable, Equatable {
         case lastSeen = "last_seen"
         case agentVersion = "agent_version"
         case keyCount = "key_count"
+        case escrowVerified = "escrow_verified"
+        case escrowDrift = "escrow_drift"
+    }
+    /// Decodes; the escrow fields are absent from older servers' answers.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        id = try c.decode(ClientID.self, forKey: .id)
+        role = try c.decode(ClientRole.self, forKey: .role)
+        name = try c.decode(String.self, forKey: .name)
+        state = try c.decode(EnrollmentState.self, forKey: .state)
+        enrolled = try c.decode(Date.self, forKey: .enrolled)
+        lastSeen = try c.decodeIfPresent(Date.self, forKey: .lastSeen)
+        agentVersion = try c.decodeIfPresent(String.self, forKey: .agentVersion)
+        keyCount = try c.decodeIfPresent(Int.self, forKey: .keyCount)
+        escrowVerified = try c.decodeIfPresent(Date.self, forKey: .escrowVerified)
+        escrowDrift = try c.decodeIfPresent([KeyID].self, forKey: .escrowDrift) ?? []
+    }
+    /// `verified <time>`, `DRIFT (n keys)` or `-`, as `device list` prints it.
+    public var escrowSummary: String {
+        if !escrowDrift.isEmpty { return "DRIFT (\(escrowDrift.count) key\(escrowDrift.count == 1 ? "" : "s"))" }
+        return escrowVerified.map { "verified \(ISO8601DateFormatter().string(from: $0))" } ?? "-"
     }
 }
 
@@ -375,11 +489,15 @@ public struct StatusResponse: Codable, Sendable {
     public var started: Date
     /// Its place in the hierarchy.
     public var hierarchy: HierarchyStatus?
+    /// Drive keys whose last escrow check was a drift (the escrowed key no longer opens the
+    /// drive), at most 100 of them: each is an error an administrator must act on.
+    public var escrowDrift: [KeyID]
     /// A status.
     public init(
         serverID: ServerID, version: String, database: String, keyCount: Int, devices: Int, secondaries: Int, started: Date,
-        hierarchy: HierarchyStatus? = nil
+        hierarchy: HierarchyStatus? = nil, escrowDrift: [KeyID] = []
     ) {
+        self.escrowDrift = escrowDrift
         self.hierarchy = hierarchy
         self.serverID = serverID
         self.version = version
@@ -394,6 +512,20 @@ public struct StatusResponse: Codable, Sendable {
         case version, database
         case keyCount = "key_count"
         case devices, secondaries, started, hierarchy
+        case escrowDrift = "escrow_drift"
+    }
+    /// Decodes; `escrow_drift` is absent from older servers' answers.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        serverID = try c.decode(ServerID.self, forKey: .serverID)
+        version = try c.decode(String.self, forKey: .version)
+        database = try c.decode(String.self, forKey: .database)
+        keyCount = try c.decode(Int.self, forKey: .keyCount)
+        devices = try c.decode(Int.self, forKey: .devices)
+        secondaries = try c.decode(Int.self, forKey: .secondaries)
+        started = try c.decode(Date.self, forKey: .started)
+        hierarchy = try c.decodeIfPresent(HierarchyStatus.self, forKey: .hierarchy)
+        escrowDrift = try c.decodeIfPresent([KeyID].self, forKey: .escrowDrift) ?? []
     }
 }
 

@@ -87,6 +87,9 @@ struct ServerAPI<Context: PeerContext> {
         release(router, "/v1/keys/:id", [.device]) { request, context, peer in
             try await core.release(try Self.keyID(context), to: peer)
         }
+        route(router, .get, "/v1/keys/:id/status", [.device]) { _, context, caller in
+            try respond(try await core.keyStatus(try Self.keyID(context), by: caller))
+        }
         route(router, .post, "/v1/keys/:id/retire", [.device]) { request, context, caller in
             try await core.retire(try Self.keyID(context), try await decode(RetireRequest.self, request), by: caller)
             return Response(status: .noContent)

@@ -287,8 +287,9 @@ struct ServerCore: Sendable {
             hint: "ask an administrator: they can export the key for you, or change release_policy")
     }
 
-    /// Records a device's heartbeat (`POST /v1/heartbeat`).
+    /// Records a device's heartbeat (`POST /v1/heartbeat`) and the drive checks it carries.
     func heartbeat(_ request: HeartbeatRequest, by caller: Caller) async throws -> HeartbeatResponse {
+        if !request.driveChecks.isEmpty { try await recordDriveChecks(request.driveChecks, by: caller) }
         try await repository.recordHeartbeat(
             id: caller.client.id, at: Date(), agentVersion: String(request.agentVersion.prefix(32)), keyCount: max(0, request.keyCount)
         )
@@ -509,7 +510,7 @@ struct ServerCore: Sendable {
             serverID: serverID, version: KeyholdVersion.current, database: databaseDescription, keyCount: try await repository.keyCount(),
             devices: clients.filter { $0.role == .device && $0.state == .active }.count,
             secondaries: clients.filter { $0.role == .server && $0.state == .active }.count, started: started,
-            hierarchy: try await hierarchy.status()
+            hierarchy: try await hierarchy.status(), escrowDrift: try await repository.driftedEscrowChecks(limit: 100).map(\.keyID)
         )
     }
 
@@ -625,9 +626,18 @@ struct ServerCore: Sendable {
         return AdministratorCreateResponse(id: id, certificatePEM: certificate.pem, caPEM: authority.certificate.pem)
     }
 
-    /// `GET /v1/admin/clients`: devices and secondaries (not administrators).
+    /// `GET /v1/admin/clients`: devices and secondaries (not administrators), with the escrow
+    /// checks of the drives each device unlocked.
     func clients() async throws -> [ClientInfo] {
-        try await repository.listClients(role: nil).filter { $0.role != .admin }.map(Self.info)
+        let clients = try await repository.listClients(role: nil).filter { $0.role != .admin }
+        let checks = Dictionary(grouping: try await repository.escrowChecks(clients: clients.map(\.id)), by: \.clientID)
+        return clients.map { client in
+            var info = Self.info(client)
+            let own = checks[client.id] ?? []
+            info.escrowVerified = own.filter(\.opens).map(\.checked).max()
+            info.escrowDrift = own.filter { !$0.opens }.map(\.keyID).sorted()
+            return info
+        }
     }
 
     /// `GET /v1/admin/administrators`.
@@ -646,11 +656,14 @@ struct ServerCore: Sendable {
     func keys(after: KeyID?, limit: Int) async throws -> KeyListResponse {
         let page = try await repository.listKeys(after: after, limit: limit)
         let rotation = try await repository.rotationRequired(page.map(\.record.id))
+        let checks = Dictionary(
+            try await repository.escrowChecks(keys: page.map(\.record.id)).map { ($0.keyID, $0) }, uniquingKeysWith: { a, _ in a })
         return KeyListResponse(
             keys: page.map {
                 KeyInfo(
                     record: $0.record, provenance: $0.provenance, stored: $0.stored, blocked: $0.blocked,
-                    rotationRequired: rotation.contains($0.record.id))
+                    rotationRequired: rotation.contains($0.record.id),
+                    check: checks[$0.record.id].map { EscrowCheck(deviceID: $0.clientID, checked: $0.checked, opens: $0.opens) })
             },
             next: page.count == limit ? page.last?.record.id : nil
         )

@@ -230,6 +230,11 @@ extension ServerCommand {
                 running since \(formatDate(status.started))
                 """)
             if let h = status.hierarchy { print(describe(h)) }
+            for id in status.escrowDrift {
+                print(
+                    "error: DRIFT: the escrowed key \(id) no longer opens its drive (its keyslots were changed outside Keyhold); see 'keyhold-server key list'"
+                )
+            }
         }
     }
 
@@ -508,10 +513,10 @@ struct DeviceCommand: AsyncParsableCommand {
         func run() async throws {
             let clients = try await withAdmin(data) { try await $0.get(APIPath.adminClients, as: [ClientInfo].self) }
             if json { return try printJSON(clients) }
-            print("id\trole\tstate\tname\tlast seen\tversion\tkeys")
+            print("id\trole\tstate\tname\tlast seen\tversion\tkeys\tescrow")
             for c in clients {
                 print(
-                    "\(c.id)\t\(c.role)\t\(c.state)\t\(PrintableText.escaped(c.name))\t\(formatDate(c.lastSeen))\t\(PrintableText.escaped(c.agentVersion ?? "-"))\t\(c.keyCount.map(String.init) ?? "-")"
+                    "\(c.id)\t\(c.role)\t\(c.state)\t\(PrintableText.escaped(c.name))\t\(formatDate(c.lastSeen))\t\(PrintableText.escaped(c.agentVersion ?? "-"))\t\(c.keyCount.map(String.init) ?? "-")\t\(c.escrowSummary)"
                 )
             }
         }
@@ -554,10 +559,10 @@ struct KeyAdminCommand: AsyncParsableCommand {
                 } while after != nil
             }
             if json { return try printJSON(all) }
-            print("id\tkind\tstate\tblocked\trotation\tprovenance\torigin server\torigin device\tlabel")
+            print("id\tkind\tstate\tblocked\trotation\tescrow\tprovenance\torigin server\torigin device\tlabel")
             for k in all {
                 print(
-                    "\(k.record.id)\t\(k.record.kind.rawValue)\t\(k.record.state.rawValue)\t\(k.blocked)\t\(k.rotationRequired ? "required" : "-")\t\(k.provenance)\t\(k.record.originServerID)\t\(k.record.originDeviceID)\t\(PrintableText.escaped(k.record.label))"
+                    "\(k.record.id)\t\(k.record.kind.rawValue)\t\(k.record.state.rawValue)\t\(k.blocked)\t\(k.rotationRequired ? "required" : "-")\t\(k.check?.summary ?? "-")\t\(k.provenance)\t\(k.record.originServerID)\t\(k.record.originDeviceID)\t\(PrintableText.escaped(k.record.label))"
                 )
             }
         }

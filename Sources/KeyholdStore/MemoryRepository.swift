@@ -11,6 +11,7 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
     private var settings: [String: String] = [:]
     private var approvals: [ApprovalID: ApprovalRecord] = [:]
     private var rotations: Set<KeyID> = []
+    private var checks: [KeyID: EscrowCheckRecord] = [:]
     private var auditBroken = false
     private var lastSequence: Int64 = 0
     /// The change feed: each key's latest state change (``Repository/stateChanges(after:limit:)``).
@@ -312,6 +313,27 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
 
     /// Which of `ids` are marked.
     public func rotationRequired(_ ids: [KeyID]) async throws -> Set<KeyID> { rotations.intersection(ids) }
+
+    /// Stores the checks newer than the stored ones (``Repository/recordEscrowChecks(_:audit:)``).
+    public func recordEscrowChecks(_ batch: [EscrowCheckRecord], audit: [AuditEvent]) async throws {
+        if auditBroken, !audit.isEmpty { throw RepositoryError("audit write failed (fault injected)") }
+        for check in batch where (checks[check.keyID]?.checked ?? .distantPast) <= check.checked { checks[check.keyID] = check }
+        for e in audit { try append(e) }
+    }
+
+    /// The checks of `ids`.
+    public func escrowChecks(keys ids: [KeyID]) async throws -> [EscrowCheckRecord] { ids.compactMap { checks[$0] } }
+
+    /// The checks made by `clients`.
+    public func escrowChecks(clients: [ClientID]) async throws -> [EscrowCheckRecord] {
+        let wanted = Set(clients)
+        return checks.values.filter { wanted.contains($0.clientID) }
+    }
+
+    /// The drifts, newest first.
+    public func driftedEscrowChecks(limit: Int) async throws -> [EscrowCheckRecord] {
+        Array(checks.values.filter { !$0.opens }.sorted { $0.checked > $1.checked }.prefix(limit))
+    }
 
     /// The open request for the key by the device, or `request` (``Repository/openApproval(_:audit:)``).
     public func openApproval(_ request: ApprovalRecord, audit: AuditEvent) async throws -> (ApprovalRecord, created: Bool) {

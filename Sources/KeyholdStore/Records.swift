@@ -40,6 +40,27 @@ public struct EnrolledClient: Sendable, Equatable {
     }
 }
 
+/// The last escrow check of a drive key: which device checked, when, and whether the escrowed
+/// key opened the drive. One row per key; a newer check replaces an older one.
+public struct EscrowCheckRecord: Sendable, Equatable {
+    /// The drive key.
+    public var keyID: KeyID
+    /// The device that checked.
+    public var clientID: ClientID
+    /// When it checked (its clock, never later than the server's at receipt).
+    public var checked: Date
+    /// Whether the key opened the drive.
+    public var opens: Bool
+
+    /// A check.
+    public init(keyID: KeyID, clientID: ClientID, checked: Date, opens: Bool) {
+        self.keyID = keyID
+        self.clientID = clientID
+        self.checked = checked
+        self.opens = opens
+    }
+}
+
 /// An enrollment token as stored: only a hash of its secret.
 public struct EnrollmentTokenRecord: Sendable, Equatable {
     /// The token's id.

@@ -118,6 +118,18 @@ public protocol Repository: Sendable {
     /// Which of `ids` are marked *rotation required*.
     func rotationRequired(_ ids: [KeyID]) async throws -> Set<KeyID>
 
+    // MARK: Escrow checks
+
+    /// Stores each check unless the key's stored check is newer, and appends `audit`, in one
+    /// transaction.
+    func recordEscrowChecks(_ checks: [EscrowCheckRecord], audit: [AuditEvent]) async throws
+    /// The stored checks of `ids` (keys never checked are absent).
+    func escrowChecks(keys ids: [KeyID]) async throws -> [EscrowCheckRecord]
+    /// The stored checks made by `clients`.
+    func escrowChecks(clients: [ClientID]) async throws -> [EscrowCheckRecord]
+    /// Checks that found a drift (the key did not open the drive), newest first, at most `limit`.
+    func driftedEscrowChecks(limit: Int) async throws -> [EscrowCheckRecord]
+
     // MARK: Release approval
 
     /// The open request (pending, approved or denied) of `request`'s device for its key, or

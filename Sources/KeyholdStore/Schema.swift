@@ -15,7 +15,7 @@ public enum Schema {
     /// Every migration, in the order they apply.
     public static let migrations: [any SchemaMigration] = [
         CreateRepository(), AddKeySequence(), InsertAndReleaseFunction(), AddKeyStateSequence(),
-        AddReleaseApprovals(), AddKeyRotations(),
+        AddReleaseApprovals(), AddKeyRotations(), AddEscrowChecks(),
     ]
 }
 
@@ -227,4 +227,24 @@ struct AddKeyRotations: SchemaMigration {
     var sqlite: [String] { ["CREATE TABLE key_rotations (key_id TEXT PRIMARY KEY, marked REAL NOT NULL)"] }
 
     var postgres: [String] { ["CREATE TABLE key_rotations (key_id TEXT PRIMARY KEY, marked TIMESTAMPTZ NOT NULL)"] }
+}
+
+/// Version 7: the last escrow check of each drive key, reported by devices at their heartbeat.
+struct AddEscrowChecks: SchemaMigration {
+    let version = 7
+    let name = "add escrow checks"
+
+    var sqlite: [String] {
+        [
+            "CREATE TABLE escrow_checks (key_id TEXT PRIMARY KEY, client_id TEXT NOT NULL, checked REAL NOT NULL, opens INTEGER NOT NULL)",
+            "CREATE INDEX escrow_checks_client ON escrow_checks (client_id)",
+        ]
+    }
+
+    var postgres: [String] {
+        [
+            "CREATE TABLE escrow_checks (key_id TEXT PRIMARY KEY, client_id TEXT NOT NULL, checked TIMESTAMPTZ NOT NULL, opens BOOLEAN NOT NULL)",
+            "CREATE INDEX escrow_checks_client ON escrow_checks (client_id)",
+        ]
+    }
 }

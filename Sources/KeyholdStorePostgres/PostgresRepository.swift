@@ -774,6 +774,58 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         return found
     }
 
+    // MARK: Escrow checks
+
+    /// Stores the checks newer than the stored ones, with `audit` (``Repository/recordEscrowChecks(_:audit:)``).
+    public func recordEscrowChecks(_ checks: [EscrowCheckRecord], audit: [AuditEvent]) async throws {
+        guard !checks.isEmpty || !audit.isEmpty else { return }
+        try await client.withTransaction(logger: logger) { conn in
+            for c in checks {
+                try await conn.query(
+                    """
+                    INSERT INTO escrow_checks (key_id, client_id, checked, opens) VALUES (\(c.keyID.description), \(c.clientID.description), \(c.checked), \(c.opens))
+                    ON CONFLICT (key_id) DO UPDATE SET client_id = excluded.client_id, checked = excluded.checked, opens = excluded.opens
+                    WHERE excluded.checked >= escrow_checks.checked
+                    """, logger: logger)
+            }
+            for e in audit { try await Self.insertAudit(conn, e, logger) }
+        }
+    }
+
+    /// The checks of `ids`.
+    public func escrowChecks(keys ids: [KeyID]) async throws -> [EscrowCheckRecord] {
+        guard !ids.isEmpty else { return [] }
+        return try await checks(
+            try await client.query(
+                "SELECT key_id, client_id, checked, opens FROM escrow_checks WHERE key_id = ANY(\(ids.map(\.description))::text[])", logger: logger))
+    }
+
+    /// The checks made by `clients`.
+    public func escrowChecks(clients: [ClientID]) async throws -> [EscrowCheckRecord] {
+        guard !clients.isEmpty else { return [] }
+        return try await checks(
+            try await client.query(
+                "SELECT key_id, client_id, checked, opens FROM escrow_checks WHERE client_id = ANY(\(clients.map(\.description))::text[])",
+                logger: logger))
+    }
+
+    /// The drifts, newest first.
+    public func driftedEscrowChecks(limit: Int) async throws -> [EscrowCheckRecord] {
+        try await checks(
+            try await client.query(
+                "SELECT key_id, client_id, checked, opens FROM escrow_checks WHERE NOT opens ORDER BY checked DESC LIMIT \(limit)", logger: logger))
+    }
+
+    private func checks(_ rows: PostgresRowSequence) async throws -> [EscrowCheckRecord] {
+        var found: [EscrowCheckRecord] = []
+        for try await (key, client, checked, opens) in rows.decode((String, String, Date, Bool).self) {
+            found.append(
+                EscrowCheckRecord(
+                    keyID: try StoredValue.identifier(key), clientID: try StoredValue.identifier(client), checked: checked, opens: opens))
+        }
+        return found
+    }
+
     // MARK: Release approval
 
     private static let approvalColumns = "id, key_id, client_id, requested, state, decided_by, decided, reason"

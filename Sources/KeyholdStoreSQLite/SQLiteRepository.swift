@@ -509,6 +509,68 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         }
     }
 
+    // MARK: Escrow checks
+
+    /// Stores the checks newer than the stored ones, with `audit` (``Repository/recordEscrowChecks(_:audit:)``).
+    public func recordEscrowChecks(_ checks: [EscrowCheckRecord], audit: [AuditEvent]) async throws {
+        guard !checks.isEmpty || !audit.isEmpty else { return }
+        try await pool.write { db in
+            for c in checks {
+                try db.execute(
+                    sql: """
+                        INSERT INTO escrow_checks (key_id, client_id, checked, opens) VALUES (?, ?, ?, ?)
+                        ON CONFLICT (key_id) DO UPDATE SET client_id = excluded.client_id, checked = excluded.checked, opens = excluded.opens
+                        WHERE excluded.checked >= escrow_checks.checked
+                        """,
+                    arguments: [c.keyID.description, c.clientID.description, c.checked.timeIntervalSince1970, c.opens])
+            }
+            for e in audit { try Self.insertAudit(db, e) }
+        }
+    }
+
+    /// The checks of `ids`.
+    public func escrowChecks(keys ids: [KeyID]) async throws -> [EscrowCheckRecord] {
+        try await escrowChecks(column: "key_id", ids.map(\.description))
+    }
+
+    /// The checks made by `clients`.
+    public func escrowChecks(clients: [ClientID]) async throws -> [EscrowCheckRecord] {
+        try await escrowChecks(column: "client_id", clients.map(\.description))
+    }
+
+    private func escrowChecks(column: String, _ values: [String]) async throws -> [EscrowCheckRecord] {
+        guard !values.isEmpty else { return [] }
+        return try await pool.read { db in
+            var found: [EscrowCheckRecord] = []
+            // In chunks, below SQLite's limit on bound parameters.
+            for chunk in stride(from: 0, to: values.count, by: 500).map({ values[$0..<min($0 + 500, values.count)] }) {
+                let rows = try Row.fetchAll(
+                    db,
+                    sql:
+                        "SELECT key_id, client_id, checked, opens FROM escrow_checks WHERE \(column) IN (\(chunk.map { _ in "?" }.joined(separator: ", ")))",
+                    arguments: StatementArguments(Array(chunk)))
+                found += try rows.map(Self.decodeCheck)
+            }
+            return found
+        }
+    }
+
+    /// The drifts, newest first.
+    public func driftedEscrowChecks(limit: Int) async throws -> [EscrowCheckRecord] {
+        try await pool.read { db in
+            try Row.fetchAll(
+                db, sql: "SELECT key_id, client_id, checked, opens FROM escrow_checks WHERE opens = 0 ORDER BY checked DESC LIMIT ?",
+                arguments: [limit]
+            ).map(Self.decodeCheck)
+        }
+    }
+
+    private static func decodeCheck(_ row: Row) throws -> EscrowCheckRecord {
+        EscrowCheckRecord(
+            keyID: try StoredValue.identifier(row["key_id"]), clientID: try StoredValue.identifier(row["client_id"]),
+            checked: Date(timeIntervalSince1970: row["checked"]), opens: row["opens"])
+    }
+
     // MARK: Release approval
 
     /// The open request for the key by the device, or `request` (``Repository/openApproval(_:audit:)``).

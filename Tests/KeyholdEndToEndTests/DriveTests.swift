@@ -247,7 +247,7 @@ import Testing
             ("keyhold token with a malformed key id", malformed, 1, "token on"),
             ("keyhold token of a future version", future, 1, "has version 2"),
             ("keyhold token naming an unknown key", unknownKey, 1, "not known"),
-            ("keyhold token naming another key", wrongKey, 1, "does not open"),
+            ("keyhold token naming another key", wrongKey, 1, "no longer opens keyslot"),
             ("primary header copy damaged", onePrimary, 0, "verified: "),
             ("both header copies damaged", bothJSON, 1, "keyhold: error: "),
             ("both magics erased", noMagic, 0, "left alone: "),

@@ -281,6 +281,99 @@ import Testing
         #expect(outcomes.count == steps.count, "\(outcomes.joined(separator: "\n"))")
     }
 
+    /// Rotation at the next managed unlock: after a reveal, `drive unlock` re-keys the drive
+    /// before it activates it (here, without device-mapper, the activation itself then fails with
+    /// its own error; the QEMU test of make vm-test goes all the way). The revealed key opens
+    /// nothing afterwards, the new escrowed key does, the trail shows reveal, escrow and retire;
+    /// a second unlock leaves the new key alone.
+    @Test func aRevealedDriveKeyIsReplacedAtTheNextManagedUnlock() async throws {
+        let server = try await ServerProcess(name: "unlock-rekey")
+        try await server.start()
+        defer { server.terminate() }
+        let agent = try await AgentIntegrationTests.enrolledAgent(server, name: "unlock-rekey-d")
+        defer { agent.terminate() }
+        let image = try DriveTests.image(agent, "stick.img")
+        #expect(try await agent.keyhold(["drive", "encrypt", image]).status == 0)
+        let oldID = try Self.tokenKey(try await DriveTests.info(agent, image))
+        let untouched = try await agent.keyhold(["drive", "unlock", image])
+        #expect(try Self.tokenKey(try await DriveTests.info(agent, image)) == oldID, "no reveal, no rekey: \(untouched.stdoutText)")
+
+        let oldFile = agent.path("old.key")
+        try await Self.keyFile(agent, server, oldID, to: oldFile, revealing: true)
+        let unlock = try await agent.keyhold(["drive", "unlock", image])
+        let activated = unlock.status == 0
+        #expect(activated || unlock.stderr.contains("no device-mapper"), "\(unlock.stderr)")
+        #expect(unlock.stdoutText.contains("re-keying \(image) first") && unlock.stdoutText.contains("Re-keyed \(image)"), "\(unlock.stdoutText)")
+        let newID = try Self.tokenKey(try await DriveTests.info(agent, image))
+        #expect(newID != oldID)
+        let newFile = agent.path("new.key")
+        try await DriveTests.escrowedKeyFile(server, keyID: newID, to: newFile)
+        #expect(try await DriveTests.tool(["open", "--test-passphrase", "--key-file", newFile, image]).status == 0)
+        #expect(try await DriveTests.tool(["open", "--test-passphrase", "--key-file", oldFile, image]).status != 0, "the revealed key opens nothing")
+
+        let trail = try await server.auditEntries()
+        #expect(trail.contains { $0.action == .reveal && $0.keyID?.description == oldID })
+        #expect(trail.contains { $0.action == .escrow && $0.keyID?.description == newID })
+        #expect(trail.contains { $0.action == .retire && $0.keyID?.description == oldID && $0.result == .ok })
+        _ = try await agent.keyhold(["drive", "unlock", image])
+        #expect(try Self.tokenKey(try await DriveTests.info(agent, image)) == newID, "the new key is not marked: it stays")
+    }
+
+    /// Escrow checks: a drive whose keyslot was replaced with `cryptsetup luksChangeKey` no
+    /// longer opens with its escrowed key; the unlock says so, and after the agent's next
+    /// heartbeat `key list` and `device list` show DRIFT, `status` prints an error and the trail
+    /// holds an `escrow_drift` record — while a drive that opens shows `verified <time>`.
+    @Test func aDriveWhoseKeyslotWasChangedWithLuksChangeKeyShowsDriftAfterTheNextHeartbeat() async throws {
+        let server = try await ServerProcess(name: "drift")
+        try await server.start()
+        defer { server.terminate() }
+        let agent = try await AgentIntegrationTests.enrolledAgent(server, name: "drift-d")
+        defer { agent.terminate() }
+        let changed = try DriveTests.image(agent, "changed.img")
+        let kept = try DriveTests.image(agent, "kept.img")
+        #expect(try await agent.keyhold(["drive", "encrypt", changed]).status == 0)
+        #expect(try await agent.keyhold(["drive", "encrypt", kept]).status == 0)
+        let changedID = try Self.tokenKey(try await DriveTests.info(agent, changed))
+        let keptID = try Self.tokenKey(try await DriveTests.info(agent, kept))
+        let escrowed = agent.path("escrowed.key")
+        try await DriveTests.escrowedKeyFile(server, keyID: changedID, to: escrowed)
+        let other = agent.path("other.key")
+        try Data((0..<32).map { UInt8($0 &* 7 &+ 1) }).write(to: URL(fileURLWithPath: other))
+        let change = try await DriveTests.tool([
+            "luksChangeKey", changed, other, "--key-file", escrowed, "--key-slot", "0", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
+        ])
+        #expect(change.status == 0, "\(change.stderr)")
+
+        let refused = try await agent.keyhold(["drive", "unlock", "--verify-only", changed])
+        #expect(refused.status == 1 && refused.stderr.contains("no longer opens keyslot 0"), "\(refused.stderr)")
+        #expect(refused.stderr.contains("hint: "))
+        let verified = try await agent.keyhold(["drive", "unlock", "--verify-only", kept])
+        #expect(verified.status == 0, "\(verified.stderr)")
+
+        var keys: [KeyInfo] = []
+        for _ in 0..<100 {
+            keys = try WireFormat.decoder().decode([KeyInfo].self, from: Data(try await server.must(["key", "list", "--json"]).utf8))
+            if keys.filter({ $0.check != nil }).count == 2 { break }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        let deviceID = try #require(try await AgentIntegrationTests.status(agent)["device_id"] as? String)
+        let drifted = try #require(keys.first { $0.record.id.description == changedID }?.check)
+        let fine = try #require(keys.first { $0.record.id.description == keptID }?.check)
+        #expect(!drifted.opens && drifted.deviceID.description == deviceID)
+        #expect(fine.opens && fine.deviceID.description == deviceID)
+        let list = try await server.must(["key", "list"])
+        #expect(list.split(separator: "\n").contains { $0.hasPrefix(changedID) && $0.contains("\tDRIFT since ") }, "\(list)")
+        #expect(list.split(separator: "\n").contains { $0.hasPrefix(keptID) && $0.contains("\tverified ") }, "\(list)")
+        let devices = try await server.must(["device", "list"])
+        #expect(devices.split(separator: "\n").contains { $0.hasPrefix(deviceID) && $0.hasSuffix("\tDRIFT (1 key)") }, "\(devices)")
+        let status = try await server.must(["status"])
+        #expect(status.contains("error: DRIFT: the escrowed key \(changedID) no longer opens its drive"), "\(status)")
+        #expect(!status.contains(keptID))
+        let trail = try await server.auditEntries()
+        #expect(trail.filter { $0.action == .escrowDrift && $0.keyID?.description == changedID }.count == 1)
+        #expect(!trail.contains { $0.action == .escrowDrift && $0.keyID?.description == keptID })
+    }
+
     /// The key id the drive's keyhold token names.
     static func tokenKey(_ info: [String: Any]) throws -> String {
         try #require((info["keyhold"] as? [String: Any])?["key_id"] as? String)

@@ -520,6 +520,38 @@ func audit(_ action: AuditAction, _ key: KeyID? = nil, result: AuditResult = .ok
     }
 
     @Test(arguments: Backend.allCases)
+    func escrowChecksKeepTheNewestPerKeyAndListDriftsNewestFirst(_ backend: Backend) async throws {
+        let f = try await Fixture.make(backend)
+        defer { Task { await f.cleanup() } }
+        let repo = f.repository
+        let (a, b, c) = (KeyID.random(), KeyID.random(), KeyID.random())
+        let (d1, d2) = (ClientID.random(), ClientID.random())
+        let t0 = Date(timeIntervalSince1970: 1_800_000_000)
+        try await repo.recordEscrowChecks(
+            [
+                EscrowCheckRecord(keyID: a, clientID: d1, checked: t0, opens: true),
+                EscrowCheckRecord(keyID: b, clientID: d1, checked: t0.addingTimeInterval(10), opens: false),
+                EscrowCheckRecord(keyID: c, clientID: d2, checked: t0.addingTimeInterval(20), opens: false),
+            ], audit: [audit(.escrowDrift, b), audit(.escrowDrift, c)])
+        // A newer check replaces the stored one; an older one changes nothing.
+        try await repo.recordEscrowChecks(
+            [
+                EscrowCheckRecord(keyID: a, clientID: d2, checked: t0.addingTimeInterval(30), opens: false),
+                EscrowCheckRecord(keyID: b, clientID: d2, checked: t0.addingTimeInterval(5), opens: true),
+            ], audit: [])
+        let byKey = Dictionary(uniqueKeysWithValues: try await repo.escrowChecks(keys: [a, b, c, .random()]).map { ($0.keyID, $0) })
+        #expect(byKey.count == 3)
+        #expect(byKey[a] == EscrowCheckRecord(keyID: a, clientID: d2, checked: t0.addingTimeInterval(30), opens: false))
+        #expect(byKey[b] == EscrowCheckRecord(keyID: b, clientID: d1, checked: t0.addingTimeInterval(10), opens: false))
+        #expect(Set(try await repo.escrowChecks(clients: [d1]).map(\.keyID)) == [b])
+        #expect(Set(try await repo.escrowChecks(clients: [d2]).map(\.keyID)) == [a, c])
+        #expect(try await repo.driftedEscrowChecks(limit: 10).map(\.keyID) == [a, c, b])
+        #expect(try await repo.driftedEscrowChecks(limit: 1).map(\.keyID) == [a])
+        #expect(try await repo.audit(after: 0, limit: 10).filter { $0.action == .escrowDrift }.count == 2)
+        #expect(try await f.reopen().escrowChecks(keys: [c]).first?.opens == false, "checks are durable")
+    }
+
+    @Test(arguments: Backend.allCases)
     func blockStateChangesFormAFeedAndApplyOnlyToHeldKeys(_ backend: Backend) async throws {
         let f = try await Fixture.make(backend)
         defer { Task { await f.cleanup() } }

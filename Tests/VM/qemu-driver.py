@@ -2,9 +2,10 @@
 
 usage: qemu-driver.py VC IMAGE TIMEOUT -- QEMU-COMMAND...
 Waits for the guest's console markers (guest/drive-test.sh): READY -> plug the stick;
-UNPLUG-REQUEST -> unplug; REPLUG-REQUEST -> plug again. Prints the time from each plug to the
-guest's MAPPED line (the console is polled every 50 ms), and exits 0 only when the guest said
-DONE rc=0.
+UNPLUG-REQUEST -> unplug; REPLUG-REQUEST -> run $KEYHOLD_VM_BEFORE_REPLUG (a shell command, if
+set: the administrator's step between the plugs), then plug again. Prints the time from each plug
+to the guest's MAPPED line (the console is polled every 50 ms), and exits 0 only when the guest
+said DONE rc=0 (and the command, if any, succeeded).
 """
 import json
 import os
@@ -102,6 +103,12 @@ else:
         if position is None:
             ok = False
             break
+        between = os.environ.get("KEYHOLD_VM_BEFORE_REPLUG")
+        if between:
+            done = subprocess.run(between, shell=True)
+            print(stamp(), "before the second plug:", between.split()[0].rsplit("/", 1)[-1], "... exit", done.returncode, flush=True)
+            if done.returncode != 0:
+                ok = False
 try:
     qemu.wait(timeout=max(1, timeout - (time.time() - t0)))
 except subprocess.TimeoutExpired:

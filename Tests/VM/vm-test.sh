@@ -8,8 +8,10 @@
 # Keyhold with `make install-files`, runs D2's agent under systemd and waits; the host plugs the
 # stick (QMP). Expected: udev's rule starts keyhold-unlock@<dev>.service, the unit unlocks the
 # stick through D2's agent (S2 -> T), /dev/mapper/keyhold-<uuid> appears; a file system and data
-# go through it; unplug removes the mapping; a second plug unlocks it again and the data reads
-# back; the raw image holds no plaintext. Knobs: MEM (MiB, 1024), TIMEOUT (s, 600),
+# go through it; unplug removes the mapping; between the plugs an administrator reveals the
+# drive's key at S2 (`key reveal`); the second plug unlocks it again — re-keying it first, as a
+# revealed key is marked for rotation — and the data reads back; the raw image holds no
+# plaintext, the revealed key opens nothing, and S2's audit shows reveal, escrow and retire. Knobs: MEM (MiB, 1024), TIMEOUT (s, 600),
 # KEYHOLD_VM_CACHE (where the kernel package is kept, .build/vm-cache).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -91,6 +93,9 @@ truncate -s 64M "$VC/stick.img"
 say "D1: keyhold drive encrypt stick.img"
 KEYHOLD_SOCKET=$VC/d1.sock "$BIN/keyhold" drive encrypt "$VC/stick.img" | sed 's/^/    /'
 UUID=$("$BIN/keyhold" drive info "$VC/stick.img" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["uuid"])')
+KEY=$("$BIN/keyhold" drive info "$VC/stick.img" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["keyhold"]["key_id"])')
+# The help desk's step between the two plugs (S2 holds the key once the first plug obtained it).
+export KEYHOLD_VM_BEFORE_REPLUG="'$BIN/keyhold-server' key reveal $KEY --reason 'vm test: user locked out' --json --data-dir '$VC/S2' > '$VC/reveal.json'"
 admin S1 hierarchy sync > /dev/null
 PORT=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["api"].rsplit(":",1)[1])' "$VC/S2/runtime.json")
 D2_API=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["api_address"])' "$VC/d2-state/identity.json")
@@ -100,7 +105,7 @@ D2_API=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["api_ad
 mkdir -p "$VC/guest"
 for f in init stage2.sh drive-test.sh forward.py; do
   sed -e "s|@VC@|$VC|g" -e "s|@REPO@|$ROOT|g" -e "s|@BIN@|$BIN|g" -e "s|@PORT@|$PORT|g" -e "s|@UUID@|$UUID|g" \
-    "$ROOT/Tests/VM/guest/$f" > "$VC/guest/$f"
+    -e "s|@KEY@|$KEY|g" "$ROOT/Tests/VM/guest/$f" > "$VC/guest/$f"
 done
 chmod 755 "$VC"/guest/*
 R=$VC/build/initramfs; mkdir -p "$R"/{bin,dev,proc,sys,mnt/lower,mnt/rw,newroot,mods}
@@ -129,14 +134,23 @@ secret=$(cat "$VC/out/secret.txt" 2>/dev/null || true)
 [ -n "$secret" ] || { echo "FAIL: the guest wrote no data"; exit 1; }
 if grep -aqF "$secret" "$VC/stick.img"; then echo "FAIL: plaintext found in the raw image"; exit 1; fi
 echo "PASS: plaintext absent from the raw image"
-KEY=$("$BIN/keyhold" drive info "$VC/stick.img" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["keyhold"]["key_id"])')
+NEW=$("$BIN/keyhold" drive info "$VC/stick.img" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["keyhold"]["key_id"])')
+[ "$NEW" != "$KEY" ] || { echo "FAIL: the second plug did not re-key the stick after the reveal"; exit 1; }
+python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["secret_base64"])' "$VC/reveal.json" | base64 -d > "$VC/revealed.key"
+if cryptsetup open --test-passphrase --key-file "$VC/revealed.key" "$VC/stick.img" 2>/dev/null; then
+  echo "FAIL: the revealed key still opens the stick"; exit 1
+fi
+echo "PASS: the managed unlock re-keyed the stick: $KEY (revealed, opens nothing now) -> $NEW"
 admin S2 audit --json | python3 -c '
 import json, sys
-key = sys.argv[1]
+key, new = sys.argv[1], sys.argv[2]
 events = json.load(sys.stdin)
 assert any(e["action"] == "obtain" and e.get("key_id") == key for e in events), "S2 did not obtain the key through the hierarchy"
 assert any(e["action"] == "release" and e.get("key_id") == key and e["result"] == "ok" for e in events), "S2 did not release the key"
 print("PASS: S2 obtained drive key", key, "through the hierarchy and released it to the guest agent (audit)")
-' "$KEY"
+for action, k in (("reveal", key), ("escrow", new), ("retire", key)):
+    assert any(e["action"] == action and e.get("key_id") == k and e["result"] == "ok" for e in events), f"no {action} of {k} in S2 audit"
+print("PASS: S2 audit shows reveal of", key, "escrow of", new, "and retire of", key)
+' "$KEY" "$NEW"
 grep -a -E 'plug to mapping' "$VC/run/driver.log"
 echo "make vm-test: passed"

@@ -60,6 +60,13 @@ got=$(head -1 /mnt/k/secret.txt); lines=$(wc -l < /mnt/k/secret.txt)
 umount /mnt/k
 [ "$got" = "$SECRET line 1" ] && [ "$lines" = 200 ] || fail "data mismatch after the second plug"
 log "DATA OK (written, unplugged, plugged again, read back)"
+# Between the plugs the administrator revealed key @KEY@: this managed unlock re-keyed the stick.
+UNIT2=$(systemctl list-units --plain --no-legend 'keyhold-unlock@*.service' | awk '{print $1}' | head -1)
+DEV2=${UNIT2#keyhold-unlock@}; DEV2=${DEV2%.service}
+NOW=$(keyhold drive info "/dev/$DEV2" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["keyhold"]["key_id"])')
+[ -n "$NOW" ] && [ "$NOW" != "@KEY@" ] || fail "the revealed key @KEY@ was not replaced at the second unlock (token names '$NOW')"
+journalctl -b --no-pager -u "$UNIT2" | grep -q "Re-keyed /dev/$DEV2" || fail "$UNIT2 did not log the rekey"
+log "REKEYED at the managed unlock: @KEY@ -> $NOW ($UNIT2)"
 journalctl -b --no-pager -u 'keyhold-*' > @VC@/out/journal.txt 2>&1
 log "DONE rc=0"
 systemctl --no-block poweroff
