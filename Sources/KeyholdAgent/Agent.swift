@@ -43,6 +43,7 @@ actor Agent {
         case .enroll(let token): return .status(try await enroll(tokenText: token))
         case .reassign(let token, let dryRun): return .reassign(try await reassign(tokenText: token, dryRun: dryRun))
         case .fileKey: return .key(try await fileKey())
+        case .rotateFileKey(let old): return .key(try await fileKey(replacing: old))
         case .driveKey(let label): return .key(try await driveKey(label: label))
         case .key(let id): return .key(try await key(id))
         case .offlineRequest(let id, let kind): return .offlineRequest(try offlineRequest(id, kind: kind))
@@ -151,6 +152,20 @@ actor Agent {
         creatingFileKey = task
         defer { creatingFileKey = nil }
         return try await task.value
+    }
+
+    /// The file key to re-encrypt a file under that was encrypted with `old` (`keyhold file
+    /// rekey`): the active key unless it is `old` or its server marks it for rotation, else a
+    /// new one, escrowed first, that becomes the active key.
+    func fileKey(replacing old: KeyID) async throws -> KeyMaterial {
+        if let id = cache.activeFileKey {
+            var stale = id == old
+            if !stale, let client {
+                stale = (try? await client.get(APIPath.keyStatus(id.description), as: KeyStatusResponse.self))?.rotationRequired == true
+            }
+            if stale { try cache.retireActiveFileKey(id) }
+        }
+        return try await fileKey()
     }
 
     private func createFileKey() async throws -> KeyMaterial {
@@ -305,11 +320,18 @@ actor Agent {
     func heartbeat() async {
         guard let client, heartbeatStopped == nil else { return }
         let checks = driveChecks.values.sorted { $0.checked < $1.checked }
+        let active = cache.activeFileKey
         do {
-            _ = try await client.post(
-                APIPath.heartbeat, HeartbeatRequest(agentVersion: KeyholdVersion.current, keyCount: cache.keys.count, driveChecks: checks),
+            let answer = try await client.post(
+                APIPath.heartbeat,
+                HeartbeatRequest(agentVersion: KeyholdVersion.current, keyCount: cache.keys.count, driveChecks: checks, activeFileKey: active),
                 as: HeartbeatResponse.self)
             for sent in checks where driveChecks[sent.keyID] == sent { driveChecks[sent.keyID] = nil }
+            if answer.rotateFileKey, let active {
+                // Revealed: new files get a new key from now on (the old one still opens old files).
+                try? cache.retireActiveFileKey(active)
+                logger.notice("the active file key was revealed; new files get a new key", metadata: ["key": "\(active)"])
+            }
             lastHeartbeat = Date()
             lastHeartbeatError = nil
             heartbeatFailures = 0

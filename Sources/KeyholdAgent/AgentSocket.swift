@@ -26,7 +26,7 @@ struct SocketPolicy: Sendable {
 
     /// Whether an admitted caller may run `operation`.
     func allows(_ operation: AgentOperation, _ peer: PeerCredentials) -> Bool {
-        peer.uid == 0 || [.status, .fileKey, .key, .offlineRequest, .offlineKey].contains(operation)
+        peer.uid == 0 || [.status, .fileKey, .rotateFileKey, .key, .offlineRequest, .offlineKey].contains(operation)
     }
 }
 
@@ -75,7 +75,7 @@ final class AgentSocket: Service, Sendable {
                         try channel.pipeline.syncOperations.addHandler(
                             RequestLineHandler(limit: AgentSocket.requestLimit, timeout: AgentSocket.requestTimeout)
                         )
-                        return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                        return try AgentSocket.wrap(channel)
                     }
                 }
         } catch {
@@ -104,6 +104,15 @@ final class AgentSocket: Service, Sendable {
         } catch is CancellationError where Task.isShuttingDownGracefully {
             // The end of a graceful shutdown: the listener was closed on purpose.
         }
+    }
+
+    /// A connection as an async channel that closes itself when dropped unserved. A connection
+    /// accepted while the listener closes (at shutdown) is dropped by the listener's stream
+    /// without being served; NIO's non-deprecated wrapper traps on that ("Deinited
+    /// NIOAsyncWriter without calling finish()", seen in AgentSocketTests), which would crash the
+    /// agent as it stops. Served connections are still closed by `executeThenClose`.
+    fileprivate static func wrap(_ channel: any Channel) throws -> NIOAsyncChannel<ByteBuffer, ByteBuffer> {
+        try (DeinitTeardown.self as any ChannelWrapping.Type).wrap(channel)
     }
 
     /// Makes the socket's folder and clears a stale socket file; refuses when another agent answers there.
@@ -287,5 +296,17 @@ final class RequestLineHandler: ChannelInboundHandler, RemovableChannelHandler {
         timer?.cancel()
         buffer = ByteBuffer()
         context.fireErrorCaught(error)
+    }
+}
+
+/// Indirection so the one deliberate use of NIO's deprecated deinit-based wrapper warns once, here.
+private protocol ChannelWrapping {
+    static func wrap(_ channel: any Channel) throws -> NIOAsyncChannel<ByteBuffer, ByteBuffer>
+}
+
+private enum DeinitTeardown: ChannelWrapping {
+    @available(*, deprecated, message: "uses NIO's deinit-based teardown on purpose (see AgentSocket.wrap)")
+    static func wrap(_ channel: any Channel) throws -> NIOAsyncChannel<ByteBuffer, ByteBuffer> {
+        try NIOAsyncChannel<ByteBuffer, ByteBuffer>(synchronouslyWrapping: channel)
     }
 }

@@ -63,6 +63,16 @@ struct KeyCache {
         self = next
     }
 
+    /// Stops using `id` for new files (it stays in the cache for the files it opens); the next
+    /// file key request makes a new one.
+    mutating func retireActiveFileKey(_ id: KeyID) throws {
+        guard activeFileKey == id else { return }
+        var next = self
+        next.activeFileKey = nil
+        try next.persist()
+        self = next
+    }
+
     private func persist() throws {
         var entries: [String] = []
         for material in keys.values.sorted(by: { $0.record.id < $1.record.id }) {

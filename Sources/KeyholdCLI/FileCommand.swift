@@ -18,7 +18,7 @@ struct FileCommand: ParsableCommand {
         commandName: "file",
         abstract: "Encrypt, decrypt and inspect files.",
         discussion: "The format is specified in docs/spec/file-format.md; its body is Tink's AES-256-GCM-HKDF streaming AEAD.",
-        subcommands: [Encrypt.self, Decrypt.self, Info.self]
+        subcommands: [Encrypt.self, Decrypt.self, Rekey.self, Info.self]
     )
 }
 

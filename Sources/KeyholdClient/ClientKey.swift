@@ -1,6 +1,6 @@
 import Crypto
 import Foundation
-public import KeyholdCore
+import KeyholdCore
 import SwiftASN1
 import X509
 

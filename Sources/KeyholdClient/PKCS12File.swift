@@ -1,6 +1,6 @@
 import CNIOBoringSSL
 import Foundation
-public import KeyholdCore
+import KeyholdCore
 
 /// A PKCS#12 (RFC 7292) bundle of a client certificate, its private key and the CA, for a
 /// browser or another TLS client to import (`keyhold-server admin add --p12`). Made by

@@ -28,6 +28,8 @@ public enum AgentOperation: String, Codable, Sendable, CaseIterable, CustomStrin
     case keyStatus = "key-status"
     /// Note whether a drive's escrowed key opened its keyslot, for the next heartbeat (root).
     case driveCheck = "drive-check"
+    /// The key new files are encrypted with, made anew if it is the given key or marked for rotation.
+    case rotateFileKey = "rotate-file-key"
 
     /// The wire text.
     public var description: String { rawValue }
@@ -58,6 +60,8 @@ public enum AgentRequest: Codable, Sendable, Equatable {
     case keyStatus(KeyID)
     /// `{"op": "drive-check", "key_id": "…", "opens": true}`
     case driveCheck(KeyID, opens: Bool)
+    /// `{"op": "rotate-file-key", "key_id": "…"}`: `key_id` is the key being replaced.
+    case rotateFileKey(replacing: KeyID)
 
     /// Which operation this is.
     public var operation: AgentOperation {
@@ -73,6 +77,7 @@ public enum AgentRequest: Codable, Sendable, Equatable {
         case .retireKey: return .retireKey
         case .keyStatus: return .keyStatus
         case .driveCheck: return .driveCheck
+        case .rotateFileKey: return .rotateFileKey
         }
     }
 
@@ -102,6 +107,7 @@ public enum AgentRequest: Codable, Sendable, Equatable {
             self = .retireKey(try c.decode(KeyID.self, forKey: .keyID), replacedBy: try c.decode(KeyID.self, forKey: .replacedBy))
         case .keyStatus: self = .keyStatus(try c.decode(KeyID.self, forKey: .keyID))
         case .driveCheck: self = .driveCheck(try c.decode(KeyID.self, forKey: .keyID), opens: try c.decode(Bool.self, forKey: .opens))
+        case .rotateFileKey: self = .rotateFileKey(replacing: try c.decode(KeyID.self, forKey: .keyID))
         }
     }
 
@@ -126,7 +132,7 @@ public enum AgentRequest: Codable, Sendable, Equatable {
         case .retireKey(let id, let replacedBy):
             try c.encode(id, forKey: .keyID)
             try c.encode(replacedBy, forKey: .replacedBy)
-        case .keyStatus(let id): try c.encode(id, forKey: .keyID)
+        case .keyStatus(let id), .rotateFileKey(let id): try c.encode(id, forKey: .keyID)
         case .driveCheck(let id, let opens):
             try c.encode(id, forKey: .keyID)
             try c.encode(opens, forKey: .opens)

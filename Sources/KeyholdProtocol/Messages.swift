@@ -171,25 +171,30 @@ public struct HeartbeatRequest: Codable, Sendable {
     /// The escrow checks of the drives unlocked (or tried) since the last heartbeat, the newest
     /// per key; at most ``checkLimit``.
     public var driveChecks: [DriveCheck]
+    /// The key the agent encrypts new files with: the answer says whether it must be replaced.
+    public var activeFileKey: KeyID?
     /// The most drive checks one heartbeat carries.
     public static let checkLimit = 256
     /// A heartbeat.
-    public init(agentVersion: String, keyCount: Int, driveChecks: [DriveCheck] = []) {
+    public init(agentVersion: String, keyCount: Int, driveChecks: [DriveCheck] = [], activeFileKey: KeyID? = nil) {
         self.agentVersion = agentVersion
         self.keyCount = keyCount
         self.driveChecks = driveChecks
+        self.activeFileKey = activeFileKey
     }
     enum CodingKeys: String, CodingKey {
         case agentVersion = "agent_version"
         case keyCount = "key_count"
         case driveChecks = "drive_checks"
+        case activeFileKey = "active_file_key"
     }
-    /// Decodes; `drive_checks` is absent from older agents' heartbeats (none).
+    /// Decodes; `drive_checks` and `active_file_key` are absent from older agents' heartbeats.
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         agentVersion = try c.decode(String.self, forKey: .agentVersion)
         keyCount = try c.decode(Int.self, forKey: .keyCount)
         driveChecks = try c.decodeIfPresent([DriveCheck].self, forKey: .driveChecks) ?? []
+        activeFileKey = try c.decodeIfPresent(KeyID.self, forKey: .activeFileKey)
     }
 }
 
@@ -265,14 +270,26 @@ public struct HeartbeatResponse: Codable, Sendable {
     public var serverID: ServerID
     /// The server's clock.
     public var serverTime: Date
+    /// The heartbeat's `active_file_key` was revealed (or answered offline): the agent makes a
+    /// new file key for the files it encrypts from now on.
+    public var rotateFileKey: Bool
     /// An answer.
-    public init(serverID: ServerID, serverTime: Date) {
+    public init(serverID: ServerID, serverTime: Date, rotateFileKey: Bool = false) {
         self.serverID = serverID
         self.serverTime = serverTime
+        self.rotateFileKey = rotateFileKey
     }
     enum CodingKeys: String, CodingKey {
         case serverID = "server_id"
         case serverTime = "server_time"
+        case rotateFileKey = "rotate_file_key"
+    }
+    /// Decodes; `rotate_file_key` is absent from older servers' answers (false).
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        serverID = try c.decode(ServerID.self, forKey: .serverID)
+        serverTime = try c.decode(Date.self, forKey: .serverTime)
+        rotateFileKey = try c.decodeIfPresent(Bool.self, forKey: .rotateFileKey) ?? false
     }
 }
 

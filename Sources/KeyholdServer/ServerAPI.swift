@@ -211,7 +211,7 @@ struct ServerAPI<Context: PeerContext> {
         }
         route(router, .get, APIPath.adminReleases, [.admin]) { request, _, _ in
             let states: Set<ApprovalState>
-            switch request.uri.queryParameters.get("state").map { String($0) } ?? "open" {
+            switch request.uri.queryParameters.get("state").map({ String($0) }) ?? "open" {
             case "open": states = ApprovalState.open
             case "all": states = Set(ApprovalState.allCases)
             case let name:

@@ -293,7 +293,9 @@ struct ServerCore: Sendable {
         try await repository.recordHeartbeat(
             id: caller.client.id, at: Date(), agentVersion: String(request.agentVersion.prefix(32)), keyCount: max(0, request.keyCount)
         )
-        return HeartbeatResponse(serverID: serverID, serverTime: Date())
+        var rotate = false
+        if let active = request.activeFileKey { rotate = try await repository.rotationRequired([active]).contains(active) }
+        return HeartbeatResponse(serverID: serverID, serverTime: Date(), rotateFileKey: rotate)
     }
 
     /// The key for `peer`: from this repository, else (option on, primary configured) from the

@@ -147,7 +147,8 @@ import Glibc
         // 'nobody' is in 'nogroup' (its primary group); 'daemon' is not.
         let nobody = PeerCredentials(uid: 65534, gid: 65534, pid: 2)
         #expect(policy.admits(nobody))
-        #expect(AgentOperation.allCases.filter { policy.allows($0, nobody) } == [.status, .fileKey, .key, .offlineRequest, .offlineKey])
+        #expect(
+            AgentOperation.allCases.filter { policy.allows($0, nobody) } == [.status, .fileKey, .key, .offlineRequest, .offlineKey, .rotateFileKey])
         #expect(!policy.admits(PeerCredentials(uid: 1, gid: 1, pid: 3)))
         #expect(!SocketPolicy(group: "no-such-group-here").admits(nobody))
     }

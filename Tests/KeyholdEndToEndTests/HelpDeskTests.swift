@@ -374,6 +374,67 @@ import Testing
         #expect(!trail.contains { $0.action == .escrowDrift && $0.keyID?.description == keptID })
     }
 
+    /// Rotation of a file key: after a reveal the agent stops using the key for new files (told
+    /// at its next heartbeat), and `file rekey` re-encrypts a file in place under a new escrowed
+    /// key — same plaintext, the revealed key no longer opens it, other files under the old key
+    /// still open. A damaged file is refused and left byte for byte as it was, with no temporary
+    /// file beside it.
+    @Test func aRevealedFileKeyIsReplacedByFileRekeyAndNewFilesGetANewKey() async throws {
+        let server = try await ServerProcess(name: "file-rekey")
+        try await server.start()
+        defer { server.terminate() }
+        let agent = try await AgentIntegrationTests.enrolledAgent(server, name: "file-rekey-d")
+        defer { agent.terminate() }
+        let folder = agent.path("files")
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let plain = try AgentIntegrationTests.write(agent, "files/plan.txt", 300_000)
+        for name in ["a", "b", "damaged"] {
+            #expect(try await agent.keyhold(["file", "encrypt", agent.path("files/plan.txt"), "-o", agent.path("files/\(name).khf")]).status == 0)
+        }
+        let old = try Self.fileKey(try await agent.keyhold(["file", "info", agent.path("files/a.khf"), "--json"]).stdout)
+        let revealed = agent.path("revealed.key")
+        try await Self.keyFile(agent, server, old.description, to: revealed, revealing: true)
+
+        // Told at the next heartbeat: new files get a new key.
+        var active: String?
+        for _ in 0..<50 {
+            active = try await AgentIntegrationTests.status(agent)["active_file_key"] as? String
+            if active == nil || active != old.description { break }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        #expect(active != old.description, "the revealed key is no longer the active file key")
+
+        let rekey = try await agent.keyhold(["file", "rekey", agent.path("files/a.khf")])
+        #expect(rekey.status == 0, "\(rekey.stderr)")
+        let new = try Self.fileKey(try await agent.keyhold(["file", "info", agent.path("files/a.khf"), "--json"]).stdout)
+        #expect(new != old && rekey.stderr.contains("key \(old) -> \(new)"), "\(rekey.stderr)")
+        let back = try await agent.keyhold(["file", "decrypt", agent.path("files/a.khf"), "-o", agent.path("a.out")])
+        #expect(back.status == 0, "\(back.stderr)")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: agent.path("a.out"))) == plain)
+        let withOld = try await agent.keyhold(["file", "decrypt", agent.path("files/a.khf"), "-o", agent.path("a.old"), "--key-file", revealed])
+        #expect(withOld.status == 1, "the revealed key opens the re-keyed file no more")
+        #expect(try await agent.keyhold(["file", "decrypt", agent.path("files/b.khf"), "-o", agent.path("b.out")]).status == 0)
+        let trail = try await server.auditEntries()
+        #expect(trail.contains { $0.action == .escrow && $0.keyID == new }, "the new key was escrowed")
+
+        // A damaged file: refused, unchanged, nothing left beside it.
+        let damagedPath = agent.path("files/damaged.khf")
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: damagedPath))
+        bytes[bytes.count - 100] ^= 0x01
+        try bytes.write(to: URL(fileURLWithPath: damagedPath))
+        let refused = try await agent.keyhold(["file", "rekey", damagedPath])
+        #expect(refused.status == 1 && refused.stderr.contains("hint: "), "\(refused.stderr)")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: damagedPath)) == bytes)
+        let left = try FileManager.default.contentsOfDirectory(atPath: folder).sorted()
+        #expect(left == ["a.khf", "b.khf", "damaged.khf", "plan.txt"], "\(left)")
+    }
+
+    /// The key id in a `file info --json` answer.
+    static func fileKey(_ json: Data) throws -> KeyID {
+        let text = try #require((try JSONSerialization.jsonObject(with: json) as? [String: Any])?["key_id"] as? String)
+        return try #require(KeyID(text))
+    }
+
     /// The key id the drive's keyhold token names.
     static func tokenKey(_ info: [String: Any]) throws -> String {
         try #require((info["keyhold"] as? [String: Any])?["key_id"] as? String)
