@@ -176,13 +176,26 @@ struct DriveCommand: ParsableCommand {
                 A drive that is not LUKS, or LUKS without a keyhold token, is left alone (exit 0). The key comes from the agent's \
                 cache, else its server (and so the hierarchy). Whether the escrowed key still opens the drive goes to the server \
                 at the next heartbeat (key list: verified or DRIFT). A key an administrator revealed is replaced first, as \
-                'keyhold drive rekey' does.
-                Example: keyhold drive unlock /dev/sdb
+                'keyhold drive rekey' does. Without a server, --offline prints a request code for the help desk and \
+                --response CODE unlocks with the key of its answer, once.
+                Examples:
+                  keyhold drive unlock /dev/sdb
+                  keyhold drive unlock /dev/sdb --offline                 (no server: prints a request code)
+                  keyhold drive unlock /dev/sdb --response 46DCBP-0VHK54-…
                 """
         )
         @Argument(help: "The block device or image file.") var device: String
         @Flag(help: "Only check that the escrowed key opens the drive; activate nothing and change nothing (no device-mapper needed).")
         var verifyOnly = false
+        @Flag(help: "The server cannot be reached: print a request code for an administrator instead (docs/operations.md, 'Offline access').")
+        var offline = false
+        @Option(help: ArgumentHelp("With --offline, also write the request code to this file (to send by e-mail).", valueName: "file"))
+        var requestFile: String?
+        @Option(
+            help: ArgumentHelp("The administrator's response code to a request made with --offline: unlock with its key, once.", valueName: "code"))
+        var response: String?
+        @Option(help: ArgumentHelp("Read the response code from this file.", valueName: "file"))
+        var responseFile: String?
         @OptionGroup var agent: AgentOptions
 
         func run() throws {
@@ -203,7 +216,15 @@ struct DriveCommand: ParsableCommand {
                 print("already unlocked: /dev/mapper/\(name)")
                 return
             }
-            var key = try agent.key(.key(token.keyID))
+            if offline {
+                guard response == nil, responseFile == nil else {
+                    throw KeyholdError(
+                        .usage, "--offline asks for a response code; --response uses one", hint: "first run with --offline, later with --response")
+                }
+                return try OfflineAccessOptions.printRequest(token.keyID, kind: .drive, agent: agent, requestFile: requestFile)
+            }
+            let code = try OfflineAccessOptions.responseCode(response, file: responseFile)
+            var key = try agent.key(code.map { .offlineKey(code: $0, keyID: token.keyID) } ?? .key(token.keyID))
 
             // The escrow check: does the escrowed key still open the drive? Reported to the
             // server at the agent's next heartbeat (verified, or DRIFT).
@@ -225,8 +246,10 @@ struct DriveCommand: ParsableCommand {
             // Rotation: a key revealed to an administrator (or an interrupted rekey) is replaced
             // before the drive is used; if that fails, the drive unlocks with its current key and
             // the next unlock tries again.
-            if token.rekeyTo != nil || token.previousKeyID != nil
-                || (try? agent.client().send(.keyStatus(token.keyID)).keyStatus().rotationRequired) == true
+            // (Not with a response code: the server is out of reach; the next online unlock re-keys.)
+            if code == nil,
+                token.rekeyTo != nil || token.previousKeyID != nil
+                    || (try? agent.client().send(.keyStatus(token.keyID)).keyStatus().rotationRequired) == true
             {
                 do {
                     print("Key \(token.keyID) was revealed or its replacement is unfinished: re-keying \(device) first.")

@@ -197,6 +197,60 @@ import Testing
         #expect(keys.first { $0.record.id == request.keyID }?.rotationRequired == true)
     }
 
+    /// Offline access for a drive: a device whose server is out of reach prints a request code
+    /// for the drive's key; the administrator's response opens the drive's keyslot once (here
+    /// with --verify-only: there is no device-mapper), on that device only; the key is marked for
+    /// rotation and the check reaches the server once it is back.
+    @Test func aDriveUnlocksOfflineWithAResponseCodeOnce() async throws {
+        let server = try await ServerProcess(name: "offline-drive")
+        try await server.start()
+        defer { server.terminate() }
+        let owner = try await AgentIntegrationTests.enrolledAgent(server, name: "offline-drive-owner")
+        defer { owner.terminate() }
+        let colleague = try await AgentIntegrationTests.enrolledAgent(server, name: "offline-drive-colleague")
+        defer { colleague.terminate() }
+        let image = try DriveTests.image(owner, "stick.img")
+        #expect(try await owner.keyhold(["drive", "encrypt", image]).status == 0)
+        let keyID = try Self.tokenKey(try await DriveTests.info(owner, image))
+
+        #expect(await server.stop() == 0)
+        let unreachable = try await colleague.keyhold(["drive", "unlock", image, "--verify-only"])
+        #expect(unreachable.status != 0)
+        let both = try await colleague.keyhold(["drive", "unlock", image, "--offline", "--response", "X"])
+        #expect(both.status == 64 || both.status == 1, "\(both.stderr)")
+        let asked = try await colleague.keyhold(["drive", "unlock", image, "--offline"])
+        #expect(asked.status == 0, "\(asked.stderr)")
+        let request = try OfflineRequest(code: asked.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines))
+        #expect(request.keyID.description == keyID)
+
+        try await server.start()
+        let answer = try WireFormat.decoder().decode(
+            OfflineRespondResponse.self,
+            from: Data(try await server.must(["key", "respond", request.code, "--reason", "ticket 12: stick abroad", "--json"]).utf8))
+        #expect(await server.stop() == 0)
+
+        let elsewhere = try await owner.keyhold(["drive", "unlock", image, "--verify-only", "--response", answer.responseCode])
+        #expect(elsewhere.status == 1 && elsewhere.stderr.contains("no open request"), "\(elsewhere.stderr)")
+        let opened = try await colleague.keyhold(["drive", "unlock", image, "--verify-only", "--response", answer.responseCode])
+        #expect(opened.status == 0 && opened.stdoutText.contains("verified: the escrowed key \(keyID) opens keyslot 0"), "\(opened.stderr)")
+        let twice = try await colleague.keyhold(["drive", "unlock", image, "--verify-only", "--response", answer.responseCode])
+        #expect(twice.status == 1 && twice.stderr.contains("no open request"), "\(twice.stderr)")
+
+        try await server.start()
+        var check: EscrowCheck?
+        for _ in 0..<50 {
+            let keys = try WireFormat.decoder().decode([KeyInfo].self, from: Data(try await server.must(["key", "list", "--json"]).utf8))
+            let key = keys.first { $0.record.id.description == keyID }
+            #expect(key?.rotationRequired == true)
+            check = key?.check
+            if check != nil { break }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        let colleagueID = try await AgentIntegrationTests.status(colleague)["device_id"] as? String
+        #expect(check?.opens == true && check?.deviceID.description == colleagueID, "the offline check arrived with a later heartbeat")
+        #expect(try await server.auditEntries().contains { $0.action == .offlineRelease && $0.keyID?.description == keyID })
+    }
+
     /// Rotation after a reveal: `drive rekey` escrows a new key first, and afterwards the revealed
     /// key no longer opens the drive in cryptsetup while the new escrowed one does; the server
     /// retired (blocked) the old key; the trail shows reveal, the new escrow and the retirement.
