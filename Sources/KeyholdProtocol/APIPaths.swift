@@ -4,6 +4,10 @@ public enum APIPath {
 
     /// `GET`: "ok" (both listeners).
     public static let health = "/v1/health"
+    /// `GET`: ready to serve (database reachable, migrations applied, listeners up), else `503` with the reason.
+    public static let ready = "/v1/ready"
+    /// `GET` on the metrics listener: the Prometheus exposition.
+    public static let metrics = "/metrics"
     /// `GET`: the CA certificate, which the token's fingerprint pins (enrollment listener).
     public static let ca = "/v1/ca"
     /// `POST`: redeem a token for a certificate (enrollment listener).

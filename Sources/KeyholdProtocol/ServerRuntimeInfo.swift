@@ -16,6 +16,8 @@ public struct ServerRuntimeInfo: Codable, Sendable, Equatable {
     public var api: String
     /// The bound `host:port` of the enrollment listener.
     public var enroll: String
+    /// The bound `host:port` of the plain-HTTP metrics listener, when one is configured.
+    public var metrics: String?
     /// The process.
     public var pid: Int32
     /// Its version.
@@ -25,9 +27,11 @@ public struct ServerRuntimeInfo: Codable, Sendable, Equatable {
 
     /// What a server that listens now writes.
     public init(
-        serverID: ServerID, api: String, enroll: String, pid: Int32 = getpid(), version: String = KeyholdVersion.current, started: Date = Date()
+        serverID: ServerID, api: String, enroll: String, metrics: String? = nil, pid: Int32 = getpid(), version: String = KeyholdVersion.current,
+        started: Date = Date()
     ) {
         self.serverID = serverID
+        self.metrics = metrics
         self.api = api
         self.enroll = enroll
         self.pid = pid
@@ -37,7 +41,7 @@ public struct ServerRuntimeInfo: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case serverID = "server_id"
-        case api, enroll, pid, version, started
+        case api, enroll, metrics, pid, version, started
     }
 
     /// The path of the file in `directory`.

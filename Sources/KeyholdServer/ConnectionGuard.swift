@@ -38,6 +38,9 @@ public struct ConnectionLimits: Sendable, Equatable {
     /// The enrollment listener's defaults.
     public static let enrollmentDefault = ConnectionLimits(
         maxConnections: 256, maxPerAddress: 8, perAddressUntilHandshake: false, handshakeTimeout: .seconds(10), idleTimeout: .seconds(30))
+    /// The metrics listener's (a scraper or two, a load balancer's checks).
+    public static let metricsDefault = ConnectionLimits(
+        maxConnections: 64, maxPerAddress: 16, perAddressUntilHandshake: false, handshakeTimeout: .seconds(10), idleTimeout: .seconds(60))
 }
 
 /// The open connections of one listener, shared by its event loops.
@@ -119,12 +122,17 @@ final class ConnectionGuardHandler: ChannelInboundHandler {
     typealias InboundIn = NIOAny
 
     private let counter: ConnectionCounter
+    private let plain: Bool
     private var address = ""
     private var admitted = false
     private var handshaken = false
     private var timer: Scheduled<Void>?
 
-    init(counter: ConnectionCounter) { self.counter = counter }
+    /// `plain`: no TLS, so the connection counts as handshaken once admitted.
+    init(counter: ConnectionCounter, plain: Bool = false) {
+        self.counter = counter
+        self.plain = plain
+    }
 
     func channelActive(context: ChannelHandlerContext) {
         address = context.channel.remoteAddress?.ipAddress ?? "unknown"
@@ -133,6 +141,11 @@ final class ConnectionGuardHandler: ChannelInboundHandler {
             return
         }
         admitted = true
+        if plain {
+            handshakeCompleted()
+            context.fireChannelActive()
+            return
+        }
         let channel = context.channel
         timer = context.eventLoop.scheduleTask(in: .nanoseconds(Int64(counter.limits.handshakeTimeout.nanoseconds))) {
             channel.close(promise: nil)
@@ -184,15 +197,18 @@ struct GuardedTLSChannel: ServerChildChannel {
     typealias Value = HTTP1Channel.Value
 
     let base: HTTP1Channel
-    let sslContext: NIOSSLContext
+    /// Nil for the plain-HTTP metrics listener: then there is no handshake to wait for.
+    let sslContext: NIOSSLContext?
     let counter: ConnectionCounter
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         channel.eventLoop.makeCompletedFuture {
-            let guardHandler = ConnectionGuardHandler(counter: counter)
+            let guardHandler = ConnectionGuardHandler(counter: counter, plain: sslContext == nil)
             try channel.pipeline.syncOperations.addHandler(guardHandler)
-            try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: sslContext))
-            try channel.pipeline.syncOperations.addHandler(HandshakeWatcher(guardHandler))
+            if let sslContext {
+                try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: sslContext))
+                try channel.pipeline.syncOperations.addHandler(HandshakeWatcher(guardHandler))
+            }
         }.flatMap {
             base.setup(channel: channel, logger: logger)
         }
@@ -203,8 +219,8 @@ struct GuardedTLSChannel: ServerChildChannel {
     }
 
     /// The builder Hummingbird's `Application` takes.
-    static func builder(tls: TLSConfiguration, counter: ConnectionCounter) throws -> HTTPServerBuilder {
-        let context = try NIOSSLContext(configuration: tls)
+    static func builder(tls: TLSConfiguration?, counter: ConnectionCounter) throws -> HTTPServerBuilder {
+        let context = try tls.map { try NIOSSLContext(configuration: $0) }
         let idle = TimeAmount.nanoseconds(Int64(counter.limits.idleTimeout.nanoseconds))
         return HTTPServerBuilder { responder in
             GuardedTLSChannel(

@@ -42,6 +42,11 @@ actor Hierarchy {
     private var lastPush: Date?
     private var lastPushResult: String?
     private var primaryRefuses = false
+    /// Counts the keys pushed (the server's metrics).
+    var metrics: ServerMetrics?
+
+    /// Sets where pushed keys are counted.
+    func use(_ metrics: ServerMetrics) { self.metrics = metrics }
     private var syncing: Task<SyncResponse, any Error>?
 
     init(serverID: ServerID, repository: any Repository, masterKey: MasterKey, dir: DataDirectory, logger: Logger) throws {
@@ -126,6 +131,21 @@ actor Hierarchy {
         )
     }
 
+    /// The hierarchy's state for the metrics: pending keys, the age of the oldest one, whether
+    /// the last push reached the primary and whether it refused.
+    func gauges() async throws -> HierarchyGauges {
+        let cursor = try await self.cursor()
+        var gauges = HierarchyGauges()
+        gauges.configured = primary != nil
+        gauges.pending = try await repository.keyCount(afterSequence: cursor)
+        if gauges.pending > 0, let oldest = try await repository.keys(afterSequence: cursor, limit: 1).first {
+            gauges.lagSeconds = max(0, Date().timeIntervalSince(oldest.stored))
+        }
+        gauges.reachable = primaryRefuses || lastPushResult?.hasPrefix("ok") == true
+        gauges.refusing = primaryRefuses
+        return gauges
+    }
+
     private func cursor() async throws -> Int64 { Int64(try await repository.setting(Self.cursorSetting) ?? "0") ?? 0 }
     private func changesCursor() async throws -> Int64 { Int64(try await repository.setting(Self.changesSetting) ?? "0") ?? 0 }
 
@@ -196,6 +216,7 @@ actor Hierarchy {
                         "\(keys.count) keys up to sequence \(cursor): \(response.accepted) new, \(response.alreadyPresent) already there, \(response.conflicts.count) conflicts"
                 ))
             pushed += keys.count
+            metrics?.pushed(keys.count)
             batches += 1
             if keys.count < Self.batchSize { break }
             if ContinuousClock.now >= stopAfter && !moreChanges {

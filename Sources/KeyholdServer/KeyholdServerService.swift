@@ -19,6 +19,8 @@ public struct ServerSettings: Sendable {
     public var listen: HostPort
     /// Where the enrollment listener listens.
     public var enrollListen: HostPort
+    /// Where the plain-HTTP metrics listener (`/metrics`, `/v1/health`, `/v1/ready`) listens; off when nil.
+    public var metricsListen: HostPort?
     /// The API address tokens carry (nil: the bound one).
     public var advertiseAPI: String?
     /// The enrollment address tokens carry (nil: the bound one).
@@ -99,6 +101,7 @@ public struct KeyholdServerService: Service {
             releaseWatch: ReleaseWatch(settings.releaseAlert), releasePolicy: settings.releasePolicy,
             approvalLifetime: settings.approvalLifetime, logger: logger
         )
+        await hierarchy.use(core.metrics)
         let api = ServerAPI<ServerContext>(core: core, logger: logger)
 
         let chain = try NIOSSLCertificate.fromPEMFile(directory.tlsCertificate).map { NIOSSLCertificateSource.certificate($0) }
@@ -110,7 +113,7 @@ public struct KeyholdServerService: Service {
         enrollTLS.certificateVerification = .none
 
         let (apiLimits, enrollLimits) = Self.fitToOpenFileLimit(settings.apiLimits, settings.enrollLimits, logger: logger)
-        let listeners = [
+        var listeners = [
             try Listener(name: "API", address: settings.listen, router: api.apiRouter(), tls: apiTLS, limits: apiLimits, logger: logger) {
                 await addresses.set(api: $0)
             },
@@ -121,6 +124,15 @@ public struct KeyholdServerService: Service {
                 await addresses.set(enroll: $0)
             },
         ]
+        if let metricsListen = settings.metricsListen {
+            listeners.append(
+                try Listener(
+                    name: "metrics", address: metricsListen, router: api.metricsRouter(directory: directory), tls: nil, limits: .metricsDefault,
+                    logger: logger
+                ) {
+                    await addresses.set(metrics: $0)
+                })
+        }
         let announcer = Announcer(directory: directory, addresses: addresses, serverID: settings.serverID, logger: logger)
         let heartbeat = HierarchyHeartbeat(hierarchy: hierarchy, interval: settings.hierarchyHeartbeat)
         // A part that fails shuts the others down gracefully (a listener that bound closes cleanly),
@@ -177,7 +189,7 @@ struct Listener: Service {
     let application: Application<RouterResponder<ServerContext>>
 
     init(
-        name: String, address: HostPort, router: Router<ServerContext>, tls: TLSConfiguration, limits: ConnectionLimits, logger: Logger,
+        name: String, address: HostPort, router: Router<ServerContext>, tls: TLSConfiguration?, limits: ConnectionLimits, logger: Logger,
         bound: @escaping @Sendable (String) async -> Void
     ) throws {
         self.name = name
@@ -245,14 +257,19 @@ extension HostPort {
 actor BoundAddresses {
     private var api: String
     private var enroll: String
+    private var metrics: String?
     private let advertiseAPI: String?
     private let advertiseEnroll: String?
     private var waiters: [UUID: CheckedContinuation<Void, any Error>] = [:]
     private var bound = 0
+    /// The listeners there are (two, or three with the metrics listener).
+    private let expected: Int
 
     init(_ settings: ServerSettings) {
         api = settings.listen.description
         enroll = settings.enrollListen.description
+        metrics = settings.metricsListen?.description
+        expected = settings.metricsListen == nil ? 2 : 3
         advertiseAPI = settings.advertiseAPI
         advertiseEnroll = settings.advertiseEnroll
     }
@@ -269,8 +286,17 @@ actor BoundAddresses {
         wake()
     }
 
+    func set(metrics address: String) {
+        metrics = address
+        bound += 1
+        wake()
+    }
+
+    /// Whether every listener accepts connections.
+    var allBound: Bool { bound >= expected }
+
     private func wake() {
-        guard bound >= 2 else { return }
+        guard bound >= expected else { return }
         for w in waiters.values { w.resume() }
         waiters = [:]
     }
@@ -278,7 +304,7 @@ actor BoundAddresses {
     /// Waits until both listeners are bound; throws when the task is cancelled first (a listener
     /// that failed cancels the group).
     func waitUntilBound() async throws {
-        if bound >= 2 { return }
+        if bound >= expected { return }
         let id = UUID()
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
@@ -299,6 +325,9 @@ actor BoundAddresses {
 
     func current() -> (api: String, enroll: String) { (api, enroll) }
 
+    /// The metrics listener's bound address, if there is one.
+    func metricsAddress() -> String? { metrics }
+
     /// What tokens carry: the configured advertised addresses, else the bound ones.
     func advertised() -> (String, String) { (advertiseAPI ?? api, advertiseEnroll ?? enroll) }
 }
@@ -317,8 +346,9 @@ struct Announcer: Service {
             return  // the group stopped before both listeners were bound
         }
         let (api, enroll) = await addresses.current()
-        try ServerRuntimeInfo(serverID: serverID, api: api, enroll: enroll).write(to: directory.path)
-        logger.info("listening", metadata: ["api": "\(api)", "enroll": "\(enroll)", "server_id": "\(serverID)"])
+        let metrics = await addresses.metricsAddress()
+        try ServerRuntimeInfo(serverID: serverID, api: api, enroll: enroll, metrics: metrics).write(to: directory.path)
+        logger.info("listening", metadata: ["api": "\(api)", "enroll": "\(enroll)", "metrics": "\(metrics ?? "off")", "server_id": "\(serverID)"])
         try? await gracefulShutdown()
     }
 }

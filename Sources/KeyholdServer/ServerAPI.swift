@@ -48,7 +48,9 @@ struct ServerAPI<Context: PeerContext> {
     /// Enrollment listener: TLS that authenticates the server only (the caller has no certificate yet).
     func enrollmentRouter() -> Router<Context> {
         let router = Router(context: Context.self)
+        router.add(middleware: RequestMetrics(metrics: core.metrics, listener: "enrollment"))
         router.get(RouterPath(APIPath.health)) { _, _ in "ok\n" }
+        router.get(RouterPath(APIPath.ready)) { [core] _, _ in try await Self.readiness(core) }
         router.get(RouterPath(APIPath.ca)) { [core] _, _ in
             Response(
                 status: .ok, headers: [.contentType: "application/x-pem-file"],
@@ -77,6 +79,7 @@ struct ServerAPI<Context: PeerContext> {
     func apiRouter() -> Router<Context> {
         let router = Router(context: Context.self)
         let core = core
+        router.add(middleware: RequestMetrics(metrics: core.metrics, listener: "api"))
         router.get(RouterPath(APIPath.health)) { _, _ in "ok\n" }
 
         // Devices.
@@ -263,11 +266,14 @@ struct ServerAPI<Context: PeerContext> {
             RouterPath(path),
             use: handle { [core] request, context in
                 let peer = try await Self.peer(request, context, roles)
+                let route = peer.role == .server ? "secondary" : "device"
                 let key: KeyMaterial
                 do {
                     key = try await body(request, context, peer)
-                } catch let error as KeyholdError where error.code == .invalidRequest {
-                    _ = try await core.authenticate(peer)
+                    core.metrics.release(route: route, result: "ok")
+                } catch let error as KeyholdError {
+                    core.metrics.release(route: route, result: error.code.rawValue)
+                    if error.code == .invalidRequest { _ = try await core.authenticate(peer) }
                     throw error
                 }
                 guard let json = key.wireJSON() else { return try respond(key) }

@@ -37,6 +37,8 @@ struct ServerCore: Sendable {
     let approvalLifetime: TimeInterval
     let started = Date()
     let logger: Logger
+    /// The Prometheus metrics (served on the metrics listener when one is configured).
+    var metrics = ServerMetrics()
 
     // MARK: Authentication
 
@@ -93,6 +95,17 @@ struct ServerCore: Sendable {
     /// costs the token nothing. A request without a real token and its secret is anonymous: its
     /// refusal is counted in the refusal ledger. Every other refusal is audited one by one.
     func enroll(_ request: EnrollRequest, from address: String) async throws -> EnrollResponse {
+        do {
+            let answer = try await redeem(request, from: address)
+            metrics.enrollment(result: "ok")
+            return answer
+        } catch let error as KeyholdError {
+            metrics.enrollment(result: error.code.rawValue)
+            throw error
+        }
+    }
+
+    private func redeem(_ request: EnrollRequest, from address: String) async throws -> EnrollResponse {
         func refuse(_ error: KeyholdError, _ detail: String) async throws -> Never {
             try await repository.appendAudit(
                 AuditEvent(
@@ -160,8 +173,21 @@ struct ServerCore: Sendable {
 
     // MARK: Keys
 
-    /// Stores a device's key (`PUT /v1/keys/{id}`); answers after the commit.
+    /// Stores a device's key (`PUT /v1/keys/{id}`); answers after the commit. Counted by
+    /// outcome, and timed (request to acknowledged commit) when newly stored.
     func escrow(_ request: EscrowRequest, keyID: KeyID, by caller: Caller) async throws -> EscrowResponse {
+        let start = ContinuousClock.now
+        do {
+            let answer = try await storeEscrow(request, keyID: keyID, by: caller)
+            metrics.escrow(outcome: answer.outcome.rawValue, duration: answer.outcome == .inserted ? ContinuousClock.now - start : nil)
+            return answer
+        } catch let error as KeyholdError {
+            metrics.escrow(outcome: error.code.rawValue, duration: nil)
+            throw error
+        }
+    }
+
+    private func storeEscrow(_ request: EscrowRequest, keyID: KeyID, by caller: Caller) async throws -> EscrowResponse {
         let record = request.key.record
         guard record.label.count <= Self.labelLimit else {
             throw KeyholdError(.invalidRequest, "a key's label has at most \(Self.labelLimit) characters", hint: "shorten the label")
@@ -397,6 +423,7 @@ struct ServerCore: Sendable {
         } catch let refused as ReleaseCallerRefused {
             throw refused  // nothing was written: the caller's enrollment did not check out
         } catch {
+            metrics.auditWriteFailure()
             logger.error("audit write failed; key not released", metadata: ["error": "\(error)"])
             throw KeyholdError(
                 .auditFailed, "the audit record could not be written, so the key was not released",

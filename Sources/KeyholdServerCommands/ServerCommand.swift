@@ -158,6 +158,10 @@ extension ServerCommand {
         @OptionGroup var data: DataDirOption
         @Option(help: ArgumentHelp("Override the API address (listen).", valueName: "address")) var listen: String?
         @Option(help: ArgumentHelp("Override the enrollment address (enroll_listen).", valueName: "address")) var enrollListen: String?
+        @Option(
+            help: ArgumentHelp(
+                "Serve /metrics, /v1/health and /v1/ready over plain HTTP here (metrics_listen; 'off' for none).", valueName: "address"))
+        var metricsListen: String?
         @Option(help: ArgumentHelp("Override the database (\"sqlite\" or a postgres:// URL).", valueName: "url")) var db: String?
         @Option(help: "Override log_level: trace, debug, info, notice, warning, error or critical.") var logLevel: String?
         @Option(help: ArgumentHelp("Override hierarchy_heartbeat: seconds between pushes to the primary.", valueName: "seconds"))
@@ -168,6 +172,7 @@ extension ServerCommand {
             var config = try data.config()
             if let listen { config.listen = try HostPort(listen) }
             if let enrollListen { config.enrollListen = try HostPort(enrollListen) }
+            if let metricsListen { config.metricsListen = metricsListen == "off" ? nil : try HostPort(metricsListen) }
             if let db {
                 try RepositoryFactory.check(db, in: "--db")
                 config.database = db
@@ -200,6 +205,7 @@ extension ServerCommand {
             )
             config.limits.apply(to: &settings)
             settings.releasePolicy = config.releasePolicy
+            settings.metricsListen = config.metricsListen
             let group = ServiceGroup(
                 configuration: .init(
                     services: [

@@ -12,6 +12,8 @@ struct ServerConfigFile: Equatable {
     var name: String
     var listen: HostPort
     var enrollListen: HostPort
+    /// The plain-HTTP metrics listener (`/metrics`, `/v1/health`, `/v1/ready`); off when nil.
+    var metricsListen: HostPort?
     /// `sqlite` (the file in the data directory) or a `postgres://` URL.
     var database: String
     /// Addresses written into enrollment tokens; nil: the bound listen addresses.
@@ -92,6 +94,7 @@ struct ServerConfigFile: Equatable {
         let name = try file.string("name")
         let listen = try file.address("listen")
         let enrollListen = try file.address("enroll_listen")
+        let metricsText = try file.string("metrics_listen")
         let database = try file.string("database")
         let advertise = try ["advertise_api", "advertise_enroll"].map { key -> String? in
             guard let text = try file.string(key), !text.isEmpty else { return nil }
@@ -120,6 +123,14 @@ struct ServerConfigFile: Equatable {
             enrollListen: try file.require(enrollListen, "enroll_listen", hint: hint), database: database ?? "sqlite",
             advertiseAPI: advertise[0], advertiseEnroll: advertise[1]
         )
+        if let metricsText, !metricsText.isEmpty {
+            guard let address = try? HostPort(metricsText) else {
+                throw KeyholdError(
+                    .configuration, "\(path): metrics_listen = \"\(metricsText)\" is not host:port",
+                    hint: "write an address only the scraper reaches, like \"127.0.0.1:9445\", or \"\" for none")
+            }
+            config.metricsListen = address
+        }
         if let heartbeat { config.hierarchyHeartbeat = heartbeat }
         if let level { config.logLevel = Logger.Level(rawValue: level) ?? .info }
         config.limits = limits
@@ -137,6 +148,9 @@ struct ServerConfigFile: Equatable {
         w.add("name", name)
         w.add("listen", listen.description, comment: "mutual-TLS API (host:port)")
         w.add("enroll_listen", enrollListen.description, comment: "enrollment listener (host:port; no client certificate)")
+        w.add(
+            "metrics_listen", metricsListen?.description ?? "",
+            comment: "plain-HTTP /metrics, /v1/health and /v1/ready for Prometheus and load balancers (host:port; empty: off)")
         w.add("database", database, comment: "\"sqlite\" for keyhold.sqlite in this directory, or a postgres:// URL")
         w.add("advertise_api", advertiseAPI ?? "", comment: "addresses written into enrollment tokens (empty: the bound listen addresses)")
         w.add("advertise_enroll", advertiseEnroll ?? "")

@@ -1,0 +1,192 @@
+import Foundation
+import KeyholdClient
+import KeyholdCore
+import KeyholdLauncher
+import KeyholdProtocol
+import KeyholdTestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Watching a server run (issue "Watch it run"), with the real peers: Debian's Prometheus
+/// scrapes the metrics listener, promtool lints the exposition.
+@Suite(.timeLimit(.minutes(10))) struct MonitoringTests {
+    /// A secondary with its metrics listener on, under a top server: health and readiness answer;
+    /// Prometheus scrapes it; escrows, a repeated escrow, releases, a refused release and a push
+    /// to the primary move the counters Prometheus reports by exactly what was done; promtool
+    /// accepts the exposition.
+    @Test func prometheusSeesTheCountersMoveByExactlyWhatWasDone() async throws {
+        let top = try await HierarchyTests.server("mon-t")
+        defer { top.terminate() }
+        let server = try await ServerProcess(name: "mon-s", initOptions: ["--use-hierarchy"])
+        try await server.start(["--hierarchy-heartbeat", "3600", "--metrics-listen", "127.0.0.1:0"])
+        defer { server.terminate() }
+        try await HierarchyTests.join(server, to: top)
+        let metrics = try #require(try ServerRuntimeInfo.read(from: server.dataDir.path)?.metrics)
+        #expect(try await Self.get("http://\(metrics)/v1/health") == "ok\n")
+        #expect(try await Self.get("http://\(metrics)/v1/ready") == "ready\n")
+        let enroll = try #require(try ServerRuntimeInfo.read(from: server.dataDir.path)?.enroll)
+        let ready = try await Program.run(URL(fileURLWithPath: "/usr/bin/curl"), ["-sk", "https://\(enroll)/v1/ready"])
+        #expect(ready.stdoutText == "ready\n", "the enrollment listener answers readiness too")
+
+        let exposition = try await Self.get("http://\(metrics)/metrics")
+        let lint = try await Program.run(URL(fileURLWithPath: "/usr/bin/promtool"), ["check", "metrics"], stdin: Data(exposition.utf8))
+        #expect(lint.status == 0, "promtool: \(lint.stdoutText) \(lint.stderr)")
+        #expect(!exposition.contains(server.dataDir.path), "no label carries a path")
+
+        let prometheus = try await PrometheusProcess.start(scraping: metrics)
+        defer { prometheus.terminate() }
+        #expect(try await prometheus.waitFor("up{job=\"keyhold\"}", toBe: 1), "Prometheus scrapes the server")
+        let before = try await prometheus.value("keyhold_escrows_total{outcome=\"inserted\"}")
+        #expect(before == 0)
+
+        // 5 escrows, 1 repeated, 7 releases, 1 of a key nobody escrowed, then a push of the 5.
+        let device = try await server.enrollDevice("mon-d")
+        let serverID = try #require(try ServerRuntimeInfo.read(from: server.dataDir.path)?.serverID)
+        try await using(try device.client()) { client in
+            var keys: [KeyMaterial] = []
+            for i in 0..<5 {
+                let key = KeyMaterial.generate(
+                    kind: .file, originServerID: serverID, originDeviceID: DeviceID(enrollment: device.clientID), label: "metrics \(i)")
+                _ = try await client.put(APIPath.key(key.record.id.description), EscrowRequest(key: key), as: EscrowResponse.self)
+                keys.append(key)
+            }
+            _ = try await client.put(APIPath.key(keys[0].record.id.description), EscrowRequest(key: keys[0]), as: EscrowResponse.self)
+            for i in 0..<7 { _ = try await client.get(APIPath.key(keys[i % 5].record.id.description), as: KeyMaterial.self) }
+            await #expect(throws: KeyholdError.self) { try await client.get(APIPath.key(KeyID.random().description), as: KeyMaterial.self) }
+        }
+        _ = try await server.must(["hierarchy", "sync"])
+
+        let expected: [(String, Double)] = [
+            ("keyhold_escrows_total{outcome=\"inserted\"}", 5), ("keyhold_escrows_total{outcome=\"already_present\"}", 1),
+            ("keyhold_escrow_duration_seconds_count", 5),
+            ("keyhold_releases_total{route=\"device\",result=\"ok\"}", 7),
+            ("keyhold_releases_total{route=\"device\",result=\"not_found\"}", 1),
+            ("keyhold_enrollments_total{result=\"ok\"}", 1), ("keyhold_hierarchy_keys_pushed_total", 5),
+            ("keyhold_keys", 5), ("keyhold_devices{state=\"active\"}", 1), ("keyhold_hierarchy_pending_keys", 0),
+            ("keyhold_audit_write_failures_total", 0),
+            ("sum(keyhold_http_request_duration_seconds_count{listener=\"api\",route=\"/v1/keys/{id}\",method=\"PUT\"})", 6),
+        ]
+        #expect(try await prometheus.waitFor(expected[0].0, toBe: expected[0].1), "a scrape after the work")
+        #expect(try await prometheus.waitFor(expected[6].0, toBe: expected[6].1), "a scrape after the push")
+        for (query, value) in expected {
+            let seen = try await prometheus.value(query)
+            #expect(seen == value, "\(query): Prometheus says \(seen.map { "\($0)" } ?? "nothing"), \(value) were done")
+        }
+        let expiry = try #require(try await prometheus.value("keyhold_certificate_expiry_timestamp_seconds{certificate=\"ca\"}"))
+        #expect(expiry > Date().timeIntervalSince1970 + 86_400 * 365)
+
+        // Every query of the shipped dashboard is valid PromQL over metrics the server exports.
+        let dashboard = try Data(contentsOf: Paths.repository.appendingPathComponent("docs/monitoring/keyhold-dashboard.json"))
+        let panels = (try JSONSerialization.jsonObject(with: dashboard) as? [String: Any])?["panels"] as? [[String: Any]] ?? []
+        let queries = panels.flatMap { ($0["targets"] as? [[String: Any]] ?? []).compactMap { $0["expr"] as? String } }
+        #expect(queries.count >= 14)
+        let exported = try await Self.get("http://\(metrics)/metrics")
+        for query in queries {
+            #expect(try await prometheus.isValid(query), "\(query)")
+            let names = query.matches(of: /keyhold_[a-z_]+/).map { String($0.output) }
+            for name in names {
+                let family = name.replacing(/_(bucket|count|sum)$/, with: "")
+                #expect(exported.contains("# TYPE \(family) "), "\(query): \(family) is exported")
+            }
+        }
+    }
+
+    /// The shipped alert rules pass `promtool check rules`, and their unit tests (push lag,
+    /// certificate expiry) pass `promtool test rules`.
+    @Test func theShippedAlertRulesPassPromtoolsChecksAndUnitTests() async throws {
+        let folder = Paths.repository.appendingPathComponent("docs/monitoring")
+        let promtool = URL(fileURLWithPath: "/usr/bin/promtool")
+        let check = try await Program.run(promtool, ["check", "rules", "keyhold-rules.yml"], in: folder)
+        #expect(check.status == 0 && check.stdoutText.contains("SUCCESS: 6 rules found"), "\(check.stdoutText)\(check.stderr)")
+        let unit = try await Program.run(promtool, ["test", "rules", "keyhold-rules.test.yml"], in: folder)
+        #expect(unit.status == 0 && unit.stdoutText.contains("SUCCESS"), "\(unit.stdoutText)\(unit.stderr)")
+    }
+
+    /// `GET url` with curl: the body.
+    static func get(_ url: String) async throws -> String {
+        let r = try await Program.run(URL(fileURLWithPath: "/usr/bin/curl"), ["-sf", url])
+        guard r.status == 0 else { throw TestFailure("curl \(url): \(r.status) \(r.stderr)") }
+        return r.stdoutText
+    }
+}
+
+/// Debian's Prometheus, scraping one target every second into a throwaway database.
+struct PrometheusProcess {
+    let child: ChildProcess
+    let address: String
+
+    static func start(scraping target: String) async throws -> PrometheusProcess {
+        let folder = try Paths.temporaryFolder("prometheus")
+        let config = folder.appendingPathComponent("prometheus.yml")
+        try """
+        global:
+          scrape_interval: 1s
+          evaluation_interval: 1s
+        scrape_configs:
+          - job_name: keyhold
+            static_configs:
+              - targets: ['\(target)']
+        """.write(to: config, atomically: true, encoding: .utf8)
+        let address = "127.0.0.1:\(try freePort())"
+        let child = try ChildProcess(
+            URL(fileURLWithPath: "/usr/bin/prometheus"),
+            [
+                "--config.file=\(config.path)", "--storage.tsdb.path=\(folder.appendingPathComponent("data").path)",
+                "--web.listen-address=\(address)",
+            ], log: folder.appendingPathComponent("prometheus.log"))
+        let prometheus = PrometheusProcess(child: child, address: address)
+        for _ in 0..<300 {
+            if (try? await MonitoringTests.get("http://\(address)/-/ready")) != nil { return prometheus }
+            if let status = child.exitStatus { throw TestFailure("prometheus exited with \(status): \(child.logText().suffix(2000))") }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        child.terminate()
+        throw TestFailure("prometheus did not become ready: \(child.logText().suffix(2000))")
+    }
+
+    /// The instant value of `query` (nil when it selects nothing).
+    func value(_ query: String) async throws -> Double? {
+        let encoded = query.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? query
+        let body = try await MonitoringTests.get("http://\(address)/api/v1/query?query=\(encoded)")
+        let json = try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any]
+        let result = (json?["data"] as? [String: Any])?["result"] as? [[String: Any]] ?? []
+        guard let first = result.first, let pair = first["value"] as? [Any], pair.count == 2, let text = pair[1] as? String else { return nil }
+        return Double(text)
+    }
+
+    /// Whether Prometheus evaluates `query` without an error.
+    func isValid(_ query: String) async throws -> Bool {
+        let encoded = query.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? query
+        let r = try await Program.run(URL(fileURLWithPath: "/usr/bin/curl"), ["-s", "http://\(address)/api/v1/query?query=\(encoded)"])
+        return r.stdoutText.contains("\"status\":\"success\"")
+    }
+
+    /// Waits (up to 30 s) until `query` has `value`.
+    func waitFor(_ query: String, toBe value: Double) async throws -> Bool {
+        for _ in 0..<150 {
+            if try await self.value(query) == value { return true }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        return false
+    }
+
+    func terminate() { child.terminate() }
+
+    /// A TCP port nobody listens on now (bound to port 0, read, closed).
+    static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        guard bound else { throw TestFailure("no free port: \(String(cString: strerror(errno)))") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+}
