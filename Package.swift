@@ -161,6 +161,7 @@ let package = Package(
             dependencies: [
                 "KeyholdCore", "KeyholdProtocol", "KeyholdClient", "KeyholdAgentClient", "KeyholdSystem", "CKeyholdPeer",
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -26,9 +26,9 @@ vm_packages=(qemu-system-x86 busybox-static udev kmod dmsetup e2fsprogs cryptset
 case "$LEVEL" in
   build) ;;
   # curl: the trust-boundary tests read Retry-After headers with it.
-  # prometheus: the monitoring test scrapes a server with Debian's Prometheus and lints with its promtool.
-  test) apt_packages+=(python3-venv postgresql systemd age cryptsetup-bin curl openssl prometheus "${vm_packages[@]}") ;;
-  bench) apt_packages+=(python3-venv postgresql systemd age cryptsetup-bin curl "${vm_packages[@]}" openssl prometheus gnupg time) ;;
+  # prometheus, prometheus-node-exporter: the monitoring test scrapes a server and an agent's textfile with them.
+  test) apt_packages+=(python3-venv postgresql systemd age cryptsetup-bin curl openssl prometheus prometheus-node-exporter "${vm_packages[@]}") ;;
+  bench) apt_packages+=(python3-venv postgresql systemd age cryptsetup-bin curl "${vm_packages[@]}" openssl prometheus prometheus-node-exporter gnupg time) ;;
   *) echo "usage: $0 [build|test|bench]" >&2; exit 2 ;;
 esac
 missing=()

@@ -23,10 +23,14 @@ actor Agent {
     private(set) var heartbeatFailures = 0
     private let logger: Logger
     private let serverTimeout: Duration
+    private let metrics = AgentMetrics()
+    /// Where the metrics go at each heartbeat (node-exporter's textfile collector), if anywhere.
+    private let metricsTextfile: String?
 
-    init(state: StateDirectory, logger: Logger, serverTimeout: Duration = .seconds(15)) throws {
+    init(state: StateDirectory, logger: Logger, serverTimeout: Duration = .seconds(15), metricsTextfile: String? = nil) throws {
         try state.prepare()
         self.state = state
+        self.metricsTextfile = metricsTextfile
         self.logger = logger
         self.serverTimeout = serverTimeout
         self.cache = try KeyCache(state: state)
@@ -64,6 +68,7 @@ actor Agent {
     /// oldest are dropped first).
     func noteDriveCheck(_ check: DriveCheck) {
         driveChecks[check.keyID] = check
+        metrics.unlock(check.opens ? "verified" : "drift")
         if driveChecks.count > HeartbeatRequest.checkLimit, let oldest = driveChecks.values.min(by: { $0.checked < $1.checked }) {
             driveChecks[oldest.keyID] = nil
         }
@@ -185,9 +190,12 @@ actor Agent {
         let material = KeyMaterial.generate(
             kind: kind, originServerID: identity.serverID, originDeviceID: DeviceID(enrollment: identity.clientID), label: label)
         let request = EscrowRequest(key: material)
+        let start = ContinuousClock.now
         do {
             _ = try await client.put(APIPath.key(material.record.id.description), request, as: EscrowResponse.self)
+            metrics.escrowed(after: ContinuousClock.now - start)
         } catch let error as KeyholdError {
+            metrics.escrowFailed()
             logger.warning("escrow failed; no key created", metadata: ["error": "\(error.code)"])
             throw KeyholdError(
                 error.code, "the new \(kind.rawValue) key could not be escrowed, so nothing was encrypted: \(error.message)",
@@ -318,6 +326,7 @@ actor Agent {
     /// One heartbeat, unless the server said this device is revoked or moved (then none until
     /// the device enrolls or is reassigned).
     func heartbeat() async {
+        defer { writeMetrics() }
         guard let client, heartbeatStopped == nil else { return }
         let checks = driveChecks.values.sorted { $0.checked < $1.checked }
         let active = cache.activeFileKey
@@ -338,6 +347,7 @@ actor Agent {
         } catch let error as KeyholdError {
             lastHeartbeatError = "\(error.code): \(error.message)"
             heartbeatFailures += 1
+            metrics.heartbeatFailed()
             if error.code == .clientRevoked || error.code == .clientMoved {
                 heartbeatStopped =
                     error.code == .clientRevoked
@@ -350,6 +360,18 @@ actor Agent {
         } catch {
             lastHeartbeatError = "\(error)"
             heartbeatFailures += 1
+            metrics.heartbeatFailed()
+        }
+    }
+
+    /// Writes the metrics textfile, if one is configured (a failure is logged, never fatal).
+    private func writeMetrics() {
+        guard let metricsTextfile else { return }
+        metrics.state(cachedKeys: cache.keys.count, lastContact: lastHeartbeat)
+        do {
+            try metrics.write(to: metricsTextfile)
+        } catch {
+            logger.warning("cannot write the metrics textfile", metadata: ["path": "\(metricsTextfile)", "error": "\(error)"])
         }
     }
 

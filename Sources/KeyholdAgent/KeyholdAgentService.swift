@@ -11,6 +11,8 @@ public struct AgentSettings: Sendable {
     public var group: String
     /// Time between heartbeats to the server.
     public var heartbeat: Duration
+    /// Where the metrics are written at each heartbeat (node-exporter's textfile collector); nil: nowhere.
+    public var metricsTextfile: String?
 
     /// Settings for an agent.
     public init(
@@ -44,7 +46,7 @@ public struct KeyholdAgentService: Service {
         try state.prepare()
         let lock = try state.lockForRunning()
         defer { withExtendedLifetime(lock) {} }
-        let agent = try Agent(state: state, logger: logger)
+        let agent = try Agent(state: state, logger: logger, metricsTextfile: settings.metricsTextfile)
         let socket = AgentSocket(path: settings.socket, agent: agent, policy: SocketPolicy(group: settings.group), logger: logger)
         let heartbeat = HeartbeatService(agent: agent, interval: settings.heartbeat)
         let group = ServiceGroup(configuration: .init(services: [socket, heartbeat], logger: logger))

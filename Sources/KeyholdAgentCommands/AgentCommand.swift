@@ -34,12 +34,18 @@ struct AgentCommand: AsyncParsableCommand {
         var heartbeat: Int?
         @Option(help: "trace, debug, info, notice, warning, error or critical; log_level, default info.")
         var logLevel: String?
+        @Option(
+            help: ArgumentHelp(
+                "Write the agent's metrics here at each heartbeat, for node-exporter's textfile collector (a .prom file); metrics_textfile.",
+                valueName: "path"))
+        var metricsTextfile: String?
 
         func run() async throws {
             var file = try AgentConfigFile.read(config ?? AgentConfigFile.defaultPath, required: config != nil)
             if let stateDir { file.stateDir = stateDir }
             if let socket { file.socket = socket }
             if let group { file.group = group }
+            if let metricsTextfile { file.metricsTextfile = metricsTextfile }
             if let heartbeat {
                 guard (1...86_400).contains(heartbeat) else {
                     throw KeyholdError(.usage, "--heartbeat \(heartbeat) is out of range", hint: "give 1 to 86400 seconds")
@@ -55,7 +61,8 @@ struct AgentCommand: AsyncParsableCommand {
             }
             var logger = Logger(label: "keyhold-agent")
             logger.logLevel = file.logLevel
-            let settings = AgentSettings(stateDirectory: file.stateDir, socket: file.socket, group: file.group, heartbeat: .seconds(file.heartbeat))
+            var settings = AgentSettings(stateDirectory: file.stateDir, socket: file.socket, group: file.group, heartbeat: .seconds(file.heartbeat))
+            settings.metricsTextfile = file.metricsTextfile.isEmpty ? nil : file.metricsTextfile
             let group = ServiceGroup(
                 configuration: .init(
                     services: [.init(service: KeyholdAgentService(settings: settings, logger: logger))],

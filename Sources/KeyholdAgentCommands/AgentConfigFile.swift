@@ -15,6 +15,8 @@ struct AgentConfigFile: Equatable {
     var group = "keyhold"
     var heartbeat = 30
     var logLevel: Logger.Level = .info
+    /// node-exporter's textfile collector reads it (empty: no metrics file).
+    var metricsTextfile = ""
 
     /// Reads `path`; a missing file gives the defaults unless `required`.
     static func read(_ path: String, required: Bool) throws -> AgentConfigFile {
@@ -25,9 +27,11 @@ struct AgentConfigFile: Equatable {
         if let v = try file.string("socket") { config.socket = v }
         if let v = try file.string("group") { config.group = v }
         if let v = try file.integer("heartbeat", in: 1...86_400) { config.heartbeat = v }
+        if let v = try file.string("metrics_textfile") { config.metricsTextfile = v }
         if let v = try file.choice("log_level", of: Logger.Level.allCases.map(\.rawValue)) { config.logLevel = Logger.Level(rawValue: v) ?? .info }
         try file.finish()
-        for (key, value) in [("state_dir", config.stateDir), ("socket", config.socket)] where !value.hasPrefix("/") {
+        for (key, value) in [("state_dir", config.stateDir), ("socket", config.socket), ("metrics_textfile", config.metricsTextfile)]
+        where !value.hasPrefix("/") && !(key == "metrics_textfile" && value.isEmpty) {
             throw KeyholdError(
                 .configuration, "\(path): \(key) = \"\(value)\" is not an absolute path",
                 hint: "write the full path, like \(key) = \"/var/lib/keyhold\"")

@@ -13,10 +13,11 @@ import Glibc
 /// Watching a server run (issue "Watch it run"), with the real peers: Debian's Prometheus
 /// scrapes the metrics listener, promtool lints the exposition.
 @Suite(.timeLimit(.minutes(10))) struct MonitoringTests {
-    /// A secondary with its metrics listener on, under a top server: health and readiness answer;
-    /// Prometheus scrapes it; escrows, a repeated escrow, releases, a refused release and a push
-    /// to the primary move the counters Prometheus reports by exactly what was done; promtool
-    /// accepts the exposition.
+    /// A secondary with its metrics listener on, under a top server, and an agent of it writing
+    /// its metrics textfile: health and readiness answer; Prometheus scrapes the server and, through
+    /// node-exporter's textfile collector, the agent; the agent's escrow, then escrows, a repeated
+    /// escrow, releases, a refused release and a push to the primary move the counters Prometheus
+    /// reports by exactly what was done; promtool accepts both expositions.
     @Test func prometheusSeesTheCountersMoveByExactlyWhatWasDone() async throws {
         let top = try await HierarchyTests.server("mon-t")
         defer { top.terminate() }
@@ -36,13 +37,36 @@ import Glibc
         #expect(lint.status == 0, "promtool: \(lint.stdoutText) \(lint.stderr)")
         #expect(!exposition.contains(server.dataDir.path), "no label carries a path")
 
-        let prometheus = try await PrometheusProcess.start(scraping: metrics)
+        // An agent of the server writes its metrics for node-exporter's textfile collector.
+        let agent = try AgentProcess(name: "mon-agent")
+        let textfiles = try Paths.temporaryFolder("mon-textfiles")
+        let textfile = textfiles.appendingPathComponent("keyhold-agent.prom").path
+        try await agent.start(["--heartbeat", "1", "--metrics-textfile", textfile])
+        defer { agent.terminate() }
+        let token = try await server.admin(["token", "create"]).stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(try await agent.keyhold(["enroll", token]).status == 0)
+        _ = try AgentIntegrationTests.write(agent, "plain.txt", 1000)
+        #expect(try await agent.keyhold(["file", "encrypt", "plain.txt", "-o", "plain.khf"]).status == 0)
+        let exporter = try await NodeExporterProcess.start(textfiles: textfiles)
+        defer { exporter.terminate() }
+
+        let prometheus = try await PrometheusProcess.start(scraping: ["keyhold": metrics, "node": exporter.address])
         defer { prometheus.terminate() }
         #expect(try await prometheus.waitFor("up{job=\"keyhold\"}", toBe: 1), "Prometheus scrapes the server")
         let before = try await prometheus.value("keyhold_escrows_total{outcome=\"inserted\"}")
-        #expect(before == 0)
+        #expect(before == 1, "the agent's one file key")
 
-        // 5 escrows, 1 repeated, 7 releases, 1 of a key nobody escrowed, then a push of the 5.
+        // The agent's textfile, through node-exporter: one escrow, no failure, one cached key, a recent contact.
+        let agentText = try String(contentsOfFile: textfile, encoding: .utf8)
+        let agentLint = try await Program.run(URL(fileURLWithPath: "/usr/bin/promtool"), ["check", "metrics"], stdin: Data(agentText.utf8))
+        #expect(agentLint.status == 0, "promtool: \(agentLint.stdoutText) \(agentLint.stderr)")
+        #expect(try await prometheus.waitFor("keyhold_agent_escrow_duration_seconds_count{job=\"node\"}", toBe: 1))
+        #expect(try await prometheus.value("keyhold_agent_escrow_failures_total{job=\"node\"}") == 0)
+        #expect(try await prometheus.waitFor("keyhold_agent_cached_keys{job=\"node\"}", toBe: 1))
+        let contact = try await prometheus.value("time() - keyhold_agent_last_contact_timestamp_seconds{job=\"node\"}")
+        #expect(contact.map { $0 >= 0 && $0 < 60 } == true, "last contact \(contact.map { "\($0)" } ?? "-") s ago")
+
+        // 5 escrows, 1 repeated, 7 releases, 1 of a key nobody escrowed, then a push of the 6.
         let device = try await server.enrollDevice("mon-d")
         let serverID = try #require(try ServerRuntimeInfo.read(from: server.dataDir.path)?.serverID)
         try await using(try device.client()) { client in
@@ -60,14 +84,14 @@ import Glibc
         _ = try await server.must(["hierarchy", "sync"])
 
         let expected: [(String, Double)] = [
-            ("keyhold_escrows_total{outcome=\"inserted\"}", 5), ("keyhold_escrows_total{outcome=\"already_present\"}", 1),
-            ("keyhold_escrow_duration_seconds_count", 5),
+            ("keyhold_escrows_total{outcome=\"inserted\"}", 6), ("keyhold_escrows_total{outcome=\"already_present\"}", 1),
+            ("keyhold_escrow_duration_seconds_count", 6),
             ("keyhold_releases_total{route=\"device\",result=\"ok\"}", 7),
             ("keyhold_releases_total{route=\"device\",result=\"not_found\"}", 1),
-            ("keyhold_enrollments_total{result=\"ok\"}", 1), ("keyhold_hierarchy_keys_pushed_total", 5),
-            ("keyhold_keys", 5), ("keyhold_devices{state=\"active\"}", 1), ("keyhold_hierarchy_pending_keys", 0),
+            ("keyhold_enrollments_total{result=\"ok\"}", 2), ("keyhold_hierarchy_keys_pushed_total", 6),
+            ("keyhold_keys", 6), ("keyhold_devices{state=\"active\"}", 2), ("keyhold_hierarchy_pending_keys", 0),
             ("keyhold_audit_write_failures_total", 0),
-            ("sum(keyhold_http_request_duration_seconds_count{listener=\"api\",route=\"/v1/keys/{id}\",method=\"PUT\"})", 6),
+            ("sum(keyhold_http_request_duration_seconds_count{listener=\"api\",route=\"/v1/keys/{id}\",method=\"PUT\"})", 7),
         ]
         #expect(try await prometheus.waitFor(expected[0].0, toBe: expected[0].1), "a scrape after the work")
         #expect(try await prometheus.waitFor(expected[6].0, toBe: expected[6].1), "a scrape after the push")
@@ -118,7 +142,7 @@ struct PrometheusProcess {
     let child: ChildProcess
     let address: String
 
-    static func start(scraping target: String) async throws -> PrometheusProcess {
+    static func start(scraping targets: [String: String]) async throws -> PrometheusProcess {
         let folder = try Paths.temporaryFolder("prometheus")
         let config = folder.appendingPathComponent("prometheus.yml")
         try """
@@ -126,9 +150,7 @@ struct PrometheusProcess {
           scrape_interval: 1s
           evaluation_interval: 1s
         scrape_configs:
-          - job_name: keyhold
-            static_configs:
-              - targets: ['\(target)']
+        \(targets.sorted { $0.key < $1.key }.map { "  - job_name: \($0.key)\n    static_configs:\n      - targets: ['\($0.value)']" }.joined(separator: "\n"))
         """.write(to: config, atomically: true, encoding: .utf8)
         let address = "127.0.0.1:\(try freePort())"
         let child = try ChildProcess(
@@ -189,4 +211,29 @@ struct PrometheusProcess {
         guard bound else { throw TestFailure("no free port: \(String(cString: strerror(errno)))") }
         return Int(UInt16(bigEndian: address.sin_port))
     }
+}
+
+/// Debian's node-exporter with only its textfile collector, reading `textfiles`.
+struct NodeExporterProcess {
+    let child: ChildProcess
+    let address: String
+
+    static func start(textfiles: URL) async throws -> NodeExporterProcess {
+        let address = "127.0.0.1:\(try PrometheusProcess.freePort())"
+        let child = try ChildProcess(
+            URL(fileURLWithPath: "/usr/bin/prometheus-node-exporter"),
+            [
+                "--web.listen-address=\(address)", "--collector.disable-defaults", "--collector.textfile",
+                "--collector.textfile.directory=\(textfiles.path)",
+            ], log: textfiles.deletingLastPathComponent().appendingPathComponent("node-exporter.log"))
+        for _ in 0..<300 {
+            if (try? await MonitoringTests.get("http://\(address)/metrics")) != nil { return NodeExporterProcess(child: child, address: address) }
+            if let status = child.exitStatus { throw TestFailure("node-exporter exited with \(status): \(child.logText().suffix(2000))") }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        child.terminate()
+        throw TestFailure("node-exporter did not answer: \(child.logText().suffix(2000))")
+    }
+
+    func terminate() { child.terminate() }
 }
