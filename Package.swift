@@ -132,6 +132,17 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The daemons' log lines: text or JSON, one write per line, a level SIGHUP can change.
+        .target(
+            name: "KeyholdLogging",
+            dependencies: [
+                "KeyholdCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // How every executable parses, runs and reports errors (`NAME: error:` + `hint:`), progress, passwords.
         .target(
             name: "KeyholdCommandLine",
@@ -144,7 +155,7 @@ let package = Package(
             name: "KeyholdServerCommands",
             dependencies: [
                 "KeyholdServer", "KeyholdCore", "KeyholdProtocol", "KeyholdStore", "KeyholdStoreSQLite", "KeyholdStorePostgres",
-                "KeyholdClient", "KeyholdCommandLine", "KeyholdConfig", "KeyholdExport", "KeyholdSystem",
+                "KeyholdClient", "KeyholdCommandLine", "KeyholdConfig", "KeyholdExport", "KeyholdSystem", "KeyholdLogging",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -173,7 +184,7 @@ let package = Package(
         .target(
             name: "KeyholdAgentCommands",
             dependencies: [
-                "KeyholdAgent", "KeyholdCore", "KeyholdCommandLine", "KeyholdConfig",
+                "KeyholdAgent", "KeyholdCore", "KeyholdCommandLine", "KeyholdConfig", "KeyholdLogging",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -3,6 +3,7 @@ import Foundation
 import KeyholdAgent
 import KeyholdCommandLine
 import KeyholdCore
+import KeyholdLogging
 import Logging
 import ServiceLifecycle
 import UnixSignals
@@ -32,8 +33,10 @@ struct AgentCommand: AsyncParsableCommand {
         var group: String?
         @Option(help: ArgumentHelp("Seconds between heartbeats to the server; heartbeat, default 30.", valueName: "seconds"))
         var heartbeat: Int?
-        @Option(help: "trace, debug, info, notice, warning, error or critical; log_level, default info.")
+        @Option(help: "trace, debug, info, notice, warning, error or critical; log_level, default info (SIGHUP re-reads it).")
         var logLevel: String?
+        @Option(help: "text, or json (one JSON object per line); log_format, default text.")
+        var logFormat: String?
         @Option(
             help: ArgumentHelp(
                 "Write the agent's metrics here at each heartbeat, for node-exporter's textfile collector (a .prom file); metrics_textfile.",
@@ -59,13 +62,22 @@ struct AgentCommand: AsyncParsableCommand {
                 }
                 file.logLevel = level
             }
-            var logger = Logger(label: "keyhold-agent")
-            logger.logLevel = file.logLevel
+            if let logFormat { file.logFormat = try LogFormat(option: logFormat) }
+            let levels = LogLevelControl(file.logLevel)
+            LogOutput.bootstrap(format: file.logFormat, control: levels)
+            let logger = Logger(label: "keyhold-agent")
+            // SIGHUP re-reads log_level from the configuration file (without one: the level stays).
+            let path = config ?? AgentConfigFile.defaultPath
+            let required = config != nil
+            let startLevel = file.logLevel
+            let reloader = LogLevelReloader(control: levels, logger: logger) {
+                FileManager.default.fileExists(atPath: path) || required ? try AgentConfigFile.read(path, required: required).logLevel : startLevel
+            }
             var settings = AgentSettings(stateDirectory: file.stateDir, socket: file.socket, group: file.group, heartbeat: .seconds(file.heartbeat))
             settings.metricsTextfile = file.metricsTextfile.isEmpty ? nil : file.metricsTextfile
             let group = ServiceGroup(
                 configuration: .init(
-                    services: [.init(service: KeyholdAgentService(settings: settings, logger: logger))],
+                    services: [.init(service: reloader), .init(service: KeyholdAgentService(settings: settings, logger: logger))],
                     gracefulShutdownSignals: [.sigterm, .sigint], logger: logger
                 ))
             try await group.run()

@@ -1,6 +1,7 @@
 import Foundation
 import KeyholdConfig
 import KeyholdCore
+import KeyholdLogging
 import Logging
 
 /// The agent's configuration file, `/etc/keyhold/agent.toml` by default: every `run` flag as a
@@ -15,6 +16,7 @@ struct AgentConfigFile: Equatable {
     var group = "keyhold"
     var heartbeat = 30
     var logLevel: Logger.Level = .info
+    var logFormat = LogFormat.text
     /// node-exporter's textfile collector reads it (empty: no metrics file).
     var metricsTextfile = ""
 
@@ -29,6 +31,7 @@ struct AgentConfigFile: Equatable {
         if let v = try file.integer("heartbeat", in: 1...86_400) { config.heartbeat = v }
         if let v = try file.string("metrics_textfile") { config.metricsTextfile = v }
         if let v = try file.choice("log_level", of: Logger.Level.allCases.map(\.rawValue)) { config.logLevel = Logger.Level(rawValue: v) ?? .info }
+        if let v = try file.choice("log_format", of: LogFormat.allCases.map(\.rawValue)) { config.logFormat = LogFormat(rawValue: v) ?? .text }
         try file.finish()
         for (key, value) in [("state_dir", config.stateDir), ("socket", config.socket), ("metrics_textfile", config.metricsTextfile)]
         where !value.hasPrefix("/") && !(key == "metrics_textfile" && value.isEmpty) {

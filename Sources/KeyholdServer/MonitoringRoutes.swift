@@ -3,6 +3,7 @@ import Hummingbird
 import KeyholdCore
 import KeyholdProtocol
 import KeyholdStore
+import Logging
 import NIOCore
 import SwiftASN1
 import X509
@@ -13,7 +14,7 @@ extension ServerAPI {
     /// and no identity, so it needs no TLS; bind it to an address only the scraper reaches.
     func metricsRouter(directory: DataDirectory) -> Router<Context> {
         let router = Router(context: Context.self)
-        router.add(middleware: RequestMetrics(metrics: core.metrics, listener: "metrics"))
+        router.add(middleware: RequestRecorder(metrics: core.metrics, listener: "metrics", logger: logger))
         let core = core
         router.get(RouterPath(APIPath.health)) { _, _ in "ok\n" }
         router.get(RouterPath(APIPath.ready)) { _, _ in try await Self.readiness(core) }
@@ -58,27 +59,38 @@ extension ServerAPI {
     }
 }
 
-/// Times every request and counts it by listener, method, route template (the path with `:id`
-/// in it, never the ids), and status.
-struct RequestMetrics<Context: RequestContext>: RouterMiddleware {
+/// Times every request, counts it by listener, method, route template (the path with `{id}` in
+/// it, never the ids) and status, and logs it at `info` in one line with the caller's identity
+/// (`device:ID`, `admin:ID`, … or `anonymous`) — never a body, a secret or a query string.
+struct RequestRecorder<Context: PeerContext>: RouterMiddleware {
     let metrics: ServerMetrics
     let listener: String
+    let logger: Logger
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let start = ContinuousClock.now
         do {
             let response = try await next(request, context)
-            record(request, context, status: response.status.code, since: start)
+            await record(request, context, status: response.status.code, since: start)
             return response
         } catch {
-            record(request, context, status: (error as? any HTTPResponseError)?.status.code ?? 500, since: start)
+            await record(request, context, status: (error as? any HTTPResponseError)?.status.code ?? 500, since: start)
             throw error
         }
     }
 
-    private func record(_ request: Request, _ context: Context, status: Int, since start: ContinuousClock.Instant) {
-        metrics.request(
-            listener: listener, method: request.method.rawValue, route: context.endpointPath ?? "unmatched", status: status,
-            duration: ContinuousClock.now - start)
+    private func record(_ request: Request, _ context: Context, status: Int, since start: ContinuousClock.Instant) async {
+        let duration = ContinuousClock.now - start
+        let route = context.endpointPath ?? "unmatched"
+        metrics.request(listener: listener, method: request.method.rawValue, route: route, status: status, duration: duration)
+        guard logger.logLevel <= .info else { return }
+        let actor = await context.peer(for: request)?.actor.description ?? "anonymous"
+        let milliseconds = Double(duration.components.attoseconds / 1_000_000_000_000) / 1000 + Double(duration.components.seconds) * 1000
+        logger.info(
+            "request",
+            metadata: [
+                "listener": "\(listener)", "method": "\(request.method.rawValue)", "route": "\(route)", "status": "\(status)",
+                "duration_ms": "\(String(format: "%.3f", milliseconds))", "actor": "\(actor)",
+            ])
     }
 }

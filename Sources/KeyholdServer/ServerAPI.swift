@@ -48,7 +48,7 @@ struct ServerAPI<Context: PeerContext> {
     /// Enrollment listener: TLS that authenticates the server only (the caller has no certificate yet).
     func enrollmentRouter() -> Router<Context> {
         let router = Router(context: Context.self)
-        router.add(middleware: RequestMetrics(metrics: core.metrics, listener: "enrollment"))
+        router.add(middleware: RequestRecorder(metrics: core.metrics, listener: "enrollment", logger: logger))
         router.get(RouterPath(APIPath.health)) { _, _ in "ok\n" }
         router.get(RouterPath(APIPath.ready)) { [core] _, _ in try await Self.readiness(core) }
         router.get(RouterPath(APIPath.ca)) { [core] _, _ in
@@ -79,7 +79,7 @@ struct ServerAPI<Context: PeerContext> {
     func apiRouter() -> Router<Context> {
         let router = Router(context: Context.self)
         let core = core
-        router.add(middleware: RequestMetrics(metrics: core.metrics, listener: "api"))
+        router.add(middleware: RequestRecorder(metrics: core.metrics, listener: "api", logger: logger))
         router.get(RouterPath(APIPath.health)) { _, _ in "ok\n" }
 
         // Devices.

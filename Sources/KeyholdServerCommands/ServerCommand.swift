@@ -3,6 +3,7 @@ import Foundation
 import KeyholdClient
 import KeyholdCommandLine
 import KeyholdCore
+import KeyholdLogging
 import KeyholdProtocol
 import KeyholdServer
 import KeyholdStore
@@ -164,6 +165,7 @@ extension ServerCommand {
         var metricsListen: String?
         @Option(help: ArgumentHelp("Override the database (\"sqlite\" or a postgres:// URL).", valueName: "url")) var db: String?
         @Option(help: "Override log_level: trace, debug, info, notice, warning, error or critical.") var logLevel: String?
+        @Option(help: "Override log_format: text, or json (one JSON object per line).") var logFormat: String?
         @Option(help: ArgumentHelp("Override hierarchy_heartbeat: seconds between pushes to the primary.", valueName: "seconds"))
         var hierarchyHeartbeat: Int?
 
@@ -190,9 +192,13 @@ extension ServerCommand {
                 }
                 config.hierarchyHeartbeat = hierarchyHeartbeat
             }
+            if let logFormat { config.logFormat = try LogFormat(option: logFormat) }
+            let levels = LogLevelControl(config.logLevel)
+            LogOutput.bootstrap(format: config.logFormat, control: levels)
             var logger = Logger(label: "keyhold-server")
-            logger.logLevel = config.logLevel
             logger[metadataKey: "server"] = "\(config.serverID)"
+            // SIGHUP re-reads log_level from config.toml (from then on the file decides, not --log-level).
+            let reloader = LogLevelReloader(control: levels, logger: logger) { [data] in try data.config().logLevel }
 
             // One running server per data directory, for the life of this process.
             let lock = try dir.lockForRunning()
@@ -209,6 +215,7 @@ extension ServerCommand {
             let group = ServiceGroup(
                 configuration: .init(
                     services: [
+                        .init(service: reloader),
                         .init(service: RepositoryService(repository: repository)),
                         .init(service: KeyholdServerService(settings: settings, directory: dir, repository: repository, logger: logger)),
                     ],

@@ -1,6 +1,7 @@
 import Foundation
 import KeyholdConfig
 import KeyholdCore
+import KeyholdLogging
 import KeyholdProtocol
 import KeyholdServer
 import Logging
@@ -22,6 +23,8 @@ struct ServerConfigFile: Equatable {
     /// Seconds between pushes to the primary.
     var hierarchyHeartbeat = 30
     var logLevel: Logger.Level = .info
+    /// `text` or `json` log lines.
+    var logFormat = LogFormat.text
     /// Connection and request limits (docs/operations.md, "Connection limits").
     var limits = Limits()
     /// Which devices may receive a key.
@@ -107,6 +110,7 @@ struct ServerConfigFile: Equatable {
         }
         let heartbeat = try file.integer("hierarchy_heartbeat", in: 1...86_400)
         let level = try file.choice("log_level", of: Logger.Level.allCases.map(\.rawValue))
+        let format = try file.choice("log_format", of: LogFormat.allCases.map(\.rawValue))
         let policy = try file.choice("release_policy", of: ReleasePolicy.allCases.map(\.rawValue))
         var limits = Limits()
         for (key, range, path, _) in Limits.keys {
@@ -133,6 +137,7 @@ struct ServerConfigFile: Equatable {
         }
         if let heartbeat { config.hierarchyHeartbeat = heartbeat }
         if let level { config.logLevel = Logger.Level(rawValue: level) ?? .info }
+        if let format { config.logFormat = LogFormat(rawValue: format) ?? .text }
         config.limits = limits
         if let policy { config.releasePolicy = ReleasePolicy(rawValue: policy) ?? .any }
         try RepositoryFactory.check(config.database, in: path)
@@ -155,7 +160,8 @@ struct ServerConfigFile: Equatable {
         w.add("advertise_api", advertiseAPI ?? "", comment: "addresses written into enrollment tokens (empty: the bound listen addresses)")
         w.add("advertise_enroll", advertiseEnroll ?? "")
         w.add("hierarchy_heartbeat", hierarchyHeartbeat, comment: "seconds between pushes to the primary")
-        w.add("log_level", logLevel.rawValue, comment: "trace, debug, info, notice, warning, error or critical")
+        w.add("log_level", logLevel.rawValue, comment: "trace, debug, info, notice, warning, error or critical (SIGHUP re-reads it)")
+        w.add("log_format", logFormat.rawValue, comment: "text, or json: one JSON object per line")
         w.add(
             "release_policy", releasePolicy.rawValue,
             comment:

@@ -129,6 +129,87 @@ import Glibc
         #expect(unit.status == 0 && unit.stdoutText.contains("SUCCESS"), "\(unit.stdoutText)\(unit.stderr)")
     }
 
+    /// Logs in both formats, at trace, through a whole help-desk scenario (enrollment, escrow,
+    /// release, export and import with a password, a reveal): the JSON log is one object per line
+    /// with time, level and message, and has one `request` line per API request with its route
+    /// template, status and caller; neither log holds a key's bytes, the export password or the
+    /// enrollment token's secret. SIGHUP re-reads log_level: at `warning` requests are no longer
+    /// logged, back at `info` they are.
+    @Test func logsCarryEveryRequestButNoSecretAndSighupRereadsTheLevel() async throws {
+        let json = try await ServerProcess(name: "logs-json")
+        try await json.start(["--log-format", "json"], logLevel: "trace")
+        defer { json.terminate() }
+        let text = try await ServerProcess(name: "logs-text")
+        try await text.start([], logLevel: "trace")
+        defer { text.terminate() }
+        let agent = try AgentProcess(name: "logs-agent")
+        try await agent.start(["--heartbeat", "1", "--log-format", "json"], logLevel: "trace")
+        defer { agent.terminate() }
+        let token = try await json.admin(["token", "create"]).stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(try await agent.keyhold(["enroll", token]).status == 0)
+        _ = try AgentIntegrationTests.write(agent, "plain.txt", 5000)
+        #expect(try await agent.keyhold(["file", "encrypt", "plain.txt", "-o", "plain.khf"]).status == 0)
+        agent.terminate()
+        try agent.clearCache()
+        try await agent.start(["--heartbeat", "1", "--log-format", "json"], logLevel: "trace")
+        #expect(try await agent.keyhold(["file", "decrypt", "plain.khf", "-o", "back.txt"]).status == 0, "released by the server")
+        let keyID = try HelpDeskTests.fileKey(try await agent.keyhold(["file", "info", "plain.khf", "--json"]).stdout)
+        let password = "export passphrase for the log test"
+        let passwordFile = json.dataDir.deletingLastPathComponent().appendingPathComponent("pw").path
+        try password.write(toFile: passwordFile, atomically: true, encoding: .utf8)
+        let exportFile = json.dataDir.deletingLastPathComponent().appendingPathComponent("keys.age").path
+        #expect(try await json.admin(["key", "export", "-o", exportFile, "--all", "--password-file", passwordFile]).status == 0)
+        #expect(try await text.admin(["key", "import", exportFile, "--password-file", passwordFile]).status == 0)
+        let revealed = try WireFormat.decoder().decode(
+            RevealResponse.self, from: Data(try await text.must(["key", "reveal", keyID.description, "--reason", "log test", "--json"]).utf8))
+
+        let logs = [("server json", json.log()), ("server text", text.log()), ("agent json", agent.log())]
+        let tokenSecret = try #require(token.split(separator: ".").last.map(String.init))
+        for (name, log) in logs {
+            #expect(!log.isEmpty, "\(name) logged")
+            for (what, secret) in [
+                ("key hex", revealed.secretHex), ("key base64", revealed.secretBase64), ("export password", password),
+                ("token", token), ("token secret", tokenSecret),
+            ] {
+                #expect(!log.contains(secret), "\(name) holds the \(what)")
+            }
+        }
+        var requests: [[String: Any]] = []
+        for line in json.log().split(separator: "\n") {
+            let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            #expect(object?["time"] is String && object?["level"] is String && object?["message"] is String, "not a JSON log line: \(line)")
+            if object?["message"] as? String == "request", let metadata = object?["metadata"] as? [String: Any] { requests.append(metadata) }
+        }
+        let release = requests.first { $0["route"] as? String == "/v1/keys/{id}" && $0["method"] as? String == "GET" }
+        #expect(release?["status"] as? String == "200" && (release?["actor"] as? String)?.hasPrefix("device:") == true, "\(requests.prefix(3))")
+        #expect(requests.contains { $0["route"] as? String == "/v1/enroll" && $0["actor"] as? String == "anonymous" })
+
+        // SIGHUP re-reads log_level from config.toml (the agent stops first: its heartbeats are requests too).
+        agent.terminate()
+        let config = json.dataDir.appendingPathComponent("config.toml").path
+        let original = try String(contentsOfFile: config, encoding: .utf8)
+        func setLevel(_ level: String) async throws {
+            let changed = original.replacing(/log_level = ['"][a-z]+['"]/, with: "log_level = '\(level)'")
+            #expect(changed != original || level == "info", "log_level is in config.toml")
+            try changed.write(toFile: config, atomically: true, encoding: .utf8)
+            let before = json.log().components(separatedBy: "SIGHUP: log level re-read").count
+            kill(json.pid, SIGHUP)
+            for _ in 0..<100 where json.log().components(separatedBy: "SIGHUP: log level re-read").count == before {
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            try await Task.sleep(for: .milliseconds(200))  // the level is set just after the line is written
+        }
+        func requestLines() -> Int { json.log().components(separatedBy: "\"message\":\"request\"").count }
+        try await setLevel("warning")
+        #expect(json.log().contains(#""log_level":"warning""#), "the new level was read")
+        let quiet = requestLines()
+        _ = try await json.must(["status"])
+        #expect(requestLines() == quiet, "at warning no request is logged")
+        try await setLevel("info")
+        _ = try await json.must(["status"])
+        #expect(requestLines() > quiet, "back at info requests are logged")
+    }
+
     /// `GET url` with curl: the body.
     static func get(_ url: String) async throws -> String {
         let r = try await Program.run(URL(fileURLWithPath: "/usr/bin/curl"), ["-sf", url])
