@@ -5,7 +5,8 @@
 #   W        a work folder, removed at exit together with every server started here
 #   start NAME DB [INIT FLAGS…]   init and run a server in $W/NAME on loopback ports (keyhold-bench
 #                                  launch: ready once it answers); its pid is in PIDS and in
-#                                  PID_<NAME> (dashes become underscores)
+#                                  PID_<NAME> (dashes become underscores); LAUNCH_FLAGS (e.g.
+#                                  "--metrics-listen 127.0.0.1:0") go to the launcher
 #   stop NAME                     stop it gracefully (SIGTERM) and wait for it
 #   field JSON NAME               one field of a JSON object
 set -euo pipefail
@@ -21,7 +22,8 @@ trap cleanup EXIT
 start() { # NAME DB [INIT FLAGS…]: through the launcher the tests and the demo use
   local name=$1 db=$2 pid api
   shift 2
-  read -r pid api < <("$BIN/keyhold-bench" launch --data-dir "$W/$name" --log "$W/$name.log" --db "$db" -- "$@") \
+  # shellcheck disable=SC2086 # LAUNCH_FLAGS is a list of words on purpose
+  read -r pid api < <("$BIN/keyhold-bench" launch --data-dir "$W/$name" --log "$W/$name.log" --db "$db" ${LAUNCH_FLAGS:-} -- "$@") \
     || { echo "server $name did not start"; cat "$W/$name.log"; exit 1; }
   PIDS+=("$pid")
   eval "PID_${name//-/_}=$pid"

@@ -34,6 +34,7 @@ struct Launch: AsyncParsableCommand {
     @Option var db = "sqlite"
     @Option var logLevel = "error"
     @Option var hierarchyHeartbeat = 3600
+    @Option(help: "Run with the metrics listener on at this address (metrics are counted only then).") var metricsListen: String?
     @Argument(parsing: .postTerminator) var initOptions: [String] = []
 
     func run() async throws {
@@ -51,7 +52,8 @@ struct Launch: AsyncParsableCommand {
                 try server.setConfig(key, "1000000")
             }
         }
-        try await server.start(["--hierarchy-heartbeat", "\(hierarchyHeartbeat)"], logLevel: logLevel)
+        try await server.start(
+            ["--hierarchy-heartbeat", "\(hierarchyHeartbeat)"] + (metricsListen.map { ["--metrics-listen", $0] } ?? []), logLevel: logLevel)
         server.detach()
         print("\(server.pid) \(server.api)")
     }

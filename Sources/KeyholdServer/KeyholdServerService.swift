@@ -94,13 +94,15 @@ public struct KeyholdServerService: Service {
         let hierarchy = try Hierarchy(
             serverID: settings.serverID, repository: repository, masterKey: MasterKey(master), dir: directory, logger: logger)
         let addresses = BoundAddresses(settings)
-        let core = ServerCore(
+        var core = ServerCore(
             serverID: settings.serverID, repository: repository, masterKey: MasterKey(master), authority: authority,
             databaseDescription: settings.databaseDescription, hierarchy: hierarchy, addresses: addresses, spoolDirectory: directory.path,
             refusals: RefusalLedger(), enrollLimiter: RateLimiter(settings.enrollRate), releaseLimiter: RateLimiter(settings.releaseRate),
             releaseWatch: ReleaseWatch(settings.releaseAlert), releasePolicy: settings.releasePolicy,
             approvalLifetime: settings.approvalLifetime, logger: logger
         )
+        // Without a metrics listener nothing reads the metrics, so nothing is counted.
+        core.metrics = ServerMetrics(enabled: settings.metricsListen != nil)
         await hierarchy.use(core.metrics)
         let api = ServerAPI<ServerContext>(core: core, logger: logger)
 

@@ -13,6 +13,8 @@ import X509
 public final class ServerMetrics: Sendable {
     /// Where the metrics live; `text()` renders it.
     let registry = PrometheusCollectorRegistry()
+    /// False without a metrics listener: then nothing is counted (no cost on the hot paths).
+    let enabled: Bool
 
     /// The seconds buckets of request and escrow durations: 1 ms to 10 s.
     static let durationBuckets: [Duration] = [
@@ -22,7 +24,8 @@ public final class ServerMetrics: Sendable {
 
     /// A metrics registry with the build info set, and the main counters present at zero (so a
     /// rate over them exists before their first event).
-    public init() {
+    public init(enabled: Bool = true) {
+        self.enabled = enabled
         registry.makeGauge(
             descriptor: Self.name("build_info", help: "Always 1; the labels say which build runs."),
             labels: [
@@ -44,7 +47,10 @@ public final class ServerMetrics: Sendable {
 
     /// A key asked for by a device (`route` `device`) or a secondary (`secondary`): `ok` or the
     /// error code of the refusal.
-    func release(route: String, result: String) { releaseCounter(route: route, result: result).increment() }
+    func release(route: String, result: String) {
+        guard enabled else { return }
+        releaseCounter(route: route, result: result).increment()
+    }
 
     private func releaseCounter(route: String, result: String) -> Counter {
         registry.makeCounter(
@@ -55,6 +61,7 @@ public final class ServerMetrics: Sendable {
     /// An escrow request's outcome (`inserted`, `already_present`, `conflict`, or the error code)
     /// and, for a stored key, how long it took from the request to the acknowledged commit.
     func escrow(outcome: String, duration: Duration?) {
+        guard enabled else { return }
         escrowCounter(outcome).increment()
         if let duration {
             registry.makeDurationHistogram(
@@ -73,7 +80,10 @@ public final class ServerMetrics: Sendable {
     }
 
     /// An enrollment request's result (`ok` or the error code).
-    func enrollment(result: String) { enrollmentCounter(result).increment() }
+    func enrollment(result: String) {
+        guard enabled else { return }
+        enrollmentCounter(result).increment()
+    }
 
     private func enrollmentCounter(_ result: String) -> Counter {
         registry.makeCounter(
@@ -82,7 +92,10 @@ public final class ServerMetrics: Sendable {
     }
 
     /// An audit record that could not be written (the operation it guards was refused).
-    func auditWriteFailure() { auditFailures.increment() }
+    func auditWriteFailure() {
+        guard enabled else { return }
+        auditFailures.increment()
+    }
 
     private var auditFailures: Counter {
         registry.makeCounter(
@@ -94,6 +107,7 @@ public final class ServerMetrics: Sendable {
     /// One answered HTTP request: its listener, method, route template (never the path with
     /// ids in it), status and duration.
     func request(listener: String, method: String, route: String, status: Int, duration: Duration) {
+        guard enabled else { return }
         registry.makeDurationHistogram(
             descriptor: Self.name("http_request_duration", unit: "seconds", help: "HTTP requests by listener, method, route template and status."),
             labels: [("listener", listener), ("method", method), ("route", route), ("status", String(status))],
@@ -102,7 +116,10 @@ public final class ServerMetrics: Sendable {
     }
 
     /// Keys a push delivered to the primary (acknowledged after its commit).
-    func pushed(_ count: Int) { pushedCounter.increment(by: Int64(count)) }
+    func pushed(_ count: Int) {
+        guard enabled else { return }
+        pushedCounter.increment(by: Int64(count))
+    }
 
     private var pushedCounter: Counter {
         registry.makeCounter(
