@@ -29,10 +29,24 @@ extension KeyFile {
     init(agentKey key: KeyMaterial) { self.init(secret: key.secret, record: key.record) }
 }
 
-/// The two halves of offline access on the command line (docs/spec/offline-access.md).
-enum OfflineAccessOptions {
-    /// Asks the agent for a request code for `keyID`, prints it (and writes it to `requestFile`).
-    static func printRequest(_ keyID: KeyID, kind: KeyKind, agent: AgentOptions, requestFile: String?) throws {
+/// The two halves of offline access on the command line (docs/spec/offline-access.md), shared
+/// by `file decrypt` and `drive unlock`: `--offline [--request-file]` asks, `--response` or
+/// `--response-file` answers.
+struct OfflineAccessOptions: ParsableArguments {
+    @Flag(help: "The server cannot be reached: print a request code for an administrator instead (docs/operations.md, 'Offline access').")
+    var offline = false
+
+    @Option(help: ArgumentHelp("With --offline, also write the request code to this file (to send by e-mail).", valueName: "file"))
+    var requestFile: String?
+
+    @Option(help: ArgumentHelp("The administrator's response code to a request made with --offline: use its key, once.", valueName: "code"))
+    var response: String?
+
+    @Option(help: ArgumentHelp("Read the response code from this file.", valueName: "file"))
+    var responseFile: String?
+
+    /// Asks the agent for a request code for `keyID`, prints it (and writes it to `--request-file`).
+    func printRequest(_ keyID: KeyID, kind: KeyKind, agent: AgentOptions) throws {
         let request = try agent.client().send(.offlineRequest(keyID, kind: kind)).offlineRequest()
         if let requestFile { try AtomicFileWriter.replace(requestFile, with: Data((request.code + "\n").utf8), mode: 0o644) }
         print(request.code)
@@ -46,14 +60,22 @@ enum OfflineAccessOptions {
                 """.utf8))
     }
 
+    /// Refuses `--offline` together with a response (the one asks for what the other uses).
+    func refuseRequestWithResponse() throws {
+        guard !offline || (response == nil && responseFile == nil) else {
+            throw KeyholdError(
+                .usage, "--offline asks for a response code; --response uses one", hint: "first run with --offline, later with --response")
+        }
+    }
+
     /// The response code given with `--response` or `--response-file`, if either.
-    static func responseCode(_ code: String?, file: String?) throws -> String? {
-        guard code == nil || file == nil else {
+    func responseCode() throws -> String? {
+        guard response == nil || responseFile == nil else {
             throw KeyholdError(.usage, "give --response or --response-file, not both", hint: "for example --response 46DCBP-0VHK54-…")
         }
-        guard let file else { return code }
-        guard let data = FileManager.default.contents(atPath: file) else {
-            throw KeyholdError(.ioFailed, "cannot read \(file)", hint: "check the path")
+        guard let responseFile else { return response }
+        guard let data = FileManager.default.contents(atPath: responseFile) else {
+            throw KeyholdError(.ioFailed, "cannot read \(responseFile)", hint: "check the path")
         }
         return String(decoding: data, as: UTF8.self)
     }

@@ -187,15 +187,7 @@ struct DriveCommand: ParsableCommand {
         @Argument(help: "The block device or image file.") var device: String
         @Flag(help: "Only check that the escrowed key opens the drive; activate nothing and change nothing (no device-mapper needed).")
         var verifyOnly = false
-        @Flag(help: "The server cannot be reached: print a request code for an administrator instead (docs/operations.md, 'Offline access').")
-        var offline = false
-        @Option(help: ArgumentHelp("With --offline, also write the request code to this file (to send by e-mail).", valueName: "file"))
-        var requestFile: String?
-        @Option(
-            help: ArgumentHelp("The administrator's response code to a request made with --offline: unlock with its key, once.", valueName: "code"))
-        var response: String?
-        @Option(help: ArgumentHelp("Read the response code from this file.", valueName: "file"))
-        var responseFile: String?
+        @OptionGroup var access: OfflineAccessOptions
         @OptionGroup var agent: AgentOptions
 
         func run() throws {
@@ -216,14 +208,11 @@ struct DriveCommand: ParsableCommand {
                 print("already unlocked: /dev/mapper/\(name)")
                 return
             }
-            if offline {
-                guard response == nil, responseFile == nil else {
-                    throw KeyholdError(
-                        .usage, "--offline asks for a response code; --response uses one", hint: "first run with --offline, later with --response")
-                }
-                return try OfflineAccessOptions.printRequest(token.keyID, kind: .drive, agent: agent, requestFile: requestFile)
+            if access.offline {
+                try access.refuseRequestWithResponse()
+                return try access.printRequest(token.keyID, kind: .drive, agent: agent)
             }
-            let code = try OfflineAccessOptions.responseCode(response, file: responseFile)
+            let code = try access.responseCode()
             var key = try agent.key(code.map { .offlineKey(code: $0, keyID: token.keyID) } ?? .key(token.keyID))
 
             // The escrow check: does the escrowed key still open the drive? Reported to the

@@ -252,34 +252,23 @@ extension FileCommand {
         @Option(help: ArgumentHelp("Use this key file (32 raw bytes, or a JSON key record) instead of asking the agent.", valueName: "file"))
         var keyFile: String?
 
-        @Flag(help: "The server cannot be reached: print a request code for an administrator instead (docs/operations.md, 'Offline access').")
-        var offline = false
-
-        @Option(help: ArgumentHelp("With --offline, also write the request code to this file (to send by e-mail).", valueName: "file"))
-        var requestFile: String?
-
-        @Option(
-            help: ArgumentHelp("The administrator's response code to a request made with --offline: decrypt with its key, once.", valueName: "code"))
-        var response: String?
-
-        @Option(help: ArgumentHelp("Read the response code from this file.", valueName: "file"))
-        var responseFile: String?
+        @OptionGroup var access: OfflineAccessOptions
 
         @OptionGroup var agent: AgentOptions
 
         func run() throws {
             let inputFile = try destination.open(input)
             // The destination's checks come first (with --offline nothing is written).
-            let target = offline ? nil : try destination.destination(for: input, inputFile: inputFile)
+            let target = access.offline ? nil : try destination.destination(for: input, inputFile: inputFile)
             // Read the header first: it names the key the agent must provide.
             var head = [UInt8](repeating: 0, count: FileHeader.length)
             var peek = inputFile.source
             let n = try head.withUnsafeMutableBytes { try peek.readFully(into: $0) }
             let header = try FileHeader(parsing: head[..<n])
             guard let target else {
-                return try OfflineAccessOptions.printRequest(header.keyID, kind: .file, agent: agent, requestFile: requestFile)
+                return try access.printRequest(header.keyID, kind: .file, agent: agent)
             }
-            let code = try OfflineAccessOptions.responseCode(response, file: responseFile)
+            let code = try access.responseCode()
             let key = try keyFile.map(KeyFile.load) ?? agent.key(code.map { .offlineKey(code: $0, keyID: header.keyID) } ?? .key(header.keyID))
             let summary = try Transform.run(
                 input: inputFile, destination: target,
