@@ -55,9 +55,7 @@ actor Agent {
         case .retireKey(let id, let replacedBy):
             try await retire(id, replacedBy: replacedBy)
             return .status(status())
-        case .keyStatus(let id):
-            let (_, client) = try enrolled()
-            return .keyStatus(try await client.get(APIPath.keyStatus(id.description), as: KeyStatusResponse.self))
+        case .keyStatus(let id): return .keyStatus(try await keyStatus(id))
         case .driveCheck(let id, let opens):
             noteDriveCheck(DriveCheck(keyID: id, opens: opens, checked: Date()))
             return .status(status())
@@ -73,6 +71,12 @@ actor Agent {
             driveChecks[oldest.keyID] = nil
         }
         if !check.opens { logger.warning("escrow drift: the drive's escrowed key opened no keyslot", metadata: ["key": "\(check.keyID)"]) }
+    }
+
+    /// Whether the server blocked `id` or marks it for rotation (`GET /v1/keys/{id}/status`).
+    func keyStatus(_ id: KeyID) async throws -> KeyStatusResponse {
+        let (_, client) = try enrolled()
+        return try await client.get(APIPath.keyStatus(id.description), as: KeyStatusResponse.self)
     }
 
     /// Asks the server to retire `old`, replaced by `new` on a drive (`keyhold drive rekey`),
@@ -165,9 +169,7 @@ actor Agent {
     func fileKey(replacing old: KeyID) async throws -> KeyMaterial {
         if let id = cache.activeFileKey {
             var stale = id == old
-            if !stale, let client {
-                stale = (try? await client.get(APIPath.keyStatus(id.description), as: KeyStatusResponse.self))?.rotationRequired == true
-            }
+            if !stale { stale = (try? await keyStatus(id))?.rotationRequired == true }
             if stale { try cache.retireActiveFileKey(id) }
         }
         return try await fileKey()

@@ -134,15 +134,15 @@ actor Hierarchy {
     /// The hierarchy's state for the metrics: pending keys, the age of the oldest one, whether
     /// the last push reached the primary and whether it refused.
     func gauges() async throws -> HierarchyGauges {
-        let cursor = try await self.cursor()
+        let status = try await status()
         var gauges = HierarchyGauges()
-        gauges.configured = primary != nil
-        gauges.pending = try await repository.keyCount(afterSequence: cursor)
-        if gauges.pending > 0, let oldest = try await repository.keys(afterSequence: cursor, limit: 1).first {
+        gauges.configured = status.primaryServerID != nil
+        gauges.pending = status.pending
+        if status.pending > 0, let oldest = try await repository.keys(afterSequence: status.pushCursor, limit: 1).first {
             gauges.lagSeconds = max(0, Date().timeIntervalSince(oldest.stored))
         }
-        gauges.reachable = primaryRefuses || lastPushResult?.hasPrefix("ok") == true
-        gauges.refusing = primaryRefuses
+        gauges.reachable = status.primaryRefuses || status.lastPushResult?.hasPrefix("ok") == true
+        gauges.refusing = status.primaryRefuses
         return gauges
     }
 

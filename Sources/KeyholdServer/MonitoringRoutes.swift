@@ -54,7 +54,7 @@ extension ServerAPI {
         }
         return ScrapeState(
             devices: devices, keys: try await core.repository.keyCount(),
-            driftedKeys: try await core.repository.driftedEscrowChecks(limit: 100_000).count, certificateExpiry: expiry,
+            driftedKeys: try await core.repository.driftedEscrowCheckCount(), certificateExpiry: expiry,
             hierarchy: try await core.hierarchy.gauges())
     }
 }
@@ -85,7 +85,7 @@ struct RequestRecorder<Context: PeerContext>: RouterMiddleware {
         metrics.request(listener: listener, method: request.method.rawValue, route: route, status: status, duration: duration)
         guard logger.logLevel <= .info else { return }
         let actor = await context.peer(for: request)?.actor.description ?? "anonymous"
-        let milliseconds = Double(duration.components.attoseconds / 1_000_000_000_000) / 1000 + Double(duration.components.seconds) * 1000
+        let milliseconds = duration / .milliseconds(1)
         logger.info(
             "request",
             metadata: [

@@ -335,6 +335,9 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         Array(checks.values.filter { !$0.opens }.sorted { $0.checked > $1.checked }.prefix(limit))
     }
 
+    /// How many drifts there are.
+    public func driftedEscrowCheckCount() async throws -> Int { checks.values.filter { !$0.opens }.count }
+
     /// The open request for the key by the device, or `request` (``Repository/openApproval(_:audit:)``).
     public func openApproval(_ request: ApprovalRecord, audit: AuditEvent) async throws -> (ApprovalRecord, created: Bool) {
         if let open = approvals.values.first(where: {

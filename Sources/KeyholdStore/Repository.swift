@@ -129,6 +129,8 @@ public protocol Repository: Sendable {
     func escrowChecks(clients: [ClientID]) async throws -> [EscrowCheckRecord]
     /// Checks that found a drift (the key did not open the drive), newest first, at most `limit`.
     func driftedEscrowChecks(limit: Int) async throws -> [EscrowCheckRecord]
+    /// How many keys' last check found a drift.
+    func driftedEscrowCheckCount() async throws -> Int
 
     // MARK: Release approval
 

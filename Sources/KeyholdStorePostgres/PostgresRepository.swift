@@ -816,6 +816,14 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
                 "SELECT key_id, client_id, checked, opens FROM escrow_checks WHERE NOT opens ORDER BY checked DESC LIMIT \(limit)", logger: logger))
     }
 
+    /// How many drifts there are.
+    public func driftedEscrowCheckCount() async throws -> Int {
+        for try await count in try await client.query("SELECT count(*) FROM escrow_checks WHERE NOT opens", logger: logger).decode(Int64.self) {
+            return Int(count)
+        }
+        return 0
+    }
+
     private func checks(_ rows: PostgresRowSequence) async throws -> [EscrowCheckRecord] {
         var found: [EscrowCheckRecord] = []
         for try await (key, client, checked, opens) in rows.decode((String, String, Date, Bool).self) {

@@ -565,6 +565,11 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         }
     }
 
+    /// How many drifts there are.
+    public func driftedEscrowCheckCount() async throws -> Int {
+        try await pool.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM escrow_checks WHERE opens = 0") ?? 0 }
+    }
+
     private static func decodeCheck(_ row: Row) throws -> EscrowCheckRecord {
         EscrowCheckRecord(
             keyID: try StoredValue.identifier(row["key_id"]), clientID: try StoredValue.identifier(row["client_id"]),

@@ -547,6 +547,7 @@ func audit(_ action: AuditAction, _ key: KeyID? = nil, result: AuditResult = .ok
         #expect(Set(try await repo.escrowChecks(clients: [d2]).map(\.keyID)) == [a, c])
         #expect(try await repo.driftedEscrowChecks(limit: 10).map(\.keyID) == [a, c, b])
         #expect(try await repo.driftedEscrowChecks(limit: 1).map(\.keyID) == [a])
+        #expect(try await repo.driftedEscrowCheckCount() == 3)
         #expect(try await repo.audit(after: 0, limit: 10).filter { $0.action == .escrowDrift }.count == 2)
         #expect(try await f.reopen().escrowChecks(keys: [c]).first?.opens == false, "checks are durable")
     }
