@@ -68,17 +68,23 @@ public final class APIClient: Sendable {
 
     /// GET `path` and decode the answer.
     public func get<R: Decodable>(_ path: String, as: R.Type = R.self) async throws -> R {
-        try decode(try await send(path, method: .GET, body: nil))
+        try decode(try await send(path, method: .GET, body: nil).data)
+    }
+
+    /// GET `path`, decode the answer, and return the answer's header `name` too (nil when absent).
+    public func get<R: Decodable>(_ path: String, as: R.Type = R.self, header name: String) async throws -> (R, String?) {
+        let (data, headers) = try await send(path, method: .GET, body: nil)
+        return (try decode(data), headers.first(name: name))
     }
 
     /// PUT a JSON body and decode the answer.
     public func put<B: Encodable, R: Decodable>(_ path: String, _ body: B, as: R.Type = R.self) async throws -> R {
-        try decode(try await send(path, method: .PUT, body: try WireFormat.encoder().encode(body)))
+        try decode(try await send(path, method: .PUT, body: try WireFormat.encoder().encode(body)).data)
     }
 
     /// POST a JSON body and decode the answer.
     public func post<B: Encodable, R: Decodable>(_ path: String, _ body: B, as: R.Type = R.self) async throws -> R {
-        try decode(try await send(path, method: .POST, body: try WireFormat.encoder().encode(body)))
+        try decode(try await send(path, method: .POST, body: try WireFormat.encoder().encode(body)).data)
     }
 
     /// DELETE, expecting no content back.
@@ -178,7 +184,7 @@ public final class APIClient: Sendable {
         }
     }
 
-    private func send(_ path: String, method: HTTPMethod, body: Data?) async throws -> Data {
+    private func send(_ path: String, method: HTTPMethod, body: Data?) async throws -> (data: Data, headers: HTTPHeaders) {
         var request = HTTPClientRequest(url: base + path)
         request.method = method
         if let body {
@@ -195,7 +201,7 @@ public final class APIClient: Sendable {
         }
         // 202 is `pending_approval`: an error body for a request that is queued, not answered.
         guard (200..<300).contains(Int(response.status.code)), response.status.code != 202 else { throw Self.failure(response.status.code, data) }
-        return data
+        return (data, response.headers)
     }
 
     /// The error an unsuccessful answer carries.

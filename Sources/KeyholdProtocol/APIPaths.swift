@@ -73,4 +73,7 @@ public enum APIPath {
     public static let hierarchyPush = "/v1/hierarchy/push"
     /// `GET`: a secondary's lookup of key `id` (`chain`, `hops`).
     public static func hierarchyKey(_ id: String) -> String { "/v1/hierarchy/keys/\(id)" }
+    /// The header of a lookup's answer: how many servers above the asking one held the key (1:
+    /// the primary itself). Absent from older servers' answers, which count as 1.
+    public static let hopsHeader = "Keyhold-Hops"
 }

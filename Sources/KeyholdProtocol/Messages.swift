@@ -407,11 +407,14 @@ public struct ClientInfo: Codable, Sendable, Equatable {
     public var escrowVerified: Date?
     /// Drive keys whose last check by this device was a drift.
     public var escrowDrift: [KeyID]
+    /// When its certificate expires (absent for clients enrolled before servers recorded it).
+    public var certificateExpires: Date?
     /// One client.
     public init(
         id: ClientID, role: ClientRole, name: String, state: EnrollmentState, enrolled: Date, lastSeen: Date?, agentVersion: String?,
-        keyCount: Int?, escrowVerified: Date? = nil, escrowDrift: [KeyID] = []
+        keyCount: Int?, escrowVerified: Date? = nil, escrowDrift: [KeyID] = [], certificateExpires: Date? = nil
     ) {
+        self.certificateExpires = certificateExpires
         self.escrowVerified = escrowVerified
         self.escrowDrift = escrowDrift
         self.id = id
@@ -430,8 +433,9 @@ public struct ClientInfo: Codable, Sendable, Equatable {
         case keyCount = "key_count"
         case escrowVerified = "escrow_verified"
         case escrowDrift = "escrow_drift"
+        case certificateExpires = "certificate_expires"
     }
-    /// Decodes; the escrow fields are absent from older servers' answers.
+    /// Decodes; the escrow and expiry fields are absent from older servers' answers.
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         id = try c.decode(ClientID.self, forKey: .id)
@@ -444,6 +448,7 @@ public struct ClientInfo: Codable, Sendable, Equatable {
         keyCount = try c.decodeIfPresent(Int.self, forKey: .keyCount)
         escrowVerified = try c.decodeIfPresent(Date.self, forKey: .escrowVerified)
         escrowDrift = try c.decodeIfPresent([KeyID].self, forKey: .escrowDrift) ?? []
+        certificateExpires = try c.decodeIfPresent(Date.self, forKey: .certificateExpires)
     }
     /// `verified <time>`, `DRIFT (n keys)` or `-`, as `device list` prints it.
     public var escrowSummary: String {

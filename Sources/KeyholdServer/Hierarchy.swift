@@ -29,6 +29,8 @@ actor Hierarchy {
     struct Answer: Sendable {
         let key: KeyMaterial
         let primary: ServerID
+        /// How many servers up the key was held (1: the primary).
+        let hops: Int
     }
 
     private let serverID: ServerID
@@ -283,9 +285,10 @@ actor Hierarchy {
         guard try await enabled(), let client, let primary else { return nil }
         let query = "chain=\(chain.map(\.description).joined(separator: ","))&hops=\(hops)"
         do {
-            let key = try await client.get(APIPath.hierarchyKey(keyID.description) + "?" + query, as: KeyMaterial.self)
+            let (key, hops) = try await client.get(
+                APIPath.hierarchyKey(keyID.description) + "?" + query, as: KeyMaterial.self, header: APIPath.hopsHeader)
             primaryRefuses = false
-            return Answer(key: key, primary: primary.serverID)
+            return Answer(key: key, primary: primary.serverID, hops: hops.flatMap { Int($0) }.map { min(max($0, 1), Self.hopLimit) } ?? 1)
         } catch let error as KeyholdError {
             if error.code == .hierarchyDisabled { primaryRefuses = true }
             throw error

@@ -103,6 +103,7 @@ public struct KeyholdServerService: Service {
         )
         // Without a metrics listener nothing reads the metrics, so nothing is counted.
         core.metrics = ServerMetrics(enabled: settings.metricsListen != nil)
+        if settings.metricsListen != nil { repository.statistics.observe { [metrics = core.metrics] in metrics.store($0) } }
         await hierarchy.use(core.metrics)
         let api = ServerAPI<ServerContext>(core: core, logger: logger)
 

@@ -52,9 +52,14 @@ extension ServerAPI {
                 expiry[name] = certificate.notValidAfter
             }
         }
+        // The administrators' certificate that expires first (the one whose alert comes first).
+        let admins = try await core.repository.listClients(role: .admin).filter { $0.state == .active }
+        if let first = admins.compactMap(\.certificateExpires).min() { expiry["administrator"] = first }
+        let statistics = core.repository.statistics
         return ScrapeState(
             devices: devices, keys: try await core.repository.keyCount(),
-            driftedKeys: try await core.repository.driftedEscrowCheckCount(), certificateExpiry: expiry,
+            driftedKeys: try await core.repository.driftedEscrowCheckCount(), databaseInFlight: statistics.inFlight,
+            databaseConnections: statistics.connections, certificateExpiry: expiry,
             hierarchy: try await core.hierarchy.gauges())
     }
 }

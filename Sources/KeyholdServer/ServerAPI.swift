@@ -88,7 +88,7 @@ struct ServerAPI<Context: PeerContext> {
             return try respond(try await core.escrow(try await decode(EscrowRequest.self, request), keyID: id, by: caller))
         }
         release(router, "/v1/keys/:id", [.device]) { request, context, peer in
-            try await core.release(try Self.keyID(context), to: peer)
+            (try await core.release(try Self.keyID(context), to: peer), nil)
         }
         route(router, .get, "/v1/keys/:id/status", [.device]) { _, context, caller in
             try respond(try await core.keyStatus(try Self.keyID(context), by: caller))
@@ -260,7 +260,7 @@ struct ServerAPI<Context: PeerContext> {
     /// Malformed requests authenticate first, so a refused caller hears why it is refused.
     private func release(
         _ router: Router<Context>, _ path: String, _ roles: Set<ClientRole>,
-        _ body: @escaping @Sendable (Request, Context, Peer) async throws -> KeyMaterial
+        _ body: @escaping @Sendable (Request, Context, Peer) async throws -> (KeyMaterial, hops: Int?)
     ) {
         router.get(
             RouterPath(path),
@@ -268,16 +268,23 @@ struct ServerAPI<Context: PeerContext> {
                 let peer = try await Self.peer(request, context, roles)
                 let route = peer.role == .server ? "secondary" : "device"
                 let key: KeyMaterial
+                let hops: Int?
                 do {
-                    key = try await body(request, context, peer)
+                    (key, hops) = try await body(request, context, peer)
                     core.metrics.release(route: route, result: "ok")
                 } catch let error as KeyholdError {
                     core.metrics.release(route: route, result: error.code.rawValue)
                     if error.code == .invalidRequest { _ = try await core.authenticate(peer) }
                     throw error
                 }
-                guard let json = key.wireJSON() else { return try respond(key) }
-                return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: json)))
+                var response: Response
+                if let json = key.wireJSON() {
+                    response = Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: json)))
+                } else {
+                    response = try respond(key)
+                }
+                if let hops, let field = HTTPField.Name(APIPath.hopsHeader) { response.headers[field] = String(hops) }
+                return response
             })
     }
 

@@ -162,7 +162,9 @@ struct ServerCore: Sendable {
         let id = ClientID.random()
         let certificate = try authority.issueClientCertificate(csr: csr, identity: CertificateIdentity(role: token.role, id: id), name: name)
         try await repository.insertClient(
-            EnrolledClient(id: id, role: token.role, name: name, certificateFingerprint: CertificateAuthority.fingerprint(certificate))
+            EnrolledClient(
+                id: id, role: token.role, name: name, certificateFingerprint: CertificateAuthority.fingerprint(certificate),
+                certificateExpires: certificate.notValidAfter)
         )
         try await repository.appendAudit(
             AuditEvent(actor: AuditActor(token.role, id), action: .enroll, route: .enrollment, result: .ok, detail: "name \(name), token \(token.id)")
@@ -276,7 +278,7 @@ struct ServerCore: Sendable {
             throw limited
         }
         let approval = try await checkReleasePolicy(keyID, for: peer)
-        let key = try await resolve(
+        let (key, _) = try await resolve(
             keyID, for: peer, route: .agent, chain: [serverID], hops: Hierarchy.hopLimit,
             detail: approval.map { "approved by admin:\($0.decidedBy?.description ?? "?") (request \($0.id))" } ?? "")
         if let approval { await consumeApproval(approval) }
@@ -327,8 +329,11 @@ struct ServerCore: Sendable {
     /// The key for `peer`: from this repository, else (option on, primary configured) from the
     /// primary, which is then kept here. Every attempt is audited before anything is released. The
     /// peer's enrollment is checked inside the release statement; when that check refuses,
-    /// ``authenticate(_:)`` says why (and audits it).
-    func resolve(_ keyID: KeyID, for peer: Peer, route: AuditRoute, chain: [ServerID], hops: Int, detail: String = "") async throws -> KeyMaterial {
+    /// ``authenticate(_:)`` says why (and audits it). Also returns how many servers up the key was
+    /// found: 0 when it is held here.
+    func resolve(
+        _ keyID: KeyID, for peer: Peer, route: AuditRoute, chain: [ServerID], hops: Int, detail: String = ""
+    ) async throws -> (KeyMaterial, hops: Int) {
         do {
             return try await resolve(keyID, for: peer, check: true, route: route, chain: chain, hops: hops, detail: detail)
         } catch is ReleaseCallerRefused {
@@ -340,7 +345,7 @@ struct ServerCore: Sendable {
 
     private func resolve(
         _ keyID: KeyID, for peer: Peer, check: Bool, route: AuditRoute, chain: [ServerID], hops: Int, detail: String
-    ) async throws -> KeyMaterial {
+    ) async throws -> (KeyMaterial, hops: Int) {
         // A key held here: one statement reads it and commits its release record. A key missing
         // here writes nothing yet: it is asked of the primary (when the option is on), then stored
         // and released in one commit, or its miss or the primary's refusal is audited. So each
@@ -350,12 +355,14 @@ struct ServerCore: Sendable {
         request.caller = check ? peer.releaseCheck : nil
         if let key = try await audited({ try await repository.releaseKey(request) }) {
             try refuseIfBlocked(key)
-            return KeyMaterial(record: key.record, secret: try masterKey.unwrap(key.wrappedSecret, keyID: keyID))
+            return (KeyMaterial(record: key.record, secret: try masterKey.unwrap(key.wrappedSecret, keyID: keyID)), 0)
         }
         let found: Hierarchy.Answer?
         do {
             found = try await hierarchy.ask(keyID, chain: chain, hops: hops)
+            if let found { metrics.lookup(result: "found", hops: found.hops) }
         } catch let error as KeyholdError {
+            metrics.lookup(result: error.code.rawValue, hops: nil)
             try await audited {
                 try await repository.appendAudit(
                     AuditEvent(
@@ -396,7 +403,7 @@ struct ServerCore: Sendable {
         }
         try refuseIfBlocked(released)
         // The secret came from the primary: answer with it rather than unwrap what was just wrapped.
-        return KeyMaterial(record: released.record, secret: found.key.secret)
+        return (KeyMaterial(record: released.record, secret: found.key.secret), found.hops)
     }
 
     private func refuseIfBlocked(_ key: StoredKey) throws {
@@ -511,7 +518,9 @@ struct ServerCore: Sendable {
     /// A secondary's lookup (`GET /v1/hierarchy/keys/{id}`): the same rule as a device's release,
     /// one hop further up; refused when the option is off here, on a loop or past the hop limit.
     /// A refusal authenticates the secondary first, so a revoked one hears that it is revoked.
-    func lookup(_ keyID: KeyID, chain: [ServerID], hops: Int, for peer: Peer) async throws -> KeyMaterial {
+    /// Also returns how many servers above the asking one the key was held (1: here), which the
+    /// answer carries in its `Keyhold-Hops` header.
+    func lookup(_ keyID: KeyID, chain: [ServerID], hops: Int, for peer: Peer) async throws -> (KeyMaterial, hops: Int) {
         let route = AuditRoute.secondary(peer.id)
         if try await !hierarchy.enabled() || chain.contains(serverID) || hops <= 0 {
             let caller = try await authenticate(peer)
@@ -527,7 +536,8 @@ struct ServerCore: Sendable {
                 hint: "the hierarchy is deeper than Keyhold allows; flatten it"
             )
         }
-        return try await resolve(keyID, for: peer, route: route, chain: chain + [serverID], hops: hops - 1)
+        let (key, above) = try await resolve(keyID, for: peer, route: route, chain: chain + [serverID], hops: hops - 1)
+        return (key, above + 1)
     }
 
     // MARK: Administration
@@ -648,7 +658,9 @@ struct ServerCore: Sendable {
         let id = ClientID.random()
         let certificate = try authority.issueClientCertificate(csr: csr, identity: CertificateIdentity(role: .admin, id: id), name: name)
         try await repository.insertClient(
-            EnrolledClient(id: id, role: .admin, name: name, certificateFingerprint: CertificateAuthority.fingerprint(certificate)))
+            EnrolledClient(
+                id: id, role: .admin, name: name, certificateFingerprint: CertificateAuthority.fingerprint(certificate),
+                certificateExpires: certificate.notValidAfter))
         try await repository.appendAudit(
             AuditEvent(actor: caller.actor, action: .adminAdd, route: .adminAPI, result: .ok, detail: "administrator \(id) '\(name)'"))
         logger.notice("administrator added", metadata: ["id": "\(id)", "by": "\(caller.actor)"])
@@ -677,7 +689,7 @@ struct ServerCore: Sendable {
     private static func info(_ c: EnrolledClient) -> ClientInfo {
         ClientInfo(
             id: c.id, role: c.role, name: c.name, state: c.state, enrolled: c.enrolled, lastSeen: c.lastSeen, agentVersion: c.agentVersion,
-            keyCount: c.reportedKeyCount
+            keyCount: c.reportedKeyCount, certificateExpires: c.certificateExpires
         )
     }
 

@@ -1,6 +1,7 @@
 import Foundation
 import KeyholdCore
 import KeyholdProtocol
+import KeyholdStore
 import Prometheus
 import X509
 
@@ -37,7 +38,12 @@ public final class ServerMetrics: Sendable {
         enrollmentCounter("ok").increment(by: Int64(0))
         auditFailures.increment(by: Int64(0))
         pushedCounter.increment(by: Int64(0))
+        databaseErrors.increment(by: Int64(0))
+        for result in ["found", "not_found"] { lookupCounter(result).increment(by: Int64(0)) }
     }
+
+    /// The buckets of release batch sizes: powers of two up to the drivers' largest batch (256).
+    static let batchBuckets: [Double] = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
     static func name(_ base: String, unit: String = "", help: String) -> MetricNameDescriptor {
         MetricNameDescriptor(namespace: "keyhold", metricName: base, unitName: unit, helpText: help)
@@ -126,6 +132,49 @@ public final class ServerMetrics: Sendable {
             descriptor: Self.name("hierarchy_keys_pushed", unit: "total", help: "Keys pushed to the primary and acknowledged by it."), labels: [])
     }
 
+    /// A lookup this server sent to its primary for a key it lacks: `found` (and how many servers
+    /// up: 1 when the primary held it), `not_found`, or the error code of the refusal.
+    func lookup(result: String, hops: Int?) {
+        guard enabled else { return }
+        lookupCounter(result).increment()
+        if let hops {
+            registry.makeValueHistogram(
+                descriptor: Self.name(
+                    "hierarchy_lookup_hops", help: "Servers up the hierarchy at which a key found by a lookup was held (1: the primary)."),
+                labels: [], buckets: (1...Hierarchy.hopLimit).map(Double.init)
+            ).record(Double(hops))
+        }
+    }
+
+    private func lookupCounter(_ result: String) -> Counter {
+        registry.makeCounter(
+            descriptor: Self.name(
+                "hierarchy_lookups", unit: "total",
+                help: "Keys asked of the primary because they are not held here, by result (found, not_found or the error code)."),
+            labels: [("result", result)])
+    }
+
+    /// What the repository's driver reports: a release batch, or an error of the database.
+    func store(_ event: StoreStatistics.Event) {
+        guard enabled else { return }
+        switch event {
+        case .releaseBatch(let size):
+            registry.makeValueHistogram(
+                descriptor: Self.name("release_batch_size", help: "Releases that shared one statement and one commit."),
+                labels: [], buckets: Self.batchBuckets
+            ).record(Double(size))
+        case .databaseError:
+            databaseErrors.increment()
+        }
+    }
+
+    private var databaseErrors: Counter {
+        registry.makeCounter(
+            descriptor: Self.name(
+                "database_errors", unit: "total", help: "Database operations that failed in the database or on the way to it."),
+            labels: [])
+    }
+
     // MARK: State, refreshed at each scrape
 
     /// The gauges that describe state rather than events, set just before a scrape is answered.
@@ -136,6 +185,13 @@ public final class ServerMetrics: Sendable {
             ).set(to: Double(count))
         }
         registry.makeGauge(descriptor: Self.name("keys", help: "Keys stored on this server."), labels: []).set(to: Double(state.keys))
+        registry.makeGauge(
+            descriptor: Self.name("database_operations_in_flight", help: "Database operations holding or waiting for a connection."),
+            labels: []
+        ).set(to: Double(state.databaseInFlight))
+        registry.makeGauge(
+            descriptor: Self.name("database_connections_max", help: "Connections the database driver opens at most."), labels: []
+        ).set(to: Double(state.databaseConnections))
         registry.makeGauge(
             descriptor: Self.name(
                 "escrow_drift_keys", help: "Drive keys whose last escrow check found that the escrowed key no longer opens the drive."),
@@ -181,6 +237,8 @@ struct ScrapeState {
     var devices: [String: Int]
     var keys: Int
     var driftedKeys: Int
+    var databaseInFlight: Int
+    var databaseConnections: Int
     var certificateExpiry: [String: Date]
     var hierarchy: HierarchyGauges
 }

@@ -2,6 +2,7 @@ import Foundation
 public import KeyholdCore
 public import KeyholdProtocol
 public import KeyholdStore
+import X509
 
 /// Creating a server: what `keyhold-server init` makes in a data directory and its repository.
 public enum ServerSetup {
@@ -62,7 +63,8 @@ public enum ServerSetup {
         try await repository.migrate()
         try await repository.insertClient(
             EnrolledClient(
-                id: adminID, role: .admin, name: "administrator", certificateFingerprint: CertificateAuthority.fingerprint(admin)
+                id: adminID, role: .admin, name: "administrator", certificateFingerprint: CertificateAuthority.fingerprint(admin),
+                certificateExpires: admin.notValidAfter
             ))
         try await repository.setSetting(Hierarchy.optionSetting, options.useHierarchy ? "true" : "false")
         try await repository.appendAudit(
@@ -87,7 +89,9 @@ public enum ServerSetup {
         let (admin, keyPEM) = try authority.issueClientCertificate(identity: CertificateIdentity(role: .admin, id: id), name: "administrator")
         try await repository.migrate()
         try await repository.insertClient(
-            EnrolledClient(id: id, role: .admin, name: "administrator (recovered)", certificateFingerprint: CertificateAuthority.fingerprint(admin))
+            EnrolledClient(
+                id: id, role: .admin, name: "administrator (recovered)", certificateFingerprint: CertificateAuthority.fingerprint(admin),
+                certificateExpires: admin.notValidAfter)
         )
         try await repository.appendAudit(
             AuditEvent(actor: .administrator(id), action: .adminRecover, route: .local, result: .ok, detail: "by uid \(uid) on the server machine")

@@ -526,10 +526,10 @@ struct DeviceCommand: AsyncParsableCommand {
         func run() async throws {
             let clients = try await withAdmin(data) { try await $0.get(APIPath.adminClients, as: [ClientInfo].self) }
             if json { return try printJSON(clients) }
-            print("id\trole\tstate\tname\tlast seen\tversion\tkeys\tescrow")
+            print("id\trole\tstate\tname\tlast seen\tversion\tkeys\tescrow\tcertificate expires")
             for c in clients {
                 print(
-                    "\(c.id)\t\(c.role)\t\(c.state)\t\(PrintableText.escaped(c.name))\t\(formatDate(c.lastSeen))\t\(PrintableText.escaped(c.agentVersion ?? "-"))\t\(c.keyCount.map(String.init) ?? "-")\t\(c.escrowSummary)"
+                    "\(c.id)\t\(c.role)\t\(c.state)\t\(PrintableText.escaped(c.name))\t\(formatDate(c.lastSeen))\t\(PrintableText.escaped(c.agentVersion ?? "-"))\t\(c.keyCount.map(String.init) ?? "-")\t\(c.escrowSummary)\t\(formatDate(c.certificateExpires))"
                 )
             }
         }
@@ -777,6 +777,8 @@ struct AdminCommand: AsyncParsableCommand {
 
 /// The table `secondary list` and `admin list` print (names escaped).
 private func printEnrollments(_ clients: [ClientInfo]) {
-    print("id\tstate\tname\tenrolled")
-    for c in clients { print("\(c.id)\t\(c.state)\t\(PrintableText.escaped(c.name))\t\(formatDate(c.enrolled))") }
+    print("id\tstate\tname\tenrolled\tcertificate expires")
+    for c in clients {
+        print("\(c.id)\t\(c.state)\t\(PrintableText.escaped(c.name))\t\(formatDate(c.enrolled))\t\(formatDate(c.certificateExpires))")
+    }
 }

@@ -18,12 +18,15 @@ public actor BatchQueue<Item: Sendable, Output: Sendable> {
     private let lanes: Int
     private let maximumBatch: Int
     private let commit: Commit
+    private let batched: @Sendable (Int) -> Void
 
-    /// A queue with at most `lanes` batches in flight, each of at most `maximumBatch` items.
-    public init(lanes: Int, maximumBatch: Int, commit: @escaping Commit) {
+    /// A queue with at most `lanes` batches in flight, each of at most `maximumBatch` items;
+    /// `batched` hears the size of each batch as it starts.
+    public init(lanes: Int, maximumBatch: Int, batched: @escaping @Sendable (Int) -> Void = { _ in }, commit: @escaping Commit) {
         precondition(lanes > 0 && maximumBatch > 0)
         self.lanes = lanes
         self.maximumBatch = maximumBatch
+        self.batched = batched
         self.commit = commit
     }
 
@@ -44,6 +47,7 @@ public actor BatchQueue<Item: Sendable, Output: Sendable> {
         while !waiting.isEmpty {
             let batch = Array(waiting.prefix(maximumBatch))
             waiting.removeFirst(batch.count)
+            batched(batch.count)
             let results: [Result<Output, any Error>]
             do {
                 results = try await commit(batch.map(\.item))

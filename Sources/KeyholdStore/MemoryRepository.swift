@@ -17,6 +17,8 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
     /// The change feed: each key's latest state change (``Repository/stateChanges(after:limit:)``).
     private var stateSequence: [KeyID: Int64] = [:]
     private var lastStateSequence: Int64 = 0
+    /// No connections and no batches: these stay at zero.
+    public nonisolated let statistics = StoreStatistics(connections: 0)
 
     private func nextSequence() -> Int64 {
         lastSequence += 1

@@ -22,11 +22,14 @@ public struct EnrolledClient: Sendable, Equatable {
     public var agentVersion: String?
     /// Keys the device reported holding at its last heartbeat.
     public var reportedKeyCount: Int?
+    /// When its certificate expires (nil for enrollments recorded before version 8 of the schema).
+    public var certificateExpires: Date?
 
     /// A client record.
     public init(
         id: ClientID, role: ClientRole, name: String, certificateFingerprint: String, enrolled: Date = Date(),
-        state: EnrollmentState = .active, lastSeen: Date? = nil, agentVersion: String? = nil, reportedKeyCount: Int? = nil
+        state: EnrollmentState = .active, lastSeen: Date? = nil, agentVersion: String? = nil, reportedKeyCount: Int? = nil,
+        certificateExpires: Date? = nil
     ) {
         self.id = id
         self.role = role
@@ -37,6 +40,7 @@ public struct EnrolledClient: Sendable, Equatable {
         self.lastSeen = lastSeen
         self.agentVersion = agentVersion
         self.reportedKeyCount = reportedKeyCount
+        self.certificateExpires = certificateExpires
     }
 }
 

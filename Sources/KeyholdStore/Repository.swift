@@ -159,6 +159,10 @@ public protocol Repository: Sendable {
 
     /// Releases connections; the repository is unusable afterwards.
     func close() async throws
+
+    /// The driver's own counts (connections in use, database errors, release batch sizes), for
+    /// the server's metrics.
+    var statistics: StoreStatistics { get }
 }
 
 extension Repository {

@@ -15,7 +15,7 @@ public enum Schema {
     /// Every migration, in the order they apply.
     public static let migrations: [any SchemaMigration] = [
         CreateRepository(), AddKeySequence(), InsertAndReleaseFunction(), AddKeyStateSequence(),
-        AddReleaseApprovals(), AddKeyRotations(), AddEscrowChecks(),
+        AddReleaseApprovals(), AddKeyRotations(), AddEscrowChecks(), AddCertificateExpiry(),
     ]
 }
 
@@ -247,4 +247,15 @@ struct AddEscrowChecks: SchemaMigration {
             "CREATE INDEX escrow_checks_client ON escrow_checks (client_id)",
         ]
     }
+}
+
+/// Version 8: when each client's certificate expires, so `device list`, `admin list` and the
+/// metrics can show it without the certificate (NULL for clients enrolled before).
+struct AddCertificateExpiry: SchemaMigration {
+    let version = 8
+    let name = "add certificate expiry"
+
+    var sqlite: [String] { ["ALTER TABLE clients ADD COLUMN certificate_expires REAL"] }
+
+    var postgres: [String] { ["ALTER TABLE clients ADD COLUMN certificate_expires TIMESTAMPTZ"] }
 }

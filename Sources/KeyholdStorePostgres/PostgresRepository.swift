@@ -10,7 +10,7 @@ import PostgresNIO
 /// processes may share. Commits are durable with PostgreSQL's default `synchronous_commit = on`;
 /// high availability is PostgreSQL's own replication.
 public final class PostgresRepository: Repository, RepositoryFaultInjection {
-    private let client: PostgresClient
+    private let client: TrackedClient
     private let logger: Logger
     /// Signals that ``run()`` started the pool; ``migrate()`` (the first query) waits for it.
     private let runStarted: AsyncStream<Void>.Continuation
@@ -31,15 +31,21 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     public init(url: String, logger: Logger = Logger(label: "keyhold.postgres"), maximumConnections: Int = 16, batchLanes: Int = 1) throws {
         var config = try Self.configuration(url: url)
         config.options.maximumConnections = maximumConnections
-        let client = PostgresClient(configuration: config, backgroundLogger: logger)
+        let client = TrackedClient(PostgresClient(configuration: config, backgroundLogger: logger), connections: maximumConnections)
         self.client = client
         self.logger = logger
         let (signal, continuation) = AsyncStream<Void>.makeStream()
         self.runStarted = continuation
         self.started = Task { for await _ in signal {} }
-        self.releases = BatchQueue(lanes: batchLanes, maximumBatch: 256) { try await Self.releaseBatch($0, client, logger) }
+        let statistics = client.statistics
+        self.releases = BatchQueue(
+            lanes: batchLanes, maximumBatch: 256, batched: { statistics.report(.releaseBatch(size: $0)) },
+            commit: { try await Self.releaseBatch($0, client, logger) })
         self.clientLookups = BatchQueue(lanes: batchLanes, maximumBatch: 256) { try await Self.clientBatch($0, client, logger) }
     }
+
+    /// Operations holding or waiting for a connection, PostgreSQL's errors, release batches.
+    public var statistics: StoreStatistics { client.statistics }
 
     /// Runs the connection pool (postgres-nio's `PostgresClient`) until the task is cancelled:
     /// the server runs it as the first service of its group, so it stops last.
@@ -347,7 +353,7 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     /// not the query reads it). One result row per request, in request order: whether its caller
     /// passed the check, then the key's columns.
     private static func releaseBatch(
-        _ requests: [ReleaseRequest], _ client: PostgresClient, _ logger: Logger
+        _ requests: [ReleaseRequest], _ client: TrackedClient, _ logger: Logger
     ) async throws -> [Result<StoredKey?, any Error>] {
         var out: [Result<StoredKey?, any Error>] = []
         out.reserveCapacity(requests.count)
@@ -535,15 +541,17 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
 
     // MARK: Clients
 
-    private static let clientColumns = "id, role, name, certificate_fingerprint, enrolled, state, last_seen, agent_version, key_count"
+    private static let clientColumns =
+        "id, role, name, certificate_fingerprint, enrolled, state, last_seen, agent_version, key_count, certificate_expires"
 
     /// Stores a new enrollment.
     public func insertClient(_ c: EnrolledClient) async throws {
         try await client.query(
             """
-            INSERT INTO clients (id, role, name, certificate_fingerprint, enrolled, state, last_seen, agent_version, key_count)
+            INSERT INTO clients (id, role, name, certificate_fingerprint, enrolled, state, last_seen, agent_version, key_count,
+                                 certificate_expires)
             VALUES (\(c.id.description), \(c.role.rawValue), \(c.name), \(c.certificateFingerprint), \(c.enrolled), \(c.state.rawValue),
-                    \(c.lastSeen), \(c.agentVersion), \(c.reportedKeyCount.map(Int64.init)))
+                    \(c.lastSeen), \(c.agentVersion), \(c.reportedKeyCount.map(Int64.init)), \(c.certificateExpires))
             """, logger: logger
         )
     }
@@ -554,7 +562,7 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     }
 
     private static func clientBatch(
-        _ ids: [ClientID], _ client: PostgresClient, _ logger: Logger
+        _ ids: [ClientID], _ client: TrackedClient, _ logger: Logger
     ) async throws -> [Result<EnrolledClient?, any Error>] {
         var found: [ClientID: EnrolledClient] = [:]
         for try await row in try await client.execute(ClientsStatement(ids: ids.map(\.description)), logger: logger) {
@@ -567,7 +575,7 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     /// Every authenticated request looks its caller up: a prepared statement (parsed and planned
     /// once per connection) for a batch of them.
     private struct ClientsStatement: PostgresPreparedStatement {
-        static let name = "keyhold_clients_1"
+        static let name = "keyhold_clients_2"
         static let sql = "SELECT \(clientColumns) FROM clients WHERE id = ANY($1::text[])"
         typealias Row = PostgresRow
         let ids: [String]
@@ -606,12 +614,13 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     }
 
     private static func decodeClient(_ row: PostgresRow) throws -> EnrolledClient {
-        let (id, role, name, fingerprint, enrolled, state, lastSeen, version, count) =
-            try row.decode((String, String, String, String, Date, String, Date?, String?, Int64?).self)
+        let (id, role, name, fingerprint, enrolled, state, lastSeen, version, count, expires) =
+            try row.decode((String, String, String, String, Date, String, Date?, String?, Int64?, Date?).self)
         return EnrolledClient(
             id: try StoredValue.identifier(id), role: try StoredValue.enumeration(role), name: name, certificateFingerprint: fingerprint,
             enrolled: enrolled,
-            state: try StoredValue.enumeration(state), lastSeen: lastSeen, agentVersion: version, reportedKeyCount: count.map(Int.init)
+            state: try StoredValue.enumeration(state), lastSeen: lastSeen, agentVersion: version, reportedKeyCount: count.map(Int.init),
+            certificateExpires: expires
         )
     }
 

@@ -7,7 +7,7 @@ public import KeyholdStore
 /// The embedded default ``Repository``: one SQLite file in WAL mode with `synchronous=FULL`, so a
 /// committed transaction survives a crash or power loss before the call returns.
 public final class SQLiteRepository: Repository, RepositoryFaultInjection {
-    private let pool: DatabasePool
+    private let pool: TrackedPool
     /// Concurrent releases share one write transaction, so one fsync (SQLite has one writer anyway).
     private let releases: BatchQueue<ReleaseRequest, StoredKey?>
     /// Where the database lives.
@@ -21,22 +21,28 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         }
         config.busyMode = .timeout(10)
         self.path = path
-        let pool = try DatabasePool(path: path, configuration: config)
+        let pool = TrackedPool(try DatabasePool(path: path, configuration: config))
         self.pool = pool
-        self.releases = BatchQueue(lanes: 1, maximumBatch: 256) { requests in
-            // One transaction: a failing audit insert rolls back the batch and fails every release in it.
-            try await pool.write { db in
-                try requests.map { request -> Result<StoredKey?, any Error> in
-                    if let caller = request.caller, !caller.matches(try Self.fetchClient(db, caller.id)) {
-                        return .failure(ReleaseCallerRefused())
+        let statistics = pool.statistics
+        self.releases = BatchQueue(
+            lanes: 1, maximumBatch: 256, batched: { statistics.report(.releaseBatch(size: $0)) },
+            commit: { requests in
+                // One transaction: a failing audit insert rolls back the batch and fails every release in it.
+                try await pool.write { db in
+                    try requests.map { request -> Result<StoredKey?, any Error> in
+                        if let caller = request.caller, !caller.matches(try Self.fetchClient(db, caller.id)) {
+                            return .failure(ReleaseCallerRefused())
+                        }
+                        let key = try Self.fetchKey(db, request.keyID)
+                        if key != nil || request.auditIfMissing { try Self.insertAudit(db, request.auditEvent(for: key)) }
+                        return .success(key)
                     }
-                    let key = try Self.fetchKey(db, request.keyID)
-                    if key != nil || request.auditIfMissing { try Self.insertAudit(db, request.auditEvent(for: key)) }
-                    return .success(key)
                 }
-            }
-        }
+            })
     }
+
+    /// Accesses in flight (of GRDB's readers and its writer), SQLite's errors, release batches.
+    public var statistics: StoreStatistics { pool.statistics }
 
     /// Nothing to run (GRDB's pool needs no task): waits for cancellation.
     public func run() async throws { await waitForCancellation() }
@@ -325,12 +331,14 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         try await pool.write { db in
             try db.execute(
                 sql: """
-                    INSERT INTO clients (id, role, name, certificate_fingerprint, enrolled, state, last_seen, agent_version, key_count)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    INSERT INTO clients (id, role, name, certificate_fingerprint, enrolled, state, last_seen, agent_version, key_count,
+                                         certificate_expires)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
                     c.id.description, c.role.rawValue, c.name, c.certificateFingerprint, c.enrolled.timeIntervalSince1970,
                     c.state.rawValue, c.lastSeen?.timeIntervalSince1970, c.agentVersion, c.reportedKeyCount,
+                    c.certificateExpires?.timeIntervalSince1970,
                 ]
             )
         }
@@ -378,7 +386,8 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
             id: try StoredValue.identifier(row["id"]), role: try StoredValue.enumeration(row["role"]), name: row["name"],
             certificateFingerprint: row["certificate_fingerprint"], enrolled: Date(timeIntervalSince1970: row["enrolled"]),
             state: try StoredValue.enumeration(row["state"]), lastSeen: (row["last_seen"] as Double?).map(Date.init(timeIntervalSince1970:)),
-            agentVersion: row["agent_version"], reportedKeyCount: row["key_count"]
+            agentVersion: row["agent_version"], reportedKeyCount: row["key_count"],
+            certificateExpires: (row["certificate_expires"] as Double?).map(Date.init(timeIntervalSince1970:))
         )
     }
 

@@ -13,18 +13,33 @@ import Glibc
 /// Watching a server run (issue "Watch it run"), with the real peers: Debian's Prometheus
 /// scrapes the metrics listener, promtool lints the exposition.
 @Suite(.timeLimit(.minutes(10))) struct MonitoringTests {
-    /// A secondary with its metrics listener on, under a top server, and an agent of it writing
-    /// its metrics textfile: health and readiness answer; Prometheus scrapes the server and, through
-    /// node-exporter's textfile collector, the agent; the agent's escrow, then escrows, a repeated
-    /// escrow, releases, a refused release and a push to the primary move the counters Prometheus
-    /// reports by exactly what was done; promtool accepts both expositions.
+    /// A secondary with its metrics listener on, two levels under a root server, and an agent of
+    /// it writing its metrics textfile: health and readiness answer; Prometheus scrapes the server
+    /// and, through node-exporter's textfile collector, the agent; the agent's escrow, then
+    /// escrows, a repeated escrow, releases (two of keys held one and two servers up), a refused
+    /// release and a push to the primary move the counters Prometheus reports by exactly what was
+    /// done; promtool accepts both expositions.
     @Test func prometheusSeesTheCountersMoveByExactlyWhatWasDone() async throws {
+        let root = try await HierarchyTests.server("mon-r")
+        defer { root.terminate() }
         let top = try await HierarchyTests.server("mon-t")
         defer { top.terminate() }
         let server = try await ServerProcess(name: "mon-s", initOptions: ["--use-hierarchy"])
         try await server.start(["--hierarchy-heartbeat", "3600", "--metrics-listen", "127.0.0.1:0"])
         defer { server.terminate() }
+        try await HierarchyTests.join(top, to: root)
         try await HierarchyTests.join(server, to: top)
+        // A key held only at the top (one server up), one only at the root (two up).
+        var above: [KeyMaterial] = []
+        for s in [top, root] {
+            let d = try await s.enrollDevice("\(s.name)-d")
+            let id = try #require(try ServerRuntimeInfo.read(from: s.dataDir.path)?.serverID)
+            let key = KeyMaterial.generate(kind: .file, originServerID: id, originDeviceID: DeviceID(enrollment: d.clientID), label: "above")
+            try await using(try d.client()) { c in
+                _ = try await c.put(APIPath.key(key.record.id.description), EscrowRequest(key: key), as: EscrowResponse.self)
+            }
+            above.append(key)
+        }
         let metrics = try #require(try ServerRuntimeInfo.read(from: server.dataDir.path)?.metrics)
         #expect(try await Self.get("http://\(metrics)/v1/health") == "ok\n")
         #expect(try await Self.get("http://\(metrics)/v1/ready") == "ready\n")
@@ -80,17 +95,24 @@ import Glibc
             _ = try await client.put(APIPath.key(keys[0].record.id.description), EscrowRequest(key: keys[0]), as: EscrowResponse.self)
             for i in 0..<7 { _ = try await client.get(APIPath.key(keys[i % 5].record.id.description), as: KeyMaterial.self) }
             await #expect(throws: KeyholdError.self) { try await client.get(APIPath.key(KeyID.random().description), as: KeyMaterial.self) }
+            for key in above {
+                #expect(try await client.get(APIPath.key(key.record.id.description), as: KeyMaterial.self).secret.constantTimeEquals(key.secret))
+            }
         }
         _ = try await server.must(["hierarchy", "sync"])
 
         let expected: [(String, Double)] = [
             ("keyhold_escrows_total{outcome=\"inserted\"}", 6), ("keyhold_escrows_total{outcome=\"already_present\"}", 1),
             ("keyhold_escrow_duration_seconds_count", 6),
-            ("keyhold_releases_total{route=\"device\",result=\"ok\"}", 7),
+            ("keyhold_releases_total{route=\"device\",result=\"ok\"}", 9),
             ("keyhold_releases_total{route=\"device\",result=\"not_found\"}", 1),
-            ("keyhold_enrollments_total{result=\"ok\"}", 2), ("keyhold_hierarchy_keys_pushed_total", 6),
-            ("keyhold_keys", 6), ("keyhold_devices{state=\"active\"}", 2), ("keyhold_hierarchy_pending_keys", 0),
-            ("keyhold_audit_write_failures_total", 0),
+            ("keyhold_enrollments_total{result=\"ok\"}", 2), ("keyhold_hierarchy_keys_pushed_total", 8),
+            ("keyhold_keys", 8), ("keyhold_devices{state=\"active\"}", 2), ("keyhold_hierarchy_pending_keys", 0),
+            ("keyhold_audit_write_failures_total", 0), ("keyhold_database_errors_total", 0),
+            // Each of the 10 releases went through one shared-commit batch; three needed a lookup upward.
+            ("keyhold_release_batch_size_sum", 10), ("keyhold_hierarchy_lookups_total{result=\"found\"}", 2),
+            ("keyhold_hierarchy_lookups_total{result=\"not_found\"}", 1), ("keyhold_hierarchy_lookup_hops_sum", 3),
+            ("keyhold_hierarchy_lookup_hops_bucket{le=\"1.0\"}", 1),
             ("sum(keyhold_http_request_duration_seconds_count{listener=\"api\",route=\"/v1/keys/{id}\",method=\"PUT\"})", 7),
         ]
         #expect(try await prometheus.waitFor(expected[0].0, toBe: expected[0].1), "a scrape after the work")
@@ -101,6 +123,17 @@ import Glibc
         }
         let expiry = try #require(try await prometheus.value("keyhold_certificate_expiry_timestamp_seconds{certificate=\"ca\"}"))
         #expect(expiry > Date().timeIntervalSince1970 + 86_400 * 365)
+        // The administrators' first expiry is the notAfter OpenSSL reads from init's admin.pem.
+        let adminExpiry = try #require(try await prometheus.value("keyhold_certificate_expiry_timestamp_seconds{certificate=\"administrator\"}"))
+        let enddate = try await Program.run(
+            URL(fileURLWithPath: "/usr/bin/openssl"),
+            ["x509", "-in", server.dataDir.appendingPathComponent("admin.pem").path, "-noout", "-enddate", "-dateopt", "iso_8601"])
+        let notAfter = try #require(
+            ISO8601DateFormatter().date(
+                from: enddate.stdoutText.replacing("notAfter=", with: "").replacing(" ", with: "T").trimmingCharacters(in: .whitespacesAndNewlines)))
+        #expect(abs(adminExpiry - notAfter.timeIntervalSince1970) < 1, "\(enddate.stdoutText)")
+        #expect(try await prometheus.value("keyhold_database_connections_max").map { $0 >= 2 } == true)
+        #expect(try await server.admin(["admin", "list"]).stdoutText.contains(ISO8601DateFormatter().string(from: notAfter)), "admin list shows it")
 
         // Every query of the shipped dashboard is valid PromQL over metrics the server exports.
         let dashboard = try Data(contentsOf: Paths.repository.appendingPathComponent("docs/monitoring/keyhold-dashboard.json"))
@@ -116,6 +149,20 @@ import Glibc
                 #expect(exported.contains("# TYPE \(family) "), "\(query): \(family) is exported")
             }
         }
+
+        // A database that fails: another process adds a trigger that aborts every audit insert
+        // (SQLite's WAL lets it write while the server runs). The next release is refused
+        // (fail-closed), and both the database error and the audit failure are counted once.
+        let sql = "CREATE TRIGGER fault_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk trouble (injected)'); END"
+        let script = "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()"
+        let broken = try await Program.run(
+            URL(fileURLWithPath: "/usr/bin/python3"), ["-c", script, server.dataDir.appendingPathComponent("keyhold.sqlite").path, sql])
+        #expect(broken.status == 0, "\(broken.stderr)")
+        try await using(try device.client()) { client in
+            await #expect(throws: KeyholdError.self) { try await client.get(APIPath.key(above[0].record.id.description), as: KeyMaterial.self) }
+        }
+        #expect(try await prometheus.waitFor("keyhold_audit_write_failures_total", toBe: 1))
+        #expect(try await prometheus.waitFor("keyhold_database_errors_total", toBe: 1))
     }
 
     /// The shipped alert rules pass `promtool check rules`, and their unit tests (push lag,
@@ -124,7 +171,11 @@ import Glibc
         let folder = Paths.repository.appendingPathComponent("docs/monitoring")
         let promtool = URL(fileURLWithPath: "/usr/bin/promtool")
         let check = try await Program.run(promtool, ["check", "rules", "keyhold-rules.yml"], in: folder)
-        #expect(check.status == 0 && check.stdoutText.contains("SUCCESS: 7 rules found"), "\(check.stdoutText)\(check.stderr)")
+        // promtool reads every rule the file ships (the file's own count of `- alert:` entries).
+        let shipped = try String(contentsOf: folder.appendingPathComponent("keyhold-rules.yml"), encoding: .utf8)
+            .split(separator: "\n").filter { $0.trimmingCharacters(in: .whitespaces).hasPrefix("- alert:") }.count
+        #expect(shipped >= 8)
+        #expect(check.status == 0 && check.stdoutText.contains("SUCCESS: \(shipped) rules found"), "\(check.stdoutText)\(check.stderr)")
         let unit = try await Program.run(promtool, ["test", "rules", "keyhold-rules.test.yml"], in: folder)
         #expect(unit.status == 0 && unit.stdoutText.contains("SUCCESS"), "\(unit.stdoutText)\(unit.stderr)")
     }

@@ -317,13 +317,16 @@ func audit(_ action: AuditAction, _ key: KeyID? = nil, result: AuditResult = .ok
         defer { Task { await f.cleanup() } }
         let repo = f.repository
         let d = EnrolledClient(
-            id: .random(), role: .device, name: "laptop-7", certificateFingerprint: "ab12", enrolled: Date(timeIntervalSince1970: 1_800_000_000))
+            id: .random(), role: .device, name: "laptop-7", certificateFingerprint: "ab12", enrolled: Date(timeIntervalSince1970: 1_800_000_000),
+            certificateExpires: Date(timeIntervalSince1970: 1_807_776_000))
         let s = EnrolledClient(
             id: .random(), role: .server, name: "branch", certificateFingerprint: "cd34", enrolled: Date(timeIntervalSince1970: 1_800_000_100))
         try await repo.insertClient(d)
         try await repo.insertClient(s)
         await #expect(throws: (any Error).self) { try await repo.insertClient(d) }
         #expect(try await repo.client(id: d.id)?.name == "laptop-7")
+        #expect(try await repo.client(id: d.id)?.certificateExpires == Date(timeIntervalSince1970: 1_807_776_000))
+        #expect(try await repo.listClients(role: .server).first?.certificateExpires == nil, "not recorded: nil, not a made-up date")
         #expect(try await repo.listClients(role: .device).map(\.id) == [d.id])
         #expect(try await repo.listClients(role: nil).map(\.id) == [d.id, s.id])
         try await repo.recordHeartbeat(id: d.id, at: Date(timeIntervalSince1970: 1_800_000_500), agentVersion: "0.1.0", keyCount: 3)
@@ -723,6 +726,42 @@ func audit(_ action: AuditAction, _ key: KeyID? = nil, result: AuditResult = .ok
         #expect(try await repo.audit(after: 0, limit: 100_000).suffix(3).map(\.keyID) == batch.map(\.keyID))
     }
 
+    /// The driver's statistics: every release is in exactly one reported batch; an operation in
+    /// flight is counted while it runs and not after; a failure of the database is reported, a
+    /// refusal the repository decides itself is not.
+    @Test(arguments: [Backend.sqlite, .postgres])
+    func statisticsCountBatchesOperationsAndDatabaseErrors(_ backend: Backend) async throws {
+        let f = try await Fixture.make(backend)
+        defer { Task { await f.cleanup() } }
+        let repo = f.repository
+        let log = EventLog()
+        repo.statistics.observe { event in log.events.withLock { $0.append(event) } }
+        #expect(repo.statistics.connections > 0)
+        let key = sampleKey()
+        _ = try await repo.insertKey(key, audit: audit(.escrow, key.record.id))
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<40 {
+                group.addTask { _ = try await repo.releaseKey(ReleaseRequest(keyID: key.record.id, actor: testActor, route: .agent)) }
+            }
+            try await group.waitForAll()
+        }
+        let sizes = log.events.withLock { $0 }.compactMap { if case .releaseBatch(let size) = $0 { size } else { nil } }
+        #expect(sizes.reduce(0, +) == 40, "batch sizes \(sizes)")
+        #expect(sizes.allSatisfy { (1...256).contains($0) })
+        #expect(repo.statistics.inFlight == 0)
+        // A conflict is the repository's own answer, not a database error.
+        #expect(try await repo.insertKey(sampleKey(fingerprint: 2), audit: nil) == .inserted)
+        var other = key
+        other.secretFingerprint = [UInt8](repeating: 9, count: 32)
+        #expect(try await repo.insertKey(other, audit: nil) == .conflict)
+        #expect(!log.events.withLock { $0 }.contains(.databaseError))
+        // A broken audit table is.
+        try await (repo as! any RepositoryFaultInjection).breakAuditWrites()
+        await #expect(throws: (any Error).self) { try await repo.appendAudit(audit(.export, key.record.id)) }
+        #expect(log.events.withLock { $0 }.filter { $0 == .databaseError }.count == 1)
+        #expect(repo.statistics.inFlight == 0)
+    }
+
     @Test(arguments: [Backend.sqlite, .postgres])
     func committedDataSurvivesReopening(_ backend: Backend) async throws {
         let f = try await Fixture.make(backend)
@@ -734,6 +773,11 @@ func audit(_ action: AuditAction, _ key: KeyID? = nil, result: AuditResult = .ok
         #expect(try await again.audit(after: 0, limit: 5).count == 1)
         try await again.close()
     }
+}
+
+/// The events a driver's statistics reported, in order.
+final class EventLog: Sendable {
+    let events = Mutex<[StoreStatistics.Event]>([])
 }
 
 /// Hands out keys in batches, like the server's reader of an export file; optionally fails.
