@@ -54,8 +54,10 @@ public enum APIPath {
     public static let adminAdministrators = "/v1/admin/administrators"
     /// `POST`: revoke administrator `id` (never the last active one).
     public static func adminAdministratorRevoke(_ id: String) -> String { "/v1/admin/administrators/\(id)/revoke" }
-    /// `POST`: a new enrollment token.
+    /// `POST`: a new enrollment token; `GET`: every token, without its secret.
     public static let adminTokens = "/v1/admin/tokens"
+    /// `POST`: revoke token `id` at once (its remaining uses are refused).
+    public static func adminTokenRevoke(_ id: String) -> String { "/v1/admin/tokens/\(id)/revoke" }
     /// `POST`: join a primary; `DELETE`: forget it.
     public static let adminPrimary = "/v1/admin/primary"
     /// `POST`: set "use hierarchy to obtain encryption keys".

@@ -51,6 +51,8 @@ public enum AuditAction: String, Codable, Sendable, CaseIterable, CustomStringCo
     case adminAdd = "admin_add"
     /// An administrator made an enrollment token.
     case tokenCreate = "token_create"
+    /// An administrator revoked an enrollment token.
+    case tokenRevoke = "token_revoke"
     /// A request of a client that is no longer active was refused.
     case request
     /// A device said it moved to another server.

@@ -493,6 +493,49 @@ public struct TokenCreateResponse: Codable, Sendable {
     }
 }
 
+/// One enrollment token as `GET /v1/admin/tokens` lists it: never its secret.
+public struct TokenInfo: Codable, Sendable, Equatable {
+    /// Whether a token can still enroll anyone, and if not, why.
+    public enum State: String, Codable, Sendable {
+        /// It has uses left and has not expired.
+        case active
+        /// Every use was taken.
+        case usedUp = "used_up"
+        /// Its lifetime ended.
+        case expired
+        /// An administrator revoked it.
+        case revoked
+    }
+
+    /// Its id (the part of the token text before the secret).
+    public var id: TokenID
+    /// The role it grants.
+    public var role: ClientRole
+    /// Enrollments it still allows.
+    public var usesLeft: Int
+    /// When it was made.
+    public var created: Date
+    /// When it stops working.
+    public var expires: Date
+    /// Whether it still works, and if not, why (revoked before expired before used up).
+    public var state: State
+
+    /// A token's listing.
+    public init(id: TokenID, role: ClientRole, usesLeft: Int, created: Date, expires: Date, state: State) {
+        self.id = id
+        self.role = role
+        self.usesLeft = usesLeft
+        self.created = created
+        self.expires = expires
+        self.state = state
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case id, role, created, expires, state
+        case usesLeft = "uses_left"
+    }
+}
+
 /// `GET /v1/admin/status`.
 public struct StatusResponse: Codable, Sendable {
     /// The server's id.

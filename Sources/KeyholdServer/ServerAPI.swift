@@ -202,6 +202,14 @@ struct ServerAPI<Context: PeerContext> {
         route(router, .post, APIPath.adminTokens, [.admin]) { request, _, caller in
             try respond(try await core.createToken(try await decode(TokenCreateRequest.self, request), by: caller), status: .created)
         }
+        route(router, .get, APIPath.adminTokens, [.admin]) { _, _, _ in try respond(try await core.tokens()) }
+        route(router, .post, "/v1/admin/tokens/:id/revoke", [.admin]) { _, context, caller in
+            guard let text = context.parameters.get("id"), let id = TokenID(text) else {
+                throw KeyholdError(.invalidRequest, "the path does not name a valid token id", hint: "see 'keyhold-server token list'")
+            }
+            try await core.revokeToken(id, by: caller)
+            return Response(status: .noContent)
+        }
         route(router, .post, APIPath.adminPrimary, [.admin]) { request, _, _ in
             try respond(try await core.hierarchy.join(tokenText: try await decode(JoinRequest.self, request).token))
         }

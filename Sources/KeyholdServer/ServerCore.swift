@@ -592,6 +592,28 @@ struct ServerCore: Sendable {
         return TokenCreateResponse(token: token.text, id: record.id, expires: record.expires)
     }
 
+    /// `GET /v1/admin/tokens`: every token, newest first, without secrets.
+    func tokens() async throws -> [TokenInfo] {
+        let now = Date()
+        return try await repository.listTokens().sorted { ($0.created, $0.id.description) > ($1.created, $1.id.description) }.map { t in
+            let state: TokenInfo.State =
+                t.revoked ? .revoked : t.expires <= now ? .expired : t.usesLeft <= 0 ? .usedUp : .active
+            return TokenInfo(id: t.id, role: t.role, usesLeft: t.usesLeft, created: t.created, expires: t.expires, state: state)
+        }
+    }
+
+    /// `POST /v1/admin/tokens/{id}/revoke`: the token's remaining uses are refused from now on
+    /// (a leaked multi-use token need not wait for its expiry). Audited; revoking a revoked
+    /// token again changes nothing and is not an error.
+    func revokeToken(_ id: TokenID, by caller: Caller) async throws {
+        guard try await repository.revokeToken(id: id) else {
+            throw KeyholdError(.notFound, "no enrollment token has the id \(id)", hint: "see 'keyhold-server token list'")
+        }
+        try await repository.appendAudit(
+            AuditEvent(actor: caller.actor, action: .tokenRevoke, route: .adminAPI, result: .ok, detail: "token \(id)"))
+        logger.notice("enrollment token revoked", metadata: ["token": "\(id)", "by": "\(caller.actor)"])
+    }
+
     /// `POST /v1/admin/keys/{id}/block` and `…/unblock`.
     func block(_ keyID: KeyID, blocked: Bool, by caller: Caller) async throws {
         let found = try await repository.setBlocked(

@@ -492,7 +492,8 @@ struct HierarchyCommand: AsyncParsableCommand {
 struct Empty: Codable {}
 
 struct TokenCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "token", abstract: "Enrollment tokens.", subcommands: [Create.self])
+    static let configuration = CommandConfiguration(
+        commandName: "token", abstract: "Enrollment tokens: create, list, revoke.", subcommands: [Create.self, List.self, Revoke.self])
 
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create an enrollment token and print it.")
@@ -510,6 +511,37 @@ struct TokenCommand: AsyncParsableCommand {
             }
             if json { return try printJSON(response) }
             print(response.token)
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "List enrollment tokens (never their secrets), newest first.",
+            discussion: "Example: keyhold-server token list | grep active")
+        @OptionGroup var data: DataDirOption
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let tokens = try await withAdmin(data) { try await $0.get(APIPath.adminTokens, as: [TokenInfo].self) }
+            if json { return try printJSON(tokens) }
+            print("id\trole\tstate\tuses left\tcreated\texpires")
+            for t in tokens {
+                print("\(t.id)\t\(t.role)\t\(t.state.rawValue)\t\(t.usesLeft)\t\(formatDate(t.created))\t\(formatDate(t.expires))")
+            }
+        }
+    }
+
+    struct Revoke: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Revoke an enrollment token at once: its remaining uses are refused.",
+            discussion: "Example: keyhold-server token revoke 6f1c0b2e-…  (the id from 'token list' or 'token create --json')")
+        @OptionGroup var data: DataDirOption
+        @Argument(help: "The token's id (see 'token list').") var id: String
+
+        func run() async throws {
+            guard TokenID(id) != nil else { throw KeyholdError(.usage, "'\(id)' is not a token id", hint: "see 'keyhold-server token list'") }
+            try await withAdmin(data) { try await $0.post(APIPath.adminTokenRevoke(id)) }
+            print("revoked token \(id): it enrolls nobody from now on")
         }
     }
 }

@@ -189,6 +189,46 @@ import Testing
         #expect(!clients.contains("\"g\"") && !clients.contains("\"f\"") && !clients.contains("d-replay"))
     }
 
+    /// A leaked multi-use token is stopped at once: `token list` shows it (never its secret) with
+    /// its uses left and state, `token revoke` ends it, the next enrollment with it is refused as
+    /// revoked, and the revocation is audited under the administrator's name.
+    @Test func aLeakedMultiUseTokenIsStoppedAtOnceByRevoke() async throws {
+        let server = try await ServerProcess(name: "token-revoke")
+        try await server.start()
+        defer { server.terminate() }
+        let created = try WireFormat.decoder().decode(
+            TokenCreateResponse.self, from: try await server.admin(["token", "create", "--uses", "5", "--ttl", "7d", "--json"]).stdout)
+        let token = try EnrollmentToken(text: created.token)
+        _ = try await Enrollment.enroll(token: token, name: "first")
+        let other = try await server.token(role: "server", uses: 1)
+
+        let listed = try WireFormat.decoder().decode([TokenInfo].self, from: try await server.admin(["token", "list", "--json"]).stdout)
+        let entry = try #require(listed.first { $0.id == created.id })
+        #expect(entry.usesLeft == 4 && entry.state == .active && entry.role == .device)
+        #expect(abs(entry.expires.timeIntervalSince(created.expires)) < 1)
+        #expect(listed.first { $0.id == other.id }?.state == .active)
+        let text = try await server.admin(["token", "list"]).stdoutText
+        #expect(text.contains("\(created.id)\tdevice\tactive\t4\t"), "\(text)")
+        #expect(!text.contains(token.secret) && !created.token.isEmpty, "no secret in the listing")
+
+        let revoked = try await server.admin(["token", "revoke", created.id.description])
+        #expect(revoked.status == 0 && revoked.stdoutText.contains("revoked token \(created.id)"), "\(revoked.stderr)")
+        await expectCode("token_invalid") { _ = try await Enrollment.enroll(token: token, name: "second") }
+        let after = try WireFormat.decoder().decode([TokenInfo].self, from: try await server.admin(["token", "list", "--json"]).stdout)
+        #expect(after.first { $0.id == created.id }?.state == .revoked)
+        #expect(after.first { $0.id == other.id }?.state == .active, "other tokens are untouched")
+        #expect(
+            try await server.auditEntries().contains {
+                $0.action == .tokenRevoke && $0.detail == "token \(created.id)" && $0.actor.description.hasPrefix("admin:")
+            })
+        let refused = try await server.auditEntries().filter { $0.action == .enroll && $0.result.description == "token_invalid" }
+        #expect(refused.count == 1 && refused[0].detail.contains("revoked"), "\(refused.map(\.detail))")
+
+        let unknown = try await server.admin(["token", "revoke", TokenID.random().description])
+        #expect(unknown.status != 0 && unknown.stderr.contains("keyhold-server: error: no enrollment token has the id"), "\(unknown.stderr)")
+        #expect(unknown.stderr.contains("hint:"))
+    }
+
     @Test func noSecretBytesInTheDatabaseFile() async throws {
         let server = try await ServerProcess(name: "atrest")
         try await server.start()
