@@ -77,6 +77,7 @@ bench:
 	swift build -c release --product keyhold-bench
 	Benchmarks/file-bench.sh $(RELEASE_DIR)/keyhold
 	scripts/test-postgres.sh Benchmarks/release-bench.sh $(RELEASE_DIR)
+	scripts/test-postgres.sh Benchmarks/metrics-bench.sh $(RELEASE_DIR)
 	scripts/test-postgres.sh Benchmarks/hierarchy-bench.sh $(RELEASE_DIR)
 	scripts/test-postgres.sh Benchmarks/transfer-bench.sh $(RELEASE_DIR)
 

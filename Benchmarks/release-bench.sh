@@ -9,11 +9,9 @@
 # commits among concurrent releases, as the server does).
 # The HTTP ceiling is the same clients asking the health endpoint: mutual TLS, HTTP and routing
 # with no database, so the table shows what the database part costs on top.
-# The metrics cost: releases on SQLite with the metrics listener on and off, in alternating runs
-# (METRICS_ROUNDS pairs, METRICS_KEYS keys each), compared by their medians.
+# The metrics cost is measured by Benchmarks/metrics-bench.sh.
 set -euo pipefail
 KEYS=${KEYS:-100000}; CLIENTS=${CLIENTS:-64}; SECONDS_RUN=${DURATION:-10}
-METRICS_ROUNDS=${METRICS_ROUNDS:-3}; METRICS_KEYS=${METRICS_KEYS:-5000}
 source "$(dirname "$0")/common.sh"
 
 declare -A HTTP LIMIT P50 P99 CEIL
@@ -68,25 +66,3 @@ print(f"\ntargets (PostgreSQL): >= 10000 keys/s: {'met' if h >= 10000 else 'MISS
       f">= 0.8x the storage limit: {'met' if h >= 0.8 * l else 'MISSED'} ({h / l:.2f}x)")
 PY
 
-echo
-echo "== metrics cost: SQLite releases with the metrics listener on and off, $METRICS_ROUNDS alternating pairs"
-ON=(); OFF=()
-for round in $(seq "$METRICS_ROUNDS"); do
-  for mode in on off; do
-    name="metrics-$mode-$round"
-    if [ $mode = on ]; then LAUNCH_FLAGS="--metrics-listen 127.0.0.1:0" start "$name" sqlite; else start "$name" sqlite; fi
-    out=$("$BIN/keyhold-bench" load --data-dir "$W/$name" --keys "$METRICS_KEYS" --clients "$CLIENTS" --seconds "$SECONDS_RUN")
-    rate=$(field "$out" perSecond)
-    if [ $mode = on ]; then ON+=("$rate"); else OFF+=("$rate"); fi
-    echo "   round $round, metrics $mode: $out"
-    stop "$name"
-  done
-done
-python3 - "${ON[*]}" "${OFF[*]}" <<'PY'
-import statistics, sys
-on = list(map(float, sys.argv[1].split())); off = list(map(float, sys.argv[2].split()))
-m_on, m_off = statistics.median(on), statistics.median(off)
-cost = (m_off - m_on) / m_off
-print(f"releases/s, median: metrics on {m_on:.0f}, off {m_off:.0f}: on/off = {m_on / m_off:.3f}x")
-print(f"target: metrics cost at most 3 %: {'met' if cost <= 0.03 else 'MISSED'} ({cost * 100:.1f} %)")
-PY
