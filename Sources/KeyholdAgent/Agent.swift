@@ -129,7 +129,8 @@ actor Agent {
         AgentStatus(
             enrolled: identity != nil, serverID: identity?.serverID, serverAddress: identity?.apiAddress, deviceID: identity?.clientID,
             lastHeartbeat: lastHeartbeat, lastHeartbeatError: lastHeartbeatError, heartbeatStopped: heartbeatStopped, cachedKeys: cache.keys.count,
-            activeFileKey: cache.activeFileKey, outbox: creatingFileKey == nil ? 0 : 1, version: KeyholdVersion.current
+            activeFileKey: cache.activeFileKey, outbox: creatingFileKey == nil ? 0 : 1, version: KeyholdVersion.current,
+            certificateExpires: identity?.certificateExpires
         )
     }
 
@@ -329,7 +330,9 @@ actor Agent {
     /// the device enrolls or is reassigned).
     func heartbeat() async {
         defer { writeMetrics() }
-        guard let client, heartbeatStopped == nil else { return }
+        guard heartbeatStopped == nil else { return }
+        await renewCertificateIfDue()
+        guard let client else { return }
         let checks = driveChecks.values.sorted { $0.checked < $1.checked }
         let active = cache.activeFileKey
         do {
@@ -346,6 +349,13 @@ actor Agent {
             lastHeartbeat = Date()
             lastHeartbeatError = nil
             heartbeatFailures = 0
+            if let identity, identity.previousCertificatePEM != nil { keep(identity.confirmed, "the renewed certificate works") }
+        } catch let error as KeyholdError where error.code == .unauthenticated && identity?.reverted != nil {
+            // The server refused the renewed certificate: back to the one it renewed.
+            lastHeartbeatError = "\(error.code): \(error.message)"
+            heartbeatFailures += 1
+            metrics.heartbeatFailed()
+            if let previous = identity?.reverted { keep(previous, "the server refused the renewed certificate; the previous one is back") }
         } catch let error as KeyholdError {
             lastHeartbeatError = "\(error.code): \(error.message)"
             heartbeatFailures += 1
@@ -366,10 +376,56 @@ actor Agent {
         }
     }
 
+    /// Renews the device's certificate once two thirds of its lifetime have passed (a new key
+    /// pair made here, a CSR over the current connection); the new identity is written
+    /// atomically with the old certificate kept in it until the new one has been used once — by
+    /// the heartbeat that follows. A failure is logged and tried again at the next heartbeat.
+    private func renewCertificateIfDue() async {
+        guard let identity, let client, identity.renewalDue() else { return }
+        do {
+            let renewed = try await identity.renewed(over: client)
+            try state.save(identity: renewed)
+            self.identity = renewed
+            self.client = try renewed.client(timeout: serverTimeout)
+            retire(client)
+            metrics.certificateRenewed()
+            logger.notice(
+                "certificate renewed", metadata: ["expires": "\(renewed.certificateExpires.map { ISO8601DateFormatter().string(from: $0) } ?? "?")"])
+        } catch {
+            metrics.certificateRenewalFailed()
+            logger.warning("certificate renewal failed; trying again at the next heartbeat", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Saves `next` as the identity and uses it from now on (a failure to save is logged: the
+    /// file keeps the identity that still has both certificates).
+    private func keep(_ next: EnrolledIdentity, _ why: String) {
+        do {
+            try state.save(identity: next)
+            let old = client
+            client = try next.client(timeout: serverTimeout)
+            identity = next
+            if let old { retire(old) }
+            logger.info("identity updated", metadata: ["why": "\(why)"])
+        } catch {
+            logger.warning("cannot update the identity", metadata: ["why": "\(why)", "error": "\(error)"])
+        }
+    }
+
+    /// Shuts `old` down once the requests still using it had their time: the actor lets a request
+    /// that started with it go on while the identity changes.
+    private func retire(_ old: APIClient) {
+        let grace = serverTimeout + .seconds(1)
+        Task {
+            try? await Task.sleep(for: grace)
+            await old.shutdown()
+        }
+    }
+
     /// Writes the metrics textfile, if one is configured (a failure is logged, never fatal).
     private func writeMetrics() {
         guard let metricsTextfile else { return }
-        metrics.state(cachedKeys: cache.keys.count, lastContact: lastHeartbeat)
+        metrics.state(cachedKeys: cache.keys.count, lastContact: lastHeartbeat, certificateExpires: identity?.certificateExpires)
         do {
             try metrics.write(to: metricsTextfile)
         } catch {

@@ -19,6 +19,7 @@ final class AgentMetrics: Sendable {
         escrowFailures.increment(by: Int64(0))
         heartbeatFailures.increment(by: Int64(0))
         for result in ["verified", "drift"] { unlockCounter(result).increment(by: Int64(0)) }
+        for result in ["ok", "failed"] { renewalCounter(result).increment(by: Int64(0)) }
     }
 
     private static func name(_ base: String, unit: String = "", help: String) -> MetricNameDescriptor {
@@ -53,6 +54,17 @@ final class AgentMetrics: Sendable {
         registry.makeCounter(descriptor: Self.name("heartbeat_failures", unit: "total", help: "Heartbeats that failed."), labels: [])
     }
 
+    /// A certificate renewal that worked.
+    func certificateRenewed() { renewalCounter("ok").increment() }
+    /// A certificate renewal that failed (tried again at the next heartbeat).
+    func certificateRenewalFailed() { renewalCounter("failed").increment() }
+
+    private func renewalCounter(_ result: String) -> Counter {
+        registry.makeCounter(
+            descriptor: Self.name("certificate_renewals", unit: "total", help: "Renewals of the device's certificate, by result (ok or failed)."),
+            labels: [("result", result)])
+    }
+
     /// A drive unlock that reached its key check: `verified` or `drift`.
     func unlock(_ result: String) { unlockCounter(result).increment() }
 
@@ -65,7 +77,13 @@ final class AgentMetrics: Sendable {
     }
 
     /// The state at a heartbeat: cached keys and the last successful contact with the server.
-    func state(cachedKeys: Int, lastContact: Date?) {
+    func state(cachedKeys: Int, lastContact: Date?, certificateExpires: Date?) {
+        if let certificateExpires {
+            registry.makeGauge(
+                descriptor: Self.name("certificate_expiry", unit: "timestamp_seconds", help: "When the device's certificate expires (Unix time)."),
+                labels: []
+            ).set(to: certificateExpires.timeIntervalSince1970)
+        }
         registry.makeGauge(descriptor: Self.name("cached_keys", help: "Keys in the agent's sealed cache."), labels: []).set(
             to: Double(cachedKeys))
         registry.makeGauge(

@@ -165,7 +165,7 @@ struct StatusCommand: ParsableCommand {
             """
             enrolled:        \(status.enrolled ? "yes" : "no")
             server:          \(status.serverID?.description ?? "-") at \(status.serverAddress ?? "-")
-            device:          \(status.deviceID?.description ?? "-")
+            device:          \(status.deviceID?.description ?? "-")\(status.certificateExpires.map { "\ncertificate:     expires \(date($0))" } ?? "")
             last heartbeat:  \(date(status.lastHeartbeat))\(status.lastHeartbeatError.map { " (last attempt failed: \(PrintableText.escaped($0)))" } ?? "")\(status.heartbeatStopped.map { "\nheartbeats:      STOPPED: \($0)" } ?? "")
             cached keys:     \(status.cachedKeys)
             active file key: \(status.activeFileKey?.description ?? "none yet")

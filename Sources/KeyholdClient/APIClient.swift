@@ -6,6 +6,8 @@ import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
 import NIOSSL
+import SwiftASN1
+import X509
 
 /// A JSON-over-HTTPS client for a Keyhold server, with mutual TLS when given a certificate.
 ///
@@ -16,6 +18,10 @@ public final class APIClient: Sendable {
     private let http: HTTPClient
     private let base: String
     private let timeout: TimeAmount
+    /// When this client's certificate expires, and what to do then: every request checks it first,
+    /// so an expired certificate is named as such rather than as a failed TLS handshake.
+    private let certificateExpires: Date?
+    private let expiredHint: String
 
     /// - Parameters:
     ///   - address: `host:port` of the server.
@@ -25,7 +31,8 @@ public final class APIClient: Sendable {
     ///     listener is reached before names are known to match, and is pinned by the CA alone).
     public init(
         address: String, caPEM: String, certificatePEM: String? = nil, keyPEM: String? = nil,
-        verifyHostname: Bool = true, timeout: Duration = .seconds(15), maximumConnections: Int = 8
+        verifyHostname: Bool = true, timeout: Duration = .seconds(15), maximumConnections: Int = 8,
+        expiredHint: String = "have this client's certificate issued again by the server"
     ) throws {
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(Array(caPEM.utf8)))
@@ -41,6 +48,17 @@ public final class APIClient: Sendable {
         self.http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
         self.base = "https://\(address)"
         self.timeout = .seconds(seconds)
+        self.certificateExpires = certificatePEM.flatMap { try? Certificate(pemEncoded: $0) }?.notValidAfter
+        self.expiredHint = expiredHint
+    }
+
+    /// Throws `certificate_expired` once this client's certificate has expired.
+    private func checkCertificate() throws {
+        guard let certificateExpires, certificateExpires <= Date() else { return }
+        throw KeyholdError(
+            .certificateExpired,
+            "this client's certificate for \(base.dropFirst("https://".count)) expired at \(ISO8601DateFormatter().string(from: certificateExpires)) (it was not renewed in time)",
+            hint: expiredHint)
     }
 
     /// Fetches the CA certificate from an enrollment listener without trusting it yet: the caller
@@ -106,6 +124,7 @@ public final class APIClient: Sendable {
     /// when the transfer ends early (the server failed mid-way): the caller must then discard what
     /// it received.
     public func download<B: Encodable>(_ path: String, _ body: B, receive: ([UInt8]) async throws -> Void) async throws {
+        try checkCertificate()
         var request = HTTPClientRequest(url: base + path)
         request.method = .POST
         request.headers.add(name: "content-type", value: "application/json")
@@ -135,6 +154,7 @@ public final class APIClient: Sendable {
     public func upload<R: Decodable>(
         _ path: String, file: String, headers: [(String, String)], as: R.Type = R.self, progress: @escaping @Sendable (Int) -> Void = { _ in }
     ) async throws -> R {
+        try checkCertificate()
         guard let attributes = try? FileManager.default.attributesOfItem(atPath: file), let size = attributes[.size] as? Int,
             FileManager.default.isReadableFile(atPath: file)
         else {
@@ -185,6 +205,7 @@ public final class APIClient: Sendable {
     }
 
     private func send(_ path: String, method: HTTPMethod, body: Data?) async throws -> (data: Data, headers: HTTPHeaders) {
+        try checkCertificate()
         var request = HTTPClientRequest(url: base + path)
         request.method = method
         if let body {

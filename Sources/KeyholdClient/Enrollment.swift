@@ -22,6 +22,11 @@ public struct EnrolledIdentity: Codable, Sendable {
     public var certificatePEM: String
     /// This client's private key (made here, never sent).
     public var keyPEM: String
+    /// The certificate and key this one renewed, kept until the new one has been used once (nil
+    /// otherwise): if the server refuses the new one, the client goes back to them.
+    public var previousCertificatePEM: String?
+    /// The private key of ``previousCertificatePEM``.
+    public var previousKeyPEM: String?
 
     enum CodingKeys: String, CodingKey {
         case clientID = "client_id"
@@ -31,11 +36,18 @@ public struct EnrolledIdentity: Codable, Sendable {
         case caPEM = "ca_pem"
         case certificatePEM = "certificate_pem"
         case keyPEM = "key_pem"
+        case previousCertificatePEM = "previous_certificate_pem"
+        case previousKeyPEM = "previous_key_pem"
     }
 
     /// A mutual-TLS client for the enrolled server.
     public func client(timeout: Duration = .seconds(15)) throws -> APIClient {
-        try APIClient(address: apiAddress, caPEM: caPEM, certificatePEM: certificatePEM, keyPEM: keyPEM, timeout: timeout)
+        try APIClient(
+            address: apiAddress, caPEM: caPEM, certificatePEM: certificatePEM, keyPEM: keyPEM, timeout: timeout,
+            expiredHint: role == .server
+                ? "join the primary again: 'keyhold-server primary leave', then 'keyhold-server primary join NEW-TOKEN' (pushes are idempotent)"
+                : "enroll this device again (docs/operations.md, \"Certificate renewal\"): stop the agent, move identity.json out of its state directory, start it, 'keyhold enroll NEW-TOKEN'; its cached keys stay"
+        )
     }
 }
 

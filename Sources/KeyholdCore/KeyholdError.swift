@@ -86,6 +86,8 @@ public struct KeyholdError: Error, Hashable, Sendable, CustomStringConvertible {
         /// An offline request or response code is mistyped, damaged, expired or not one this
         /// side can use (docs/spec/offline-access.md).
         case invalidCode = "invalid_code"
+        /// This client's certificate expired before it was renewed: the client must enroll again.
+        case certificateExpired = "certificate_expired"
 
         /// The code as written on the wire.
         public var description: String { rawValue }

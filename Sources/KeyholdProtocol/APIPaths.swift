@@ -25,6 +25,8 @@ public enum APIPath {
     public static func keyStatus(_ id: String) -> String { "/v1/keys/\(id)/status" }
     /// `POST`: a device's heartbeat.
     public static let heartbeat = "/v1/heartbeat"
+    /// `POST`: a device or secondary renews its client certificate.
+    public static let certificateRenew = "/v1/certificate/renew"
     /// `POST`: a device says it moved to another server.
     public static let leave = "/v1/leave"
 

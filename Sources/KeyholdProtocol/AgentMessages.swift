@@ -280,11 +280,15 @@ public struct AgentStatus: Codable, Sendable, Equatable {
     public var outbox: Int
     /// The agent's version.
     public var version: String
+    /// When the device's certificate expires (renewed at a heartbeat once two thirds of its
+    /// lifetime have passed).
+    public var certificateExpires: Date?
 
     /// A status.
     public init(
         enrolled: Bool, serverID: ServerID?, serverAddress: String?, deviceID: ClientID?, lastHeartbeat: Date?,
-        lastHeartbeatError: String?, heartbeatStopped: String? = nil, cachedKeys: Int, activeFileKey: KeyID?, outbox: Int, version: String
+        lastHeartbeatError: String?, heartbeatStopped: String? = nil, cachedKeys: Int, activeFileKey: KeyID?, outbox: Int, version: String,
+        certificateExpires: Date? = nil
     ) {
         self.enrolled = enrolled
         self.serverID = serverID
@@ -297,9 +301,11 @@ public struct AgentStatus: Codable, Sendable, Equatable {
         self.activeFileKey = activeFileKey
         self.outbox = outbox
         self.version = version
+        self.certificateExpires = certificateExpires
     }
 
     enum CodingKeys: String, CodingKey {
+        case certificateExpires = "certificate_expires"
         case enrolled
         case serverID = "server_id"
         case serverAddress = "server_address"

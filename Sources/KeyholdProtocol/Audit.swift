@@ -53,6 +53,9 @@ public enum AuditAction: String, Codable, Sendable, CaseIterable, CustomStringCo
     case tokenCreate = "token_create"
     /// An administrator revoked an enrollment token.
     case tokenRevoke = "token_revoke"
+    /// A device or secondary renewed its certificate (the new one is accepted beside the old until
+    /// first presented).
+    case certificateRenew = "certificate_renew"
     /// A request of a client that is no longer active was refused.
     case request
     /// A device said it moved to another server.

@@ -6,7 +6,7 @@ public enum ErrorStatus {
     /// The status an error with `code` is answered with.
     public static func httpStatus(for code: KeyholdError.Code) -> Int {
         switch code {
-        case .unauthenticated, .tokenInvalid: return 401
+        case .unauthenticated, .tokenInvalid, .certificateExpired: return 401
         case .forbidden, .clientRevoked, .clientMoved, .keyBlocked, .hierarchyDisabled: return 403
         case .notFound: return 404
         case .conflict, .hierarchyLoop, .hierarchyTooDeep, .destinationExists: return 409

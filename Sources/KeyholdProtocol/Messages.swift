@@ -293,6 +293,53 @@ public struct HeartbeatResponse: Codable, Sendable {
     }
 }
 
+/// A certificate and when it expires, as `status` shows it.
+public struct CertificateExpiry: Codable, Sendable, Equatable {
+    /// `ca`, `tls`, `primary` (this server's certificate at its primary), `administrator`,
+    /// `device` or `secondary`.
+    public var kind: String
+    /// Whose it is (administrators, devices, secondaries): `NAME (ID)`.
+    public var holder: String?
+    /// When it expires.
+    public var expires: Date
+    /// Whether `status` warns about it: it expires within 30 days (a device's or secondary's:
+    /// within a quarter of its lifetime, when that is shorter, since it renews with a third left).
+    public var soon: Bool
+    /// An entry.
+    public init(kind: String, holder: String? = nil, expires: Date, soon: Bool) {
+        self.kind = kind
+        self.holder = holder
+        self.expires = expires
+        self.soon = soon
+    }
+}
+
+/// A client's request for a renewed certificate: a CSR over a key pair it made for it.
+public struct CertificateRenewRequest: Codable, Sendable {
+    /// PKCS#10, PEM.
+    public var csrPEM: String
+    /// A request.
+    public init(csrPEM: String) { self.csrPEM = csrPEM }
+    enum CodingKeys: String, CodingKey { case csrPEM = "csr_pem" }
+}
+
+/// The renewed certificate: the same role and id, from the server's CA.
+public struct CertificateRenewResponse: Codable, Sendable {
+    /// The certificate, PEM.
+    public var certificatePEM: String
+    /// When it expires.
+    public var expires: Date
+    /// An answer.
+    public init(certificatePEM: String, expires: Date) {
+        self.certificatePEM = certificatePEM
+        self.expires = expires
+    }
+    enum CodingKeys: String, CodingKey {
+        case certificatePEM = "certificate_pem"
+        case expires
+    }
+}
+
 /// Key metadata for administrators (never the secret).
 public struct KeyInfo: Codable, Sendable, Equatable {
     /// The key's record.
@@ -557,11 +604,23 @@ public struct StatusResponse: Codable, Sendable {
     /// Drive keys whose last escrow check was a drift (the escrowed key no longer opens the
     /// drive), at most 100 of them: each is an error an administrator must act on.
     public var escrowDrift: [KeyID]
+    /// This server's certificates (CA, TLS, its certificate at its primary) and the active
+    /// administrators'.
+    public var certificates: [CertificateExpiry]
+    /// Active devices and secondaries whose certificates are due to expire without having been
+    /// renewed (at most 100), and how many there are in all.
+    public var expiringClients: [CertificateExpiry]
+    /// How many such clients there are (``expiringClients`` names the first 100).
+    public var expiringClientCount: Int
     /// A status.
     public init(
         serverID: ServerID, version: String, database: String, keyCount: Int, devices: Int, secondaries: Int, started: Date,
-        hierarchy: HierarchyStatus? = nil, escrowDrift: [KeyID] = []
+        hierarchy: HierarchyStatus? = nil, escrowDrift: [KeyID] = [], certificates: [CertificateExpiry] = [],
+        expiringClients: [CertificateExpiry] = [], expiringClientCount: Int = 0
     ) {
+        self.certificates = certificates
+        self.expiringClients = expiringClients
+        self.expiringClientCount = expiringClientCount
         self.escrowDrift = escrowDrift
         self.hierarchy = hierarchy
         self.serverID = serverID
@@ -578,8 +637,11 @@ public struct StatusResponse: Codable, Sendable {
         case keyCount = "key_count"
         case devices, secondaries, started, hierarchy
         case escrowDrift = "escrow_drift"
+        case certificates
+        case expiringClients = "expiring_clients"
+        case expiringClientCount = "expiring_client_count"
     }
-    /// Decodes; `escrow_drift` is absent from older servers' answers.
+    /// Decodes; `escrow_drift` and the certificates are absent from older servers' answers.
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         serverID = try c.decode(ServerID.self, forKey: .serverID)
@@ -591,6 +653,9 @@ public struct StatusResponse: Codable, Sendable {
         started = try c.decode(Date.self, forKey: .started)
         hierarchy = try c.decodeIfPresent(HierarchyStatus.self, forKey: .hierarchy)
         escrowDrift = try c.decodeIfPresent([KeyID].self, forKey: .escrowDrift) ?? []
+        certificates = try c.decodeIfPresent([CertificateExpiry].self, forKey: .certificates) ?? []
+        expiringClients = try c.decodeIfPresent([CertificateExpiry].self, forKey: .expiringClients) ?? []
+        expiringClientCount = try c.decodeIfPresent(Int.self, forKey: .expiringClientCount) ?? 0
     }
 }
 

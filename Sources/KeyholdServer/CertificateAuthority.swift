@@ -1,9 +1,35 @@
 import Crypto
-import Foundation
+public import Foundation
 import KeyholdCore
 import KeyholdProtocol
 import SwiftASN1
 import X509
+
+/// How long the certificates of devices and secondaries are valid (`device_certificate_lifetime`,
+/// `server_certificate_lifetime`). Clients renew theirs once two thirds of it have passed.
+public struct CertificateLifetimes: Sendable, Equatable {
+    /// The default: 90 days.
+    public static let standard: TimeInterval = 90 * 86_400
+    /// Devices' certificates.
+    public var device: TimeInterval
+    /// Secondaries' certificates (towards this server as their primary).
+    public var server: TimeInterval
+
+    /// Lifetimes, 90 days unless given.
+    public init(device: TimeInterval = standard, server: TimeInterval = standard) {
+        self.device = device
+        self.server = server
+    }
+
+    /// The lifetime of a certificate for `role` (administrators': the CA's leaf lifetime).
+    func lifetime(of role: ClientRole) -> TimeInterval {
+        switch role {
+        case .device: device
+        case .server: server
+        case .admin: CertificateAuthority.leafLifetime
+        }
+    }
+}
 
 /// Who a certificate issued by a Keyhold CA belongs to, read from its `urn:keyhold:<role>:<id>`
 /// subject alternative name.
@@ -43,6 +69,7 @@ struct CertificateAuthority: Sendable {
     let privateKey: Certificate.PrivateKey
 
     static let caLifetime: TimeInterval = 20 * 365 * 86_400
+    /// The TLS certificate's and administrators' certificates' lifetime.
     static let leafLifetime: TimeInterval = 5 * 365 * 86_400
 
     /// A new self-signed CA for server `serverID`; returns it with its key's PEM.
@@ -123,14 +150,16 @@ struct CertificateAuthority: Sendable {
 
     /// A client certificate for `identity` on the key in a CSR that ``verifiedRequest(_:)`` accepted
     /// (checked again here).
-    func issueClientCertificate(csr: CertificateSigningRequest, identity: CertificateIdentity, name: String) throws -> Certificate {
+    func issueClientCertificate(
+        csr: CertificateSigningRequest, identity: CertificateIdentity, name: String, lifetime: TimeInterval = leafLifetime
+    ) throws -> Certificate {
         guard csr.publicKey.isValidSignature(csr.signature, for: csr) else {
             throw KeyholdError(
                 .invalidRequest, "the certificate request's signature does not verify", hint: "send a CSR signed by its own private key")
         }
         return try issue(
             publicKey: csr.publicKey, commonName: "keyhold \(identity.role) \(name)".prefix(64).description,
-            usage: [.clientAuth], sans: [.uniformResourceIdentifier(identity.uri)]
+            usage: [.clientAuth], sans: [.uniformResourceIdentifier(identity.uri)], lifetime: lifetime
         )
     }
 
@@ -144,12 +173,13 @@ struct CertificateAuthority: Sendable {
     }
 
     private func issue(
-        publicKey: Certificate.PublicKey, commonName: String, usage: [ExtendedKeyUsage.Usage], sans: [GeneralName]
+        publicKey: Certificate.PublicKey, commonName: String, usage: [ExtendedKeyUsage.Usage], sans: [GeneralName],
+        lifetime: TimeInterval = leafLifetime
     ) throws -> Certificate {
         let now = Date()
         return try Certificate(
             version: .v3, serialNumber: .init(), publicKey: publicKey,
-            notValidBefore: now.addingTimeInterval(-300), notValidAfter: now.addingTimeInterval(Self.leafLifetime),
+            notValidBefore: now.addingTimeInterval(-min(300, lifetime / 10)), notValidAfter: now.addingTimeInterval(lifetime),
             issuer: certificate.subject,
             subject: try DistinguishedName {
                 OrganizationName("Keyhold")

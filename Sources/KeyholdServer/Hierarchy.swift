@@ -6,6 +6,8 @@ import KeyholdStore
 import KeyholdSystem
 import Logging
 import ServiceLifecycle
+import SwiftASN1
+import X509
 
 /// This server's place in the hierarchy (docs/spec/hierarchy.md): its primary, the
 /// `use_hierarchy` option, the push cursor, pushes at heartbeat and lookups upward.
@@ -104,15 +106,66 @@ actor Hierarchy {
         guard identity.serverID != serverID else {
             throw KeyholdError(.hierarchyLoop, "a server cannot be its own primary", hint: "use a token of another server")
         }
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try state.write("primary.json", try encoder.encode(identity), mode: 0o600)
+        try save(identity)
         primary = identity
         client = try identity.client(timeout: .seconds(10))
         try await repository.setSetting(Self.cursorSetting, "0")
         try await repository.setSetting(Self.changesSetting, "0")  // a new primary, a new feed
         logger.info("joined primary", metadata: ["primary": "\(identity.serverID)", "address": "\(identity.apiAddress)"])
         return try await status()
+    }
+
+    /// Writes `primary.json` atomically (0600: it holds this server's key at the primary).
+    private func save(_ identity: EnrolledIdentity) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try state.write("primary.json", try encoder.encode(identity), mode: 0o600)
+    }
+
+    /// Renews this server's certificate at its primary once two thirds of its lifetime have
+    /// passed, as an agent does (docs/operations.md, "Certificate renewal"): a new key pair made
+    /// here, a CSR over the current connection, `primary.json` replaced atomically with the old
+    /// certificate kept in it until the new one has been used once. A failure is logged and tried
+    /// again at the next heartbeat.
+    func renewCertificateIfDue() async {
+        guard let primary, let client, primary.renewalDue() else { return }
+        do {
+            let renewed = try await primary.renewed(over: client)
+            try save(renewed)
+            self.primary = renewed
+            self.client = try renewed.client(timeout: .seconds(10))
+            retire(client)
+            logger.notice(
+                "certificate at the primary renewed",
+                metadata: ["expires": "\(renewed.certificateExpires.map { ISO8601DateFormatter().string(from: $0) } ?? "?")"])
+        } catch {
+            logger.warning("certificate renewal at the primary failed; trying again at the next heartbeat", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// After an answer of the primary: a renewed certificate that worked is kept alone; one the
+    /// primary refused gives way to the certificate it renewed.
+    private func settleRenewal(refused: Bool) {
+        guard let primary, primary.previousCertificatePEM != nil else { return }
+        guard let next = refused ? primary.reverted : primary.confirmed else { return }
+        do {
+            try save(next)
+            let old = client
+            client = try next.client(timeout: .seconds(10))
+            self.primary = next
+            if let old { retire(old) }
+            logger.info(refused ? "the primary refused the renewed certificate; the previous one is back" : "the renewed certificate works")
+        } catch {
+            logger.warning("cannot update primary.json", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Shuts `old` down once the requests still using it (lookups run beside pushes) had their time.
+    private func retire(_ old: APIClient) {
+        Task {
+            try? await Task.sleep(for: .seconds(11))
+            await old.shutdown()
+        }
     }
 
     func leave() async throws {
@@ -122,6 +175,13 @@ actor Hierarchy {
         primary = nil
         client = nil
         primaryRefuses = false
+    }
+
+    /// When this server's certificate at its primary expires and how long it was issued for (nil
+    /// without a primary).
+    func primaryCertificate() -> (expires: Date, lifetime: TimeInterval)? {
+        guard let pem = primary?.certificatePEM, let certificate = try? Certificate(pemEncoded: pem) else { return nil }
+        return (certificate.notValidAfter, certificate.notValidAfter.timeIntervalSince(certificate.notValidBefore))
     }
 
     func status() async throws -> HierarchyStatus {
@@ -187,6 +247,9 @@ actor Hierarchy {
     }
 
     private func push(budget: Duration) async throws -> SyncResponse {
+        // Renewal comes first, whether or not the option is on: a secondary that does not push
+        // still keeps its place at the primary.
+        await renewCertificateIfDue()
         let stopAfter = ContinuousClock.now + budget
         var cursor = try await self.cursor()
         guard try await enabled(), let client, let primary else { return SyncResponse(pushed: 0, batches: 0, cursor: cursor) }
@@ -241,8 +304,10 @@ actor Hierarchy {
         do {
             let response = try await send(request, with: client)
             primaryRefuses = false
+            settleRenewal(refused: false)
             return response
         } catch let error as KeyholdError {
+            if error.code == .unauthenticated { settleRenewal(refused: true) }
             lastPush = Date()
             lastPushResult = "\(error.code.rawValue): \(error.message)"
             primaryRefuses = error.code == .hierarchyDisabled

@@ -45,6 +45,8 @@ public struct ServerSettings: Sendable {
     public var releasePolicy = ReleasePolicy.any
     /// Seconds an approved release request stays usable (`release_policy = approval`).
     public var approvalLifetime: Double = 86_400
+    /// How long device and secondary certificates are valid.
+    public var certificateLifetimes = CertificateLifetimes()
 
     /// Settings for a server.
     public init(
@@ -96,12 +98,13 @@ public struct KeyholdServerService: Service {
         let addresses = BoundAddresses(settings)
         var core = ServerCore(
             serverID: settings.serverID, repository: repository, masterKey: MasterKey(master), authority: authority,
-            databaseDescription: settings.databaseDescription, hierarchy: hierarchy, addresses: addresses, spoolDirectory: directory.path,
+            databaseDescription: settings.databaseDescription, hierarchy: hierarchy, addresses: addresses, directory: directory,
             refusals: RefusalLedger(), enrollLimiter: RateLimiter(settings.enrollRate), releaseLimiter: RateLimiter(settings.releaseRate),
             releaseWatch: ReleaseWatch(settings.releaseAlert), releasePolicy: settings.releasePolicy,
             approvalLifetime: settings.approvalLifetime, logger: logger
         )
         // Without a metrics listener nothing reads the metrics, so nothing is counted.
+        core.certificateLifetimes = settings.certificateLifetimes
         core.metrics = ServerMetrics(enabled: settings.metricsListen != nil)
         if settings.metricsListen != nil { repository.statistics.observe { [metrics = core.metrics] in metrics.store($0) } }
         await hierarchy.use(core.metrics)
@@ -130,7 +133,7 @@ public struct KeyholdServerService: Service {
         if let metricsListen = settings.metricsListen {
             listeners.append(
                 try Listener(
-                    name: "metrics", address: metricsListen, router: api.metricsRouter(directory: directory), tls: nil, limits: .metricsDefault,
+                    name: "metrics", address: metricsListen, router: api.metricsRouter(), tls: nil, limits: .metricsDefault,
                     logger: logger
                 ) {
                     await addresses.set(metrics: $0)

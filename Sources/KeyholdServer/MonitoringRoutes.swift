@@ -12,14 +12,14 @@ import X509
 extension ServerAPI {
     /// The plain-HTTP metrics listener: `/metrics`, `/v1/health`, `/v1/ready`. It serves no key
     /// and no identity, so it needs no TLS; bind it to an address only the scraper reaches.
-    func metricsRouter(directory: DataDirectory) -> Router<Context> {
+    func metricsRouter() -> Router<Context> {
         let router = Router(context: Context.self)
         router.add(middleware: RequestRecorder(metrics: core.metrics, listener: "metrics", logger: logger))
         let core = core
         router.get(RouterPath(APIPath.health)) { _, _ in "ok\n" }
         router.get(RouterPath(APIPath.ready)) { _, _ in try await Self.readiness(core) }
         router.get(RouterPath(APIPath.metrics)) { _, _ in
-            core.metrics.refresh(try await Self.scrapeState(core, directory: directory))
+            core.metrics.refresh(try await Self.scrapeState(core))
             return Response(
                 status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                 body: .init(byteBuffer: ByteBuffer(bytes: core.metrics.text())))
@@ -42,19 +42,17 @@ extension ServerAPI {
     }
 
     /// The state the gauges show, read when a scrape arrives.
-    static func scrapeState(_ core: ServerCore, directory: DataDirectory) async throws -> ScrapeState {
+    static func scrapeState(_ core: ServerCore) async throws -> ScrapeState {
         let clients = try await core.repository.listClients(role: .device)
         var devices = Dictionary(uniqueKeysWithValues: EnrollmentState.allCases.map { ($0.rawValue, 0) })
         for client in clients { devices[client.state.rawValue, default: 0] += 1 }
+        // The CA, the TLS certificate, and the administrators' certificate that expires first (the
+        // one whose alert comes first).
         var expiry: [String: Date] = [:]
-        for (name, path) in [("ca", directory.caCertificate), ("tls", directory.tlsCertificate)] {
-            if let pem = try? String(contentsOfFile: path, encoding: .utf8), let certificate = try? Certificate(pemEncoded: pem) {
-                expiry[name] = certificate.notValidAfter
-            }
+        for certificate in await core.ownCertificates(administrators: try await core.repository.listClients(role: .admin))
+        where ["ca", "tls", "administrator"].contains(certificate.kind) {
+            expiry[certificate.kind] = min(expiry[certificate.kind] ?? .distantFuture, certificate.expires)
         }
-        // The administrators' certificate that expires first (the one whose alert comes first).
-        let admins = try await core.repository.listClients(role: .admin).filter { $0.state == .active }
-        if let first = admins.compactMap(\.certificateExpires).min() { expiry["administrator"] = first }
         let statistics = core.repository.statistics
         return ScrapeState(
             devices: devices, keys: try await core.repository.keyCount(),

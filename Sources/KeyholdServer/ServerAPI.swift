@@ -105,6 +105,11 @@ struct ServerAPI<Context: PeerContext> {
             try respond(try await core.heartbeat(try await decode(HeartbeatRequest.self, request), by: caller))
         }
 
+        // Devices and secondaries.
+        route(router, .post, APIPath.certificateRenew, [.device, .server]) { request, _, caller in
+            try respond(try await core.renewCertificate(try await decode(CertificateRenewRequest.self, request), by: caller))
+        }
+
         // Secondaries.
         route(router, .post, APIPath.hierarchyPush, [.server]) { request, _, caller in
             try respond(try await core.receivePush(try await decode(PushRequest.self, request, limit: 8 << 20), by: caller))

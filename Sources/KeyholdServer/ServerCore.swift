@@ -21,8 +21,10 @@ struct ServerCore: Sendable {
     let hierarchy: Hierarchy
     /// The addresses the listeners bound, and what tokens advertise.
     let addresses: BoundAddresses
-    /// Where uploaded import files are spooled (the data directory): never in memory, never in /tmp.
-    let spoolDirectory: String
+    /// The data directory: its certificates, and where uploaded import files are spooled (never in
+    /// memory, never in /tmp).
+    let directory: DataDirectory
+    var spoolDirectory: String { directory.path }
     /// Anonymous refusals, summed up into the audit trail per window.
     let refusals: RefusalLedger
     /// Enrollment requests per source address.
@@ -35,6 +37,8 @@ struct ServerCore: Sendable {
     let releasePolicy: ReleasePolicy
     /// Seconds an approved release request stays usable (`release_policy = approval`).
     let approvalLifetime: TimeInterval
+    /// How long the certificates of devices and secondaries are valid.
+    var certificateLifetimes = CertificateLifetimes()
     let started = Date()
     let logger: Logger
     /// The Prometheus metrics (served on the metrics listener when one is configured).
@@ -45,13 +49,27 @@ struct ServerCore: Sendable {
     /// The active enrollment `peer` presents, or the reason it is refused (audited for a client
     /// that is no longer active). The one place that decides whether a caller is served.
     func authenticate(_ peer: Peer) async throws -> Caller {
-        guard let client = try await repository.client(id: peer.id), client.role == peer.role,
-            client.certificateFingerprint == peer.fingerprint
-        else {
-            throw KeyholdError(
-                .unauthenticated, "\(peer.role) \(peer.id) is not enrolled with this server",
-                hint: "enroll again with a new token ('keyhold enroll TOKEN')"
-            )
+        let notEnrolled = KeyholdError(
+            .unauthenticated, "\(peer.role) \(peer.id) is not enrolled with this server (or presented a certificate it replaced)",
+            hint: "enroll again with a new token ('keyhold enroll TOKEN')"
+        )
+        guard var client = try await repository.client(id: peer.id), client.role == peer.role else { throw notEnrolled }
+        if client.certificateFingerprint != peer.fingerprint {
+            // A renewed certificate, presented for the first time: from now on it is the current one.
+            guard client.state == .active, client.nextCertificateFingerprint == peer.fingerprint else { throw notEnrolled }
+            if try await !repository.adoptCertificate(id: peer.id, fingerprint: peer.fingerprint) {
+                // Another request with the same certificate adopted it first, or a newer renewal replaced it.
+                guard let again = try await repository.client(id: peer.id), again.certificateFingerprint == peer.fingerprint else {
+                    throw notEnrolled
+                }
+                client = again
+            } else {
+                client.certificateFingerprint = peer.fingerprint
+                client.certificateExpires = client.nextCertificateExpires
+                client.nextCertificateFingerprint = nil
+                client.nextCertificateExpires = nil
+                logger.info("a renewed certificate is now the current one", metadata: ["role": "\(peer.role)", "id": "\(peer.id)"])
+            }
         }
         switch client.state {
         case .active:
@@ -160,7 +178,8 @@ struct ServerCore: Sendable {
             try await refuse(tokenError(redemption), why(redemption))
         }
         let id = ClientID.random()
-        let certificate = try authority.issueClientCertificate(csr: csr, identity: CertificateIdentity(role: token.role, id: id), name: name)
+        let certificate = try authority.issueClientCertificate(
+            csr: csr, identity: CertificateIdentity(role: token.role, id: id), name: name, lifetime: certificateLifetimes.lifetime(of: token.role))
         try await repository.insertClient(
             EnrolledClient(
                 id: id, role: token.role, name: name, certificateFingerprint: CertificateAuthority.fingerprint(certificate),
@@ -324,6 +343,32 @@ struct ServerCore: Sendable {
         var rotate = false
         if let active = request.activeFileKey { rotate = try await repository.rotationRequired([active]).contains(active) }
         return HeartbeatResponse(serverID: serverID, serverTime: Date(), rotateFileKey: rotate)
+    }
+
+    /// `POST /v1/certificate/renew`: a new certificate for the caller's enrollment, on the key in
+    /// the CSR, recorded as its next certificate (audited in the same commit). The current one
+    /// keeps working until the caller first presents the new one (``authenticate(_:)``).
+    func renewCertificate(_ request: CertificateRenewRequest, by caller: Caller) async throws -> CertificateRenewResponse {
+        let csr = try CertificateAuthority.verifiedRequest(request.csrPEM)
+        let client = caller.client
+        let certificate = try authority.issueClientCertificate(
+            csr: csr, identity: CertificateIdentity(role: client.role, id: client.id), name: client.name,
+            lifetime: certificateLifetimes.lifetime(of: client.role))
+        let fingerprint = CertificateAuthority.fingerprint(certificate)
+        let expires = certificate.notValidAfter
+        let audit = AuditEvent(
+            actor: caller.actor, action: .certificateRenew, route: .api, result: .ok,
+            detail: "new certificate \(fingerprint.prefix(16)), expires \(ISO8601DateFormatter().string(from: expires))")
+        guard
+            try await repository.offerCertificate(
+                id: client.id, current: client.certificateFingerprint, next: fingerprint, expires: expires, audit: audit)
+        else {
+            throw KeyholdError(
+                .unauthenticated, "\(client.role) \(client.id) changed while its certificate was renewed",
+                hint: "renewal is retried at the next heartbeat")
+        }
+        logger.info("certificate renewed", metadata: ["role": "\(client.role)", "id": "\(client.id)", "expires": "\(expires)"])
+        return CertificateRenewResponse(certificatePEM: certificate.pem, expires: expires)
     }
 
     /// The key for `peer`: from this repository, else (option on, primary configured) from the
@@ -545,12 +590,51 @@ struct ServerCore: Sendable {
     /// `GET /v1/admin/status`.
     func status() async throws -> StatusResponse {
         let clients = try await repository.listClients(role: nil)
+        let now = Date()
+        let expiring = expiringClients(clients, now: now)
         return StatusResponse(
             serverID: serverID, version: KeyholdVersion.current, database: databaseDescription, keyCount: try await repository.keyCount(),
             devices: clients.filter { $0.role == .device && $0.state == .active }.count,
             secondaries: clients.filter { $0.role == .server && $0.state == .active }.count, started: started,
-            hierarchy: try await hierarchy.status(), escrowDrift: try await repository.driftedEscrowChecks(limit: 100).map(\.keyID)
+            hierarchy: try await hierarchy.status(), escrowDrift: try await repository.driftedEscrowChecks(limit: 100).map(\.keyID),
+            certificates: await ownCertificates(administrators: clients, now: now), expiringClients: Array(expiring.prefix(100)),
+            expiringClientCount: expiring.count
         )
+    }
+
+    /// How long before its expiry `status` warns about a certificate.
+    static let expiryWarning: TimeInterval = 30 * 86_400
+
+    /// This server's certificates — its CA, its TLS certificate, its certificate at its primary —
+    /// and those of the active administrators among `administrators`.
+    func ownCertificates(administrators: [EnrolledClient], now: Date = Date()) async -> [CertificateExpiry] {
+        func entry(_ kind: String, _ expires: Date, holder: String? = nil, window: TimeInterval = Self.expiryWarning) -> CertificateExpiry {
+            CertificateExpiry(kind: kind, holder: holder, expires: expires, soon: expires.timeIntervalSince(now) < window)
+        }
+        var out = [entry("ca", authority.certificate.notValidAfter)]
+        if let pem = try? String(contentsOfFile: directory.tlsCertificate, encoding: .utf8), let tls = try? Certificate(pemEncoded: pem) {
+            out.append(entry("tls", tls.notValidAfter))
+        }
+        if let primary = await hierarchy.primaryCertificate() {
+            out.append(entry("primary", primary.expires, window: min(Self.expiryWarning, primary.lifetime / 4)))
+        }
+        for admin in administrators where admin.role == .admin && admin.state == .active {
+            if let expires = admin.certificateExpires { out.append(entry("administrator", expires, holder: "\(admin.name) (\(admin.id))")) }
+        }
+        return out
+    }
+
+    /// The active devices and secondaries among `clients` whose certificates expire within 30
+    /// days — or within a quarter of their lifetime, when that is shorter: they renew with a
+    /// third left, so one still unrenewed then has missed its heartbeats — soonest first.
+    func expiringClients(_ clients: [EnrolledClient], now: Date) -> [CertificateExpiry] {
+        clients.compactMap { client -> CertificateExpiry? in
+            guard client.role != .admin, client.state == .active, let expires = client.certificateExpires else { return nil }
+            let window = min(Self.expiryWarning, certificateLifetimes.lifetime(of: client.role) / 4)
+            guard expires.timeIntervalSince(now) < window else { return nil }
+            return CertificateExpiry(
+                kind: client.role == .device ? "device" : "secondary", holder: "\(client.name) (\(client.id))", expires: expires, soon: true)
+        }.sorted { $0.expires < $1.expires }
     }
 
     /// How many enrollments a token may allow.

@@ -243,11 +243,44 @@ extension ServerCommand {
                 running since \(formatDate(status.started))
                 """)
             if let h = status.hierarchy { print(describe(h)) }
+            ServerCommand.showCertificates(status)
             for id in status.escrowDrift {
                 print(
                     "error: DRIFT: the escrowed key \(id) no longer opens its drive (its keyslots were changed outside Keyhold); see 'keyhold-server key list'"
                 )
             }
+        }
+    }
+
+    /// Each certificate's expiry, then a warning with what to do for every one that expires soon.
+    static func showCertificates(_ status: StatusResponse, now: Date = Date()) {
+        let names = ["ca": "CA", "tls": "TLS", "primary": "at the primary", "administrator": "administrator"]
+        for c in status.certificates {
+            let who = c.holder.map { " \(PrintableText.escaped($0))" } ?? ""
+            print("certificate:  \(names[c.kind] ?? c.kind)\(who) expires \(formatDate(c.expires))")
+        }
+        let hints = [
+            "ca": "plan the CA's replacement before then: docs/operations.md, \"Rotating certificates\"",
+            "tls": "issue a new TLS certificate before then: docs/operations.md, \"Rotating certificates\"",
+            "primary": "it renews at the next hierarchy heartbeat; if it does not, look for 'certificate renewal at the primary failed' in the log",
+            "administrator": "have another administrator run 'keyhold-server admin add NAME' for a new one, then 'admin revoke ID' the old",
+        ]
+        for c in status.certificates + status.expiringClients where c.soon {
+            let days = Int((c.expires.timeIntervalSince(now) / 86_400).rounded(.down))
+            let when = c.expires <= now ? "EXPIRED at \(formatDate(c.expires))" : "expires at \(formatDate(c.expires)) (in \(days) days)"
+            let what =
+                switch c.kind {
+                case "device", "secondary": "the certificate of \(c.kind) \(PrintableText.escaped(c.holder ?? "?"))"
+                default: "the \(names[c.kind] ?? c.kind) certificate\(c.holder.map { " of \(PrintableText.escaped($0))" } ?? "")"
+                }
+            print("warning: \(what) \(when)")
+            print(
+                "  hint: "
+                    + (hints[c.kind]
+                        ?? "it renews at the \(c.kind)'s next heartbeat; one that stays away past its expiry must enroll again (see 'device list')"))
+        }
+        if status.expiringClientCount > status.expiringClients.count {
+            print("warning: \(status.expiringClientCount - status.expiringClients.count) more client certificates expire soon; see 'device list'")
         }
     }
 

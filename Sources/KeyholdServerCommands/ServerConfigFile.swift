@@ -46,6 +46,8 @@ struct ServerConfigFile: Equatable {
         var releaseAlertKeys = ReleaseAlert.standard.keys
         var releaseAlertWindow = Int(ReleaseAlert.standard.window.components.seconds)
         var releaseApprovalLifetime = 86_400
+        var deviceCertificateLifetime = Int(CertificateLifetimes.standard)
+        var serverCertificateLifetime = Int(CertificateLifetimes.standard)
 
         /// Every key, its range, and where its value lives.
         static var keys: [(String, ClosedRange<Int>, WritableKeyPath<Limits, Int>, String)] {
@@ -70,6 +72,14 @@ struct ServerConfigFile: Equatable {
                     "release_approval_lifetime", 1...2_592_000, \.releaseApprovalLifetime,
                     "seconds an approved release request stays usable (release_policy = approval)"
                 ),
+                (
+                    "device_certificate_lifetime", 10...157_680_000, \.deviceCertificateLifetime,
+                    "seconds a device certificate is valid (the agent renews it once two thirds have passed)"
+                ),
+                (
+                    "server_certificate_lifetime", 10...157_680_000, \.serverCertificateLifetime,
+                    "seconds a secondary's certificate is valid (the secondary renews it once two thirds have passed)"
+                ),
             ]
         }
 
@@ -86,6 +96,8 @@ struct ServerConfigFile: Equatable {
             settings.releaseRate = RateLimit(perSecond: Double(releaseRate), burst: releaseBurst)
             settings.releaseAlert = ReleaseAlert(keys: releaseAlertKeys, window: .seconds(releaseAlertWindow))
             settings.approvalLifetime = TimeInterval(releaseApprovalLifetime)
+            settings.certificateLifetimes = CertificateLifetimes(
+                device: TimeInterval(deviceCertificateLifetime), server: TimeInterval(serverCertificateLifetime))
         }
     }
 

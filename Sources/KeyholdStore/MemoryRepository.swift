@@ -264,6 +264,26 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         clients[id]?.reportedKeyCount = keyCount
     }
 
+    /// Records a renewed certificate (``Repository/offerCertificate(id:current:next:expires:audit:)``).
+    public func offerCertificate(id: ClientID, current: String, next fingerprint: String, expires: Date, audit: AuditEvent) async throws -> Bool {
+        guard let client = clients[id], client.state == .active, client.certificateFingerprint == current else { return false }
+        try await appendAudit(audit)
+        clients[id]?.nextCertificateFingerprint = fingerprint
+        clients[id]?.nextCertificateExpires = expires
+        return true
+    }
+
+    /// Makes the next certificate the current one (``Repository/adoptCertificate(id:fingerprint:)``).
+    public func adoptCertificate(id: ClientID, fingerprint: String) async throws -> Bool {
+        guard var client = clients[id], client.nextCertificateFingerprint == fingerprint else { return false }
+        client.certificateFingerprint = fingerprint
+        client.certificateExpires = client.nextCertificateExpires
+        client.nextCertificateFingerprint = nil
+        client.nextCertificateExpires = nil
+        clients[id] = client
+        return true
+    }
+
     /// Stores a new enrollment token.
     public func insertToken(_ token: EnrollmentTokenRecord) async throws { tokens[token.id] = token }
 

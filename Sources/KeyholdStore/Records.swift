@@ -24,12 +24,17 @@ public struct EnrolledClient: Sendable, Equatable {
     public var reportedKeyCount: Int?
     /// When its certificate expires (nil for enrollments recorded before version 8 of the schema).
     public var certificateExpires: Date?
+    /// A renewed certificate issued but not presented yet (its fingerprint and expiry): until the
+    /// client first presents it, both certificates are accepted; then it becomes the current one.
+    public var nextCertificateFingerprint: String?
+    /// When that renewed certificate expires.
+    public var nextCertificateExpires: Date?
 
     /// A client record.
     public init(
         id: ClientID, role: ClientRole, name: String, certificateFingerprint: String, enrolled: Date = Date(),
         state: EnrollmentState = .active, lastSeen: Date? = nil, agentVersion: String? = nil, reportedKeyCount: Int? = nil,
-        certificateExpires: Date? = nil
+        certificateExpires: Date? = nil, nextCertificateFingerprint: String? = nil, nextCertificateExpires: Date? = nil
     ) {
         self.id = id
         self.role = role
@@ -41,6 +46,8 @@ public struct EnrolledClient: Sendable, Equatable {
         self.agentVersion = agentVersion
         self.reportedKeyCount = reportedKeyCount
         self.certificateExpires = certificateExpires
+        self.nextCertificateFingerprint = nextCertificateFingerprint
+        self.nextCertificateExpires = nextCertificateExpires
     }
 }
 

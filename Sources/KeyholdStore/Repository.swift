@@ -85,6 +85,14 @@ public protocol Repository: Sendable {
     func setClientState(id: ClientID, state: EnrollmentState) async throws -> Bool
     /// Records a heartbeat's time, version and key count.
     func recordHeartbeat(id: ClientID, at: Date, agentVersion: String, keyCount: Int) async throws
+    /// Records a renewed certificate (`fingerprint`, expiring at `expires`) as the next one of the
+    /// active enrollment `id` whose current certificate is still `current`, replacing any next one
+    /// not presented yet, and writes `audit` in the same transaction; `false` (nothing written)
+    /// when there is no such enrollment.
+    func offerCertificate(id: ClientID, current: String, next fingerprint: String, expires: Date, audit: AuditEvent) async throws -> Bool
+    /// Makes the next certificate `fingerprint` the current one of `id` (the old one is refused
+    /// from then on); `false` when it is not `id`'s next certificate (any more).
+    func adoptCertificate(id: ClientID, fingerprint: String) async throws -> Bool
 
     // MARK: Enrollment tokens
 

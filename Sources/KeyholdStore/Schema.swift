@@ -16,6 +16,7 @@ public enum Schema {
     public static let migrations: [any SchemaMigration] = [
         CreateRepository(), AddKeySequence(), InsertAndReleaseFunction(), AddKeyStateSequence(),
         AddReleaseApprovals(), AddKeyRotations(), AddEscrowChecks(), AddCertificateExpiry(),
+        AddNextCertificate(),
     ]
 }
 
@@ -258,4 +259,22 @@ struct AddCertificateExpiry: SchemaMigration {
     var sqlite: [String] { ["ALTER TABLE clients ADD COLUMN certificate_expires REAL"] }
 
     var postgres: [String] { ["ALTER TABLE clients ADD COLUMN certificate_expires TIMESTAMPTZ"] }
+}
+
+/// Version 9: a client's renewed certificate, accepted beside the current one until the client
+/// first presents it (docs/operations.md, "Certificate renewal").
+struct AddNextCertificate: SchemaMigration {
+    let version = 9
+    let name = "add next certificate"
+
+    var sqlite: [String] {
+        ["ALTER TABLE clients ADD COLUMN next_certificate_fingerprint TEXT", "ALTER TABLE clients ADD COLUMN next_certificate_expires REAL"]
+    }
+
+    var postgres: [String] {
+        [
+            "ALTER TABLE clients ADD COLUMN next_certificate_fingerprint TEXT",
+            "ALTER TABLE clients ADD COLUMN next_certificate_expires TIMESTAMPTZ",
+        ]
+    }
 }

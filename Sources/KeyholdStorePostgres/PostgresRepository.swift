@@ -542,7 +542,7 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     // MARK: Clients
 
     private static let clientColumns =
-        "id, role, name, certificate_fingerprint, enrolled, state, last_seen, agent_version, key_count, certificate_expires"
+        "id, role, name, certificate_fingerprint, enrolled, state, last_seen, agent_version, key_count, certificate_expires, next_certificate_fingerprint, next_certificate_expires"
 
     /// Stores a new enrollment.
     public func insertClient(_ c: EnrolledClient) async throws {
@@ -575,7 +575,7 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     /// Every authenticated request looks its caller up: a prepared statement (parsed and planned
     /// once per connection) for a batch of them.
     private struct ClientsStatement: PostgresPreparedStatement {
-        static let name = "keyhold_clients_2"
+        static let name = "keyhold_clients_3"
         static let sql = "SELECT \(clientColumns) FROM clients WHERE id = ANY($1::text[])"
         typealias Row = PostgresRow
         let ids: [String]
@@ -613,14 +613,40 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         )
     }
 
+    /// Records a renewed certificate (``Repository/offerCertificate(id:current:next:expires:audit:)``).
+    public func offerCertificate(id: ClientID, current: String, next fingerprint: String, expires: Date, audit: AuditEvent) async throws -> Bool {
+        try await client.withTransaction(logger: logger) { connection in
+            let rows = try await connection.query(
+                """
+                UPDATE clients SET next_certificate_fingerprint = \(fingerprint), next_certificate_expires = \(expires)
+                WHERE id = \(id.description) AND state = 'active' AND certificate_fingerprint = \(current) RETURNING id
+                """, logger: logger
+            ).collect()
+            guard !rows.isEmpty else { return false }
+            try await Self.insertAudit(connection, audit, logger)
+            return true
+        }
+    }
+
+    /// Makes the next certificate the current one (``Repository/adoptCertificate(id:fingerprint:)``).
+    public func adoptCertificate(id: ClientID, fingerprint: String) async throws -> Bool {
+        try await client.query(
+            """
+            UPDATE clients SET certificate_fingerprint = next_certificate_fingerprint, certificate_expires = next_certificate_expires,
+              next_certificate_fingerprint = NULL, next_certificate_expires = NULL
+            WHERE id = \(id.description) AND next_certificate_fingerprint = \(fingerprint) RETURNING id
+            """, logger: logger
+        ).collect().count > 0
+    }
+
     private static func decodeClient(_ row: PostgresRow) throws -> EnrolledClient {
-        let (id, role, name, fingerprint, enrolled, state, lastSeen, version, count, expires) =
-            try row.decode((String, String, String, String, Date, String, Date?, String?, Int64?, Date?).self)
+        let (id, role, name, fingerprint, enrolled, state, lastSeen, version, count, expires, next, nextExpires) =
+            try row.decode((String, String, String, String, Date, String, Date?, String?, Int64?, Date?, String?, Date?).self)
         return EnrolledClient(
             id: try StoredValue.identifier(id), role: try StoredValue.enumeration(role), name: name, certificateFingerprint: fingerprint,
             enrolled: enrolled,
             state: try StoredValue.enumeration(state), lastSeen: lastSeen, agentVersion: version, reportedKeyCount: count.map(Int.init),
-            certificateExpires: expires
+            certificateExpires: expires, nextCertificateFingerprint: next, nextCertificateExpires: nextExpires
         )
     }
 

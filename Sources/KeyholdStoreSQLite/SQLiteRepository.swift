@@ -381,13 +381,46 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         }
     }
 
+    /// Records a renewed certificate (``Repository/offerCertificate(id:current:next:expires:audit:)``).
+    public func offerCertificate(id: ClientID, current: String, next fingerprint: String, expires: Date, audit: AuditEvent) async throws -> Bool {
+        try await pool.write { db in
+            try db.execute(
+                sql: """
+                    UPDATE clients SET next_certificate_fingerprint = ?, next_certificate_expires = ?
+                    WHERE id = ? AND state = 'active' AND certificate_fingerprint = ?
+                    """,
+                arguments: [fingerprint, expires.timeIntervalSince1970, id.description, current]
+            )
+            guard db.changesCount > 0 else { return false }
+            try Self.insertAudit(db, audit)
+            return true
+        }
+    }
+
+    /// Makes the next certificate the current one (``Repository/adoptCertificate(id:fingerprint:)``).
+    public func adoptCertificate(id: ClientID, fingerprint: String) async throws -> Bool {
+        try await pool.write { db in
+            try db.execute(
+                sql: """
+                    UPDATE clients SET certificate_fingerprint = next_certificate_fingerprint, certificate_expires = next_certificate_expires,
+                      next_certificate_fingerprint = NULL, next_certificate_expires = NULL
+                    WHERE id = ? AND next_certificate_fingerprint = ?
+                    """,
+                arguments: [id.description, fingerprint]
+            )
+            return db.changesCount > 0
+        }
+    }
+
     private static func decodeClient(_ row: Row) throws -> EnrolledClient {
         EnrolledClient(
             id: try StoredValue.identifier(row["id"]), role: try StoredValue.enumeration(row["role"]), name: row["name"],
             certificateFingerprint: row["certificate_fingerprint"], enrolled: Date(timeIntervalSince1970: row["enrolled"]),
             state: try StoredValue.enumeration(row["state"]), lastSeen: (row["last_seen"] as Double?).map(Date.init(timeIntervalSince1970:)),
             agentVersion: row["agent_version"], reportedKeyCount: row["key_count"],
-            certificateExpires: (row["certificate_expires"] as Double?).map(Date.init(timeIntervalSince1970:))
+            certificateExpires: (row["certificate_expires"] as Double?).map(Date.init(timeIntervalSince1970:)),
+            nextCertificateFingerprint: row["next_certificate_fingerprint"],
+            nextCertificateExpires: (row["next_certificate_expires"] as Double?).map(Date.init(timeIntervalSince1970:))
         )
     }
 

@@ -58,7 +58,7 @@ struct InProcessServer {
         settings.approvalLifetime = approvalLifetime
         let core = ServerCore(
             serverID: serverID, repository: repository, masterKey: master, authority: authority, databaseDescription: "memory",
-            hierarchy: hierarchy, addresses: BoundAddresses(settings), spoolDirectory: dir.path, refusals: RefusalLedger(),
+            hierarchy: hierarchy, addresses: BoundAddresses(settings), directory: dir, refusals: RefusalLedger(),
             enrollLimiter: RateLimiter(settings.enrollRate), releaseLimiter: RateLimiter(settings.releaseRate),
             releaseWatch: ReleaseWatch(settings.releaseAlert), releasePolicy: settings.releasePolicy,
             approvalLifetime: settings.approvalLifetime, logger: logger

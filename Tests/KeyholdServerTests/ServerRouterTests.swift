@@ -20,7 +20,7 @@ import Testing
         return [
             (.put, "/v1/keys/\(key)", [.device]), (.get, "/v1/keys/\(key)", [.device]),
             (.post, "/v1/keys/\(key)/retire", [.device]), (.get, "/v1/keys/\(key)/status", [.device]), (.post, "/v1/leave", [.device]),
-            (.post, "/v1/heartbeat", [.device]),
+            (.post, "/v1/heartbeat", [.device]), (.post, "/v1/certificate/renew", [.device, .server]),
             (.post, "/v1/hierarchy/push", [.server]), (.get, "/v1/hierarchy/keys/\(key)", [.server]),
             (.get, "/v1/admin/status", [.admin]), (.get, "/v1/admin/audit", [.admin]), (.get, "/v1/admin/keys", [.admin]),
             (.post, "/v1/admin/keys/export", [.admin]), (.post, "/v1/admin/keys/import", [.admin]),

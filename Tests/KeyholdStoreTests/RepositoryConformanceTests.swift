@@ -339,6 +339,39 @@ func audit(_ action: AuditAction, _ key: KeyID? = nil, result: AuditResult = .ok
         #expect(try await !repo.setClientState(id: .random(), state: .revoked))
     }
 
+    /// A renewed certificate is offered only to the active enrollment whose current certificate is
+    /// the one named, with its audit record in the same commit; adopting it makes it current and
+    /// the old one is no longer the enrollment's.
+    @Test(arguments: Backend.allCases)
+    func renewedCertificatesAreOfferedThenAdopted(_ backend: Backend) async throws {
+        let f = try await Fixture.make(backend)
+        defer { Task { await f.cleanup() } }
+        let repo = f.repository
+        let d = EnrolledClient(
+            id: .random(), role: .device, name: "laptop", certificateFingerprint: "old",
+            certificateExpires: Date(timeIntervalSince1970: 1_800_000_000))
+        try await repo.insertClient(d)
+        let audit = AuditEvent(actor: .device(d.id), action: .certificateRenew, route: .api, result: .ok, detail: "renewed")
+        let expires = Date(timeIntervalSince1970: 1_807_776_000)
+        #expect(try await !repo.offerCertificate(id: d.id, current: "other", next: "new", expires: expires, audit: audit), "not its current one")
+        #expect(try await !repo.offerCertificate(id: .random(), current: "old", next: "new", expires: expires, audit: audit))
+        #expect(try await repo.audit(after: 0, limit: 10).isEmpty, "a refused offer writes no audit record")
+        #expect(try await repo.offerCertificate(id: d.id, current: "old", next: "first", expires: expires, audit: audit))
+        #expect(try await repo.offerCertificate(id: d.id, current: "old", next: "new", expires: expires, audit: audit), "a newer offer replaces it")
+        let offered = try #require(try await repo.client(id: d.id))
+        #expect(offered.certificateFingerprint == "old" && offered.nextCertificateFingerprint == "new")
+        #expect(offered.nextCertificateExpires == expires)
+        #expect(try await repo.audit(after: 0, limit: 10).filter { $0.action == .certificateRenew }.count == 2)
+        #expect(try await !repo.adoptCertificate(id: d.id, fingerprint: "first"), "a replaced offer cannot be adopted")
+        #expect(try await repo.adoptCertificate(id: d.id, fingerprint: "new"))
+        let adopted = try #require(try await repo.client(id: d.id))
+        #expect(adopted.certificateFingerprint == "new" && adopted.certificateExpires == expires)
+        #expect(adopted.nextCertificateFingerprint == nil && adopted.nextCertificateExpires == nil)
+        #expect(try await !repo.adoptCertificate(id: d.id, fingerprint: "new"), "adopted once")
+        #expect(try await repo.setClientState(id: d.id, state: .revoked))
+        #expect(try await !repo.offerCertificate(id: d.id, current: "new", next: "later", expires: expires, audit: audit), "not for a revoked client")
+    }
+
     @Test(arguments: Backend.allCases)
     func enrollmentTokens(_ backend: Backend) async throws {
         let f = try await Fixture.make(backend)
