@@ -34,6 +34,8 @@ public enum APIPath {
 
     /// `GET`: the server's status.
     public static let adminStatus = "/v1/admin/status"
+    /// `POST`: renew the server's TLS certificate now.
+    public static let adminTLSRenew = "/v1/admin/tls/renew"
     /// `GET`: the audit trail (`after`, `limit`).
     public static let adminAudit = "/v1/admin/audit"
     /// `GET`: key metadata (`after`, `limit`).

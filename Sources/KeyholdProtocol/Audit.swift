@@ -56,6 +56,9 @@ public enum AuditAction: String, Codable, Sendable, CaseIterable, CustomStringCo
     /// A device or secondary renewed its certificate (the new one is accepted beside the old until
     /// first presented).
     case certificateRenew = "certificate_renew"
+    /// The server's TLS certificate was renewed (by the server itself as it neared its expiry, or
+    /// by an administrator with `keyhold-server tls renew`).
+    case tlsRenew = "tls_renew"
     /// A request of a client that is no longer active was refused.
     case request
     /// A device said it moved to another server.

@@ -314,6 +314,19 @@ public struct CertificateExpiry: Codable, Sendable, Equatable {
     }
 }
 
+/// The server's renewed TLS certificate (`POST /v1/admin/tls/renew`).
+public struct TLSRenewResponse: Codable, Sendable {
+    /// When it expires.
+    public var expires: Date
+    /// Lowercase hex SHA-256 of its DER encoding.
+    public var fingerprint: String
+    /// An answer.
+    public init(expires: Date, fingerprint: String) {
+        self.expires = expires
+        self.fingerprint = fingerprint
+    }
+}
+
 /// A client's request for a renewed certificate: a CSR over a key pair it made for it.
 public struct CertificateRenewRequest: Codable, Sendable {
     /// PKCS#10, PEM.

@@ -14,6 +14,8 @@ public struct CertificateLifetimes: Sendable, Equatable {
     public var device: TimeInterval
     /// Secondaries' certificates (towards this server as their primary).
     public var server: TimeInterval
+    /// This server's TLS certificate (renewed by the server itself).
+    public var tls: TimeInterval = standard
 
     /// Lifetimes, 90 days unless given.
     public init(device: TimeInterval = standard, server: TimeInterval = standard) {
@@ -114,8 +116,9 @@ struct CertificateAuthority: Sendable {
     }
 
     /// The server's TLS certificate, valid for `names` (host names or IP addresses).
-    func issueServerCertificate(serverID: ServerID, names: [String]) throws -> (Certificate, keyPEM: String) {
-        let key = P256.Signing.PrivateKey()
+    func issueServerCertificate(
+        serverID: ServerID, names: [String], lifetime: TimeInterval = leafLifetime
+    ) throws -> (Certificate, keyPEM: String) {
         var sans: [GeneralName] = [
             .uniformResourceIdentifier(CertificateIdentity(role: .server, id: ClientID(high: serverID.high, low: serverID.low)).uri)
         ]
@@ -126,9 +129,17 @@ struct CertificateAuthority: Sendable {
                 sans.append(.dnsName(name))
             }
         }
+        return try issueServerCertificate(serverID: serverID, sans: sans, lifetime: lifetime)
+    }
+
+    /// A TLS certificate with a new key for the names `sans` (a renewal keeps the old one's).
+    func issueServerCertificate(
+        serverID: ServerID, sans: [GeneralName], lifetime: TimeInterval = leafLifetime
+    ) throws -> (Certificate, keyPEM: String) {
+        let key = P256.Signing.PrivateKey()
         let cert = try issue(
             publicKey: .init(key.publicKey), commonName: "keyhold-server \(serverID)",
-            usage: [.serverAuth, .clientAuth], sans: sans
+            usage: [.serverAuth, .clientAuth], sans: sans, lifetime: lifetime
         )
         return (cert, key.pemRepresentation)
     }

@@ -105,18 +105,24 @@ public struct KeyholdServerService: Service {
         )
         // Without a metrics listener nothing reads the metrics, so nothing is counted.
         core.certificateLifetimes = settings.certificateLifetimes
+        let served = try ServedCertificate(directory: directory)
+        core.served = served
         core.metrics = ServerMetrics(enabled: settings.metricsListen != nil)
         if settings.metricsListen != nil { repository.statistics.observe { [metrics = core.metrics] in metrics.store($0) } }
         await hierarchy.use(core.metrics)
         let api = ServerAPI<ServerContext>(core: core, logger: logger)
 
+        // The certificate read here starts the contexts; each handshake then takes the current
+        // one from `served`, so a renewal needs no restart.
         let chain = try NIOSSLCertificate.fromPEMFile(directory.tlsCertificate).map { NIOSSLCertificateSource.certificate($0) }
         let key = try NIOSSLPrivateKey(file: directory.tlsKey, format: .pem)
         var apiTLS = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
         apiTLS.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(directory.caCertificate))
         apiTLS.certificateVerification = .noHostnameVerification
+        apiTLS.sslContextCallback = served.contextCallback
         var enrollTLS = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
         enrollTLS.certificateVerification = .none
+        enrollTLS.sslContextCallback = served.contextCallback
 
         let (apiLimits, enrollLimits) = Self.fitToOpenFileLimit(settings.apiLimits, settings.enrollLimits, logger: logger)
         var listeners = [
@@ -146,7 +152,10 @@ public struct KeyholdServerService: Service {
         // The refusal summary comes first so that it stops last, after the listeners.
         let summary = RefusalSummaryWriter(
             ledger: core.refusals, repository: repository, interval: settings.refusalSummaryInterval, logger: logger)
-        let parts: [any Service] = [summary] + listeners + [announcer, heartbeat]
+        let renewal = TLSRenewal(
+            served: served, authority: authority, serverID: settings.serverID, lifetime: settings.certificateLifetimes.tls, repository: repository,
+            logger: logger)
+        let parts: [any Service] = [summary] + listeners + [announcer, heartbeat, renewal]
         let group = ServiceGroup(
             configuration: .init(
                 services: parts.map { .init(service: $0, failureTerminationBehavior: .gracefullyShutdownGroup) }, logger: logger

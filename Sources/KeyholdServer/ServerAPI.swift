@@ -127,6 +127,7 @@ struct ServerAPI<Context: PeerContext> {
 
         // Administrators.
         route(router, .get, APIPath.adminStatus, [.admin]) { _, _, _ in try respond(try await core.status()) }
+        route(router, .post, APIPath.adminTLSRenew, [.admin]) { _, _, caller in try respond(try await core.renewTLS(by: caller)) }
         route(router, .get, APIPath.adminAudit, [.admin]) { request, _, _ in
             let after = try Self.integer(request, "after", in: 0...Int.max) ?? 0
             let limit = try Self.integer(request, "limit", in: 1...10_000) ?? 1000

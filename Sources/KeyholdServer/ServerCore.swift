@@ -39,6 +39,8 @@ struct ServerCore: Sendable {
     let approvalLifetime: TimeInterval
     /// How long the certificates of devices and secondaries are valid.
     var certificateLifetimes = CertificateLifetimes()
+    /// The listeners' TLS certificate (nil in process tests without listeners).
+    var served: ServedCertificate?
     let started = Date()
     let logger: Logger
     /// The Prometheus metrics (served on the metrics listener when one is configured).
@@ -602,6 +604,22 @@ struct ServerCore: Sendable {
         )
     }
 
+    /// `POST /v1/admin/tls/renew`: a new TLS certificate now (a new key, the same names), served
+    /// from the next connection on; audited `tls_renew`.
+    func renewTLS(by caller: Caller) async throws -> TLSRenewResponse {
+        guard let served else {
+            throw KeyholdError(.configuration, "this server has no TLS listener to renew a certificate for", hint: "run it with its listeners")
+        }
+        let next = try served.renew(authority: authority, serverID: serverID, lifetime: certificateLifetimes.tls)
+        let fingerprint = CertificateAuthority.fingerprint(next)
+        try await repository.appendAudit(
+            AuditEvent(
+                actor: caller.actor, action: .tlsRenew, route: .adminAPI, result: .ok,
+                detail: "new TLS certificate \(fingerprint.prefix(16)), expires \(ISO8601DateFormatter().string(from: next.notValidAfter))"))
+        logger.notice("TLS certificate renewed", metadata: ["expires": "\(next.notValidAfter)", "by": "\(caller.actor)"])
+        return TLSRenewResponse(expires: next.notValidAfter, fingerprint: fingerprint)
+    }
+
     /// How long before its expiry `status` warns about a certificate.
     static let expiryWarning: TimeInterval = 30 * 86_400
 
@@ -612,8 +630,11 @@ struct ServerCore: Sendable {
             CertificateExpiry(kind: kind, holder: holder, expires: expires, soon: expires.timeIntervalSince(now) < window)
         }
         var out = [entry("ca", authority.certificate.notValidAfter)]
-        if let pem = try? String(contentsOfFile: directory.tlsCertificate, encoding: .utf8), let tls = try? Certificate(pemEncoded: pem) {
-            out.append(entry("tls", tls.notValidAfter))
+        if let tls = served?.certificate
+            ?? (try? String(contentsOfFile: directory.tlsCertificate, encoding: .utf8)).flatMap({ try? Certificate(pemEncoded: $0) })
+        {
+            // Like a client's: it renews with a third left, so warn only once that was missed.
+            out.append(entry("tls", tls.notValidAfter, window: min(Self.expiryWarning, tls.notValidAfter.timeIntervalSince(tls.notValidBefore) / 4)))
         }
         if let primary = await hierarchy.primaryCertificate() {
             out.append(entry("primary", primary.expires, window: min(Self.expiryWarning, primary.lifetime / 4)))

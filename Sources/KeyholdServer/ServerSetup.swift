@@ -51,7 +51,7 @@ public enum ServerSetup {
         for address in [options.listen, options.enrollListen] where !["0.0.0.0", "::"].contains(address.host) {
             names.append(address.host)
         }
-        let (tls, tlsKeyPEM) = try ca.issueServerCertificate(serverID: serverID, names: names)
+        let (tls, tlsKeyPEM) = try ca.issueServerCertificate(serverID: serverID, names: names, lifetime: CertificateLifetimes.standard)
         try dir.write("tls.key", Data(tlsKeyPEM.utf8), mode: 0o600)
         try dir.write("tls.pem", Data(tls.pem.utf8), mode: 0o644)
 

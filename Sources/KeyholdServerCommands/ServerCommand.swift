@@ -18,7 +18,7 @@ struct ServerCommand: AsyncParsableCommand {
         abstract: "The Keyhold administration server: key escrow, release and audit.",
         version: KeyholdVersion.current,
         subcommands: [
-            Init.self, Run.self, Status.self, TokenCommand.self, DeviceCommand.self, KeyAdminCommand.self, Audit.self,
+            Init.self, Run.self, Status.self, TLSCommand.self, TokenCommand.self, DeviceCommand.self, KeyAdminCommand.self, Audit.self,
             PrimaryCommand.self, SecondaryCommand.self, HierarchyCommand.self, AdminCommand.self, ReleaseCommand.self,
         ]
     )
@@ -261,7 +261,8 @@ extension ServerCommand {
         }
         let hints = [
             "ca": "plan the CA's replacement before then: docs/operations.md, \"Rotating certificates\"",
-            "tls": "issue a new TLS certificate before then: docs/operations.md, \"Rotating certificates\"",
+            "tls":
+                "it renews itself once two thirds of its lifetime have passed; if it did not, look for 'TLS certificate renewal failed' in the log, or run 'keyhold-server tls renew'",
             "primary": "it renews at the next hierarchy heartbeat; if it does not, look for 'certificate renewal at the primary failed' in the log",
             "administrator": "have another administrator run 'keyhold-server admin add NAME' for a new one, then 'admin revoke ID' the old",
         ]
@@ -523,6 +524,26 @@ struct HierarchyCommand: AsyncParsableCommand {
 
 /// An empty JSON object body.
 struct Empty: Codable {}
+
+struct TLSCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tls", abstract: "The listeners' TLS certificate (it renews itself once two thirds of its lifetime have passed).",
+        subcommands: [Renew.self])
+
+    struct Renew: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Renew the running server's TLS certificate now: a new key, the same names, served without a restart.",
+            discussion: "Example: keyhold-server tls renew --data-dir /var/lib/keyhold-server")
+        @OptionGroup var data: DataDirOption
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let answer = try await withAdmin(data) { try await $0.post(APIPath.adminTLSRenew, Empty(), as: TLSRenewResponse.self) }
+            if json { return try printJSON(answer) }
+            print("TLS certificate \(answer.fingerprint.prefix(16))… expires \(formatDate(answer.expires)); served from the next connection on")
+        }
+    }
+}
 
 struct TokenCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

@@ -48,6 +48,7 @@ struct ServerConfigFile: Equatable {
         var releaseApprovalLifetime = 86_400
         var deviceCertificateLifetime = Int(CertificateLifetimes.standard)
         var serverCertificateLifetime = Int(CertificateLifetimes.standard)
+        var tlsCertificateLifetime = Int(CertificateLifetimes.standard)
 
         /// Every key, its range, and where its value lives.
         static var keys: [(String, ClosedRange<Int>, WritableKeyPath<Limits, Int>, String)] {
@@ -80,6 +81,10 @@ struct ServerConfigFile: Equatable {
                     "server_certificate_lifetime", 10...157_680_000, \.serverCertificateLifetime,
                     "seconds a secondary's certificate is valid (the secondary renews it once two thirds have passed)"
                 ),
+                (
+                    "tls_certificate_lifetime", 10...157_680_000, \.tlsCertificateLifetime,
+                    "seconds a renewed TLS certificate is valid (the server renews its own once two thirds have passed)"
+                ),
             ]
         }
 
@@ -98,6 +103,7 @@ struct ServerConfigFile: Equatable {
             settings.approvalLifetime = TimeInterval(releaseApprovalLifetime)
             settings.certificateLifetimes = CertificateLifetimes(
                 device: TimeInterval(deviceCertificateLifetime), server: TimeInterval(serverCertificateLifetime))
+            settings.certificateLifetimes.tls = TimeInterval(tlsCertificateLifetime)
         }
     }
 

@@ -1,0 +1,136 @@
+import Foundation
+import KeyholdCore
+import KeyholdProtocol
+import KeyholdStore
+import KeyholdSystem
+import Logging
+import NIOCore
+import NIOSSL
+import ServiceLifecycle
+import SwiftASN1
+import Synchronization
+import X509
+
+/// The TLS certificate both listeners present, replaceable while the server runs: every TLS
+/// handshake asks for the current one (swift-nio-ssl's context callback, called once per client
+/// hello), so a renewed certificate is served from the next connection on, without a restart.
+/// Devices and secondaries pin the CA, not this certificate, so nothing else changes.
+final class ServedCertificate: Sendable {
+    private struct Loaded: Sendable {
+        let chain: [NIOSSLCertificate]
+        let key: NIOSSLPrivateKey
+        let certificate: Certificate
+    }
+
+    private let directory: DataDirectory
+    private let current: Mutex<Loaded>
+
+    /// The certificate in the data directory (an interrupted replacement finished first).
+    init(directory: DataDirectory) throws {
+        self.directory = directory
+        try Self.finishReplacement(directory)
+        current = Mutex(try Self.load(directory))
+    }
+
+    /// The certificate served now.
+    var certificate: Certificate { current.withLock { $0.certificate } }
+
+    /// The callback that hands each handshake the current certificate and key.
+    var contextCallback: NIOSSLContextCallback {
+        { [self] _, promise in
+            let loaded = self.current.withLock { $0 }
+            var override = NIOSSLContextConfigurationOverride()
+            override.certificateChain = loaded.chain.map { .certificate($0) }
+            override.privateKey = .privateKey(loaded.key)
+            promise.succeed(override)
+        }
+    }
+
+    /// Whether two thirds of the served certificate's lifetime have passed.
+    func renewalDue(now: Date = Date()) -> Bool {
+        let c = certificate
+        return now >= c.notValidBefore.addingTimeInterval(c.notValidAfter.timeIntervalSince(c.notValidBefore) * 2 / 3)
+    }
+
+    /// Issues a new certificate (a new key, the same names) valid for `lifetime`, replaces
+    /// `tls.pem` and `tls.key` as a pair and serves it from the next handshake on.
+    @discardableResult
+    func renew(authority: CertificateAuthority, serverID: ServerID, lifetime: TimeInterval) throws -> Certificate {
+        let sans = Array(try certificate.extensions.subjectAlternativeNames ?? SubjectAlternativeNames([]))
+        let (next, keyPEM) = try authority.issueServerCertificate(serverID: serverID, sans: sans, lifetime: lifetime)
+        try Self.replace(directory, certificatePEM: next.pem, keyPEM: keyPEM)
+        let loaded = try Self.load(directory)
+        current.withLock { $0 = loaded }
+        return loaded.certificate
+    }
+
+    private static func load(_ directory: DataDirectory) throws -> Loaded {
+        let pem = String(decoding: try directory.read(directory.tlsCertificate), as: UTF8.self)
+        let chain = try NIOSSLCertificate.fromPEMBytes(Array(pem.utf8))
+        let key = try NIOSSLPrivateKey(bytes: Array(try directory.read(directory.tlsKey)), format: .pem)
+        return Loaded(chain: chain, key: key, certificate: try Certificate(pemEncoded: pem))
+    }
+
+    /// The pair is replaced in three durable steps: both new files written beside the old ones
+    /// (`tls.key.next`, `tls.pem.next`), then the key renamed over `tls.key`, then the certificate
+    /// over `tls.pem`. A crash in between leaves `tls.pem.next`, and ``finishReplacement(_:)``
+    /// completes the same steps at the next start: the pair on disk always matches once it runs.
+    private static func replace(_ directory: DataDirectory, certificatePEM: String, keyPEM: String) throws {
+        let keyNext = directory.tlsKey + ".next"
+        let certificateNext = directory.tlsCertificate + ".next"
+        try AtomicFileWriter.replace(keyNext, with: Data(keyPEM.utf8), mode: 0o600)
+        try AtomicFileWriter.replace(certificateNext, with: Data(certificatePEM.utf8), mode: 0o644)
+        try finishReplacement(directory)
+    }
+
+    /// Completes a replacement a crash interrupted (nothing to do when none was under way).
+    static func finishReplacement(_ directory: DataDirectory) throws {
+        let keyNext = directory.tlsKey + ".next"
+        let certificateNext = directory.tlsCertificate + ".next"
+        guard FileManager.default.fileExists(atPath: certificateNext) else {
+            // A key written without its certificate: the replacement never got that far.
+            if FileManager.default.fileExists(atPath: keyNext) { try FileManager.default.removeItem(atPath: keyNext) }
+            return
+        }
+        if FileManager.default.fileExists(atPath: keyNext) {
+            _ = try SystemCall.check("rename", path: keyNext) { rename(keyNext, directory.tlsKey) }
+        }
+        _ = try SystemCall.check("rename", path: certificateNext) { rename(certificateNext, directory.tlsCertificate) }
+        try AtomicFileWriter.syncFolder(of: directory.tlsCertificate)
+    }
+}
+
+/// Renews the served certificate once two thirds of its lifetime have passed (checked every
+/// second), until the group shuts down; a failed renewal is tried again a minute later.
+struct TLSRenewal: Service {
+    let served: ServedCertificate
+    let authority: CertificateAuthority
+    let serverID: ServerID
+    let lifetime: TimeInterval
+    let repository: any Repository
+    let logger: Logger
+
+    func run() async throws {
+        var retryAfter = Date.distantPast
+        while !Task.isShuttingDownGracefully, !Task.isCancelled {
+            if served.renewalDue(), Date() >= retryAfter {
+                do {
+                    let next = try served.renew(authority: authority, serverID: serverID, lifetime: lifetime)
+                    try? await repository.appendAudit(
+                        AuditEvent(
+                            actor: .server(serverID), action: .tlsRenew, route: .local, result: .ok,
+                            detail:
+                                "renewed by the server: new TLS certificate \(CertificateAuthority.fingerprint(next).prefix(16)), expires \(ISO8601DateFormatter().string(from: next.notValidAfter))"
+                        ))
+                    logger.notice("TLS certificate renewed", metadata: ["expires": "\(ISO8601DateFormatter().string(from: next.notValidAfter))"])
+                } catch {
+                    logger.error("TLS certificate renewal failed; trying again in a minute", metadata: ["error": "\(error)"])
+                    retryAfter = Date().addingTimeInterval(60)
+                }
+            }
+            // A check is a look at the certificate in memory, so it can come every second: a
+            // certificate renewed on demand with a short lifetime is then watched as closely.
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(1)) }
+        }
+    }
+}
