@@ -16,8 +16,7 @@ extension EnrolledIdentity {
     /// Whether the certificate should be renewed now: two thirds of its lifetime have passed.
     public func renewalDue(now: Date = Date()) -> Bool {
         guard let certificate = try? Certificate(pemEncoded: certificatePEM) else { return false }
-        let lifetime = certificate.notValidAfter.timeIntervalSince(certificate.notValidBefore)
-        return now >= certificate.notValidBefore.addingTimeInterval(lifetime * 2 / 3)
+        return CertificateRenewal.isDue(notValidBefore: certificate.notValidBefore, notValidAfter: certificate.notValidAfter, now: now)
     }
 
     /// Asks the server for a renewed certificate over `client` (this identity's current

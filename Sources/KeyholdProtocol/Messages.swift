@@ -327,6 +327,15 @@ public struct TLSRenewResponse: Codable, Sendable {
     }
 }
 
+/// When a certificate is renewed (docs/operations.md, "Certificate renewal"): once two thirds of
+/// its lifetime have passed. Devices, secondaries and the server's own TLS certificate follow it.
+public enum CertificateRenewal {
+    /// Whether a certificate valid from `notValidBefore` to `notValidAfter` is due at `now`.
+    public static func isDue(notValidBefore: Date, notValidAfter: Date, now: Date = Date()) -> Bool {
+        now >= notValidBefore.addingTimeInterval(notValidAfter.timeIntervalSince(notValidBefore) * 2 / 3)
+    }
+}
+
 /// A client's request for a renewed certificate: a CSR over a key pair it made for it.
 public struct CertificateRenewRequest: Codable, Sendable {
     /// PKCS#10, PEM.

@@ -112,15 +112,14 @@ public struct KeyholdServerService: Service {
         await hierarchy.use(core.metrics)
         let api = ServerAPI<ServerContext>(core: core, logger: logger)
 
-        // The certificate read here starts the contexts; each handshake then takes the current
+        // The certificate served now starts the contexts; each handshake then takes the current
         // one from `served`, so a renewal needs no restart.
-        let chain = try NIOSSLCertificate.fromPEMFile(directory.tlsCertificate).map { NIOSSLCertificateSource.certificate($0) }
-        let key = try NIOSSLPrivateKey(file: directory.tlsKey, format: .pem)
-        var apiTLS = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
+        let (chain, key) = served.chainAndKey
+        var apiTLS = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: key)
         apiTLS.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(directory.caCertificate))
         apiTLS.certificateVerification = .noHostnameVerification
         apiTLS.sslContextCallback = served.contextCallback
-        var enrollTLS = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
+        var enrollTLS = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: key)
         enrollTLS.certificateVerification = .none
         enrollTLS.sslContextCallback = served.contextCallback
 

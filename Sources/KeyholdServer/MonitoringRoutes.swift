@@ -5,8 +5,6 @@ import KeyholdProtocol
 import KeyholdStore
 import Logging
 import NIOCore
-import SwiftASN1
-import X509
 
 /// Health, readiness and metrics (docs/operations.md, "Watching it run").
 extension ServerAPI {

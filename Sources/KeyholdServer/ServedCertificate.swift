@@ -35,13 +35,18 @@ final class ServedCertificate: Sendable {
     /// The certificate served now.
     var certificate: Certificate { current.withLock { $0.certificate } }
 
+    /// The chain and key served now, in the form a TLS configuration takes.
+    var chainAndKey: (chain: [NIOSSLCertificateSource], key: NIOSSLPrivateKeySource) {
+        current.withLock { ($0.chain.map { .certificate($0) }, .privateKey($0.key)) }
+    }
+
     /// The callback that hands each handshake the current certificate and key.
     var contextCallback: NIOSSLContextCallback {
         { [self] _, promise in
-            let loaded = self.current.withLock { $0 }
+            let (chain, key) = self.chainAndKey
             var override = NIOSSLContextConfigurationOverride()
-            override.certificateChain = loaded.chain.map { .certificate($0) }
-            override.privateKey = .privateKey(loaded.key)
+            override.certificateChain = chain
+            override.privateKey = key
             promise.succeed(override)
         }
     }
@@ -49,7 +54,7 @@ final class ServedCertificate: Sendable {
     /// Whether two thirds of the served certificate's lifetime have passed.
     func renewalDue(now: Date = Date()) -> Bool {
         let c = certificate
-        return now >= c.notValidBefore.addingTimeInterval(c.notValidAfter.timeIntervalSince(c.notValidBefore) * 2 / 3)
+        return CertificateRenewal.isDue(notValidBefore: c.notValidBefore, notValidAfter: c.notValidAfter, now: now)
     }
 
     /// Issues a new certificate (a new key, the same names) valid for `lifetime`, replaces
@@ -62,6 +67,16 @@ final class ServedCertificate: Sendable {
         let loaded = try Self.load(directory)
         current.withLock { $0 = loaded }
         return loaded.certificate
+    }
+
+    /// The audit record of a renewal (`tls_renew`) that produced `next`, with `how` before the
+    /// certificate's fingerprint and expiry in its detail.
+    static func renewalAudit(_ next: Certificate, actor: AuditActor, route: AuditRoute, how: String = "") -> AuditEvent {
+        AuditEvent(
+            actor: actor, action: .tlsRenew, route: route, result: .ok,
+            detail:
+                "\(how)new TLS certificate \(CertificateAuthority.fingerprint(next).prefix(16)), expires \(ISO8601DateFormatter().string(from: next.notValidAfter))"
+        )
     }
 
     private static func load(_ directory: DataDirectory) throws -> Loaded {
@@ -117,11 +132,7 @@ struct TLSRenewal: Service {
                 do {
                     let next = try served.renew(authority: authority, serverID: serverID, lifetime: lifetime)
                     try? await repository.appendAudit(
-                        AuditEvent(
-                            actor: .server(serverID), action: .tlsRenew, route: .local, result: .ok,
-                            detail:
-                                "renewed by the server: new TLS certificate \(CertificateAuthority.fingerprint(next).prefix(16)), expires \(ISO8601DateFormatter().string(from: next.notValidAfter))"
-                        ))
+                        ServedCertificate.renewalAudit(next, actor: .server(serverID), route: .local, how: "renewed by the server: "))
                     logger.notice("TLS certificate renewed", metadata: ["expires": "\(ISO8601DateFormatter().string(from: next.notValidAfter))"])
                 } catch {
                     logger.error("TLS certificate renewal failed; trying again in a minute", metadata: ["error": "\(error)"])

@@ -611,13 +611,9 @@ struct ServerCore: Sendable {
             throw KeyholdError(.configuration, "this server has no TLS listener to renew a certificate for", hint: "run it with its listeners")
         }
         let next = try served.renew(authority: authority, serverID: serverID, lifetime: certificateLifetimes.tls)
-        let fingerprint = CertificateAuthority.fingerprint(next)
-        try await repository.appendAudit(
-            AuditEvent(
-                actor: caller.actor, action: .tlsRenew, route: .adminAPI, result: .ok,
-                detail: "new TLS certificate \(fingerprint.prefix(16)), expires \(ISO8601DateFormatter().string(from: next.notValidAfter))"))
+        try await repository.appendAudit(ServedCertificate.renewalAudit(next, actor: caller.actor, route: .adminAPI))
         logger.notice("TLS certificate renewed", metadata: ["expires": "\(next.notValidAfter)", "by": "\(caller.actor)"])
-        return TLSRenewResponse(expires: next.notValidAfter, fingerprint: fingerprint)
+        return TLSRenewResponse(expires: next.notValidAfter, fingerprint: CertificateAuthority.fingerprint(next))
     }
 
     /// How long before its expiry `status` warns about a certificate.
