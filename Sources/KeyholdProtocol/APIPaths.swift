@@ -36,6 +36,12 @@ public enum APIPath {
     public static let adminStatus = "/v1/admin/status"
     /// `POST`: renew the server's TLS certificate now.
     public static let adminTLSRenew = "/v1/admin/tls/renew"
+    /// `GET`: the master-key versions and the rewrap's progress.
+    public static let adminMasterKey = "/v1/admin/master-key"
+    /// `POST`: prepare or make current a new master-key version (the rewrap follows).
+    public static let adminMasterKeyRotate = "/v1/admin/master-key/rotate"
+    /// `POST`: retire the versions older than the current one, once no key uses them.
+    public static let adminMasterKeyRetireOld = "/v1/admin/master-key/retire-old"
     /// `GET`: the audit trail (`after`, `limit`).
     public static let adminAudit = "/v1/admin/audit"
     /// `GET`: key metadata (`after`, `limit`).

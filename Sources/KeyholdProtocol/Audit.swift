@@ -59,6 +59,12 @@ public enum AuditAction: String, Codable, Sendable, CaseIterable, CustomStringCo
     /// The server's TLS certificate was renewed (by the server itself as it neared its expiry, or
     /// by an administrator with `keyhold-server tls renew`).
     case tlsRenew = "tls_renew"
+    /// A master-key version was prepared or made current (`keyhold-server master-key rotate`);
+    /// the detail says which.
+    case masterKeyRotate = "master_key_rotate"
+    /// The master-key versions older than the current one were retired (`master-key retire-old`),
+    /// or that was refused because keys still used them.
+    case masterKeyRetire = "master_key_retire"
     /// A request of a client that is no longer active was refused.
     case request
     /// A device said it moved to another server.

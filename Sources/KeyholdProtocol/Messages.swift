@@ -605,6 +605,64 @@ public struct TokenInfo: Codable, Sendable, Equatable {
     }
 }
 
+/// `POST /v1/admin/master-key/rotate`.
+public struct MasterKeyRotateRequest: Codable, Sendable {
+    /// Only add the version (to `master.key` and the repository), without wrapping under it yet:
+    /// the first step when several server processes share one database (copy the file to each,
+    /// then rotate without `prepare`).
+    public var prepare: Bool
+    /// A request.
+    public init(prepare: Bool = false) { self.prepare = prepare }
+}
+
+/// One master-key version in ``MasterKeyStatus``.
+public struct MasterKeyVersionInfo: Codable, Sendable, Equatable {
+    /// Its number.
+    public var version: Int
+    /// `prepared` (not wrapped under yet), `current`, `previous` (being rewrapped away from or
+    /// waiting for `retire-old`) or `retired`.
+    public var state: String
+    /// Keys whose secret is wrapped under it.
+    public var keys: Int
+    /// Whether this server process's `master.key` holds it.
+    public var held: Bool
+    /// When it was registered.
+    public var created: Date
+    /// When it was made current (nil while prepared).
+    public var activated: Date?
+    /// When `retire-old` ended it.
+    public var retired: Date?
+    /// A version.
+    public init(version: Int, state: String, keys: Int, held: Bool, created: Date, activated: Date?, retired: Date?) {
+        self.version = version
+        self.state = state
+        self.keys = keys
+        self.held = held
+        self.created = created
+        self.activated = activated
+        self.retired = retired
+    }
+}
+
+/// `GET /v1/admin/master-key`, and the answer of rotate and retire-old.
+public struct MasterKeyStatus: Codable, Sendable {
+    /// The version new secrets are wrapped under.
+    public var current: Int
+    /// Every version the repository knows, oldest first.
+    public var versions: [MasterKeyVersionInfo]
+    /// Keys still wrapped under an older version than the current one (0: the rewrap is done).
+    public var remaining: Int
+    /// Keys stored in all.
+    public var total: Int
+    /// A status.
+    public init(current: Int, versions: [MasterKeyVersionInfo], remaining: Int, total: Int) {
+        self.current = current
+        self.versions = versions
+        self.remaining = remaining
+        self.total = total
+    }
+}
+
 /// `GET /v1/admin/status`.
 public struct StatusResponse: Codable, Sendable {
     /// The server's id.
@@ -634,12 +692,15 @@ public struct StatusResponse: Codable, Sendable {
     public var expiringClients: [CertificateExpiry]
     /// How many such clients there are (``expiringClients`` names the first 100).
     public var expiringClientCount: Int
+    /// The master-key versions and the rewrap's progress.
+    public var masterKey: MasterKeyStatus?
     /// A status.
     public init(
         serverID: ServerID, version: String, database: String, keyCount: Int, devices: Int, secondaries: Int, started: Date,
         hierarchy: HierarchyStatus? = nil, escrowDrift: [KeyID] = [], certificates: [CertificateExpiry] = [],
-        expiringClients: [CertificateExpiry] = [], expiringClientCount: Int = 0
+        expiringClients: [CertificateExpiry] = [], expiringClientCount: Int = 0, masterKey: MasterKeyStatus? = nil
     ) {
+        self.masterKey = masterKey
         self.certificates = certificates
         self.expiringClients = expiringClients
         self.expiringClientCount = expiringClientCount
@@ -662,6 +723,7 @@ public struct StatusResponse: Codable, Sendable {
         case certificates
         case expiringClients = "expiring_clients"
         case expiringClientCount = "expiring_client_count"
+        case masterKey = "master_key"
     }
     /// Decodes; `escrow_drift` and the certificates are absent from older servers' answers.
     public init(from decoder: any Decoder) throws {
@@ -678,6 +740,7 @@ public struct StatusResponse: Codable, Sendable {
         certificates = try c.decodeIfPresent([CertificateExpiry].self, forKey: .certificates) ?? []
         expiringClients = try c.decodeIfPresent([CertificateExpiry].self, forKey: .expiringClients) ?? []
         expiringClientCount = try c.decodeIfPresent(Int.self, forKey: .expiringClientCount) ?? 0
+        masterKey = try c.decodeIfPresent(MasterKeyStatus.self, forKey: .masterKey)
     }
 }
 

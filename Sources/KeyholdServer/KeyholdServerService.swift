@@ -47,6 +47,8 @@ public struct ServerSettings: Sendable {
     public var approvalLifetime: Double = 86_400
     /// How long device and secondary certificates are valid.
     public var certificateLifetimes = CertificateLifetimes()
+    /// How fast a master-key rotation rewraps.
+    public var rewrapPace = RewrapPace()
 
     /// Settings for a server.
     public init(
@@ -87,17 +89,21 @@ public struct KeyholdServerService: Service {
     /// Runs the server until graceful shutdown (or cancellation, or a failing part).
     public func run() async throws {
         try directory.checkSecretPermissions()
-        let master = try SecretKey(bytes: try directory.read(directory.masterKey))
+        let masterKey = MasterKey(file: try MasterKeyRotation.readFile(directory))
         let authority = try CertificateAuthority(
             certificatePEM: String(decoding: try directory.read(directory.caCertificate), as: UTF8.self),
             keyPEM: String(decoding: try directory.read(directory.caKey), as: UTF8.self)
         )
         try await repository.migrate()
+        let rotation = MasterKeyRotation(
+            masterKey: masterKey, repository: repository, directory: directory, serverID: settings.serverID, pace: settings.rewrapPace,
+            logger: logger)
+        try await rotation.reconcile(start: true)
         let hierarchy = try Hierarchy(
-            serverID: settings.serverID, repository: repository, masterKey: MasterKey(master), dir: directory, logger: logger)
+            serverID: settings.serverID, repository: repository, masterKey: masterKey, dir: directory, logger: logger)
         let addresses = BoundAddresses(settings)
         var core = ServerCore(
-            serverID: settings.serverID, repository: repository, masterKey: MasterKey(master), authority: authority,
+            serverID: settings.serverID, repository: repository, masterKey: masterKey, authority: authority,
             databaseDescription: settings.databaseDescription, hierarchy: hierarchy, addresses: addresses, directory: directory,
             refusals: RefusalLedger(), enrollLimiter: RateLimiter(settings.enrollRate), releaseLimiter: RateLimiter(settings.releaseRate),
             releaseWatch: ReleaseWatch(settings.releaseAlert), releasePolicy: settings.releasePolicy,
@@ -107,6 +113,7 @@ public struct KeyholdServerService: Service {
         core.certificateLifetimes = settings.certificateLifetimes
         let served = try ServedCertificate(directory: directory)
         core.served = served
+        core.masterKeyRotation = rotation
         core.metrics = ServerMetrics(enabled: settings.metricsListen != nil)
         if settings.metricsListen != nil { repository.statistics.observe { [metrics = core.metrics] in metrics.store($0) } }
         await hierarchy.use(core.metrics)
@@ -154,7 +161,8 @@ public struct KeyholdServerService: Service {
         let renewal = TLSRenewal(
             served: served, authority: authority, serverID: settings.serverID, lifetime: settings.certificateLifetimes.tls, repository: repository,
             logger: logger)
-        let parts: [any Service] = [summary] + listeners + [announcer, heartbeat, renewal]
+        let rewrap = MasterKeyRewrapService(rotation: rotation, pace: settings.rewrapPace, logger: logger)
+        let parts: [any Service] = [summary] + listeners + [announcer, heartbeat, renewal, rewrap]
         let group = ServiceGroup(
             configuration: .init(
                 services: parts.map { .init(service: $0, failureTerminationBehavior: .gracefullyShutdownGroup) }, logger: logger

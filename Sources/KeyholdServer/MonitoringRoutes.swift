@@ -30,6 +30,7 @@ extension ServerAPI {
     static func readiness(_ core: ServerCore) async throws -> Response {
         var reason: String?
         if !(await core.addresses.allBound) { reason = "not every listener accepts connections yet" }
+        if let problem = await core.masterKeyRotation?.problem { reason = problem }
         do {
             _ = try await core.repository.setting(Hierarchy.cursorSetting)
         } catch {

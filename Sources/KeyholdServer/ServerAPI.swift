@@ -128,6 +128,13 @@ struct ServerAPI<Context: PeerContext> {
         // Administrators.
         route(router, .get, APIPath.adminStatus, [.admin]) { _, _, _ in try respond(try await core.status()) }
         route(router, .post, APIPath.adminTLSRenew, [.admin]) { _, _, caller in try respond(try await core.renewTLS(by: caller)) }
+        route(router, .get, APIPath.adminMasterKey, [.admin]) { _, _, _ in try respond(try await core.masterKeyStatus()) }
+        route(router, .post, APIPath.adminMasterKeyRotate, [.admin]) { request, _, caller in
+            try respond(try await core.rotateMasterKey(try await decode(MasterKeyRotateRequest.self, request), by: caller))
+        }
+        route(router, .post, APIPath.adminMasterKeyRetireOld, [.admin]) { _, _, caller in
+            try respond(try await core.retireOldMasterKeys(by: caller))
+        }
         route(router, .get, APIPath.adminAudit, [.admin]) { request, _, _ in
             let after = try Self.integer(request, "after", in: 0...Int.max) ?? 0
             let limit = try Self.integer(request, "limit", in: 1...10_000) ?? 1000

@@ -41,6 +41,8 @@ struct ServerCore: Sendable {
     var certificateLifetimes = CertificateLifetimes()
     /// The listeners' TLS certificate (nil in process tests without listeners).
     var served: ServedCertificate?
+    /// Master-key rotation (nil in process tests that never rotate).
+    var masterKeyRotation: MasterKeyRotation?
     let started = Date()
     let logger: Logger
     /// The Prometheus metrics (served on the metrics listener when one is configured).
@@ -600,9 +602,30 @@ struct ServerCore: Sendable {
             secondaries: clients.filter { $0.role == .server && $0.state == .active }.count, started: started,
             hierarchy: try await hierarchy.status(), escrowDrift: try await repository.driftedEscrowChecks(limit: 100).map(\.keyID),
             certificates: await ownCertificates(administrators: clients, now: now), expiringClients: Array(expiring.prefix(100)),
-            expiringClientCount: expiring.count
+            expiringClientCount: expiring.count, masterKey: try await masterKeyRotation?.status()
         )
     }
+
+    private var rotation: MasterKeyRotation {
+        get throws {
+            guard let masterKeyRotation else {
+                throw KeyholdError(
+                    .configuration, "this server process does not rotate its master key", hint: "run the server with its data directory")
+            }
+            return masterKeyRotation
+        }
+    }
+
+    /// `GET /v1/admin/master-key`.
+    func masterKeyStatus() async throws -> MasterKeyStatus { try await rotation.status() }
+
+    /// `POST /v1/admin/master-key/rotate`.
+    func rotateMasterKey(_ request: MasterKeyRotateRequest, by caller: Caller) async throws -> MasterKeyStatus {
+        try await rotation.rotate(prepare: request.prepare, actor: caller.actor)
+    }
+
+    /// `POST /v1/admin/master-key/retire-old`.
+    func retireOldMasterKeys(by caller: Caller) async throws -> MasterKeyStatus { try await rotation.retireOld(actor: caller.actor) }
 
     /// `POST /v1/admin/tls/renew`: a new TLS certificate now (a new key, the same names), served
     /// from the next connection on; audited `tls_renew`.

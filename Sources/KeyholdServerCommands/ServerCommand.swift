@@ -18,7 +18,8 @@ struct ServerCommand: AsyncParsableCommand {
         abstract: "The Keyhold administration server: key escrow, release and audit.",
         version: KeyholdVersion.current,
         subcommands: [
-            Init.self, Run.self, Status.self, TLSCommand.self, TokenCommand.self, DeviceCommand.self, KeyAdminCommand.self, Audit.self,
+            Init.self, Run.self, Status.self, TLSCommand.self, MasterKeyCommand.self, TokenCommand.self, DeviceCommand.self, KeyAdminCommand.self,
+            Audit.self,
             PrimaryCommand.self, SecondaryCommand.self, HierarchyCommand.self, AdminCommand.self, ReleaseCommand.self,
         ]
     )
@@ -244,6 +245,7 @@ extension ServerCommand {
                 """)
             if let h = status.hierarchy { print(describe(h)) }
             ServerCommand.showCertificates(status)
+            if let m = status.masterKey { for line in MasterKeyCommand.summary(m) { print(line) } }
             for id in status.escrowDrift {
                 print(
                     "error: DRIFT: the escrowed key \(id) no longer opens its drive (its keyslots were changed outside Keyhold); see 'keyhold-server key list'"
@@ -541,6 +543,106 @@ struct TLSCommand: AsyncParsableCommand {
             let answer = try await withAdmin(data) { try await $0.post(APIPath.adminTLSRenew, Empty(), as: TLSRenewResponse.self) }
             if json { return try printJSON(answer) }
             print("TLS certificate \(answer.fingerprint.prefix(16))… expires \(formatDate(answer.expires)); served from the next connection on")
+        }
+    }
+}
+
+struct MasterKeyCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "master-key",
+        abstract: "The master key that wraps every stored secret: rotate it, watch the rewrap, retire the old version.",
+        discussion: "docs/operations.md, \"Master-key rotation\", has the procedure (and the one for several processes on one database).",
+        subcommands: [Rotate.self, Status.self, RetireOld.self])
+
+    /// The lines `status` and these commands print.
+    static func summary(_ m: MasterKeyStatus) -> [String] {
+        var lines = ["master key:   version \(m.current) current" + (m.remaining > 0 ? ", \(m.remaining) of \(m.total) keys still to rewrap" : "")]
+        for v in m.versions where v.state != "current" && v.state != "retired" {
+            lines.append("              version \(v.version) \(v.state): \(v.keys) keys" + (v.held ? "" : " (not in this process's master.key)"))
+        }
+        if !(m.versions.first { $0.version == m.current }?.held ?? true) {
+            lines.append("error: this process's master.key lacks the current version \(m.current)")
+            lines.append("  hint: copy master.key from the server process where 'master-key rotate' ran")
+        }
+        return lines
+    }
+
+    struct Rotate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Add a master-key version and rewrap every stored secret under it, in the background while the server serves.",
+            discussion: """
+                The new version is written to master.key (back it up), then made current; the running server rewraps the keys \
+                in batches and goes on after a restart. This command shows the progress until the rewrap is done (--no-wait \
+                returns at once). With several server processes on one database: --prepare first, copy master.key to every \
+                process, then rotate.
+                Example: keyhold-server master-key rotate --data-dir /var/lib/keyhold-server
+                """)
+        @OptionGroup var data: DataDirOption
+        @Flag(help: "Only add the version (for several processes on one database: copy master.key to each, then rotate).") var prepare = false
+        @Flag(help: "Return once the version is current, without waiting for the rewrap.") var noWait = false
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let answer = try await withAdmin(data) { admin in
+                var status = try await admin.post(APIPath.adminMasterKeyRotate, MasterKeyRotateRequest(prepare: prepare), as: MasterKeyStatus.self)
+                guard !prepare, !noWait else { return status }
+                let progress = ProgressLine("rewrapping under version \(status.current):", total: nil)
+                defer { progress.finish() }
+                while status.remaining > 0 {
+                    progress.note("\(status.total - status.remaining) of \(status.total) keys")
+                    try await Task.sleep(for: .milliseconds(500))
+                    status = try await admin.get(APIPath.adminMasterKey, as: MasterKeyStatus.self)
+                }
+                return status
+            }
+            if json { return try printJSON(answer) }
+            if prepare {
+                let v = answer.versions.last { $0.state == "prepared" }?.version ?? answer.current + 1
+                print(
+                    "master-key version \(v) prepared in master.key; copy that file to every server process on this database, then run 'keyhold-server master-key rotate'"
+                )
+                return
+            }
+            for line in MasterKeyCommand.summary(answer) { print(line) }
+            if answer.remaining == 0 {
+                print("every key is wrapped under version \(answer.current); back up master.key, then run 'keyhold-server master-key retire-old'")
+            }
+        }
+    }
+
+    struct Status: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show the master-key versions and how many keys each wraps.",
+            discussion: "Example: keyhold-server master-key status --data-dir /var/lib/keyhold-server")
+        @OptionGroup var data: DataDirOption
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let answer = try await withAdmin(data) { try await $0.get(APIPath.adminMasterKey, as: MasterKeyStatus.self) }
+            if json { return try printJSON(answer) }
+            print("version\tstate\tkeys\tin master.key\tcreated\tcurrent since\tretired")
+            for v in answer.versions {
+                print(
+                    "\(v.version)\t\(v.state)\t\(v.keys)\t\(v.held ? "yes" : "no")\t\(formatDate(v.created))\t\(v.activated.map(formatDate) ?? "-")\t\(v.retired.map(formatDate) ?? "-")"
+                )
+            }
+        }
+    }
+
+    struct RetireOld: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "retire-old",
+            abstract: "Remove the master-key versions older than the current one, once no stored key is wrapped under them.",
+            discussion: """
+                Refused while the rewrap still has keys to do. Keep a backup of the old master.key as long as you keep \
+                database backups made before the rotation: they need it.
+                Example: keyhold-server master-key retire-old --data-dir /var/lib/keyhold-server
+                """)
+        @OptionGroup var data: DataDirOption
+
+        func run() async throws {
+            let answer = try await withAdmin(data) { try await $0.post(APIPath.adminMasterKeyRetireOld, Empty(), as: MasterKeyStatus.self) }
+            print("retired every master-key version before \(answer.current); master.key now holds version \(answer.current) only")
         }
     }
 }

@@ -49,6 +49,8 @@ struct ServerConfigFile: Equatable {
         var deviceCertificateLifetime = Int(CertificateLifetimes.standard)
         var serverCertificateLifetime = Int(CertificateLifetimes.standard)
         var tlsCertificateLifetime = Int(CertificateLifetimes.standard)
+        var masterKeyRewrapBatch = RewrapPace().batch
+        var masterKeyRewrapPause = Int(RewrapPace().pause / .milliseconds(1))
 
         /// Every key, its range, and where its value lives.
         static var keys: [(String, ClosedRange<Int>, WritableKeyPath<Limits, Int>, String)] {
@@ -85,6 +87,11 @@ struct ServerConfigFile: Equatable {
                     "tls_certificate_lifetime", 10...157_680_000, \.tlsCertificateLifetime,
                     "seconds a renewed TLS certificate is valid (the server renews its own once two thirds have passed)"
                 ),
+                ("master_key_rewrap_batch", 1...100_000, \.masterKeyRewrapBatch, "keys rewrapped in one transaction during a master-key rotation"),
+                (
+                    "master_key_rewrap_pause", 0...60_000, \.masterKeyRewrapPause,
+                    "milliseconds between rewrap transactions, which leave the database to the requests"
+                ),
             ]
         }
 
@@ -104,6 +111,7 @@ struct ServerConfigFile: Equatable {
             settings.certificateLifetimes = CertificateLifetimes(
                 device: TimeInterval(deviceCertificateLifetime), server: TimeInterval(serverCertificateLifetime))
             settings.certificateLifetimes.tls = TimeInterval(tlsCertificateLifetime)
+            settings.rewrapPace = RewrapPace(batch: masterKeyRewrapBatch, pause: .milliseconds(masterKeyRewrapPause))
         }
     }
 

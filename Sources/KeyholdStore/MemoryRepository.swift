@@ -12,6 +12,7 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
     private var approvals: [ApprovalID: ApprovalRecord] = [:]
     private var rotations: Set<KeyID> = []
     private var checks: [KeyID: EscrowCheckRecord] = [:]
+    private var masterVersions: [Int: MasterKeyVersionRecord] = [:]
     private var auditBroken = false
     private var lastSequence: Int64 = 0
     /// The change feed: each key's latest state change (``Repository/stateChanges(after:limit:)``).
@@ -395,6 +396,57 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         }
         approvals[id] = request
         return request
+    }
+
+    // MARK: Master-key versions
+
+    /// The versions registered (``Repository/masterKeyVersions()``).
+    public func masterKeyVersions() async throws -> [MasterKeyVersionRecord] { masterVersions.values.sorted { $0.version < $1.version } }
+
+    /// Records a version (``Repository/registerMasterKeyVersion(_:audit:)``).
+    public func registerMasterKeyVersion(_ version: MasterKeyVersionRecord, audit: AuditEvent?) async throws -> MasterKeyRegistration {
+        if let existing = masterVersions[version.version] { return existing.check == version.check ? .alreadyRegistered : .conflict }
+        if let audit { try append(audit) }
+        masterVersions[version.version] = version
+        return .registered
+    }
+
+    /// Activates a version (``Repository/activateMasterKeyVersion(_:at:audit:)``).
+    public func activateMasterKeyVersion(_ version: Int, at: Date, audit: AuditEvent) async throws -> Bool {
+        guard var record = masterVersions[version], record.activated == nil else { return false }
+        try append(audit)
+        record.activated = at
+        masterVersions[version] = record
+        return true
+    }
+
+    /// Keys wrapped under older versions (``Repository/keysToRewrap(below:limit:)``).
+    public func keysToRewrap(below version: Int, limit: Int) async throws -> [StoredKey] {
+        Array(keys.values.lazy.filter { $0.masterVersion < version }.prefix(limit))
+    }
+
+    /// Stores rewrapped secrets (``Repository/rewrapKeys(_:)``).
+    public func rewrapKeys(_ rewraps: [KeyRewrap]) async throws -> Int {
+        var done = 0
+        for rewrap in rewraps where keys[rewrap.id]?.wrappedSecret == rewrap.old {
+            keys[rewrap.id]?.wrappedSecret = rewrap.new
+            done += 1
+        }
+        return done
+    }
+
+    /// Keys per master-key version (``Repository/keyCountsByMasterVersion()``).
+    public func keyCountsByMasterVersion() async throws -> [Int: Int] {
+        keys.values.reduce(into: [:]) { counts, key in counts[key.masterVersion, default: 0] += 1 }
+    }
+
+    /// Retires the older versions when no key uses them (``Repository/retireMasterKeyVersions(below:at:audit:)``).
+    public func retireMasterKeyVersions(below version: Int, at: Date, audit: AuditEvent) async throws -> [Int: Int] {
+        let inUse = try await keyCountsByMasterVersion().filter { $0.key < version }
+        guard inUse.isEmpty else { return inUse }
+        try append(audit)
+        for (number, record) in masterVersions where number < version && record.retired == nil { masterVersions[number]?.retired = at }
+        return [:]
     }
 
     /// A named setting.

@@ -158,6 +158,33 @@ public protocol Repository: Sendable {
         id: ApprovalID, from: Set<ApprovalState>, to state: ApprovalState, decision: ApprovalDecision?, audit: AuditEvent?
     ) async throws -> ApprovalRecord?
 
+    // MARK: Master-key versions
+
+    /// The master-key versions registered, in version order (empty before the first rotation
+    /// or start that registered one).
+    func masterKeyVersions() async throws -> [MasterKeyVersionRecord]
+    /// Records a version (with `activated` and `retired` as given) unless its number is taken,
+    /// appending `audit` (if given) in the same transaction when it was recorded. The same check
+    /// value already there is `alreadyRegistered`; another is a `conflict` and nothing changes.
+    func registerMasterKeyVersion(_ version: MasterKeyVersionRecord, audit: AuditEvent?) async throws -> MasterKeyRegistration
+    /// Makes a registered, not yet activated version the one new secrets are wrapped under and
+    /// appends `audit`, in one transaction; `false` (nothing written) when there is no such version
+    /// or it was activated already.
+    func activateMasterKeyVersion(_ version: Int, at: Date, audit: AuditEvent) async throws -> Bool
+    /// Keys whose secret is wrapped under a version below `version`, at most `limit` (in no
+    /// particular order: a rewrap takes them away).
+    func keysToRewrap(below version: Int, limit: Int) async throws -> [StoredKey]
+    /// Stores each rewrapped secret while the row still holds the one read, in one transaction;
+    /// the key's sequence numbers do not change (nothing about the key changed). Returns how many
+    /// rows were rewritten.
+    func rewrapKeys(_ rewraps: [KeyRewrap]) async throws -> Int
+    /// How many keys are wrapped under each master-key version.
+    func keyCountsByMasterVersion() async throws -> [Int: Int]
+    /// In one transaction: when no key is wrapped under a version below `version`, marks every
+    /// registered version below it retired (at `at`) and appends `audit`; otherwise changes
+    /// nothing. Returns how many keys each older version still wraps (empty when retired).
+    func retireMasterKeyVersions(below version: Int, at: Date, audit: AuditEvent) async throws -> [Int: Int]
+
     // MARK: Settings
 
     /// A named setting (`use_hierarchy`, `push_cursor`).

@@ -16,7 +16,7 @@ public enum Schema {
     public static let migrations: [any SchemaMigration] = [
         CreateRepository(), AddKeySequence(), InsertAndReleaseFunction(), AddKeyStateSequence(),
         AddReleaseApprovals(), AddKeyRotations(), AddEscrowChecks(), AddCertificateExpiry(),
-        AddNextCertificate(),
+        AddNextCertificate(), AddMasterKeyVersions(),
     ]
 }
 
@@ -275,6 +275,44 @@ struct AddNextCertificate: SchemaMigration {
         [
             "ALTER TABLE clients ADD COLUMN next_certificate_fingerprint TEXT",
             "ALTER TABLE clients ADD COLUMN next_certificate_expires TIMESTAMPTZ",
+        ]
+    }
+}
+
+/// Version 10: master-key versions (docs/operations.md, "Master-key rotation"): the versions
+/// registered, and the version each key's secret is wrapped under, indexed so that a rewrap finds
+/// the keys left and `retire-old` can prove none is. Every existing key is version 1. SQLite gets
+/// the column from the repository at each write; PostgreSQL computes it from the wrapped secret's
+/// header as a generated column, so every write path (the insert-and-release function, batch
+/// inserts, replacements) keeps it right without naming it.
+struct AddMasterKeyVersions: SchemaMigration {
+    let version = 10
+    let name = "add master key versions"
+
+    var sqlite: [String] {
+        [
+            "ALTER TABLE keys ADD COLUMN master_version INTEGER NOT NULL DEFAULT 1",
+            "CREATE INDEX keys_master_version ON keys (master_version)",
+            """
+            CREATE TABLE master_key_versions (
+              version INTEGER PRIMARY KEY, check_value BLOB NOT NULL, created REAL NOT NULL, activated REAL, retired REAL)
+            """,
+        ]
+    }
+
+    var postgres: [String] {
+        [
+            """
+            ALTER TABLE keys ADD COLUMN master_version INTEGER NOT NULL GENERATED ALWAYS AS (
+              CASE WHEN length(wrapped_secret) = 64 AND substring(wrapped_secret FROM 1 FOR 2) = decode('4b4d', 'hex')
+                   THEN get_byte(wrapped_secret, 2) * 256 + get_byte(wrapped_secret, 3) ELSE 1 END) STORED
+            """,
+            "CREATE INDEX keys_master_version ON keys (master_version)",
+            """
+            CREATE TABLE master_key_versions (
+              version INTEGER PRIMARY KEY, check_value BYTEA NOT NULL, created TIMESTAMPTZ NOT NULL, activated TIMESTAMPTZ,
+              retired TIMESTAMPTZ)
+            """,
         ]
     }
 }

@@ -969,6 +969,109 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
 
     // MARK: Settings
 
+    // MARK: Master-key versions
+
+    /// The versions registered (``Repository/masterKeyVersions()``).
+    public func masterKeyVersions() async throws -> [MasterKeyVersionRecord] {
+        var out: [MasterKeyVersionRecord] = []
+        let rows = try await client.query(
+            "SELECT version, check_value, created, activated, retired FROM master_key_versions ORDER BY version", logger: logger)
+        for try await (version, check, created, activated, retired) in rows.decode((Int, ByteBuffer, Date, Date?, Date?).self) {
+            out.append(.init(version: version, check: Array(buffer: check), created: created, activated: activated, retired: retired))
+        }
+        return out
+    }
+
+    /// Records a version (``Repository/registerMasterKeyVersion(_:audit:)``).
+    public func registerMasterKeyVersion(_ v: MasterKeyVersionRecord, audit: AuditEvent?) async throws -> MasterKeyRegistration {
+        let logger = self.logger
+        let check = bytea(v.check)
+        return try await client.withTransaction(logger: logger) { conn in
+            let inserted = try await conn.query(
+                """
+                INSERT INTO master_key_versions (version, check_value, created, activated, retired)
+                VALUES (\(v.version), \(check), \(v.created), \(v.activated), \(v.retired))
+                ON CONFLICT (version) DO NOTHING RETURNING version
+                """, logger: logger)
+            var fresh = false
+            for try await _ in inserted { fresh = true }
+            guard fresh else {
+                let rows = try await conn.query("SELECT check_value FROM master_key_versions WHERE version = \(v.version)", logger: logger)
+                for try await stored in rows.decode(ByteBuffer.self) { return stored == check ? .alreadyRegistered : .conflict }
+                return .conflict
+            }
+            if let audit { try await Self.insertAudit(conn, audit, logger) }
+            return .registered
+        }
+    }
+
+    /// Activates a version (``Repository/activateMasterKeyVersion(_:at:audit:)``).
+    public func activateMasterKeyVersion(_ version: Int, at: Date, audit: AuditEvent) async throws -> Bool {
+        let logger = self.logger
+        return try await client.withTransaction(logger: logger) { conn in
+            let rows = try await conn.query(
+                "UPDATE master_key_versions SET activated = \(at) WHERE version = \(version) AND activated IS NULL RETURNING version",
+                logger: logger)
+            var done = false
+            for try await _ in rows { done = true }
+            if done { try await Self.insertAudit(conn, audit, logger) }
+            return done
+        }
+    }
+
+    /// Keys wrapped under older versions (``Repository/keysToRewrap(below:limit:)``).
+    public func keysToRewrap(below version: Int, limit: Int) async throws -> [StoredKey] {
+        var out: [StoredKey] = []
+        let rows = try await client.query(
+            "SELECT \(unescaped: Self.keyColumns) FROM keys WHERE master_version < \(version) LIMIT \(Int64(limit))", logger: logger)
+        for try await row in rows { out.append(try Self.decodeKey(row)) }
+        return out
+    }
+
+    /// Stores rewrapped secrets (``Repository/rewrapKeys(_:)``): one statement for the batch; the
+    /// generated `master_version` column follows the new secrets' header.
+    public func rewrapKeys(_ rewraps: [KeyRewrap]) async throws -> Int {
+        guard !rewraps.isEmpty else { return 0 }
+        let rows = try await client.query(
+            """
+            UPDATE keys SET wrapped_secret = u.new
+            FROM unnest(\(rewraps.map { $0.id.description })::text[], \(rewraps.map { bytea($0.old) })::bytea[],
+                        \(rewraps.map { bytea($0.new) })::bytea[]) AS u(id, old, new)
+            WHERE keys.id = u.id AND keys.wrapped_secret = u.old
+            RETURNING keys.id
+            """, logger: logger)
+        var done = 0
+        for try await _ in rows { done += 1 }
+        return done
+    }
+
+    /// Keys per master-key version (``Repository/keyCountsByMasterVersion()``).
+    public func keyCountsByMasterVersion() async throws -> [Int: Int] {
+        var counts: [Int: Int] = [:]
+        let rows = try await client.query("SELECT master_version, COUNT(*) FROM keys GROUP BY master_version", logger: logger)
+        for try await (version, n) in rows.decode((Int, Int).self) { counts[version] = n }
+        return counts
+    }
+
+    /// Retires the older versions when no key uses them (``Repository/retireMasterKeyVersions(below:at:audit:)``).
+    /// The table lock keeps a key from being written under an old version between the count and
+    /// the retirement.
+    public func retireMasterKeyVersions(below version: Int, at: Date, audit: AuditEvent) async throws -> [Int: Int] {
+        let logger = self.logger
+        return try await client.withTransaction(logger: logger) { conn in
+            try await conn.query("LOCK TABLE keys IN SHARE MODE", logger: logger)
+            var inUse: [Int: Int] = [:]
+            let rows = try await conn.query(
+                "SELECT master_version, COUNT(*) FROM keys WHERE master_version < \(version) GROUP BY master_version", logger: logger)
+            for try await (v, n) in rows.decode((Int, Int).self) { inUse[v] = n }
+            guard inUse.isEmpty else { return inUse }
+            try await conn.query(
+                "UPDATE master_key_versions SET retired = \(at) WHERE version < \(version) AND retired IS NULL", logger: logger)
+            try await Self.insertAudit(conn, audit, logger)
+            return [:]
+        }
+    }
+
     /// A named setting.
     public func setting(_ name: String) async throws -> String? {
         // Read at every hop of a hierarchy lookup (the option): prepared, parsed and planned once.

@@ -101,8 +101,8 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         let statement = try db.cachedStatement(
             sql: """
                 INSERT INTO keys (id, kind, origin_server_id, origin_device_id, created, label, state,
-                                  wrapped_secret, secret_fingerprint, provenance, stored, blocked, seq)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys))
+                                  wrapped_secret, secret_fingerprint, provenance, stored, blocked, master_version, seq)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys))
                 ON CONFLICT (id) DO NOTHING
                 """)
         try statement.execute(
@@ -110,7 +110,7 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
                 key.record.id.description, key.record.kind.rawValue, key.record.originServerID.description,
                 key.record.originDeviceID.description, key.record.created.timeIntervalSince1970, key.record.label,
                 key.record.state.rawValue, Data(key.wrappedSecret), Data(key.secretFingerprint), key.provenance.rawValue,
-                key.stored.timeIntervalSince1970, key.blocked,
+                key.stored.timeIntervalSince1970, key.blocked, key.masterVersion,
             ]
         )
         return db.changesCount > 0
@@ -231,14 +231,14 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
             try db.execute(
                 sql: """
                     UPDATE keys SET kind = ?, origin_server_id = ?, origin_device_id = ?, created = ?, label = ?, state = ?,
-                      wrapped_secret = ?, secret_fingerprint = ?, provenance = ?, stored = ?,
+                      wrapped_secret = ?, secret_fingerprint = ?, provenance = ?, stored = ?, master_version = ?,
                       seq = (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys)
                     WHERE id = ? AND secret_fingerprint = ?
                     """,
                 arguments: [
                     r.kind.rawValue, r.originServerID.description, r.originDeviceID.description, r.created.timeIntervalSince1970, r.label,
                     r.state.rawValue, Data(key.wrappedSecret), Data(key.secretFingerprint), key.provenance.rawValue,
-                    key.stored.timeIntervalSince1970, r.id.description, Data(fingerprint),
+                    key.stored.timeIntervalSince1970, key.masterVersion, r.id.description, Data(fingerprint),
                 ])
             guard db.changesCount > 0 else { return false }
             try Self.insertAudit(db, audit)
@@ -695,6 +695,103 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
             state: try StoredValue.enumeration(row["state"]), decidedBy: try (row["decided_by"] as String?).map(StoredValue.identifier),
             decided: (row["decided"] as Double?).map(Date.init(timeIntervalSince1970:)), reason: row["reason"]
         )
+    }
+
+    // MARK: Master-key versions
+
+    /// The versions registered (``Repository/masterKeyVersions()``).
+    public func masterKeyVersions() async throws -> [MasterKeyVersionRecord] {
+        try await pool.read { db in try Row.fetchAll(db, sql: "SELECT * FROM master_key_versions ORDER BY version").map(Self.decodeMasterVersion) }
+    }
+
+    private static func decodeMasterVersion(_ row: Row) -> MasterKeyVersionRecord {
+        MasterKeyVersionRecord(
+            version: row["version"], check: [UInt8](row["check_value"] as Data), created: Date(timeIntervalSince1970: row["created"]),
+            activated: (row["activated"] as Double?).map(Date.init(timeIntervalSince1970:)),
+            retired: (row["retired"] as Double?).map(Date.init(timeIntervalSince1970:)))
+    }
+
+    /// Records a version (``Repository/registerMasterKeyVersion(_:audit:)``).
+    public func registerMasterKeyVersion(_ v: MasterKeyVersionRecord, audit: AuditEvent?) async throws -> MasterKeyRegistration {
+        try await pool.write { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO master_key_versions (version, check_value, created, activated, retired) VALUES (?, ?, ?, ?, ?)
+                    ON CONFLICT (version) DO NOTHING
+                    """,
+                arguments: [
+                    v.version, Data(v.check), v.created.timeIntervalSince1970, v.activated?.timeIntervalSince1970, v.retired?.timeIntervalSince1970,
+                ])
+            if db.changesCount == 0 {
+                let check = try Data.fetchOne(db, sql: "SELECT check_value FROM master_key_versions WHERE version = ?", arguments: [v.version])
+                return check.map { [UInt8]($0) } == v.check ? .alreadyRegistered : .conflict
+            }
+            if let audit { try Self.insertAudit(db, audit) }
+            return .registered
+        }
+    }
+
+    /// Activates a version (``Repository/activateMasterKeyVersion(_:at:audit:)``).
+    public func activateMasterKeyVersion(_ version: Int, at: Date, audit: AuditEvent) async throws -> Bool {
+        try await pool.write { db in
+            try db.execute(
+                sql: "UPDATE master_key_versions SET activated = ? WHERE version = ? AND activated IS NULL",
+                arguments: [at.timeIntervalSince1970, version])
+            guard db.changesCount > 0 else { return false }
+            try Self.insertAudit(db, audit)
+            return true
+        }
+    }
+
+    /// Keys wrapped under older versions (``Repository/keysToRewrap(below:limit:)``).
+    public func keysToRewrap(below version: Int, limit: Int) async throws -> [StoredKey] {
+        try await pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM keys WHERE master_version < ? LIMIT ?", arguments: [version, limit]).map(Self.decodeKey)
+        }
+    }
+
+    /// Stores rewrapped secrets (``Repository/rewrapKeys(_:)``).
+    public func rewrapKeys(_ rewraps: [KeyRewrap]) async throws -> Int {
+        try await pool.write { db in
+            let statement = try db.cachedStatement(
+                sql: "UPDATE keys SET wrapped_secret = ?, master_version = ? WHERE id = ? AND wrapped_secret = ?")
+            var done = 0
+            for rewrap in rewraps {
+                try statement.execute(arguments: [
+                    Data(rewrap.new), WrappedSecretHeader.version(of: rewrap.new), rewrap.id.description, Data(rewrap.old),
+                ])
+                done += db.changesCount
+            }
+            return done
+        }
+    }
+
+    /// Keys per master-key version (``Repository/keyCountsByMasterVersion()``).
+    public func keyCountsByMasterVersion() async throws -> [Int: Int] {
+        try await pool.read { db in try Self.countsByMasterVersion(db, below: Int.max) }
+    }
+
+    private static func countsByMasterVersion(_ db: Database, below version: Int) throws -> [Int: Int] {
+        var counts: [Int: Int] = [:]
+        for row in try Row.fetchAll(
+            db, sql: "SELECT master_version, COUNT(*) AS n FROM keys WHERE master_version < ? GROUP BY master_version", arguments: [version])
+        {
+            counts[row["master_version"]] = row["n"]
+        }
+        return counts
+    }
+
+    /// Retires the older versions when no key uses them (``Repository/retireMasterKeyVersions(below:at:audit:)``).
+    public func retireMasterKeyVersions(below version: Int, at: Date, audit: AuditEvent) async throws -> [Int: Int] {
+        try await pool.write { db in
+            let inUse = try Self.countsByMasterVersion(db, below: version)
+            guard inUse.isEmpty else { return inUse }
+            try db.execute(
+                sql: "UPDATE master_key_versions SET retired = ? WHERE version < ? AND retired IS NULL",
+                arguments: [at.timeIntervalSince1970, version])
+            try Self.insertAudit(db, audit)
+            return [:]
+        }
     }
 
     // MARK: Settings

@@ -19,14 +19,20 @@ import Testing
         return (try PostgresRepository.url(base, database: name), name)
     }
 
-    @Test func twoProcessesServeOneRepository() async throws {
-        let (url, _) = try await Self.freshDatabase()
-        let a = try await ServerProcess(name: "pg-a", database: url)
-        // B is a second process of the same server: same identity, CA and master key, own ports.
+    /// Two processes of one server on a fresh database, not started: B is a copy of A's data
+    /// directory (same identity, CA and master key), with its own ports.
+    static func twoProcesses(_ prefix: String) async throws -> (a: ServerProcess, b: ServerProcess) {
+        let (url, _) = try await freshDatabase()
+        let a = try await ServerProcess(name: "\(prefix)-a", database: url)
         let bDir = a.dataDir.deletingLastPathComponent().appendingPathComponent("data-b")
         try FileManager.default.copyItem(at: a.dataDir, to: bDir)
         let b = try await ServerProcess(
-            name: "pg-b", binaries: Paths.binaries, dataDir: bDir, logFile: bDir.appendingPathExtension("log"), initialize: false)
+            name: "\(prefix)-b", binaries: Paths.binaries, dataDir: bDir, logFile: bDir.appendingPathExtension("log"), initialize: false)
+        return (a, b)
+    }
+
+    @Test func twoProcessesServeOneRepository() async throws {
+        let (a, b) = try await Self.twoProcesses("pg")
         try await a.start()
         defer { a.terminate() }
         try await b.start()

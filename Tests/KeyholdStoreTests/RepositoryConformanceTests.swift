@@ -762,6 +762,74 @@ func audit(_ action: AuditAction, _ key: KeyID? = nil, result: AuditResult = .ok
     /// The driver's statistics: every release is in exactly one reported batch; an operation in
     /// flight is counted while it runs and not after; a failure of the database is reported, a
     /// refusal the repository decides itself is not.
+    @Test(arguments: Backend.allCases)
+    func masterKeyVersionsAreRecordedOnceRewrapsAreCompareAndSetAndRetiringWaitsForTheLastKey(_ backend: Backend) async throws {
+        let f = try await Fixture.make(backend)
+        defer { Task { await f.cleanup() } }
+        let repo = f.repository
+        let t0 = Date(timeIntervalSince1970: 1_800_000_000.25)
+        #expect(try await repo.masterKeyVersions().isEmpty)
+        let v1 = MasterKeyVersionRecord(version: 1, check: [UInt8](repeating: 1, count: 16), created: t0, activated: t0)
+        #expect(try await repo.registerMasterKeyVersion(v1, audit: nil) == .registered)
+        #expect(try await repo.registerMasterKeyVersion(v1, audit: nil) == .alreadyRegistered)
+        var impostor = v1
+        impostor.check = [UInt8](repeating: 9, count: 16)
+        #expect(try await repo.registerMasterKeyVersion(impostor, audit: audit(.masterKeyRotate)) == .conflict)
+        let v2 = MasterKeyVersionRecord(version: 2, check: [UInt8](repeating: 2, count: 16), created: t0.addingTimeInterval(60))
+        #expect(try await repo.registerMasterKeyVersion(v2, audit: audit(.masterKeyRotate)) == .registered)
+        #expect(try await repo.masterKeyVersions() == [v1, v2])
+        #expect(try await repo.masterKeyVersions().current == v1, "a prepared version is not current")
+
+        // Three keys under version 1 (the bare 60 bytes), one under version 2 (its header).
+        let old = (0..<3).map { sampleKey(label: "old \($0)") }
+        var young = sampleKey(label: "young")
+        young.wrappedSecret = WrappedSecretHeader.bytes(version: 2) + [UInt8](repeating: 0xDD, count: 60)
+        for key in old + [young] { _ = try await repo.insertKey(key, audit: nil) }
+        #expect(try await repo.keyCountsByMasterVersion() == [1: 3, 2: 1])
+
+        #expect(try await repo.activateMasterKeyVersion(2, at: t0.addingTimeInterval(120), audit: audit(.masterKeyRotate)))
+        #expect(try await !repo.activateMasterKeyVersion(2, at: t0.addingTimeInterval(180), audit: audit(.masterKeyRotate)))
+        #expect(try await !repo.activateMasterKeyVersion(7, at: t0, audit: audit(.masterKeyRotate)))
+        #expect(try await repo.masterKeyVersions().current?.version == 2)
+        #expect(try await repo.masterKeyVersions().current?.activated == t0.addingTimeInterval(120))
+
+        // Retiring is refused, changing nothing, while a key is left under version 1.
+        #expect(try await repo.retireMasterKeyVersions(below: 2, at: t0, audit: audit(.masterKeyRetire)) == [1: 3])
+        #expect(try await repo.masterKeyVersions().allSatisfy { $0.retired == nil })
+
+        #expect(try await repo.keysToRewrap(below: 2, limit: 2).count == 2)
+        let due = try await repo.keysToRewrap(below: 2, limit: 10)
+        #expect(Set(due.map(\.record.id)) == Set(old.map(\.record.id)))
+        var sequences: [KeyID: Int64] = [:]
+        for key in due { sequences[key.record.id] = try await repo.key(id: key.record.id)?.sequence }
+        let rewraps = due.map {
+            KeyRewrap(id: $0.record.id, old: $0.wrappedSecret, new: WrappedSecretHeader.bytes(version: 2) + [UInt8](repeating: 0xAB, count: 60))
+        }
+        // A row that changed since it was read (the old blob no longer there) is left alone.
+        var stale = rewraps[0]
+        stale.old = [UInt8](repeating: 0x11, count: 60)
+        #expect(try await repo.rewrapKeys([stale, rewraps[1], rewraps[2]]) == 2)
+        #expect(try await repo.keyCountsByMasterVersion() == [1: 1, 2: 3])
+        #expect(try await repo.key(id: rewraps[0].id)?.wrappedSecret == rewraps[0].old)
+        for rewrap in rewraps.dropFirst() {
+            let key = try #require(try await repo.key(id: rewrap.id))
+            #expect(key.wrappedSecret == rewrap.new && key.masterVersion == 2)
+            #expect(key.sequence == sequences[rewrap.id], "a rewrap is not a change the hierarchy pushes")
+        }
+        #expect(try await repo.rewrapKeys([rewraps[0]]) == 1)
+        #expect(try await repo.rewrapKeys([rewraps[0]]) == 0, "done once")
+        #expect(try await repo.keysToRewrap(below: 2, limit: 10).isEmpty)
+
+        #expect(try await repo.retireMasterKeyVersions(below: 2, at: t0.addingTimeInterval(300), audit: audit(.masterKeyRetire)) == [:])
+        let versions = try await repo.masterKeyVersions()
+        #expect(versions.map(\.retired) == [t0.addingTimeInterval(300), nil])
+        #expect(versions.current?.version == 2)
+        let records = try await repo.audit(after: 0, limit: 100)
+        #expect(records.filter { $0.action == .masterKeyRotate }.count == 2, "the registration and the activation, not the refusals")
+        #expect(records.filter { $0.action == .masterKeyRetire }.count == 1, "the retirement, not the refusal")
+        #expect(try await f.reopen().masterKeyVersions() == versions)
+    }
+
     @Test(arguments: [Backend.sqlite, .postgres])
     func statisticsCountBatchesOperationsAndDatabaseErrors(_ backend: Backend) async throws {
         let f = try await Fixture.make(backend)
