@@ -78,14 +78,15 @@ import Testing
 
     @Test func aRotationRewrapsEveryKeyWhileServingGoesOnAfterKill9AndRetiresTheOldVersionOnlyWhenUnused() async throws {
         let server = try await ServerProcess(name: "rotate")
-        // Small, slow batches: the rewrap lasts long enough to be killed twice in the middle.
-        try server.setConfig("master_key_rewrap_batch", "20")
-        try server.setConfig("master_key_rewrap_pause", "100")
+        // Small, slow batches (about 40 keys a second): the rewrap lasts long enough to be killed
+        // twice in the middle and to serve meanwhile, however loaded the machine.
+        try server.setConfig("master_key_rewrap_batch", "10")
+        try server.setConfig("master_key_rewrap_pause", "250")
         try Self.unlimitedReleases(server)
         try await server.start()
         defer { server.terminate() }
         let device = try await server.enrollDevice("rotation-device")
-        let count = 2000
+        let count = 1000
         var secrets = try await Self.escrow(count, by: device)
         let legacy = try Data(contentsOf: server.dataDir.appendingPathComponent("master.key"))
         #expect(legacy.count == 32, "init writes the one-version form")
@@ -106,16 +107,10 @@ import Testing
         #expect(early.status != 0 && early.stderr.hasPrefix("keyhold-server: error: ") && early.stderr.contains("\nhint: "), "\(early.stderr)")
         #expect(try await Self.status(server).versions.allSatisfy { $0.retired == nil })
 
-        // While it rewraps, the server serves: old keys are released right, new ones go under version 2.
-        var remaining = try await Self.waitFor(server, "a first batch") { $0.remaining < count - 100 }.remaining
-        #expect(try await Self.wrongReleases(Dictionary(uniqueKeysWithValues: secrets.prefix(100).map { ($0.key, $0.value) }), by: device) == 0)
-        let young = try await Self.escrow(50, by: device, lanes: 2)
-        secrets.merge(young) { a, _ in a }
-        #expect(try await Self.status(server).versions.first { $0.version == 2 }?.keys ?? 0 >= 50)
-
         // Killed twice in the middle of the rewrap: each restart goes on from where it stopped.
+        var remaining = count
         for round in 1...2 {
-            let target = remaining - 150
+            let target = remaining - 30
             remaining = try await Self.waitFor(server, "rewrap progress before kill \(round)") { $0.remaining < target }.remaining
             #expect(remaining > 0, "the kill comes before the end")
             await server.kill9()
@@ -126,6 +121,17 @@ import Testing
             #expect(resumed.remaining > 0, "restarted in the middle")
             remaining = resumed.remaining
         }
+
+        // While it rewraps, the server serves: old keys are released right, new ones go under version 2.
+        #expect(try await Self.wrongReleases(Dictionary(uniqueKeysWithValues: secrets.prefix(100).map { ($0.key, $0.value) }), by: device) == 0)
+        let young = try await Self.escrow(50, by: device, lanes: 2)
+        secrets.merge(young) { a, _ in a }
+        #expect(try await Self.status(server).versions.first { $0.version == 2 }?.keys ?? 0 >= 50)
+        // The rest at full speed (the pace is read at start).
+        _ = await server.stop()
+        try server.setConfig("master_key_rewrap_batch", "1000")
+        try server.setConfig("master_key_rewrap_pause", "0")
+        try await server.start()
         let done = try await Self.waitFor(server, "the end of the rewrap") { $0.remaining == 0 }
         #expect(done.total == count + 50)
         #expect(done.versions.map(\.keys) == [0, count + 50])
