@@ -96,8 +96,7 @@ public struct KeyholdServerService: Service {
         )
         try await repository.migrate()
         let rotation = MasterKeyRotation(
-            masterKey: masterKey, repository: repository, directory: directory, serverID: settings.serverID, pace: settings.rewrapPace,
-            logger: logger)
+            masterKey: masterKey, repository: repository, directory: directory, pace: settings.rewrapPace, logger: logger)
         try await rotation.reconcile(start: true)
         let hierarchy = try Hierarchy(
             serverID: settings.serverID, repository: repository, masterKey: masterKey, dir: directory, logger: logger)
@@ -161,7 +160,7 @@ public struct KeyholdServerService: Service {
         let renewal = TLSRenewal(
             served: served, authority: authority, serverID: settings.serverID, lifetime: settings.certificateLifetimes.tls, repository: repository,
             logger: logger)
-        let rewrap = MasterKeyRewrapService(rotation: rotation, pace: settings.rewrapPace, logger: logger)
+        let rewrap = MasterKeyRewrapService(rotation: rotation, logger: logger)
         let parts: [any Service] = [summary] + listeners + [announcer, heartbeat, renewal, rewrap]
         let group = ServiceGroup(
             configuration: .init(

@@ -32,8 +32,8 @@ actor MasterKeyRotation {
     private let masterKey: MasterKey
     private let repository: any Repository
     private let directory: DataDirectory
-    private let serverID: ServerID
-    private let pace: RewrapPace
+    /// How fast it rewraps (the background service pauses by it too).
+    let pace: RewrapPace
     private let logger: Logger
     /// How long a version must have been current before the older ones may be retired: every
     /// process looks at the repository's versions each second, and a secret wrapped by a request
@@ -44,11 +44,10 @@ actor MasterKeyRotation {
     private var lastComplaint = Date.distantPast
     private var rewrapped = 0
 
-    init(masterKey: MasterKey, repository: any Repository, directory: DataDirectory, serverID: ServerID, pace: RewrapPace, logger: Logger) {
+    init(masterKey: MasterKey, repository: any Repository, directory: DataDirectory, pace: RewrapPace, logger: Logger) {
         self.masterKey = masterKey
         self.repository = repository
         self.directory = directory
-        self.serverID = serverID
         self.pace = pace
         self.logger = logger
     }
@@ -294,7 +293,6 @@ actor MasterKeyRotation {
 /// while keys are left under an older one, rewraps them batch after batch.
 struct MasterKeyRewrapService: Service {
     let rotation: MasterKeyRotation
-    let pace: RewrapPace
     let logger: Logger
 
     func run() async throws {
@@ -311,7 +309,7 @@ struct MasterKeyRewrapService: Service {
                     logger.error("master-key rewrap failed; trying again", metadata: ["error": "\(error)"])
                 }
             }
-            let wait = busy ? pace.pause : .seconds(1)
+            let wait = busy ? rotation.pace.pause : .seconds(1)
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: wait) }
         }
     }

@@ -967,8 +967,6 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         )
     }
 
-    // MARK: Settings
-
     // MARK: Master-key versions
 
     /// The versions registered (``Repository/masterKeyVersions()``).
@@ -1047,9 +1045,14 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
 
     /// Keys per master-key version (``Repository/keyCountsByMasterVersion()``).
     public func keyCountsByMasterVersion() async throws -> [Int: Int] {
+        try await client.withConnection { conn in try await Self.countsByMasterVersion(conn, below: Int.max, self.logger) }
+    }
+
+    private static func countsByMasterVersion(_ conn: PostgresConnection, below version: Int, _ logger: Logger) async throws -> [Int: Int] {
         var counts: [Int: Int] = [:]
-        let rows = try await client.query("SELECT master_version, COUNT(*) FROM keys GROUP BY master_version", logger: logger)
-        for try await (version, n) in rows.decode((Int, Int).self) { counts[version] = n }
+        let rows = try await conn.query(
+            "SELECT master_version, COUNT(*) FROM keys WHERE master_version < \(version) GROUP BY master_version", logger: logger)
+        for try await (v, n) in rows.decode((Int, Int).self) { counts[v] = n }
         return counts
     }
 
@@ -1060,10 +1063,7 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         let logger = self.logger
         return try await client.withTransaction(logger: logger) { conn in
             try await conn.query("LOCK TABLE keys IN SHARE MODE", logger: logger)
-            var inUse: [Int: Int] = [:]
-            let rows = try await conn.query(
-                "SELECT master_version, COUNT(*) FROM keys WHERE master_version < \(version) GROUP BY master_version", logger: logger)
-            for try await (v, n) in rows.decode((Int, Int).self) { inUse[v] = n }
+            let inUse = try await Self.countsByMasterVersion(conn, below: version, logger)
             guard inUse.isEmpty else { return inUse }
             try await conn.query(
                 "UPDATE master_key_versions SET retired = \(at) WHERE version < \(version) AND retired IS NULL", logger: logger)
@@ -1071,6 +1071,8 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
             return [:]
         }
     }
+
+    // MARK: Settings
 
     /// A named setting.
     public func setting(_ name: String) async throws -> String? {
