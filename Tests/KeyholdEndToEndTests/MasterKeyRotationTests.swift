@@ -76,8 +76,36 @@ import Testing
         try server.setConfig("release_alert_keys", "10000000")
     }
 
-    @Test func aRotationRewrapsEveryKeyWhileServingGoesOnAfterKill9AndRetiresTheOldVersionOnlyWhenUnused() async throws {
-        let server = try await ServerProcess(name: "rotate")
+    /// Releases keys of `keys` in turn until cancelled, through every restart (a request that
+    /// meets a killed server fails and the loop goes on): how many were answered, and how many of
+    /// those with another secret than the one escrowed.
+    static func releaseLoop(_ keys: [KeyID: SecretKey], by device: EnrolledIdentity) -> Task<(answered: Int, wrong: Int), Never> {
+        Task {
+            var answered = 0
+            var wrong = 0
+            let pairs = Array(keys)
+            var next = 0
+            while !Task.isCancelled {
+                let (id, secret) = pairs[next % pairs.count]
+                next += 1
+                do {
+                    let released = try await using(try device.client()) { try await $0.get(APIPath.key(id.description), as: KeyMaterial.self) }
+                    answered += 1
+                    if !released.secret.constantTimeEquals(secret) { wrong += 1 }
+                } catch {
+                    try? await Task.sleep(for: .milliseconds(50))
+                }
+            }
+            return (answered, wrong)
+        }
+    }
+
+    @Test(arguments: ["sqlite", "postgres"])
+    func aRotationRewrapsEveryKeyWhileServingGoesOnAfterKill9AndRetiresTheOldVersionOnlyWhenUnused(_ backend: String) async throws {
+        let server =
+            backend == "postgres"
+            ? try await ServerProcess(name: "rotate-pg", database: try await SharedPostgresTests.freshDatabase().url)
+            : try await ServerProcess(name: "rotate")
         // Small, slow batches (about 40 keys a second): the rewrap lasts long enough to be killed
         // twice in the middle and to serve meanwhile, however loaded the machine.
         try server.setConfig("master_key_rewrap_batch", "10")
@@ -90,6 +118,8 @@ import Testing
         var secrets = try await Self.escrow(count, by: device)
         let legacy = try Data(contentsOf: server.dataDir.appendingPathComponent("master.key"))
         #expect(legacy.count == 32, "init writes the one-version form")
+        // A release loop runs throughout the rotation, the kills and the restarts.
+        let releasing = Self.releaseLoop(secrets, by: device)
         let before = try await Self.status(server)
         #expect(before.current == 1 && before.remaining == 0 && before.total == count)
 
@@ -136,6 +166,9 @@ import Testing
         #expect(done.total == count + 50)
         #expect(done.versions.map(\.keys) == [0, count + 50])
         #expect(try await Self.wrongReleases(secrets, by: device) == 0, "every acknowledged key has its own secret")
+        releasing.cancel()
+        let loop = await releasing.value
+        #expect(loop.answered > 100 && loop.wrong == 0, "releases went on throughout, each with its own secret: \(loop)")
 
         // Retired once no key is left under version 1 (and the new version has been current a while).
         let activated = try #require(done.versions.first { $0.version == 2 }?.activated)
