@@ -61,6 +61,19 @@ public final class ConfigFile {
         return number
     }
 
+    /// The number at `key` — an integer or a float — within `range`, or nil when absent.
+    public func number(_ key: String, in range: ClosedRange<Double>) throws -> Double? {
+        guard let value = try value(key, expecting: "a number") else { return nil }
+        guard let number = value.int.map(Double.init) ?? value.double else { throw wrongType(key, value, expected: "a number") }
+        guard range.contains(number) else {
+            throw KeyholdError(
+                .configuration, "\(path): \(key) = \(number) is out of range",
+                hint: "give \(key) a value from \(range.lowerBound) to \(range.upperBound)"
+            )
+        }
+        return number
+    }
+
     /// The boolean at `key`, or nil when absent.
     public func boolean(_ key: String) throws -> Bool? {
         guard let value = try value(key, expecting: "true or false") else { return nil }
@@ -127,7 +140,7 @@ public final class ConfigFile {
 
     private static func example(_ expected: String) -> String {
         switch expected {
-        case "an integer": return "30"
+        case "an integer", "a number": return "30"
         case "true or false": return "true"
         default: return "\"…\""
         }
@@ -165,6 +178,14 @@ public struct ConfigWriter {
     public mutating func add(_ key: String, _ value: String, comment: String? = nil) { add(key, value as any TOMLValueConvertible, comment: comment) }
     /// Adds `key = value` under `comment`.
     public mutating func add(_ key: String, _ value: Int, comment: String? = nil) { add(key, value as any TOMLValueConvertible, comment: comment) }
+    /// Adds `key = value` under `comment` (an integer when it is whole).
+    public mutating func add(_ key: String, _ value: Double, comment: String? = nil) {
+        if value.rounded() == value, abs(value) < 1e15 {
+            add(key, Int(value) as any TOMLValueConvertible, comment: comment)
+        } else {
+            add(key, value as any TOMLValueConvertible, comment: comment)
+        }
+    }
     /// Adds `key = value` under `comment`.
     public mutating func add(_ key: String, _ value: Bool, comment: String? = nil) { add(key, value as any TOMLValueConvertible, comment: comment) }
 

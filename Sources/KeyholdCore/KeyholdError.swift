@@ -44,6 +44,9 @@ public struct KeyholdError: Error, Hashable, Sendable, CustomStringConvertible {
         case conflict = "conflict"
         /// The key is blocked and is never released.
         case keyBlocked = "key_blocked"
+        /// The key was destroyed (its device was deleted and the retention passed, or an
+        /// administrator destroyed it): its record is kept, its secret is gone for good.
+        case keyDestroyed = "key_destroyed"
         /// The request is malformed.
         case invalidRequest = "invalid_request"
         /// The audit record could not be written, so nothing was released.

@@ -50,6 +50,8 @@ public enum APIPath {
     public static func adminKeyBlock(_ id: String) -> String { "/v1/admin/keys/\(id)/block" }
     /// `POST`: reveal key `id` to the administrator, with a reason (audited; marks it for rotation).
     public static func adminKeyReveal(_ id: String) -> String { "/v1/admin/keys/\(id)/reveal" }
+    /// `POST`: destroy key `id` now, with a reason (its secret is erased; audited).
+    public static func adminKeyDestroy(_ id: String) -> String { "/v1/admin/keys/\(id)/destroy" }
     /// `POST`: answer an offline request code (docs/spec/offline-access.md).
     public static let adminKeysOfflineResponse = "/v1/admin/keys/offline-response"
     /// `POST`: an export file, streamed.
@@ -60,6 +62,8 @@ public enum APIPath {
     public static let adminClients = "/v1/admin/clients"
     /// `POST`: revoke client `id`.
     public static func adminClientRevoke(_ id: String) -> String { "/v1/admin/clients/\(id)/revoke" }
+    /// `POST`: delete revoked or moved client `id` (its keys are destroyed after the retention).
+    public static func adminClientDelete(_ id: String) -> String { "/v1/admin/clients/\(id)/delete" }
     /// `GET`: the administrators.
     public static let adminAdministrators = "/v1/admin/administrators"
     /// `POST`: revoke administrator `id` (never the last active one).

@@ -45,6 +45,13 @@ public enum AuditAction: String, Codable, Sendable, CaseIterable, CustomStringCo
     case unblock
     /// An administrator revoked an enrollment.
     case revoke
+    /// An administrator deleted a revoked or moved device (`keyhold-server device delete`): its
+    /// keys are destroyed once the retention (`key_retention_days`) has passed.
+    case deviceDelete = "device_delete"
+    /// A key's secret was erased for good (crypto-shredding): by the retention after its device
+    /// was deleted, by an administrator on purpose (`keyhold-server key destroy`), or because the
+    /// server it came from or went to destroyed it. Refused while the key is still referenced.
+    case keyDestroy = "key_destroy"
     /// A new administrator certificate was issued on the server machine (`keyhold-server admin recover`).
     case adminRecover = "admin_recover"
     /// An administrator issued a certificate for a new, named administrator (`keyhold-server admin add`).

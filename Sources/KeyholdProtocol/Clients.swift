@@ -20,6 +20,9 @@ public enum EnrollmentState: String, Codable, Sendable, CaseIterable, CustomStri
     case revoked
     /// The device moved to another server (`keyhold reassign`); its keys stay here.
     case moved
+    /// An administrator deleted the (revoked or moved) enrollment: refused like a revoked one; its
+    /// keys are destroyed once the retention has passed.
+    case deleted
 
     /// The wire text.
     public var description: String { rawValue }

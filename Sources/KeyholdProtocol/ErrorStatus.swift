@@ -9,6 +9,8 @@ public enum ErrorStatus {
         case .unauthenticated, .tokenInvalid, .certificateExpired: return 401
         case .forbidden, .clientRevoked, .clientMoved, .keyBlocked, .hierarchyDisabled: return 403
         case .notFound: return 404
+        // The key existed and is gone for good: asking again never helps.
+        case .keyDestroyed: return 410
         case .conflict, .hierarchyLoop, .hierarchyTooDeep, .destinationExists: return 409
         case .invalidRequest, .invalidKey, .usage, .keyMismatch, .unsafePath, .invalidCode: return 400
         case .inputTooLarge: return 413

@@ -30,6 +30,21 @@ public struct PushedKey: Codable, Sendable {
     }
 }
 
+/// A key a secondary destroyed, in a push: its record and when (docs/spec/hierarchy.md §3b). The
+/// primary destroys its own copy unless one of its active devices still references the key.
+public struct DestroyedKeyNotice: Codable, Sendable, Equatable {
+    /// The key's record.
+    public var record: KeyRecord
+    /// When the secondary destroyed it.
+    public var destroyed: Date
+
+    /// A notice.
+    public init(record: KeyRecord, destroyed: Date) {
+        self.record = record
+        self.destroyed = destroyed
+    }
+}
+
 /// A key's block state as of one change, in a primary's change feed (docs/spec/hierarchy.md §3a).
 public struct KeyStateChange: Codable, Sendable, Equatable {
     /// The key.
@@ -38,18 +53,32 @@ public struct KeyStateChange: Codable, Sendable, Equatable {
     public var blocked: Bool
     /// The change's place in the primary's feed (strictly increasing).
     public var sequence: Int64
+    /// Whether the primary destroyed the key (§3b): the secondary destroys its copy unless one of
+    /// its active devices still references the key.
+    public var destroyed: Bool
 
     /// A change.
-    public init(keyID: KeyID, blocked: Bool, sequence: Int64) {
+    public init(keyID: KeyID, blocked: Bool, sequence: Int64, destroyed: Bool = false) {
         self.keyID = keyID
         self.blocked = blocked
         self.sequence = sequence
+        self.destroyed = destroyed
     }
 
     enum CodingKeys: String, CodingKey {
         case keyID = "key_id"
         case blocked
         case sequence
+        case destroyed
+    }
+
+    /// Decodes a change; one without `destroyed` (from an older primary) is a block state.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        keyID = try c.decode(KeyID.self, forKey: .keyID)
+        blocked = try c.decode(Bool.self, forKey: .blocked)
+        sequence = try c.decode(Int64.self, forKey: .sequence)
+        destroyed = try c.decodeIfPresent(Bool.self, forKey: .destroyed) ?? false
     }
 }
 
@@ -58,19 +87,32 @@ public struct PushRequest: Codable, Sendable {
     /// The batch, in the secondary's sequence order (may be empty: a heartbeat that only asks for
     /// the primary's state changes).
     public var keys: [PushedKey]
+    /// Keys of the batch the secondary destroyed (no secret travels); `keys` and `destroyed`
+    /// together hold at most one batch (10,000 keys).
+    public var destroyed: [DestroyedKeyNotice]
     /// The last change of the primary's feed the secondary applied; nil asks for none (an older
     /// secondary).
     public var changesAfter: Int64?
 
     /// A batch.
-    public init(keys: [PushedKey], changesAfter: Int64? = nil) {
+    public init(keys: [PushedKey], destroyed: [DestroyedKeyNotice] = [], changesAfter: Int64? = nil) {
         self.keys = keys
+        self.destroyed = destroyed
         self.changesAfter = changesAfter
     }
 
     enum CodingKeys: String, CodingKey {
         case keys
+        case destroyed
         case changesAfter = "changes_after"
+    }
+
+    /// Decodes a batch; one without `destroyed` (from an older secondary) carries none.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        keys = try c.decode([PushedKey].self, forKey: .keys)
+        destroyed = try c.decodeIfPresent([DestroyedKeyNotice].self, forKey: .destroyed) ?? []
+        changesAfter = try c.decodeIfPresent(Int64.self, forKey: .changesAfter)
     }
 }
 

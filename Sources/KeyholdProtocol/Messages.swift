@@ -376,9 +376,12 @@ public struct KeyInfo: Codable, Sendable, Equatable {
     public var rotationRequired: Bool
     /// For a drive key: the last escrow check a device reported (nil: never checked).
     public var check: EscrowCheck?
+    /// When its secret was destroyed (nil: it is held).
+    public var destroyed: Date?
     /// Metadata of one key.
     public init(
-        record: KeyRecord, provenance: KeyProvenance, stored: Date, blocked: Bool, rotationRequired: Bool = false, check: EscrowCheck? = nil
+        record: KeyRecord, provenance: KeyProvenance, stored: Date, blocked: Bool, rotationRequired: Bool = false, check: EscrowCheck? = nil,
+        destroyed: Date? = nil
     ) {
         self.record = record
         self.provenance = provenance
@@ -386,12 +389,13 @@ public struct KeyInfo: Codable, Sendable, Equatable {
         self.blocked = blocked
         self.rotationRequired = rotationRequired
         self.check = check
+        self.destroyed = destroyed
     }
     enum CodingKeys: String, CodingKey {
-        case record, provenance, stored, blocked, check
+        case record, provenance, stored, blocked, check, destroyed
         case rotationRequired = "rotation_required"
     }
-    /// Decodes; `rotation_required` and `check` are absent from older servers' answers.
+    /// Decodes; `rotation_required`, `check` and `destroyed` are absent from older servers' answers.
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         record = try c.decode(KeyRecord.self, forKey: .record)
@@ -400,6 +404,59 @@ public struct KeyInfo: Codable, Sendable, Equatable {
         blocked = try c.decode(Bool.self, forKey: .blocked)
         rotationRequired = try c.decodeIfPresent(Bool.self, forKey: .rotationRequired) ?? false
         check = try c.decodeIfPresent(EscrowCheck.self, forKey: .check)
+        destroyed = try c.decodeIfPresent(Date.self, forKey: .destroyed)
+    }
+}
+
+/// `POST /v1/admin/keys/{id}/destroy`.
+public struct KeyDestroyRequest: Codable, Sendable {
+    /// Why the key is destroyed (required; recorded with the administrator).
+    public var reason: String
+    /// A request with `reason`.
+    public init(reason: String) { self.reason = reason }
+}
+
+/// The answer to `POST /v1/admin/keys/{id}/destroy`.
+public struct KeyDestroyResponse: Codable, Sendable, Equatable {
+    /// The key.
+    public var keyID: KeyID
+    /// When its secret was destroyed (now, or earlier when it already was).
+    public var destroyed: Date
+    /// False when it had been destroyed before (nothing changed).
+    public var newlyDestroyed: Bool
+    /// An answer.
+    public init(keyID: KeyID, destroyed: Date, newlyDestroyed: Bool) {
+        self.keyID = keyID
+        self.destroyed = destroyed
+        self.newlyDestroyed = newlyDestroyed
+    }
+    enum CodingKeys: String, CodingKey {
+        case keyID = "key_id"
+        case destroyed
+        case newlyDestroyed = "newly_destroyed"
+    }
+}
+
+/// The answer to `POST /v1/admin/clients/{id}/delete`.
+public struct ClientDeleteResponse: Codable, Sendable, Equatable {
+    /// The client.
+    public var id: ClientID
+    /// When it was deleted.
+    public var deleted: Date
+    /// When its keys become due for destruction (deletion plus `key_retention_days`).
+    public var keysDestroyedAfter: Date
+    /// Keys it escrowed here (the retention destroys those no active device still references).
+    public var keys: Int
+    /// An answer.
+    public init(id: ClientID, deleted: Date, keysDestroyedAfter: Date, keys: Int) {
+        self.id = id
+        self.deleted = deleted
+        self.keysDestroyedAfter = keysDestroyedAfter
+        self.keys = keys
+    }
+    enum CodingKeys: String, CodingKey {
+        case id, deleted, keys
+        case keysDestroyedAfter = "keys_destroyed_after"
     }
 }
 
@@ -478,12 +535,15 @@ public struct ClientInfo: Codable, Sendable, Equatable {
     public var escrowDrift: [KeyID]
     /// When its certificate expires (absent for clients enrolled before servers recorded it).
     public var certificateExpires: Date?
+    /// When an administrator deleted it (state `deleted`).
+    public var deleted: Date?
     /// One client.
     public init(
         id: ClientID, role: ClientRole, name: String, state: EnrollmentState, enrolled: Date, lastSeen: Date?, agentVersion: String?,
-        keyCount: Int?, escrowVerified: Date? = nil, escrowDrift: [KeyID] = [], certificateExpires: Date? = nil
+        keyCount: Int?, escrowVerified: Date? = nil, escrowDrift: [KeyID] = [], certificateExpires: Date? = nil, deleted: Date? = nil
     ) {
         self.certificateExpires = certificateExpires
+        self.deleted = deleted
         self.escrowVerified = escrowVerified
         self.escrowDrift = escrowDrift
         self.id = id
@@ -503,8 +563,9 @@ public struct ClientInfo: Codable, Sendable, Equatable {
         case escrowVerified = "escrow_verified"
         case escrowDrift = "escrow_drift"
         case certificateExpires = "certificate_expires"
+        case deleted
     }
-    /// Decodes; the escrow and expiry fields are absent from older servers' answers.
+    /// Decodes; the escrow, expiry and deletion fields are absent from older servers' answers.
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         id = try c.decode(ClientID.self, forKey: .id)
@@ -518,6 +579,7 @@ public struct ClientInfo: Codable, Sendable, Equatable {
         escrowVerified = try c.decodeIfPresent(Date.self, forKey: .escrowVerified)
         escrowDrift = try c.decodeIfPresent([KeyID].self, forKey: .escrowDrift) ?? []
         certificateExpires = try c.decodeIfPresent(Date.self, forKey: .certificateExpires)
+        deleted = try c.decodeIfPresent(Date.self, forKey: .deleted)
     }
     /// `verified <time>`, `DRIFT (n keys)` or `-`, as `device list` prints it.
     public var escrowSummary: String {

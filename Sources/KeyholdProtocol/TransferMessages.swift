@@ -46,18 +46,31 @@ public struct ImportResponse: Codable, Sendable {
     public var alreadyPresent: Int
     /// The server id the document names as its source.
     public var sourceServer: String?
+    /// Keys of the file destroyed here: not brought back (a destroyed key stays destroyed).
+    public var destroyed: Int
 
     /// A result.
-    public init(inserted: Int, alreadyPresent: Int, sourceServer: String?) {
+    public init(inserted: Int, alreadyPresent: Int, sourceServer: String?, destroyed: Int = 0) {
         self.inserted = inserted
         self.alreadyPresent = alreadyPresent
         self.sourceServer = sourceServer
+        self.destroyed = destroyed
     }
 
     enum CodingKeys: String, CodingKey {
         case inserted
         case alreadyPresent = "already_present"
         case sourceServer = "source_server"
+        case destroyed
+    }
+
+    /// Decodes a result; one without `destroyed` (from an older server) had none.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        inserted = try c.decode(Int.self, forKey: .inserted)
+        alreadyPresent = try c.decode(Int.self, forKey: .alreadyPresent)
+        sourceServer = try c.decodeIfPresent(String.self, forKey: .sourceServer)
+        destroyed = try c.decodeIfPresent(Int.self, forKey: .destroyed) ?? 0
     }
 }
 

@@ -15,6 +15,7 @@ extension ServerCore {
             throw KeyholdError(
                 .notFound, "key \(keyID) is not held by this server", hint: "nothing to do: the key was never escrowed or obtained here")
         }
+        if stored.destroyed != nil { throw Self.destroyedError(keyID) }
         let rotation = try await repository.rotationRequired([keyID])
         return KeyStatusResponse(keyID: keyID, blocked: stored.blocked, rotationRequired: rotation.contains(keyID))
     }

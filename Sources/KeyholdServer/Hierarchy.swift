@@ -51,6 +51,11 @@ actor Hierarchy {
 
     /// Sets where pushed keys are counted.
     func use(_ metrics: ServerMetrics) { self.metrics = metrics }
+
+    /// Destroys keys the primary destroyed (ServerCore's rule: spared while a device here uses
+    /// them); set by the server once its core exists.
+    private var destroyer: (@Sendable ([KeyID], ServerID) async throws -> [KeyID])?
+    func use(destroyer: @escaping @Sendable ([KeyID], ServerID) async throws -> [KeyID]) { self.destroyer = destroyer }
     private var syncing: Task<SyncResponse, any Error>?
 
     init(serverID: ServerID, repository: any Repository, masterKey: MasterKey, dir: DataDirectory, logger: Logger) throws {
@@ -216,8 +221,11 @@ actor Hierarchy {
     private func apply(_ changes: [KeyStateChange], from primary: ServerID) async throws -> Bool {
         guard let last = changes.last else { return false }
         let changed = try await repository.applyStateChanges(
-            changes, audit: AuditEvent(actor: .server(serverID), action: .block, route: .primary(primary), result: .ok, detail: "decided above"))
+            changes.filter { !$0.destroyed },
+            audit: AuditEvent(actor: .server(serverID), action: .block, route: .primary(primary), result: .ok, detail: "decided above"))
         if !changed.isEmpty { logger.notice("applied block state from the primary", metadata: ["keys": "\(changed.count)"]) }
+        let destroyed = changes.filter(\.destroyed).map(\.keyID)
+        if !destroyed.isEmpty, let destroyer { _ = try await destroyer(destroyed, primary) }
         try await repository.setSetting(Self.changesSetting, String(last.sequence))
         return changes.count >= PushResponse.changeLimit
     }
@@ -265,13 +273,15 @@ actor Hierarchy {
         var first = true
         var moreChanges = false
         while true {
-            let (keys, last) = try await next.value
-            if keys.isEmpty && !first { break }
+            let (keys, destroyed, last) = try await next.value
+            let rows = keys.count + destroyed.count
+            if rows == 0 && !first { break }
             first = false
             next = Task { try await self.prepare(after: last) }
-            let response = try await exchange(PushRequest(keys: keys, changesAfter: try await changesCursor()), with: client)
+            let response = try await exchange(
+                PushRequest(keys: keys, destroyed: destroyed, changesAfter: try await changesCursor()), with: client)
             moreChanges = try await apply(response.changes, from: primary.serverID)
-            if keys.isEmpty { break }
+            if rows == 0 { break }
             cursor = last
             try await repository.setSetting(Self.cursorSetting, String(cursor))
             try await repository.appendAudit(
@@ -279,11 +289,12 @@ actor Hierarchy {
                     actor: .server(serverID), action: .push, route: .primary(primary.serverID), result: .ok,
                     detail:
                         "\(keys.count) keys up to sequence \(cursor): \(response.accepted) new, \(response.alreadyPresent) already there, \(response.conflicts.count) conflicts"
+                        + (destroyed.isEmpty ? "" : "; \(destroyed.count) destroyed here")
                 ))
             pushed += keys.count
             metrics?.pushed(keys.count)
             batches += 1
-            if keys.count < Self.batchSize { break }
+            if rows < Self.batchSize { break }
             if ContinuousClock.now >= stopAfter && !moreChanges {
                 lastPush = Date()
                 lastPushResult = "ok: \(pushed) keys, more to send"
@@ -332,14 +343,25 @@ actor Hierarchy {
         }
     }
 
-    /// Up to one batch of keys after `after`, secrets unwrapped for the wire, and the batch's last sequence number.
-    private nonisolated func prepare(after: Int64) async throws -> ([PushedKey], Int64) {
+    /// Up to one batch of keys after `after`: the held ones with their secrets unwrapped for the
+    /// wire, the destroyed ones as notices (no secret is left to send), and the batch's last
+    /// sequence number.
+    private nonisolated func prepare(after: Int64) async throws -> ([PushedKey], [DestroyedKeyNotice], Int64) {
         let batch = try await repository.keys(afterSequence: after, limit: Self.batchSize)
-        let keys = try batch.map { key in
-            PushedKey(
-                key: KeyMaterial(record: key.record, secret: try masterKey.unwrap(key.wrappedSecret, keyID: key.record.id)), blocked: key.blocked)
+        var keys: [PushedKey] = []
+        var destroyed: [DestroyedKeyNotice] = []
+        keys.reserveCapacity(batch.count)
+        for key in batch {
+            if let when = key.destroyed {
+                destroyed.append(DestroyedKeyNotice(record: key.record, destroyed: when))
+            } else {
+                keys.append(
+                    PushedKey(
+                        key: KeyMaterial(record: key.record, secret: try masterKey.unwrap(key.wrappedSecret, keyID: key.record.id)),
+                        blocked: key.blocked))
+            }
         }
-        return (keys, batch.last?.sequence ?? after)
+        return (keys, destroyed, batch.last?.sequence ?? after)
     }
 
     // MARK: Lookup

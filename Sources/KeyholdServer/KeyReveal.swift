@@ -13,6 +13,15 @@ extension ServerCore {
     /// the administrator asks on purpose — and say so. Only keys held here.
     func reveal(_ keyID: KeyID, reason: String, by caller: Caller) async throws -> RevealResponse {
         try Self.checkReason(reason, for: "a reveal")
+        if try await repository.key(id: keyID)?.destroyed != nil {
+            try await audited {
+                try await repository.appendAudit(
+                    AuditEvent(
+                        actor: caller.actor, action: .reveal, keyID: keyID, route: .adminAPI, result: .refused(.keyDestroyed),
+                        detail: "reason: \(reason)"))
+            }
+            throw Self.destroyedError(keyID)
+        }
         let audit = AuditEvent(
             actor: caller.actor, action: .reveal, keyID: keyID, route: .adminAPI, result: .ok, detail: "reason: \(reason); rotation required")
         guard let stored = try await audited({ try await repository.revealKey(id: keyID, audit: audit) }) else {
@@ -42,6 +51,7 @@ extension ServerCore {
         guard let stored = try await repository.key(id: old) else {
             throw KeyholdError(.notFound, "key \(old) is not held by this server", hint: "retire it on the server that holds it")
         }
+        if stored.destroyed != nil { throw Self.destroyedError(old) }
         let secret = try masterKey.unwrap(stored.wrappedSecret, keyID: old)
         guard let proof = Data(base64Encoded: body.proof),
             RetireRequest.verify(Array(proof), oldSecret: secret, old: old, new: body.replacedBy)
@@ -87,6 +97,7 @@ extension ServerCore {
         guard let held = try await repository.key(id: request.keyID) else {
             throw KeyholdError(.notFound, "key \(request.keyID) is not held by this server", hint: "answer it on a server that holds the key")
         }
+        if held.destroyed != nil { throw Self.destroyedError(request.keyID) }
         guard !held.blocked else {
             throw KeyholdError(
                 .keyBlocked, "key \(request.keyID) is blocked", hint: "unblock it first if the device should have it ('keyhold-server key unblock')")

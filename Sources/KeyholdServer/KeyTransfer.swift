@@ -46,7 +46,7 @@ extension ServerCore {
         var cursor: KeyID?
         let named = request.keys.map { Array(Set($0)).sorted() }
         while true {
-            let page: [StoredKey]
+            var page: [StoredKey]
             if let ids = named {
                 // Named keys: in id order, a page at a time.
                 let chunk = ids.drop { cursor != nil && $0 <= cursor! }.prefix(Self.exportPage)
@@ -65,6 +65,8 @@ extension ServerCore {
                     return true
                 }
             }
+            // A destroyed key has no secret left to export.
+            page.removeAll { $0.destroyed != nil }
             if page.isEmpty { continue }
             try await audit(
                 page.map {
@@ -121,7 +123,8 @@ extension ServerCore {
         }
         logger.notice(
             "keys imported", metadata: ["actor": "\(caller.actor)", "inserted": "\(result.inserted)", "already_present": "\(result.alreadyPresent)"])
-        return ImportResponse(inserted: result.inserted, alreadyPresent: result.alreadyPresent, sourceServer: source.sourceServer)
+        return ImportResponse(
+            inserted: result.inserted, alreadyPresent: result.alreadyPresent, sourceServer: source.sourceServer, destroyed: result.destroyed)
     }
 }
 

@@ -49,6 +49,8 @@ public struct ServerSettings: Sendable {
     public var certificateLifetimes = CertificateLifetimes()
     /// How fast a master-key rotation rewraps.
     public var rewrapPace = RewrapPace()
+    /// How long the keys of a deleted device are kept before they are destroyed.
+    public var keyRetention = KeyRetention.standard
 
     /// Settings for a server.
     public init(
@@ -110,12 +112,17 @@ public struct KeyholdServerService: Service {
         )
         // Without a metrics listener nothing reads the metrics, so nothing is counted.
         core.certificateLifetimes = settings.certificateLifetimes
+        core.keyRetention = settings.keyRetention
         let served = try ServedCertificate(directory: directory)
         core.served = served
         core.masterKeyRotation = rotation
         core.metrics = ServerMetrics(enabled: settings.metricsListen != nil)
         if settings.metricsListen != nil { repository.statistics.observe { [metrics = core.metrics] in metrics.store($0) } }
         await hierarchy.use(core.metrics)
+        await hierarchy.use { [core] ids, primary in
+            try await core.destroyFromElsewhere(
+                ids, actor: .server(settings.serverID), route: .primary(primary), detail: { _ in "destroyed above (by the primary)" })
+        }
         let api = ServerAPI<ServerContext>(core: core, logger: logger)
 
         // The certificate served now starts the contexts; each handshake then takes the current
@@ -161,7 +168,8 @@ public struct KeyholdServerService: Service {
             served: served, authority: authority, serverID: settings.serverID, lifetime: settings.certificateLifetimes.tls, repository: repository,
             logger: logger)
         let rewrap = MasterKeyRewrapService(rotation: rotation, logger: logger)
-        let parts: [any Service] = [summary] + listeners + [announcer, heartbeat, renewal, rewrap]
+        let retention = KeyRetentionService(core: core)
+        let parts: [any Service] = [summary] + listeners + [announcer, heartbeat, renewal, rewrap, retention]
         let group = ServiceGroup(
             configuration: .init(
                 services: parts.map { .init(service: $0, failureTerminationBehavior: .gracefullyShutdownGroup) }, logger: logger

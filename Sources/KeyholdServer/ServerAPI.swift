@@ -193,6 +193,10 @@ struct ServerAPI<Context: PeerContext> {
             let id = try Self.keyID(context)
             return try respond(try await core.reveal(id, reason: try await decode(RevealRequest.self, request).reason, by: caller))
         }
+        route(router, .post, "/v1/admin/keys/:id/destroy", [.admin]) { request, context, caller in
+            let id = try Self.keyID(context)
+            return try respond(try await core.destroyKey(id, try await decode(KeyDestroyRequest.self, request), by: caller))
+        }
         route(router, .get, APIPath.adminClients, [.admin]) { _, _, _ in try respond(try await core.clients()) }
         route(router, .get, APIPath.adminAdministrators, [.admin]) { _, _, _ in try respond(try await core.administrators()) }
         route(router, .post, APIPath.adminAdministrators, [.admin]) { request, _, caller in
@@ -211,6 +215,12 @@ struct ServerAPI<Context: PeerContext> {
             }
             try await core.revoke(id, by: caller)
             return Response(status: .noContent)
+        }
+        route(router, .post, "/v1/admin/clients/:id/delete", [.admin]) { _, context, caller in
+            guard let text = context.parameters.get("id"), let id = ClientID(text) else {
+                throw KeyholdError(.invalidRequest, "the path does not name a valid client id", hint: "ids are lowercase UUIDs")
+            }
+            return try respond(try await core.deleteClient(id, by: caller))
         }
         route(router, .post, APIPath.adminTokens, [.admin]) { request, _, caller in
             try respond(try await core.createToken(try await decode(TokenCreateRequest.self, request), by: caller), status: .created)

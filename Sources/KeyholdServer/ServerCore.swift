@@ -39,6 +39,8 @@ struct ServerCore: Sendable {
     let approvalLifetime: TimeInterval
     /// How long the certificates of devices and secondaries are valid.
     var certificateLifetimes = CertificateLifetimes()
+    /// How long the keys of a deleted device are kept before they are destroyed.
+    var keyRetention = KeyRetention.standard
     /// The listeners' TLS certificate (nil in process tests without listeners).
     var served: ServedCertificate?
     /// Master-key rotation (nil in process tests that never rotate).
@@ -78,10 +80,11 @@ struct ServerCore: Sendable {
         switch client.state {
         case .active:
             return Caller(client: client)
-        case .revoked:
+        case .revoked, .deleted:
             try? await repository.appendAudit(AuditEvent(actor: peer.actor, action: .request, route: .api, result: .refused(.clientRevoked)))
             throw KeyholdError(
-                .clientRevoked, "\(peer.role) \(peer.id) is revoked on this server", hint: "ask an administrator to enroll this device again")
+                .clientRevoked, "\(peer.role) \(peer.id) is \(client.state) on this server",
+                hint: "ask an administrator to enroll this device again")
         case .moved:
             try? await repository.appendAudit(AuditEvent(actor: peer.actor, action: .request, route: .api, result: .refused(.clientMoved)))
             throw KeyholdError(
@@ -222,7 +225,8 @@ struct ServerCore: Sendable {
                 .invalidRequest, "the path names key \(keyID) but the record is key \(record.id)", hint: "PUT the record to its own key id")
         }
         try await checkOrigin(record, of: request, from: caller)
-        let stored = try masterKey.store(record, secret: request.key.secret, provenance: .escrow)
+        var stored = try masterKey.store(record, secret: request.key.secret, provenance: .escrow)
+        stored.escrowedBy = caller.client.id
         let audit =
             request.reassignedFrom.map {
                 AuditEvent(
@@ -233,6 +237,7 @@ struct ServerCore: Sendable {
         switch try await repository.insertKey(stored, audit: audit) {
         case .inserted: return EscrowResponse(keyID: keyID, outcome: .inserted)
         case .alreadyPresent: return EscrowResponse(keyID: keyID, outcome: .alreadyPresent)
+        case .destroyed: throw Self.destroyedError(keyID)
         case .conflict:
             logger.warning("escrow conflict: key id exists with another secret", metadata: ["key": "\(keyID)", "caller": "\(caller.actor)"])
             throw KeyholdError(
@@ -455,7 +460,15 @@ struct ServerCore: Sendable {
         return (KeyMaterial(record: released.record, secret: found.key.secret), found.hops)
     }
 
+    /// The answer about a destroyed key, everywhere: a release, a lookup, an escrow of its id.
+    static func destroyedError(_ keyID: KeyID) -> KeyholdError {
+        KeyholdError(
+            .keyDestroyed, "key \(keyID) was destroyed: its secret is gone for good",
+            hint: "data encrypted under it cannot be opened through Keyhold; 'keyhold-server audit' shows when and why it was destroyed")
+    }
+
     private func refuseIfBlocked(_ key: StoredKey) throws {
+        if key.destroyed != nil { throw Self.destroyedError(key.record.id) }
         if key.blocked || key.record.state == .revoked {
             throw KeyholdError(
                 .keyBlocked, "key \(key.record.id) is blocked and is not released", hint: "ask an administrator ('keyhold-server key unblock')")
@@ -509,7 +522,7 @@ struct ServerCore: Sendable {
         // An empty push is a heartbeat's poll for state changes: refused, it carries nothing worth
         // a durable record (it would be one per secondary and heartbeat).
         try await requireHierarchy(caller.actor, route, action: .pushReceive, audit: !request.keys.isEmpty)
-        guard request.keys.count <= Hierarchy.batchSize else {
+        guard request.keys.count + request.destroyed.count <= Hierarchy.batchSize else {
             throw KeyholdError(.invalidRequest, "a push carries at most \(Hierarchy.batchSize) keys", hint: "send smaller batches")
         }
         // The state changes are read after the batch committed, so a block the batch carried up
@@ -518,6 +531,7 @@ struct ServerCore: Sendable {
             guard let after else { return [] }
             return try await self.repository.stateChanges(after: after, limit: PushResponse.changeLimit)
         }
+        if !request.destroyed.isEmpty { try await destroyPushed(request.destroyed, by: caller) }
         // An empty push only asks for the changes: nothing is stored, nothing is audited.
         guard !request.keys.isEmpty else {
             return PushResponse(accepted: 0, alreadyPresent: 0, conflicts: [], changes: try await changes(request.changesAfter))
@@ -539,10 +553,47 @@ struct ServerCore: Sendable {
             logger.warning("pushed keys conflict with stored ones", metadata: ["count": "\(conflicts.count)", "from": "\(caller.actor)"])
         }
         return PushResponse(
-            accepted: outcomes.filter { $0 == .inserted }.count + replaced, alreadyPresent: outcomes.filter { $0 == .alreadyPresent }.count,
+            // A key destroyed here is acknowledged as present: its final state is here.
+            accepted: outcomes.filter { $0 == .inserted }.count + replaced,
+            alreadyPresent: outcomes.filter { $0 == .alreadyPresent || $0 == .destroyed }.count,
             conflicts: conflicts,
             changes: try await changes(request.changesAfter)
         )
+    }
+
+    /// Keys a secondary destroyed: this server destroys its copies too (crypto-shredding up the
+    /// hierarchy), except those an active device of its own still references.
+    private func destroyPushed(_ notices: [DestroyedKeyNotice], by caller: Caller) async throws {
+        let route = AuditRoute.secondary(caller.client.id)
+        _ = try await destroyFromElsewhere(
+            notices.map(\.record.id), actor: caller.actor, route: route, detail: { _ in "destroyed by the secondary that pushed it" })
+    }
+
+    /// Destroys `ids` as another server asked (a secondary's push, the primary's change feed),
+    /// sparing keys an active client here references (audited as refused). The ids destroyed.
+    func destroyFromElsewhere(
+        _ ids: [KeyID], actor: AuditActor, route: AuditRoute, detail: (KeyID) -> String
+    ) async throws -> [KeyID] {
+        let requests = ids.map {
+            KeyDestruction(
+                keyID: $0, audit: AuditEvent(actor: actor, action: .keyDestroy, keyID: $0, route: route, result: .ok, detail: detail($0)),
+                unlessReferenced: true)
+        }
+        let outcomes = try await repository.destroyKeys(requests, at: Date())
+        let spared = zip(requests, outcomes).filter { $0.1 == .referenced }.map(\.0)
+        if !spared.isEmpty {
+            try await repository.appendAudit(
+                spared.map {
+                    var e = $0.audit
+                    e.result = .refused(.forbidden)
+                    e.detail += "; kept: an active device of this server still references it"
+                    return e
+                })
+            logger.notice("kept keys another server destroyed: devices here still use them", metadata: ["keys": "\(spared.count)"])
+        }
+        let destroyed = zip(ids, outcomes).filter { $0.1 == .destroyed }.map(\.0)
+        if !destroyed.isEmpty { logger.notice("destroyed keys another server destroyed", metadata: ["keys": "\(destroyed.count)"]) }
+        return destroyed
     }
 
     /// A pushed key that conflicts with the stored one wins when its id is derived from its secret
@@ -740,6 +791,7 @@ struct ServerCore: Sendable {
 
     /// `POST /v1/admin/keys/{id}/block` and `…/unblock`.
     func block(_ keyID: KeyID, blocked: Bool, by caller: Caller) async throws {
+        if try await repository.key(id: keyID)?.destroyed != nil { throw Self.destroyedError(keyID) }
         let found = try await repository.setBlocked(
             id: keyID, blocked: blocked,
             audit: AuditEvent(actor: caller.actor, action: blocked ? .block : .unblock, keyID: keyID, route: .adminAPI, result: .ok)
@@ -764,6 +816,59 @@ struct ServerCore: Sendable {
         _ = try await repository.setClientState(id: id, state: .revoked)
         try await repository.appendAudit(
             AuditEvent(actor: caller.actor, action: .revoke, route: .adminAPI, result: .ok, detail: "\(client.role) \(id)"))
+    }
+
+    /// `POST /v1/admin/clients/{id}/delete`: a revoked or moved device or secondary is deleted
+    /// (audited `device_delete`); the keys it escrowed here are destroyed once the retention has
+    /// passed (``KeyRetentionService``). An active one must be revoked first; deleting a deleted
+    /// one again changes nothing.
+    func deleteClient(_ id: ClientID, by caller: Caller) async throws -> ClientDeleteResponse {
+        guard let client = try await repository.client(id: id), client.role != .admin else {
+            throw KeyholdError(.notFound, "no device or secondary \(id) is enrolled here", hint: "list them with 'keyhold-server device list'")
+        }
+        var deleted = client.deleted ?? Date()
+        switch client.state {
+        case .active:
+            throw KeyholdError(
+                .forbidden, "\(client.role) \(id) is active; only a revoked or moved one can be deleted",
+                hint: "revoke it first ('keyhold-server device revoke \(id)'), then delete it")
+        case .deleted:
+            break
+        case .revoked, .moved:
+            deleted = Date()
+            let due = deleted.addingTimeInterval(keyRetention.seconds)
+            let audit = AuditEvent(
+                actor: caller.actor, action: .deviceDelete, route: .adminAPI, result: .ok,
+                detail: "\(client.role) \(id) (\(client.state)); its keys are destroyed after \(ISO8601DateFormatter().string(from: due))")
+            guard try await repository.deleteClient(id: id, at: deleted, audit: audit) else {
+                throw KeyholdError(
+                    .conflict, "\(client.role) \(id) changed while it was deleted", hint: "look at it again with 'keyhold-server device list'")
+            }
+            logger.notice("client deleted", metadata: ["id": "\(id)", "by": "\(caller.actor)"])
+        }
+        return ClientDeleteResponse(
+            id: id, deleted: deleted, keysDestroyedAfter: deleted.addingTimeInterval(keyRetention.seconds),
+            keys: try await repository.liveKeyCount(escrowedBy: id))
+    }
+
+    /// `POST /v1/admin/keys/{id}/destroy`: the key's secret is erased now, whoever still uses it
+    /// (an administrator's decision, with a reason; audited `key_destroy`). The destruction then
+    /// travels up and down the hierarchy, where servers spare the keys their own devices use.
+    func destroyKey(_ keyID: KeyID, _ request: KeyDestroyRequest, by caller: Caller) async throws -> KeyDestroyResponse {
+        let reason = request.reason.trimmingCharacters(in: .whitespaces)
+        try Self.checkReason(reason, for: "a destruction")
+        let now = Date()
+        let audit = AuditEvent(actor: caller.actor, action: .keyDestroy, keyID: keyID, route: .adminAPI, result: .ok, detail: "reason: \(reason)")
+        switch try await repository.destroyKeys([KeyDestruction(keyID: keyID, audit: audit, unlessReferenced: false)], at: now).first {
+        case .destroyed:
+            logger.notice("key destroyed", metadata: ["key": "\(keyID)", "by": "\(caller.actor)"])
+            return KeyDestroyResponse(keyID: keyID, destroyed: now, newlyDestroyed: true)
+        case .alreadyDestroyed:
+            let when = try await repository.key(id: keyID)?.destroyed ?? now
+            return KeyDestroyResponse(keyID: keyID, destroyed: when, newlyDestroyed: false)
+        case .notFound, .referenced, nil:
+            throw KeyholdError(.notFound, "key \(keyID) is not known to this server", hint: "list keys with 'keyhold-server key list'")
+        }
     }
 
     /// `POST /v1/admin/administrators/{id}/revoke`: refused for the last active administrator,
@@ -835,7 +940,7 @@ struct ServerCore: Sendable {
     private static func info(_ c: EnrolledClient) -> ClientInfo {
         ClientInfo(
             id: c.id, role: c.role, name: c.name, state: c.state, enrolled: c.enrolled, lastSeen: c.lastSeen, agentVersion: c.agentVersion,
-            keyCount: c.reportedKeyCount, certificateExpires: c.certificateExpires
+            keyCount: c.reportedKeyCount, certificateExpires: c.certificateExpires, deleted: c.deleted
         )
     }
 
@@ -850,7 +955,8 @@ struct ServerCore: Sendable {
                 KeyInfo(
                     record: $0.record, provenance: $0.provenance, stored: $0.stored, blocked: $0.blocked,
                     rotationRequired: rotation.contains($0.record.id),
-                    check: checks[$0.record.id].map { EscrowCheck(deviceID: $0.clientID, checked: $0.checked, opens: $0.opens) })
+                    check: checks[$0.record.id].map { EscrowCheck(deviceID: $0.clientID, checked: $0.checked, opens: $0.opens) },
+                    destroyed: $0.destroyed)
             },
             next: page.count == limit ? page.last?.record.id : nil
         )

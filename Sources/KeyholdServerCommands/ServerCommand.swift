@@ -212,6 +212,7 @@ extension ServerCommand {
             )
             config.limits.apply(to: &settings)
             settings.releasePolicy = config.releasePolicy
+            settings.keyRetention = KeyRetention(seconds: config.keyRetentionDays * 86_400)
             settings.metricsListen = config.metricsListen
             let group = ServiceGroup(
                 configuration: .init(
@@ -704,7 +705,7 @@ struct TokenCommand: AsyncParsableCommand {
 
 struct DeviceCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "device", abstract: "Enrolled devices and secondaries.", subcommands: [List.self, Revoke.self])
+        commandName: "device", abstract: "Enrolled devices and secondaries.", subcommands: [List.self, Revoke.self, Delete.self])
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List enrolled devices and secondaries.")
@@ -736,12 +737,38 @@ struct DeviceCommand: AsyncParsableCommand {
             print("revoked \(id)")
         }
     }
+
+    struct Delete: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Delete a revoked or moved device: its keys are destroyed once key_retention_days have passed.",
+            discussion: """
+                The device stays listed with state deleted. After the retention the server erases the secret of \
+                every key the device escrowed here (crypto-shredding: the record stays, state destroyed, audited), \
+                except keys another active device still uses (its drive check names them) and keys a secondary \
+                pushed here. Until then nothing is lost: a mistaken deletion is noticed in time.
+                Example: keyhold-server device revoke 6f1c0b2e-… && keyhold-server device delete 6f1c0b2e-…
+                """)
+        @OptionGroup var data: DataDirOption
+        @Argument(help: "The device id.") var id: String
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            guard ClientID(id) != nil else {
+                throw KeyholdError(.usage, "'\(id)' is not a device id", hint: "ids are UUIDs; see 'keyhold-server device list'")
+            }
+            let answer = try await withAdmin(data) { try await $0.post(APIPath.adminClientDelete(id), Empty(), as: ClientDeleteResponse.self) }
+            if json { return try printJSON(answer) }
+            print(
+                "deleted \(id); its \(answer.keys) key\(answer.keys == 1 ? "" : "s") will be destroyed after \(formatDate(answer.keysDestroyedAfter))"
+            )
+        }
+    }
 }
 
 struct KeyAdminCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "key", abstract: "Escrowed keys: metadata, blocks, transfers, and the audited reveal.",
-        subcommands: [List.self, Reveal.self, Respond.self, Block.self, Unblock.self, Export.self, Import.self])
+        subcommands: [List.self, Reveal.self, Respond.self, Block.self, Unblock.self, Destroy.self, Export.self, Import.self])
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List escrowed keys (never their secrets).")
@@ -763,7 +790,7 @@ struct KeyAdminCommand: AsyncParsableCommand {
             print("id\tkind\tstate\tblocked\trotation\tescrow\tprovenance\torigin server\torigin device\tlabel")
             for k in all {
                 print(
-                    "\(k.record.id)\t\(k.record.kind.rawValue)\t\(k.record.state.rawValue)\t\(k.blocked)\t\(k.rotationRequired ? "required" : "-")\t\(k.check?.summary ?? "-")\t\(k.provenance)\t\(k.record.originServerID)\t\(k.record.originDeviceID)\t\(PrintableText.escaped(k.record.label))"
+                    "\(k.record.id)\t\(k.record.kind.rawValue)\t\(k.destroyed == nil ? k.record.state.rawValue : "destroyed")\t\(k.blocked)\t\(k.rotationRequired ? "required" : "-")\t\(k.check?.summary ?? "-")\t\(k.provenance)\t\(k.record.originServerID)\t\(k.record.originDeviceID)\t\(PrintableText.escaped(k.record.label))"
                 )
             }
         }
@@ -855,6 +882,36 @@ struct KeyAdminCommand: AsyncParsableCommand {
             }
             try await withAdmin(data) { try await $0.post(APIPath.adminKeyBlock(id)) }
             print("blocked \(id)")
+        }
+    }
+
+    struct Destroy: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Destroy a key now, with a reason: its secret is erased for good (audited as key_destroy).",
+            discussion: """
+                For a key that must become unreadable at once (a stolen device's, a leaked one's). The record stays \
+                with state destroyed; every release, lookup and escrow of the id is answered key_destroyed. The \
+                destruction travels up and down the hierarchy, where a server keeps its copy only while one of its \
+                own devices still uses the key. There is no undo.
+                Example: keyhold-server key destroy 5f0c…e2 --reason 'ticket 4711: laptop stolen, data must be unreadable'
+                """)
+        @OptionGroup var data: DataDirOption
+        @Argument(help: "The key id.") var id: String
+        @Option(help: "Why (required; recorded in the audit trail).") var reason: String
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            guard KeyID(id) != nil else {
+                throw KeyholdError(.usage, "'\(id)' is not a key id", hint: "key ids are UUIDs; see 'keyhold-server key list'")
+            }
+            let answer = try await withAdmin(data) {
+                try await $0.post(APIPath.adminKeyDestroy(id), KeyDestroyRequest(reason: reason), as: KeyDestroyResponse.self)
+            }
+            if json { return try printJSON(answer) }
+            print(
+                answer.newlyDestroyed
+                    ? "destroyed \(id): its secret is erased (audited as key_destroy)"
+                    : "\(id) was already destroyed (\(formatDate(answer.destroyed))); nothing changed")
         }
     }
 

@@ -29,6 +29,8 @@ struct ServerConfigFile: Equatable {
     var limits = Limits()
     /// Which devices may receive a key.
     var releasePolicy = ReleasePolicy.any
+    /// Days the keys of a deleted device are kept before they are destroyed (fractions allowed).
+    var keyRetentionDays = KeyRetention.standard.seconds / 86_400
 
     /// The listeners' caps and timeouts and the enrollment rate, in the file's units.
     struct Limits: Equatable {
@@ -138,6 +140,7 @@ struct ServerConfigFile: Equatable {
         let level = try file.choice("log_level", of: Logger.Level.allCases.map(\.rawValue))
         let format = try file.choice("log_format", of: LogFormat.allCases.map(\.rawValue))
         let policy = try file.choice("release_policy", of: ReleasePolicy.allCases.map(\.rawValue))
+        let retention = try file.number("key_retention_days", in: 0...36_500)
         var limits = Limits()
         for (key, range, path, _) in Limits.keys {
             if let value = try file.integer(key, in: range) { limits[keyPath: path] = value }
@@ -166,6 +169,7 @@ struct ServerConfigFile: Equatable {
         if let format { config.logFormat = LogFormat(rawValue: format) ?? .text }
         config.limits = limits
         if let policy { config.releasePolicy = ReleasePolicy(rawValue: policy) ?? .any }
+        if let retention { config.keyRetentionDays = retention }
         try RepositoryFactory.check(config.database, in: path)
         return config
     }
@@ -193,6 +197,9 @@ struct ServerConfigFile: Equatable {
             comment:
                 "who may receive a key: any (active device of this server), same_server (keys escrowed here), origin_device, or approval (origin_device, and an administrator approves other requests)"
         )
+        w.add(
+            "key_retention_days", keyRetentionDays,
+            comment: "days the keys of a deleted device are kept before their secrets are destroyed (fractions allowed: 0.5 is 12 hours)")
         for (key, _, path, comment) in Limits.keys { w.add(key, limits[keyPath: path], comment: comment) }
         return w.text
     }

@@ -165,6 +165,11 @@ extension KeyAdminCommand {
             print(
                 "Imported \(total) key\(total == 1 ? "" : "s") from \(file): \(result.inserted) new, \(result.alreadyPresent) already present"
                     + (result.sourceServer.map { " (exported by server \($0))" } ?? "") + ".")
+            if result.destroyed > 0 {
+                print(
+                    "\(result.destroyed) key\(result.destroyed == 1 ? " was" : "s were") destroyed on this server and stay destroyed (not brought back)."
+                )
+            }
         }
     }
 }

@@ -13,6 +13,8 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
     private var rotations: Set<KeyID> = []
     private var checks: [KeyID: EscrowCheckRecord] = [:]
     private var masterVersions: [Int: MasterKeyVersionRecord] = [:]
+    /// Keys a secondary pushed here (the retention spares them).
+    private var heldBelow: Set<KeyID> = []
     private var auditBroken = false
     private var lastSequence: Int64 = 0
     /// The change feed: each key's latest state change (``Repository/stateChanges(after:limit:)``).
@@ -59,9 +61,11 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
     /// Stores a key unless its id exists, with its audit record (``Repository/insertKey(_:audit:)``).
     public func insertKey(_ key: StoredKey, audit: AuditEvent?) async throws -> KeyInsertOutcome {
         if let existing = keys[key.record.id] {
-            let outcome: KeyInsertOutcome = existing.secretFingerprint == key.secretFingerprint ? .alreadyPresent : .conflict
+            let outcome: KeyInsertOutcome =
+                existing.destroyed != nil ? .destroyed : existing.secretFingerprint == key.secretFingerprint ? .alreadyPresent : .conflict
             if var a = audit {
                 if outcome == .conflict { a.result = .refused(.conflict) }
+                if outcome == .destroyed { a.result = .refused(.keyDestroyed) }
                 try append(a)
             }
             return outcome
@@ -100,12 +104,14 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         // All or nothing: compute on a copy, commit by assignment.
         var next = keys
         var sequence = lastSequence
-        let outcomes = Self.merge(batch, into: &next, sequence: &sequence)
+        var held = heldBelow
+        let outcomes = Self.merge(batch, into: &next, sequence: &sequence, heldBelow: &held)
         try append(BatchAudit.summary(audit, outcomes))
         for (key, outcome) in zip(batch, outcomes) where outcome == .conflict { try append(BatchAudit.conflict(audit, key.record.id)) }
         feedNewBlocks(in: next, of: batch)
         keys = next
         lastSequence = sequence
+        heldBelow = held
         return outcomes
     }
 
@@ -113,11 +119,12 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
     public func importKeys(from source: any KeyBatchSource, audit: AuditEvent) async throws -> KeyImportResult {
         var next = keys
         var sequence = lastSequence
+        var held = heldBelow
         var tally = ImportTally()
         var pending: [AuditEvent] = []
         var all: [StoredKey] = []
         while let batch = try source.nextBatch() {
-            pending += tally.add(batch, Self.merge(batch, into: &next, sequence: &sequence), base: audit)
+            pending += tally.add(batch, Self.merge(batch, into: &next, sequence: &sequence, heldBelow: &held), base: audit)
             all += batch
         }
         try tally.checkConflicts()
@@ -132,13 +139,21 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         feedNewBlocks(in: next, of: all)
         keys = next
         lastSequence = sequence
+        heldBelow = held
         return tally.result
     }
 
-    private static func merge(_ batch: [StoredKey], into next: inout [KeyID: StoredKey], sequence: inout Int64) -> [KeyInsertOutcome] {
+    private static func merge(
+        _ batch: [StoredKey], into next: inout [KeyID: StoredKey], sequence: inout Int64, heldBelow: inout Set<KeyID>
+    ) -> [KeyInsertOutcome] {
         var outcomes: [KeyInsertOutcome] = []
         for key in batch {
             if let existing = next[key.record.id] {
+                guard existing.destroyed == nil else {
+                    outcomes.append(.destroyed)
+                    continue
+                }
+                if key.provenance == .pushed { heldBelow.insert(key.record.id) }
                 guard existing.secretFingerprint == key.secretFingerprint else {
                     outcomes.append(.conflict)
                     continue
@@ -154,6 +169,7 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
                 var stored = key
                 stored.sequence = sequence
                 next[key.record.id] = stored
+                if key.provenance == .pushed { heldBelow.insert(key.record.id) }
                 outcomes.append(.inserted)
             }
         }
@@ -200,13 +216,15 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
     /// The change feed (``Repository/stateChanges(after:limit:)``).
     public func stateChanges(after: Int64, limit: Int) async throws -> [KeyStateChange] {
         stateSequence.filter { $0.value > after }.sorted { $0.value < $1.value }.prefix(limit).compactMap { id, sequence in
-            keys[id].map { KeyStateChange(keyID: id, blocked: $0.blocked, sequence: sequence) }
+            keys[id].map { KeyStateChange(keyID: id, blocked: $0.blocked, sequence: sequence, destroyed: $0.destroyed != nil) }
         }
     }
 
     /// Applies a primary's changes (``Repository/applyStateChanges(_:audit:)``).
     public func applyStateChanges(_ changes: [KeyStateChange], audit: AuditEvent) async throws -> [KeyID] {
-        let targets = changes.filter { change in keys[change.keyID].map { $0.blocked != change.blocked } ?? false }
+        let targets = changes.filter { change in
+            !change.destroyed && (keys[change.keyID].map { $0.destroyed == nil && $0.blocked != change.blocked } ?? false)
+        }
         let saved = events
         do {
             for change in targets {
@@ -283,6 +301,73 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         client.nextCertificateExpires = nil
         clients[id] = client
         return true
+    }
+
+    // MARK: Deletion and retention
+
+    /// Marks a revoked or moved client deleted (``Repository/deleteClient(id:at:audit:)``).
+    public func deleteClient(id: ClientID, at: Date, audit: AuditEvent) async throws -> Bool {
+        guard let client = clients[id], client.state == .revoked || client.state == .moved else { return false }
+        try append(audit)
+        clients[id]?.state = .deleted
+        clients[id]?.deleted = at
+        return true
+    }
+
+    /// Keys `client` escrowed that are not destroyed (``Repository/liveKeyCount(escrowedBy:)``).
+    public func liveKeyCount(escrowedBy client: ClientID) async throws -> Int {
+        keys.values.filter { $0.escrowedBy == client && $0.destroyed == nil }.count
+    }
+
+    /// Whether an active client references `key`: it escrowed it, or its last drive check names it.
+    private func referenced(_ key: StoredKey) -> Bool {
+        let active = { (id: ClientID?) in id.flatMap { self.clients[$0] }?.state == .active }
+        return active(key.escrowedBy) || active(checks[key.record.id]?.clientID)
+    }
+
+    /// The keys the retention destroys (``Repository/keysDueForDestruction(deletedBefore:limit:)``).
+    public func keysDueForDestruction(deletedBefore cutoff: Date, limit: Int) async throws -> [DueKey] {
+        Array(
+            keys.values.sorted { $0.record.id < $1.record.id }.lazy.compactMap { key -> DueKey? in
+                guard key.destroyed == nil, !self.heldBelow.contains(key.record.id), let owner = key.escrowedBy,
+                    let client = self.clients[owner], client.state == .deleted, let deleted = client.deleted, deleted <= cutoff,
+                    !self.referenced(key)
+                else { return nil }
+                return DueKey(keyID: key.record.id, client: owner, deleted: deleted)
+            }.prefix(limit))
+    }
+
+    /// Destroys keys (``Repository/destroyKeys(_:at:)``).
+    public func destroyKeys(_ requests: [KeyDestruction], at: Date) async throws -> [KeyDestructionOutcome] {
+        var outcomes: [KeyDestructionOutcome] = []
+        var destroy: [KeyDestruction] = []
+        for request in requests {
+            guard let key = keys[request.keyID] else {
+                outcomes.append(.notFound)
+                continue
+            }
+            if key.destroyed != nil || destroy.contains(where: { $0.keyID == request.keyID }) {
+                outcomes.append(.alreadyDestroyed)
+            } else if request.unlessReferenced && referenced(key) {
+                outcomes.append(.referenced)
+            } else {
+                destroy.append(request)
+                outcomes.append(.destroyed)
+            }
+        }
+        let saved = events
+        do {
+            for request in destroy { try append(request.audit) }
+        } catch {
+            events = saved
+            throw error
+        }
+        for request in destroy {
+            keys[request.keyID] = keys[request.keyID]?.destroyedCopy(at: at)
+            keys[request.keyID]?.sequence = nextSequence()
+            stateChanged(request.keyID)
+        }
+        return outcomes
     }
 
     /// Stores a new enrollment token.
@@ -422,7 +507,7 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
 
     /// Keys wrapped under older versions (``Repository/keysToRewrap(below:limit:)``).
     public func keysToRewrap(below version: Int, limit: Int) async throws -> [StoredKey] {
-        Array(keys.values.lazy.filter { $0.masterVersion < version }.prefix(limit))
+        Array(keys.values.lazy.filter { $0.destroyed == nil && $0.masterVersion < version }.prefix(limit))
     }
 
     /// Stores rewrapped secrets (``Repository/rewrapKeys(_:)``).
@@ -437,7 +522,7 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
 
     /// Keys per master-key version (``Repository/keyCountsByMasterVersion()``).
     public func keyCountsByMasterVersion() async throws -> [Int: Int] {
-        keys.values.reduce(into: [:]) { counts, key in counts[key.masterVersion, default: 0] += 1 }
+        keys.values.reduce(into: [:]) { counts, key in if key.destroyed == nil { counts[key.masterVersion, default: 0] += 1 } }
     }
 
     /// Retires the older versions when no key uses them (``Repository/retireMasterKeyVersions(below:at:audit:)``).

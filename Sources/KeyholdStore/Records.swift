@@ -29,13 +29,16 @@ public struct EnrolledClient: Sendable, Equatable {
     public var nextCertificateFingerprint: String?
     /// When that renewed certificate expires.
     public var nextCertificateExpires: Date?
+    /// When an administrator deleted it (state ``EnrollmentState/deleted``).
+    public var deleted: Date?
 
     /// A client record.
     public init(
         id: ClientID, role: ClientRole, name: String, certificateFingerprint: String, enrolled: Date = Date(),
         state: EnrollmentState = .active, lastSeen: Date? = nil, agentVersion: String? = nil, reportedKeyCount: Int? = nil,
-        certificateExpires: Date? = nil, nextCertificateFingerprint: String? = nil, nextCertificateExpires: Date? = nil
+        certificateExpires: Date? = nil, nextCertificateFingerprint: String? = nil, nextCertificateExpires: Date? = nil, deleted: Date? = nil
     ) {
+        self.deleted = deleted
         self.id = id
         self.role = role
         self.name = name

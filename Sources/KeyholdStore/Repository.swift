@@ -185,6 +185,24 @@ public protocol Repository: Sendable {
     /// nothing. Returns how many keys each older version still wraps (empty when retired).
     func retireMasterKeyVersions(below version: Int, at: Date, audit: AuditEvent) async throws -> [Int: Int]
 
+    // MARK: Deletion and retention
+
+    /// Marks a revoked or moved client `deleted` at `at`, with `audit` in the same commit; false
+    /// (nothing written) when there is no such client or it is not revoked or moved.
+    func deleteClient(id: ClientID, at: Date, audit: AuditEvent) async throws -> Bool
+    /// How many keys `client` escrowed here that are not destroyed.
+    func liveKeyCount(escrowedBy client: ClientID) async throws -> Int
+    /// Keys the retention destroys: escrowed by clients deleted at or before `cutoff`, not
+    /// destroyed, not pushed here by a secondary (held for it), and not named by the last drive
+    /// check of an active client; at most `limit`.
+    func keysDueForDestruction(deletedBefore cutoff: Date, limit: Int) async throws -> [DueKey]
+    /// Destroys keys in one transaction: each key not destroyed yet (and with
+    /// ``KeyDestruction/unlessReferenced``, not referenced by an active client) loses its wrapped
+    /// secret and fingerprint, is stamped destroyed at `at`, takes new push and change-feed
+    /// sequence numbers (so the destruction travels up and down the hierarchy), and its audit
+    /// record commits with it. One outcome per request, in order.
+    func destroyKeys(_ requests: [KeyDestruction], at: Date) async throws -> [KeyDestructionOutcome]
+
     // MARK: Settings
 
     /// A named setting (`use_hierarchy`, `push_cursor`).
@@ -266,9 +284,10 @@ public struct ReleaseRequest: Sendable {
     }
 
     /// The audit result of a release, the same in every driver: `not_found` without a key,
-    /// `key_blocked` for a blocked or revoked key, else `ok`.
+    /// `key_destroyed` for a destroyed one, `key_blocked` for a blocked or revoked key, else `ok`.
     public static func result(for key: StoredKey?) -> AuditResult {
         guard let key else { return .refused(.notFound) }
+        if key.destroyed != nil { return .refused(.keyDestroyed) }
         return key.blocked || key.record.state == .revoked ? .refused(.keyBlocked) : .ok
     }
 
@@ -321,10 +340,13 @@ public struct KeyImportResult: Sendable, Equatable {
     public var inserted: Int
     /// Keys that were there with the same secret.
     public var alreadyPresent: Int
+    /// Keys destroyed here: not brought back (a destroyed key stays destroyed).
+    public var destroyed: Int
     /// A result.
-    public init(inserted: Int, alreadyPresent: Int) {
+    public init(inserted: Int, alreadyPresent: Int, destroyed: Int = 0) {
         self.inserted = inserted
         self.alreadyPresent = alreadyPresent
+        self.destroyed = destroyed
     }
 }
 
@@ -348,6 +370,8 @@ public struct ImportTally: Sendable {
     public var conflicts: [KeyID] = []
     /// How many keys conflicted.
     public var conflictCount = 0
+    /// Keys refused because they were destroyed here.
+    public var destroyed = 0
     /// An empty tally.
     public init() {}
 
@@ -359,16 +383,20 @@ public struct ImportTally: Sendable {
             switch outcome {
             case .inserted: inserted += 1
             case .alreadyPresent: alreadyPresent += 1
+            case .destroyed: destroyed += 1
             case .conflict:
                 conflictCount += 1
                 if conflicts.count < KeyImportConflict.limit { conflicts.append(key.record.id) }
                 continue
             }
+            let result: AuditResult =
+                switch outcome {
+                case .inserted: .ok
+                case .destroyed: .refused(.keyDestroyed)
+                default: .alreadyPresent
+                }
             events.append(
-                AuditEvent(
-                    time: base.time, actor: base.actor, action: .import, keyID: key.record.id, route: base.route,
-                    result: outcome == .inserted ? .ok : .alreadyPresent
-                ))
+                AuditEvent(time: base.time, actor: base.actor, action: .import, keyID: key.record.id, route: base.route, result: result))
         }
         return events
     }
@@ -379,14 +407,14 @@ public struct ImportTally: Sendable {
     }
 
     /// The counts.
-    public var result: KeyImportResult { KeyImportResult(inserted: inserted, alreadyPresent: alreadyPresent) }
+    public var result: KeyImportResult { KeyImportResult(inserted: inserted, alreadyPresent: alreadyPresent, destroyed: destroyed) }
 
     /// The summary record: `base` with the counts.
     public func summary(_ base: AuditEvent) -> AuditEvent {
         var e = base
         e.detail =
-            "\(inserted + alreadyPresent) keys: \(inserted) inserted, \(alreadyPresent) already present"
-            + (base.detail.isEmpty ? "" : "; \(base.detail)")
+            "\(inserted + alreadyPresent + destroyed) keys: \(inserted) inserted, \(alreadyPresent) already present"
+            + (destroyed > 0 ? ", \(destroyed) destroyed here (not brought back)" : "") + (base.detail.isEmpty ? "" : "; \(base.detail)")
         return e
     }
 }

@@ -16,7 +16,7 @@ public enum Schema {
     public static let migrations: [any SchemaMigration] = [
         CreateRepository(), AddKeySequence(), InsertAndReleaseFunction(), AddKeyStateSequence(),
         AddReleaseApprovals(), AddKeyRotations(), AddEscrowChecks(), AddCertificateExpiry(),
-        AddNextCertificate(), AddMasterKeyVersions(),
+        AddNextCertificate(), AddMasterKeyVersions(), AddKeyRetention(),
     ]
 }
 
@@ -313,6 +313,40 @@ struct AddMasterKeyVersions: SchemaMigration {
               version INTEGER PRIMARY KEY, check_value BYTEA NOT NULL, created TIMESTAMPTZ NOT NULL, activated TIMESTAMPTZ,
               retired TIMESTAMPTZ)
             """,
+        ]
+    }
+}
+
+/// Version 11: device deletion and key retention (docs/operations.md, "Deleting devices and
+/// destroying keys"). `clients.deleted` is when an administrator deleted the client; on keys,
+/// `escrowed_by` is the client of this server that escrowed it (existing device escrows: their
+/// origin device), `held_below` says a secondary pushed it (the retention here spares it), and
+/// `destroyed` is when its secret was erased.
+struct AddKeyRetention: SchemaMigration {
+    let version = 11
+    let name = "add key retention"
+
+    var sqlite: [String] {
+        [
+            "ALTER TABLE clients ADD COLUMN deleted REAL",
+            "ALTER TABLE keys ADD COLUMN escrowed_by TEXT",
+            "ALTER TABLE keys ADD COLUMN held_below INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE keys ADD COLUMN destroyed REAL",
+            "UPDATE keys SET escrowed_by = origin_device_id WHERE provenance = 'escrow'",
+            "UPDATE keys SET held_below = 1 WHERE provenance = 'pushed'",
+            "CREATE INDEX keys_escrowed_by ON keys (escrowed_by)",
+        ]
+    }
+
+    var postgres: [String] {
+        [
+            "ALTER TABLE clients ADD COLUMN deleted TIMESTAMPTZ",
+            "ALTER TABLE keys ADD COLUMN escrowed_by TEXT",
+            "ALTER TABLE keys ADD COLUMN held_below BOOLEAN NOT NULL DEFAULT FALSE",
+            "ALTER TABLE keys ADD COLUMN destroyed TIMESTAMPTZ",
+            "UPDATE keys SET escrowed_by = origin_device_id WHERE provenance = 'escrow'",
+            "UPDATE keys SET held_below = TRUE WHERE provenance = 'pushed'",
+            "CREATE INDEX keys_escrowed_by ON keys (escrowed_by)",
         ]
     }
 }

@@ -31,9 +31,10 @@ public enum BatchAudit {
         let inserted = outcomes.filter { $0 == .inserted }.count
         let present = outcomes.filter { $0 == .alreadyPresent }.count
         let conflicts = outcomes.filter { $0 == .conflict }.count
+        let destroyed = outcomes.filter { $0 == .destroyed }.count
         e.detail =
             "\(outcomes.count) keys: \(inserted) inserted, \(present) already present, \(conflicts) conflicts"
-            + (base.detail.isEmpty ? "" : "; \(base.detail)")
+            + (destroyed > 0 ? ", \(destroyed) destroyed here" : "") + (base.detail.isEmpty ? "" : "; \(base.detail)")
         return e
     }
 

@@ -125,7 +125,8 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     // MARK: Keys
 
     private static let keyColumns = """
-        id, kind, origin_server_id, origin_device_id, created, label, state, wrapped_secret, secret_fingerprint, provenance, stored, blocked, seq
+        id, kind, origin_server_id, origin_device_id, created, label, state, wrapped_secret, secret_fingerprint, provenance, stored, blocked, seq,
+        destroyed, escrowed_by
         """
 
     /// Serialises writers of `keys.seq` for the rest of the transaction, so a smaller sequence
@@ -141,15 +142,18 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
             var outcome = KeyInsertOutcome.inserted
             if !inserted {
                 var existing: [UInt8] = []
-                for try await f in try await conn.query("SELECT secret_fingerprint FROM keys WHERE id = \(r.id.description)", logger: logger).decode(
-                    ByteBuffer.self)
-                {
+                var destroyed = false
+                for try await (f, gone) in try await conn.query(
+                    "SELECT secret_fingerprint, destroyed IS NOT NULL FROM keys WHERE id = \(r.id.description)", logger: logger
+                ).decode((ByteBuffer, Bool).self) {
                     existing = Array(f.readableBytesView)
+                    destroyed = gone
                 }
-                outcome = existing == key.secretFingerprint ? .alreadyPresent : .conflict
+                outcome = destroyed ? .destroyed : existing == key.secretFingerprint ? .alreadyPresent : .conflict
             }
             if var a = audit {
                 if outcome == .conflict { a.result = .refused(.conflict) }
+                if outcome == .destroyed { a.result = .refused(.keyDestroyed) }
                 try await Self.insertAudit(conn, a, logger)
             }
             return outcome
@@ -163,10 +167,11 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         return try await conn.query(
             """
             INSERT INTO keys (id, kind, origin_server_id, origin_device_id, created, label, state,
-                              wrapped_secret, secret_fingerprint, provenance, stored, blocked, seq)
+                              wrapped_secret, secret_fingerprint, provenance, stored, blocked, escrowed_by, held_below, seq)
             VALUES (\(r.id.description), \(r.kind.rawValue), \(r.originServerID.description), \(r.originDeviceID.description),
                     \(r.created), \(r.label), \(r.state.rawValue), \(bytea(key.wrappedSecret)), \(bytea(key.secretFingerprint)),
-                    \(key.provenance.rawValue), \(key.stored), \(key.blocked), (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys))
+                    \(key.provenance.rawValue), \(key.stored), \(key.blocked), \(key.escrowedBy?.description), \(key.provenance == .pushed),
+                    (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys))
             ON CONFLICT (id) DO NOTHING RETURNING id
             """, logger: logger
         ).collect().count == 1
@@ -264,20 +269,26 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     /// statements whatever its size: look up the ids that exist, insert the new ones from arrays
     /// (sequence numbers in batch order), flag newly blocked ones.
     private func insertBatch(_ conn: PostgresConnection, _ batch: [StoredKey]) async throws -> [KeyInsertOutcome] {
-        var existing: [String: (fingerprint: [UInt8], blocked: Bool)] = [:]
+        var existing: [String: (fingerprint: [UInt8], blocked: Bool, destroyed: Bool, heldBelow: Bool)] = [:]
         let ids = batch.map { $0.record.id.description }
-        for try await (id, fingerprint, blocked) in try await conn.query(
-            "SELECT id, secret_fingerprint, blocked FROM keys WHERE id = ANY(\(ids))", logger: logger
-        ).decode((String, ByteBuffer, Bool).self) {
-            existing[id] = (Array(fingerprint.readableBytesView), blocked)
+        for try await (id, fingerprint, blocked, destroyed, heldBelow) in try await conn.query(
+            "SELECT id, secret_fingerprint, blocked, destroyed IS NOT NULL, held_below FROM keys WHERE id = ANY(\(ids))", logger: logger
+        ).decode((String, ByteBuffer, Bool, Bool, Bool).self) {
+            existing[id] = (Array(fingerprint.readableBytesView), blocked, destroyed, heldBelow)
         }
         var outcomes: [KeyInsertOutcome] = []
         var fresh: [StoredKey] = []
         var newlyBlocked: [String] = []
+        var newlyHeld: [String] = []
         var seen = Set<String>()
         for key in batch {
             let id = key.record.id.description
             if let old = existing[id] {
+                guard !old.destroyed else {
+                    outcomes.append(.destroyed)
+                    continue
+                }
+                if key.provenance == .pushed, !old.heldBelow, !newlyHeld.contains(id) { newlyHeld.append(id) }
                 guard old.fingerprint == key.secretFingerprint else {
                     outcomes.append(.conflict)
                     continue
@@ -298,9 +309,9 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
             try await conn.query(
                 """
                 INSERT INTO keys (id, kind, origin_server_id, origin_device_id, created, label, state,
-                                  wrapped_secret, secret_fingerprint, provenance, stored, blocked, seq)
+                                  wrapped_secret, secret_fingerprint, provenance, stored, blocked, held_below, seq)
                 SELECT t.id, t.kind, t.origin_server_id, t.origin_device_id, t.created, t.label, t.state,
-                       t.wrapped_secret, t.secret_fingerprint, t.provenance, t.stored, t.blocked,
+                       t.wrapped_secret, t.secret_fingerprint, t.provenance, t.stored, t.blocked, t.provenance = 'pushed',
                        (SELECT COALESCE(MAX(seq), 0) FROM keys) + t.ord
                 FROM unnest(\(fresh.map { $0.record.id.description })::text[], \(fresh.map { $0.record.kind.rawValue })::text[],
                             \(fresh.map { $0.record.originServerID.description })::text[], \(fresh.map { $0.record.originDeviceID.description })::text[],
@@ -312,6 +323,9 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
                 ORDER BY t.ord
                 """, logger: logger
             )
+        }
+        if !newlyHeld.isEmpty {
+            try await conn.query("UPDATE keys SET held_below = TRUE WHERE id = ANY(\(newlyHeld))", logger: logger)
         }
         if !newlyBlocked.isEmpty {
             try await conn.query(
@@ -377,7 +391,7 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     /// CASE is ReleaseRequest.result(for:) in SQL and `allowed` is ReleaseCaller.matches(_:); the
     /// conformance suite checks that every driver agrees.
     private struct ReleaseBatchStatement: PostgresPreparedStatement {
-        static let name = "keyhold_release_batch_2"
+        static let name = "keyhold_release_batch_3"
         static let sql = """
             WITH r AS (SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::bool[],
                                             $7::text[], $8::text[], $9::text[])
@@ -389,7 +403,7 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
                  k AS (SELECT r.ord, \(columns("keys")) FROM r JOIN c ON c.ord = r.ord JOIN keys ON keys.id = r.id WHERE c.allowed),
                  a AS (INSERT INTO audit (time, actor, action, key_id, route, result, detail)
                        SELECT r.time, r.actor, 'release', r.id, r.route,
-                              CASE WHEN k.id IS NULL THEN 'not_found'
+                              CASE WHEN k.id IS NULL THEN 'not_found' WHEN k.destroyed IS NOT NULL THEN 'key_destroyed'
                                    WHEN k.blocked OR k.state = 'revoked' THEN 'key_blocked' ELSE 'ok' END,
                               r.detail
                        FROM r JOIN c ON c.ord = r.ord LEFT JOIN k ON k.ord = r.ord
@@ -464,10 +478,11 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     public func stateChanges(after: Int64, limit: Int) async throws -> [KeyStateChange] {
         var out: [KeyStateChange] = []
         let rows = try await client.query(
-            "SELECT id, blocked, state_seq FROM keys WHERE state_seq > \(after) ORDER BY state_seq LIMIT \(Int64(limit))", logger: logger)
-        for try await (id, blocked, sequence) in rows.decode((String, Bool, Int64).self) {
+            "SELECT id, blocked, state_seq, destroyed IS NOT NULL FROM keys WHERE state_seq > \(after) ORDER BY state_seq LIMIT \(Int64(limit))",
+            logger: logger)
+        for try await (id, blocked, sequence, destroyed) in rows.decode((String, Bool, Int64, Bool).self) {
             guard let keyID = KeyID(id) else { throw RepositoryError("a stored key id is not a UUID") }
-            out.append(KeyStateChange(keyID: keyID, blocked: blocked, sequence: sequence))
+            out.append(KeyStateChange(keyID: keyID, blocked: blocked, sequence: sequence, destroyed: destroyed))
         }
         return out
     }
@@ -477,11 +492,11 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         try await client.withTransaction(logger: logger) { conn in
             try await conn.query("SELECT pg_advisory_xact_lock(\(Self.sequenceLock))", logger: logger)
             var changed: [KeyID] = []
-            for change in changes {
+            for change in changes where !change.destroyed {
                 let updated = try await conn.query(
                     """
                     UPDATE keys SET blocked = \(change.blocked), state_seq = (SELECT COALESCE(MAX(state_seq), 0) + 1 FROM keys)
-                    WHERE id = \(change.keyID.description) AND blocked <> \(change.blocked) RETURNING id
+                    WHERE id = \(change.keyID.description) AND blocked <> \(change.blocked) AND destroyed IS NULL RETURNING id
                     """, logger: logger
                 ).collect().count
                 guard updated > 0 else { continue }
@@ -522,7 +537,8 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         try decodeKey(row.makeRandomAccess(), from: 0)
     }
 
-    /// The key in the 13 columns of ``keyColumns`` starting at column `first`.
+    /// The key in the 15 columns of ``keyColumns`` starting at column `first` (the insert-and-release
+    /// function answers only the first 13: it returns live keys, obtained from the primary).
     private static func decodeKey(_ cells: PostgresRandomAccessRow, from first: Int) throws -> StoredKey {
         func cell<T: PostgresDecodable>(_ i: Int, _: T.Type = T.self) throws -> T { try cells[first + i].decode(T.self, context: .default) }
         var key = StoredKey(
@@ -536,13 +552,17 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
             provenance: try StoredValue.enumeration(try cell(9)), stored: try cell(10), blocked: try cell(11)
         )
         key.sequence = try cell(12)
+        if cells.count >= first + 15 {
+            key.destroyed = try cell(13, Date?.self)
+            key.escrowedBy = try (try cell(14, String?.self)).map(StoredValue.identifier)
+        }
         return key
     }
 
     // MARK: Clients
 
     private static let clientColumns =
-        "id, role, name, certificate_fingerprint, enrolled, state, last_seen, agent_version, key_count, certificate_expires, next_certificate_fingerprint, next_certificate_expires"
+        "id, role, name, certificate_fingerprint, enrolled, state, last_seen, agent_version, key_count, certificate_expires, next_certificate_fingerprint, next_certificate_expires, deleted"
 
     /// Stores a new enrollment.
     public func insertClient(_ c: EnrolledClient) async throws {
@@ -575,7 +595,7 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     /// Every authenticated request looks its caller up: a prepared statement (parsed and planned
     /// once per connection) for a batch of them.
     private struct ClientsStatement: PostgresPreparedStatement {
-        static let name = "keyhold_clients_3"
+        static let name = "keyhold_clients_4"
         static let sql = "SELECT \(clientColumns) FROM clients WHERE id = ANY($1::text[])"
         typealias Row = PostgresRow
         let ids: [String]
@@ -640,13 +660,13 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     }
 
     private static func decodeClient(_ row: PostgresRow) throws -> EnrolledClient {
-        let (id, role, name, fingerprint, enrolled, state, lastSeen, version, count, expires, next, nextExpires) =
-            try row.decode((String, String, String, String, Date, String, Date?, String?, Int64?, Date?, String?, Date?).self)
+        let (id, role, name, fingerprint, enrolled, state, lastSeen, version, count, expires, next, nextExpires, deleted) =
+            try row.decode((String, String, String, String, Date, String, Date?, String?, Int64?, Date?, String?, Date?, Date?).self)
         return EnrolledClient(
             id: try StoredValue.identifier(id), role: try StoredValue.enumeration(role), name: name, certificateFingerprint: fingerprint,
             enrolled: enrolled,
             state: try StoredValue.enumeration(state), lastSeen: lastSeen, agentVersion: version, reportedKeyCount: count.map(Int.init),
-            certificateExpires: expires, nextCertificateFingerprint: next, nextCertificateExpires: nextExpires
+            certificateExpires: expires, nextCertificateFingerprint: next, nextCertificateExpires: nextExpires, deleted: deleted
         )
     }
 
@@ -1021,7 +1041,8 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     public func keysToRewrap(below version: Int, limit: Int) async throws -> [StoredKey] {
         var out: [StoredKey] = []
         let rows = try await client.query(
-            "SELECT \(unescaped: Self.keyColumns) FROM keys WHERE master_version < \(version) LIMIT \(Int64(limit))", logger: logger)
+            "SELECT \(unescaped: Self.keyColumns) FROM keys WHERE master_version < \(version) AND destroyed IS NULL LIMIT \(Int64(limit))",
+            logger: logger)
         for try await row in rows { out.append(try Self.decodeKey(row)) }
         return out
     }
@@ -1051,9 +1072,96 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     private static func countsByMasterVersion(_ conn: PostgresConnection, below version: Int, _ logger: Logger) async throws -> [Int: Int] {
         var counts: [Int: Int] = [:]
         let rows = try await conn.query(
-            "SELECT master_version, COUNT(*) FROM keys WHERE master_version < \(version) GROUP BY master_version", logger: logger)
+            "SELECT master_version, COUNT(*) FROM keys WHERE master_version < \(version) AND destroyed IS NULL GROUP BY master_version",
+            logger: logger)
         for try await (v, n) in rows.decode((Int, Int).self) { counts[v] = n }
         return counts
+    }
+
+    // MARK: Deletion and retention
+
+    /// Marks a revoked or moved client deleted (``Repository/deleteClient(id:at:audit:)``).
+    public func deleteClient(id: ClientID, at: Date, audit: AuditEvent) async throws -> Bool {
+        try await client.withTransaction(logger: logger) { conn in
+            let rows = try await conn.query(
+                "UPDATE clients SET state = 'deleted', deleted = \(at) WHERE id = \(id.description) AND state IN ('revoked', 'moved') RETURNING id",
+                logger: logger
+            ).collect()
+            guard !rows.isEmpty else { return false }
+            try await Self.insertAudit(conn, audit, logger)
+            return true
+        }
+    }
+
+    /// Keys `client` escrowed that are not destroyed (``Repository/liveKeyCount(escrowedBy:)``).
+    public func liveKeyCount(escrowedBy client: ClientID) async throws -> Int {
+        for try await n in try await self.client.query(
+            "SELECT COUNT(*) FROM keys WHERE escrowed_by = \(client.description) AND destroyed IS NULL", logger: logger
+        ).decode(Int.self) { return n }
+        return 0
+    }
+
+    /// Whether an active client references key `k` (the alias of the keys row): it escrowed the
+    /// key, or its last drive check names it. The same rule as MemoryRepository's.
+    private static let referencedByActiveClient = """
+        EXISTS (SELECT 1 FROM clients a WHERE a.state = 'active'
+                  AND (a.id = k.escrowed_by OR a.id = (SELECT e.client_id FROM escrow_checks e WHERE e.key_id = k.id)))
+        """
+
+    /// The keys the retention destroys (``Repository/keysDueForDestruction(deletedBefore:limit:)``).
+    public func keysDueForDestruction(deletedBefore cutoff: Date, limit: Int) async throws -> [DueKey] {
+        var out: [DueKey] = []
+        let rows = try await client.query(
+            """
+            SELECT k.id, k.escrowed_by, c.deleted FROM keys k JOIN clients c ON c.id = k.escrowed_by
+            WHERE c.state = 'deleted' AND c.deleted <= \(cutoff) AND k.destroyed IS NULL AND NOT k.held_below
+              AND NOT \(unescaped: Self.referencedByActiveClient)
+            ORDER BY k.id LIMIT \(Int64(limit))
+            """, logger: logger)
+        for try await (id, owner, deleted) in rows.decode((String, String, Date).self) {
+            out.append(DueKey(keyID: try StoredValue.identifier(id), client: try StoredValue.identifier(owner), deleted: deleted))
+        }
+        return out
+    }
+
+    /// Destroys keys (``Repository/destroyKeys(_:at:)``) in one transaction holding the sequence lock.
+    public func destroyKeys(_ requests: [KeyDestruction], at: Date) async throws -> [KeyDestructionOutcome] {
+        try await client.withTransaction(logger: logger) { conn in
+            try await conn.query("SELECT pg_advisory_xact_lock(\(Self.sequenceLock))", logger: logger)
+            var outcomes: [KeyDestructionOutcome] = []
+            for request in requests {
+                var found: (destroyed: Bool, referenced: Bool)?
+                for try await (destroyed, referenced) in try await conn.query(
+                    """
+                    SELECT k.destroyed IS NOT NULL, \(unescaped: Self.referencedByActiveClient) FROM keys k
+                    WHERE k.id = \(request.keyID.description) FOR UPDATE
+                    """, logger: logger
+                ).decode((Bool, Bool).self) {
+                    found = (destroyed, referenced)
+                }
+                guard let found else {
+                    outcomes.append(.notFound)
+                    continue
+                }
+                if found.destroyed {
+                    outcomes.append(.alreadyDestroyed)
+                    continue
+                }
+                if request.unlessReferenced && found.referenced {
+                    outcomes.append(.referenced)
+                    continue
+                }
+                try await conn.query(
+                    """
+                    UPDATE keys SET wrapped_secret = ''::bytea, secret_fingerprint = ''::bytea, destroyed = \(at),
+                      seq = (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys), state_seq = (SELECT COALESCE(MAX(state_seq), 0) + 1 FROM keys)
+                    WHERE id = \(request.keyID.description)
+                    """, logger: logger)
+                try await Self.insertAudit(conn, request.audit, logger)
+                outcomes.append(.destroyed)
+            }
+            return outcomes
+        }
     }
 
     /// Retires the older versions when no key uses them (``Repository/retireMasterKeyVersions(below:at:audit:)``).

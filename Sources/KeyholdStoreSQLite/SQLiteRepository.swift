@@ -5,7 +5,10 @@ public import KeyholdProtocol
 public import KeyholdStore
 
 /// The embedded default ``Repository``: one SQLite file in WAL mode with `synchronous=FULL`, so a
-/// committed transaction survives a crash or power loss before the call returns.
+/// committed transaction survives a crash or power loss before the call returns. With
+/// `secure_delete` on, content a statement removes or replaces is overwritten with zeros in the
+/// file, and a key destruction truncates the write-ahead log after its commit: a destroyed key's
+/// wrapped secret is then in neither file.
 public final class SQLiteRepository: Repository, RepositoryFaultInjection {
     private let pool: TrackedPool
     /// Concurrent releases share one write transaction, so one fsync (SQLite has one writer anyway).
@@ -18,6 +21,7 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         var config = Configuration()
         config.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = FULL")
+            try db.execute(sql: "PRAGMA secure_delete = ON")
         }
         config.busyMode = .timeout(10)
         self.path = path
@@ -78,10 +82,15 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
     /// Stores a key unless its id exists, with its audit record (``Repository/insertKey(_:audit:)``).
     public func insertKey(_ key: StoredKey, audit: AuditEvent?) async throws -> KeyInsertOutcome {
         try await pool.write { db in
-            if let existing = try Data.fetchOne(db, sql: "SELECT secret_fingerprint FROM keys WHERE id = ?", arguments: [key.record.id.description]) {
-                let outcome: KeyInsertOutcome = [UInt8](existing) == key.secretFingerprint ? .alreadyPresent : .conflict
+            if let existing = try Row.fetchOne(
+                db, sql: "SELECT secret_fingerprint, destroyed FROM keys WHERE id = ?", arguments: [key.record.id.description])
+            {
+                let outcome: KeyInsertOutcome =
+                    (existing["destroyed"] as Double?) != nil
+                    ? .destroyed : [UInt8](existing["secret_fingerprint"] as Data) == key.secretFingerprint ? .alreadyPresent : .conflict
                 if var a = audit {
                     if outcome == .conflict { a.result = .refused(.conflict) }
+                    if outcome == .destroyed { a.result = .refused(.keyDestroyed) }
                     try Self.insertAudit(db, a)
                 }
                 return outcome
@@ -101,8 +110,8 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         let statement = try db.cachedStatement(
             sql: """
                 INSERT INTO keys (id, kind, origin_server_id, origin_device_id, created, label, state,
-                                  wrapped_secret, secret_fingerprint, provenance, stored, blocked, master_version, seq)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys))
+                                  wrapped_secret, secret_fingerprint, provenance, stored, blocked, master_version, escrowed_by, held_below, seq)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys))
                 ON CONFLICT (id) DO NOTHING
                 """)
         try statement.execute(
@@ -110,7 +119,7 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
                 key.record.id.description, key.record.kind.rawValue, key.record.originServerID.description,
                 key.record.originDeviceID.description, key.record.created.timeIntervalSince1970, key.record.label,
                 key.record.state.rawValue, Data(key.wrappedSecret), Data(key.secretFingerprint), key.provenance.rawValue,
-                key.stored.timeIntervalSince1970, key.blocked, key.masterVersion,
+                key.stored.timeIntervalSince1970, key.blocked, key.masterVersion, key.escrowedBy?.description, key.provenance == .pushed,
             ]
         )
         return db.changesCount > 0
@@ -172,8 +181,16 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
                 continue
             }
             let row = try Row.fetchOne(
-                db.cachedStatement(sql: "SELECT secret_fingerprint, blocked FROM keys WHERE id = ?"), arguments: [key.record.id.description])
+                db.cachedStatement(sql: "SELECT secret_fingerprint, blocked, destroyed, held_below FROM keys WHERE id = ?"),
+                arguments: [key.record.id.description])
             if let row {
+                guard (row["destroyed"] as Double?) == nil else {
+                    outcomes.append(.destroyed)
+                    continue
+                }
+                if key.provenance == .pushed, !(row["held_below"] as Bool) {
+                    try db.execute(sql: "UPDATE keys SET held_below = 1 WHERE id = ?", arguments: [key.record.id.description])
+                }
                 guard [UInt8](row["secret_fingerprint"] as Data) == key.secretFingerprint else {
                     outcomes.append(.conflict)
                     continue
@@ -250,10 +267,11 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
     public func stateChanges(after: Int64, limit: Int) async throws -> [KeyStateChange] {
         try await pool.read { db in
             try Row.fetchAll(
-                db, sql: "SELECT id, blocked, state_seq FROM keys WHERE state_seq > ? ORDER BY state_seq LIMIT ?", arguments: [after, limit]
+                db, sql: "SELECT id, blocked, state_seq, destroyed IS NOT NULL AS gone FROM keys WHERE state_seq > ? ORDER BY state_seq LIMIT ?",
+                arguments: [after, limit]
             ).map { row in
                 guard let id = KeyID(row["id"] as String) else { throw RepositoryError("a stored key id is not a UUID") }
-                return KeyStateChange(keyID: id, blocked: row["blocked"], sequence: row["state_seq"])
+                return KeyStateChange(keyID: id, blocked: row["blocked"], sequence: row["state_seq"], destroyed: row["gone"])
             }
         }
     }
@@ -262,9 +280,10 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
     public func applyStateChanges(_ changes: [KeyStateChange], audit: AuditEvent) async throws -> [KeyID] {
         try await pool.write { db in
             var changed: [KeyID] = []
-            for change in changes {
+            for change in changes where !change.destroyed {
                 try db.execute(
-                    sql: "UPDATE keys SET blocked = ?, state_seq = (SELECT COALESCE(MAX(state_seq), 0) + 1 FROM keys) WHERE id = ? AND blocked != ?",
+                    sql:
+                        "UPDATE keys SET blocked = ?, state_seq = (SELECT COALESCE(MAX(state_seq), 0) + 1 FROM keys) WHERE id = ? AND blocked != ? AND destroyed IS NULL",
                     arguments: [change.blocked, change.keyID.description, change.blocked]
                 )
                 guard db.changesCount > 0 else { continue }
@@ -309,7 +328,7 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
     }
 
     private static func decodeKeyColumns(_ row: Row) throws -> StoredKey {
-        StoredKey(
+        var key = StoredKey(
             record: KeyRecord(
                 id: try StoredValue.identifier(row["id"]), kind: try StoredValue.enumeration(row["kind"]),
                 originServerID: try StoredValue.identifier(row["origin_server_id"]),
@@ -320,8 +339,10 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
             secretFingerprint: [UInt8](row["secret_fingerprint"] as Data),
             provenance: try StoredValue.enumeration(row["provenance"]),
             stored: Date(timeIntervalSince1970: row["stored"]),
-            blocked: row["blocked"]
+            blocked: row["blocked"], escrowedBy: try (row["escrowed_by"] as String?).map(StoredValue.identifier)
         )
+        key.destroyed = (row["destroyed"] as Double?).map(Date.init(timeIntervalSince1970:))
+        return key
     }
 
     // MARK: Clients
@@ -420,7 +441,8 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
             agentVersion: row["agent_version"], reportedKeyCount: row["key_count"],
             certificateExpires: (row["certificate_expires"] as Double?).map(Date.init(timeIntervalSince1970:)),
             nextCertificateFingerprint: row["next_certificate_fingerprint"],
-            nextCertificateExpires: (row["next_certificate_expires"] as Double?).map(Date.init(timeIntervalSince1970:))
+            nextCertificateExpires: (row["next_certificate_expires"] as Double?).map(Date.init(timeIntervalSince1970:)),
+            deleted: (row["deleted"] as Double?).map(Date.init(timeIntervalSince1970:))
         )
     }
 
@@ -746,7 +768,8 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
     /// Keys wrapped under older versions (``Repository/keysToRewrap(below:limit:)``).
     public func keysToRewrap(below version: Int, limit: Int) async throws -> [StoredKey] {
         try await pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM keys WHERE master_version < ? LIMIT ?", arguments: [version, limit]).map(Self.decodeKey)
+            try Row.fetchAll(db, sql: "SELECT * FROM keys WHERE master_version < ? AND destroyed IS NULL LIMIT ?", arguments: [version, limit]).map(
+                Self.decodeKey)
         }
     }
 
@@ -774,7 +797,8 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
     private static func countsByMasterVersion(_ db: Database, below version: Int) throws -> [Int: Int] {
         var counts: [Int: Int] = [:]
         for row in try Row.fetchAll(
-            db, sql: "SELECT master_version, COUNT(*) AS n FROM keys WHERE master_version < ? GROUP BY master_version", arguments: [version])
+            db, sql: "SELECT master_version, COUNT(*) AS n FROM keys WHERE master_version < ? AND destroyed IS NULL GROUP BY master_version",
+            arguments: [version])
         {
             counts[row["master_version"]] = row["n"]
         }
@@ -792,6 +816,83 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
             try Self.insertAudit(db, audit)
             return [:]
         }
+    }
+
+    // MARK: Deletion and retention
+
+    /// Marks a revoked or moved client deleted (``Repository/deleteClient(id:at:audit:)``).
+    public func deleteClient(id: ClientID, at: Date, audit: AuditEvent) async throws -> Bool {
+        try await pool.write { db in
+            try db.execute(
+                sql: "UPDATE clients SET state = 'deleted', deleted = ? WHERE id = ? AND state IN ('revoked', 'moved')",
+                arguments: [at.timeIntervalSince1970, id.description])
+            guard db.changesCount > 0 else { return false }
+            try Self.insertAudit(db, audit)
+            return true
+        }
+    }
+
+    /// Keys `client` escrowed that are not destroyed (``Repository/liveKeyCount(escrowedBy:)``).
+    public func liveKeyCount(escrowedBy client: ClientID) async throws -> Int {
+        try await pool.read { db in
+            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM keys WHERE escrowed_by = ? AND destroyed IS NULL", arguments: [client.description]) ?? 0
+        }
+    }
+
+    /// Whether an active client references key `k` (the alias of the keys row): it escrowed the
+    /// key, or its last drive check names it. The same rule as MemoryRepository's.
+    private static let referencedByActiveClient = """
+        EXISTS (SELECT 1 FROM clients a WHERE a.state = 'active'
+                  AND (a.id = k.escrowed_by OR a.id = (SELECT e.client_id FROM escrow_checks e WHERE e.key_id = k.id)))
+        """
+
+    /// The keys the retention destroys (``Repository/keysDueForDestruction(deletedBefore:limit:)``).
+    public func keysDueForDestruction(deletedBefore cutoff: Date, limit: Int) async throws -> [DueKey] {
+        try await pool.read { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT k.id, k.escrowed_by, c.deleted FROM keys k JOIN clients c ON c.id = k.escrowed_by
+                    WHERE c.state = 'deleted' AND c.deleted <= ? AND k.destroyed IS NULL AND k.held_below = 0
+                      AND NOT \(Self.referencedByActiveClient)
+                    ORDER BY k.id LIMIT ?
+                    """, arguments: [cutoff.timeIntervalSince1970, limit]
+            ).map { row in
+                DueKey(
+                    keyID: try StoredValue.identifier(row["id"]), client: try StoredValue.identifier(row["escrowed_by"]),
+                    deleted: Date(timeIntervalSince1970: row["deleted"]))
+            }
+        }
+    }
+
+    /// Destroys keys (``Repository/destroyKeys(_:at:)``), then truncates the write-ahead log so
+    /// that no earlier page image holding their secrets stays in it.
+    public func destroyKeys(_ requests: [KeyDestruction], at: Date) async throws -> [KeyDestructionOutcome] {
+        let outcomes = try await pool.write { db in
+            try requests.map { request -> KeyDestructionOutcome in
+                guard
+                    let row = try Row.fetchOne(
+                        db, sql: "SELECT k.destroyed, \(Self.referencedByActiveClient) AS referenced FROM keys k WHERE k.id = ?",
+                        arguments: [request.keyID.description])
+                else { return .notFound }
+                if (row["destroyed"] as Double?) != nil { return .alreadyDestroyed }
+                if request.unlessReferenced && (row["referenced"] as Bool) { return .referenced }
+                try db.execute(
+                    sql: """
+                        UPDATE keys SET wrapped_secret = x'', secret_fingerprint = x'', destroyed = ?,
+                          seq = (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys), state_seq = (SELECT COALESCE(MAX(state_seq), 0) + 1 FROM keys)
+                        WHERE id = ?
+                        """, arguments: [at.timeIntervalSince1970, request.keyID.description])
+                try Self.insertAudit(db, request.audit)
+                return .destroyed
+            }
+        }
+        if outcomes.contains(.destroyed) {
+            // Best effort: a reader holding an old snapshot makes it wait (GRDB's busy timeout);
+            // the next destruction or SQLite's own checkpoints finish the job then.
+            try? await pool.writeWithoutTransaction { db in _ = try db.checkpoint(.truncate) }
+        }
+        return outcomes
     }
 
     // MARK: Settings

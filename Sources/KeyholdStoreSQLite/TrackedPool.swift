@@ -24,6 +24,11 @@ struct TrackedPool: Sendable {
         try await statistics.track(isDatabaseError: Self.isDatabaseError) { try await pool.read(value) }
     }
 
+    /// `pool.writeWithoutTransaction` (for a checkpoint), counted.
+    func writeWithoutTransaction<T: Sendable>(_ updates: @Sendable (Database) throws -> T) async throws -> T {
+        try await statistics.track(isDatabaseError: Self.isDatabaseError) { try await pool.writeWithoutTransaction(updates) }
+    }
+
     /// Closes the pool.
     func close() throws { try pool.close() }
 

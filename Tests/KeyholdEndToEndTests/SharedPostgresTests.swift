@@ -19,6 +19,20 @@ import Testing
         return (try PostgresRepository.url(base, database: name), name)
     }
 
+    /// `pg_dump` of the keys table of database `name` (at `url`), data only, with bytea as hex
+    /// (the form a dump holds).
+    static func dumpKeys(url: String, name: String) async throws -> String {
+        let query = Dictionary(uniqueKeysWithValues: (URLComponents(string: url)?.queryItems ?? []).map { ($0.name, $0.value ?? "") })
+        let pgBin =
+            try FileManager.default.contentsOfDirectory(atPath: "/usr/lib/postgresql").sorted().last.map { "/usr/lib/postgresql/\($0)/bin" }
+            ?? "/usr/bin"
+        let dump = try await run(
+            URL(fileURLWithPath: "\(pgBin)/pg_dump"),
+            ["-h", query["host"] ?? "", "-U", query["user"] ?? "keyhold", "--data-only", "-t", "keys", name])
+        guard dump.status == 0 else { throw TestFailure("pg_dump failed: \(dump.stderr)") }
+        return dump.stdoutText
+    }
+
     /// Two processes of one server on a fresh database, not started: B is a copy of A's data
     /// directory (same identity, CA and master key), with its own ports.
     static func twoProcesses(_ prefix: String) async throws -> (a: ServerProcess, b: ServerProcess) {
@@ -76,16 +90,7 @@ import Testing
             secrets.append(secret.withUnsafeBytes { Data($0) })
             _ = try await using(try d1.client()) { try await $0.put(APIPath.key(record.id.description), request, as: EscrowResponse.self) }
         }
-        // pg_dump of the whole database, with bytea as hex (the form a dump holds).
-        let query = Dictionary(uniqueKeysWithValues: (URLComponents(string: url)?.queryItems ?? []).map { ($0.name, $0.value ?? "") })
-        let pgBin =
-            try FileManager.default.contentsOfDirectory(atPath: "/usr/lib/postgresql").sorted().last.map { "/usr/lib/postgresql/\($0)/bin" }
-            ?? "/usr/bin"
-        let dump = try await run(
-            URL(fileURLWithPath: "\(pgBin)/pg_dump"),
-            ["-h", query["host"] ?? "", "-U", query["user"] ?? "keyhold", "--data-only", "-t", "keys", name])
-        #expect(dump.status == 0, "\(dump.stderr)")
-        let text = dump.stdoutText
+        let text = try await Self.dumpKeys(url: url, name: name)
         #expect(text.contains("COPY public.keys"))
         for secret in secrets {
             let hex = secret.map { String(format: "%02x", $0) }.joined()
