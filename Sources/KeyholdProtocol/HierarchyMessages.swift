@@ -1,32 +1,41 @@
 public import Foundation
 public import KeyholdCore
 
-/// One key in a push from a secondary to its primary: the key's wire form and whether it is blocked.
+/// One key in a push from a secondary to its primary: the key's wire form, whether it is
+/// blocked, and whether it is the secondary's own.
 public struct PushedKey: Codable, Sendable {
     /// The key and its secret.
     public var key: KeyMaterial
     /// Whether the secondary holds it blocked (a block travels up).
     public var blocked: Bool
+    /// Whether the key came to the secondary from below (its devices, its own secondaries, an
+    /// import) rather than from its primary: the primary then holds it for the secondary, whose
+    /// destruction notice it follows (docs/spec/hierarchy.md §3b). Absent from older secondaries: false.
+    public var own: Bool
 
     /// A key to push.
-    public init(key: KeyMaterial, blocked: Bool) {
+    public init(key: KeyMaterial, blocked: Bool, own: Bool = true) {
         self.key = key
         self.blocked = blocked
+        self.own = own
     }
 
-    enum CodingKeys: String, CodingKey { case blocked }
+    enum CodingKeys: String, CodingKey { case blocked, own }
 
-    /// Decodes `record`, `secret` and `blocked` from one object.
+    /// Decodes `record`, `secret`, `blocked` and `own` from one object.
     public init(from decoder: any Decoder) throws {
         key = try KeyMaterial(from: decoder)
-        blocked = try decoder.container(keyedBy: CodingKeys.self).decode(Bool.self, forKey: .blocked)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        blocked = try c.decode(Bool.self, forKey: .blocked)
+        own = try c.decodeIfPresent(Bool.self, forKey: .own) ?? false
     }
 
-    /// Encodes `record`, `secret` and `blocked` into one object.
+    /// Encodes `record`, `secret`, `blocked` and `own` into one object.
     public func encode(to encoder: any Encoder) throws {
         try key.encode(to: encoder)
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(blocked, forKey: .blocked)
+        try c.encode(own, forKey: .own)
     }
 }
 

@@ -358,7 +358,7 @@ actor Hierarchy {
                 keys.append(
                     PushedKey(
                         key: KeyMaterial(record: key.record, secret: try masterKey.unwrap(key.wrappedSecret, keyID: key.record.id)),
-                        blocked: key.blocked))
+                        blocked: key.blocked, own: key.provenance != .hierarchy))
             }
         }
         return (keys, destroyed, batch.last?.sequence ?? after)

@@ -32,8 +32,8 @@ extension ServerCore {
     func destroyDueKeys(now: Date = Date()) async throws -> Int {
         var total = 0
         while true {
-            let due = try await repository.keysDueForDestruction(
-                deletedBefore: now.addingTimeInterval(-keyRetention.seconds), limit: Self.retentionBatch)
+            let cutoff = now.addingTimeInterval(-keyRetention.seconds)
+            let due = try await repository.keysDueForDestruction(deletedBefore: cutoff, limit: Self.retentionBatch)
             if due.isEmpty { return total }
             let formatter = ISO8601DateFormatter()
             let requests = due.map {
@@ -42,7 +42,7 @@ extension ServerCore {
                     audit: AuditEvent(
                         actor: .server(serverID), action: .keyDestroy, keyID: $0.keyID, route: .local, result: .ok,
                         detail: "retention: device \($0.client) was deleted \(formatter.string(from: $0.deleted))"),
-                    unlessReferenced: true)
+                    rule: .due(deletedBefore: cutoff))
             }
             let outcomes = try await repository.destroyKeys(requests, at: now)
             let destroyed = outcomes.filter { $0 == .destroyed }.count

@@ -29,6 +29,7 @@ extension ServerCore {
                 .notFound, "key \(keyID) is not held by this server",
                 hint: "reveal it on the server that holds it (its origin or a primary), or import it here first")
         }
+        if stored.destroyed != nil { throw Self.destroyedError(keyID) }  // destroyed meanwhile: nothing was written
         let secret = try masterKey.unwrap(stored.wrappedSecret, keyID: keyID)
         logger.notice("key revealed to an administrator", metadata: ["key": "\(keyID)", "by": "\(caller.actor)"])
         let bytes = secret.withUnsafeBytes { Array($0) }
@@ -111,6 +112,7 @@ extension ServerCore {
         guard let stored = try await audited({ try await repository.revealKey(id: request.keyID, audit: audit) }) else {
             throw KeyholdError(.notFound, "key \(request.keyID) is not held by this server", hint: "answer it on a server that holds the key")
         }
+        if stored.destroyed != nil { throw Self.destroyedError(request.keyID) }  // destroyed meanwhile: nothing was written
         let response = try OfflineResponse.seal(try masterKey.unwrap(stored.wrappedSecret, keyID: request.keyID), to: request, expiry: expiry)
         logger.notice("offline response made", metadata: ["key": "\(request.keyID)", "device": "\(request.deviceID)", "by": "\(caller.actor)"])
         return OfflineRespondResponse(

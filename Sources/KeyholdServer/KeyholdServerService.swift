@@ -121,7 +121,7 @@ public struct KeyholdServerService: Service {
         await hierarchy.use(core.metrics)
         await hierarchy.use { [core] ids, primary in
             try await core.destroyFromElsewhere(
-                ids, actor: .server(settings.serverID), route: .primary(primary), detail: { _ in "destroyed above (by the primary)" })
+                ids, rule: .unlessReferenced, actor: .server(settings.serverID), route: .primary(primary), detail: "destroyed above (by the primary)")
         }
         let api = ServerAPI<ServerContext>(core: core, logger: logger)
 

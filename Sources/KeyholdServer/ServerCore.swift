@@ -537,7 +537,9 @@ struct ServerCore: Sendable {
             return PushResponse(accepted: 0, alreadyPresent: 0, conflicts: [], changes: try await changes(request.changesAfter))
         }
         let batch = try request.keys.map { pushed in
-            try masterKey.store(pushed.key.record, secret: pushed.key.secret, provenance: .pushed, blocked: pushed.blocked)
+            var stored = try masterKey.store(pushed.key.record, secret: pushed.key.secret, provenance: .pushed, blocked: pushed.blocked)
+            if pushed.own { stored.escrowedBy = caller.client.id }  // held here for the secondary
+            return stored
         }
         let outcomes = try await repository.insertKeys(batch, audit: AuditEvent(actor: caller.actor, action: .pushReceive, route: route, result: .ok))
         var conflicts: [KeyID] = []
@@ -562,31 +564,35 @@ struct ServerCore: Sendable {
     }
 
     /// Keys a secondary destroyed: this server destroys its copies too (crypto-shredding up the
-    /// hierarchy), except those an active device of its own still references.
+    /// hierarchy) — only keys it holds for that secondary (pushed as its own), and not while an
+    /// active device's drive here uses them.
     private func destroyPushed(_ notices: [DestroyedKeyNotice], by caller: Caller) async throws {
-        let route = AuditRoute.secondary(caller.client.id)
         _ = try await destroyFromElsewhere(
-            notices.map(\.record.id), actor: caller.actor, route: route, detail: { _ in "destroyed by the secondary that pushed it" })
+            notices.map(\.record.id), rule: .ownedBy(caller.client.id), actor: caller.actor, route: .secondary(caller.client.id),
+            detail: "destroyed by the secondary that pushed it")
     }
 
-    /// Destroys `ids` as another server asked (a secondary's push, the primary's change feed),
-    /// sparing keys an active client here references (audited as refused). The ids destroyed.
+    /// Destroys `ids` as another server asked (a secondary's push, the primary's change feed)
+    /// under `rule`; the keys the rule spares are audited as refused. The ids destroyed.
     func destroyFromElsewhere(
-        _ ids: [KeyID], actor: AuditActor, route: AuditRoute, detail: (KeyID) -> String
+        _ ids: [KeyID], rule: DestructionRule, actor: AuditActor, route: AuditRoute, detail: String
     ) async throws -> [KeyID] {
         let requests = ids.map {
             KeyDestruction(
-                keyID: $0, audit: AuditEvent(actor: actor, action: .keyDestroy, keyID: $0, route: route, result: .ok, detail: detail($0)),
-                unlessReferenced: true)
+                keyID: $0, audit: AuditEvent(actor: actor, action: .keyDestroy, keyID: $0, route: route, result: .ok, detail: detail), rule: rule)
         }
         let outcomes = try await repository.destroyKeys(requests, at: Date())
-        let spared = zip(requests, outcomes).filter { $0.1 == .referenced }.map(\.0)
+        let spared = zip(requests, outcomes).filter { $0.1 == .spared }.map(\.0)
         if !spared.isEmpty {
+            let why =
+                if case .ownedBy = rule { "kept: it is not held here for that secondary, or a device's drive here uses it" } else {
+                    "kept: it is held here for an active client, or a device's drive here uses it"
+                }
             try await repository.appendAudit(
                 spared.map {
                     var e = $0.audit
                     e.result = .refused(.forbidden)
-                    e.detail += "; kept: an active device of this server still references it"
+                    e.detail += "; \(why)"
                     return e
                 })
             logger.notice("kept keys another server destroyed: devices here still use them", metadata: ["keys": "\(spared.count)"])
@@ -813,6 +819,11 @@ struct ServerCore: Sendable {
             }
             throw KeyholdError(.notFound, "no device or secondary \(id) is enrolled here", hint: "list them with 'keyhold-server device list'")
         }
+        guard client.state != .deleted else {
+            throw KeyholdError(
+                .forbidden, "\(client.role) \(id) is deleted; it stays refused and its keys are destroyed after the retention",
+                hint: "nothing to revoke; enroll the device again with a new token if it should be served")
+        }
         _ = try await repository.setClientState(id: id, state: .revoked)
         try await repository.appendAudit(
             AuditEvent(actor: caller.actor, action: .revoke, route: .adminAPI, result: .ok, detail: "\(client.role) \(id)"))
@@ -859,14 +870,14 @@ struct ServerCore: Sendable {
         try Self.checkReason(reason, for: "a destruction")
         let now = Date()
         let audit = AuditEvent(actor: caller.actor, action: .keyDestroy, keyID: keyID, route: .adminAPI, result: .ok, detail: "reason: \(reason)")
-        switch try await repository.destroyKeys([KeyDestruction(keyID: keyID, audit: audit, unlessReferenced: false)], at: now).first {
+        switch try await repository.destroyKeys([KeyDestruction(keyID: keyID, audit: audit, rule: .always)], at: now).first {
         case .destroyed:
             logger.notice("key destroyed", metadata: ["key": "\(keyID)", "by": "\(caller.actor)"])
             return KeyDestroyResponse(keyID: keyID, destroyed: now, newlyDestroyed: true)
         case .alreadyDestroyed:
             let when = try await repository.key(id: keyID)?.destroyed ?? now
             return KeyDestroyResponse(keyID: keyID, destroyed: when, newlyDestroyed: false)
-        case .notFound, .referenced, nil:
+        case .notFound, .spared, nil:
             throw KeyholdError(.notFound, "key \(keyID) is not known to this server", hint: "list keys with 'keyhold-server key list'")
         }
     }

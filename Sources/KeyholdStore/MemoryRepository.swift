@@ -13,8 +13,6 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
     private var rotations: Set<KeyID> = []
     private var checks: [KeyID: EscrowCheckRecord] = [:]
     private var masterVersions: [Int: MasterKeyVersionRecord] = [:]
-    /// Keys a secondary pushed here (the retention spares them).
-    private var heldBelow: Set<KeyID> = []
     private var auditBroken = false
     private var lastSequence: Int64 = 0
     /// The change feed: each key's latest state change (``Repository/stateChanges(after:limit:)``).
@@ -68,6 +66,12 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
                 if outcome == .destroyed { a.result = .refused(.keyDestroyed) }
                 try append(a)
             }
+            // A device re-escrowing a key takes it over from anyone but an active device.
+            if outcome == .alreadyPresent, let owner = key.escrowedBy,
+                existing.escrowedBy.flatMap({ clients[$0] }).map({ $0.state == .active && $0.role == .device }) != true
+            {
+                keys[key.record.id]?.escrowedBy = owner
+            }
             return outcome
         }
         if let audit { try append(audit) }
@@ -104,14 +108,12 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         // All or nothing: compute on a copy, commit by assignment.
         var next = keys
         var sequence = lastSequence
-        var held = heldBelow
-        let outcomes = Self.merge(batch, into: &next, sequence: &sequence, heldBelow: &held)
+        let outcomes = Self.merge(batch, into: &next, sequence: &sequence, clients: clients)
         try append(BatchAudit.summary(audit, outcomes))
         for (key, outcome) in zip(batch, outcomes) where outcome == .conflict { try append(BatchAudit.conflict(audit, key.record.id)) }
         feedNewBlocks(in: next, of: batch)
         keys = next
         lastSequence = sequence
-        heldBelow = held
         return outcomes
     }
 
@@ -119,12 +121,11 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
     public func importKeys(from source: any KeyBatchSource, audit: AuditEvent) async throws -> KeyImportResult {
         var next = keys
         var sequence = lastSequence
-        var held = heldBelow
         var tally = ImportTally()
         var pending: [AuditEvent] = []
         var all: [StoredKey] = []
         while let batch = try source.nextBatch() {
-            pending += tally.add(batch, Self.merge(batch, into: &next, sequence: &sequence, heldBelow: &held), base: audit)
+            pending += tally.add(batch, Self.merge(batch, into: &next, sequence: &sequence, clients: clients), base: audit)
             all += batch
         }
         try tally.checkConflicts()
@@ -139,12 +140,11 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         feedNewBlocks(in: next, of: all)
         keys = next
         lastSequence = sequence
-        heldBelow = held
         return tally.result
     }
 
     private static func merge(
-        _ batch: [StoredKey], into next: inout [KeyID: StoredKey], sequence: inout Int64, heldBelow: inout Set<KeyID>
+        _ batch: [StoredKey], into next: inout [KeyID: StoredKey], sequence: inout Int64, clients: [ClientID: EnrolledClient]
     ) -> [KeyInsertOutcome] {
         var outcomes: [KeyInsertOutcome] = []
         for key in batch {
@@ -153,10 +153,13 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
                     outcomes.append(.destroyed)
                     continue
                 }
-                if key.provenance == .pushed { heldBelow.insert(key.record.id) }
                 guard existing.secretFingerprint == key.secretFingerprint else {
                     outcomes.append(.conflict)
                     continue
+                }
+                // A secondary's own key is held for it here unless an active client holds it already.
+                if let owner = key.escrowedBy, existing.escrowedBy.flatMap({ clients[$0] })?.state != .active {
+                    next[key.record.id]?.escrowedBy = owner
                 }
                 if key.blocked, !existing.blocked {
                     sequence += 1
@@ -169,7 +172,6 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
                 var stored = key
                 stored.sequence = sequence
                 next[key.record.id] = stored
-                if key.provenance == .pushed { heldBelow.insert(key.record.id) }
                 outcomes.append(.inserted)
             }
         }
@@ -208,6 +210,7 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         try append(audit)
         var replacement = key
         replacement.blocked = old.blocked
+        replacement.escrowedBy = old.escrowedBy
         replacement.sequence = nextSequence()
         keys[key.record.id] = replacement
         return true
@@ -319,19 +322,25 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         keys.values.filter { $0.escrowedBy == client && $0.destroyed == nil }.count
     }
 
-    /// Whether an active client references `key`: it escrowed it, or its last drive check names it.
-    private func referenced(_ key: StoredKey) -> Bool {
-        let active = { (id: ClientID?) in id.flatMap { self.clients[$0] }?.state == .active }
-        return active(key.escrowedBy) || active(checks[key.record.id]?.clientID)
+    /// Whether an active device's last drive check names `key`.
+    private func activeDriveCheck(_ key: StoredKey) -> Bool {
+        checks[key.record.id].flatMap { clients[$0.clientID] }?.state == .active
+    }
+
+    /// Whether `rule` lets `key` be destroyed now (``DestructionRule/allows(owner:ownerActive:ownerDeleted:activeDriveCheck:)``).
+    private func allows(_ rule: DestructionRule, _ key: StoredKey) -> Bool {
+        let owner = key.escrowedBy.flatMap { clients[$0] }
+        return rule.allows(
+            owner: key.escrowedBy, ownerActive: owner?.state == .active, ownerDeleted: owner?.state == .deleted ? owner?.deleted : nil,
+            activeDriveCheck: activeDriveCheck(key))
     }
 
     /// The keys the retention destroys (``Repository/keysDueForDestruction(deletedBefore:limit:)``).
     public func keysDueForDestruction(deletedBefore cutoff: Date, limit: Int) async throws -> [DueKey] {
         Array(
             keys.values.sorted { $0.record.id < $1.record.id }.lazy.compactMap { key -> DueKey? in
-                guard key.destroyed == nil, !self.heldBelow.contains(key.record.id), let owner = key.escrowedBy,
-                    let client = self.clients[owner], client.state == .deleted, let deleted = client.deleted, deleted <= cutoff,
-                    !self.referenced(key)
+                guard key.destroyed == nil, let owner = key.escrowedBy, let client = self.clients[owner], client.state == .deleted,
+                    let deleted = client.deleted, self.allows(.due(deletedBefore: cutoff), key)
                 else { return nil }
                 return DueKey(keyID: key.record.id, client: owner, deleted: deleted)
             }.prefix(limit))
@@ -348,8 +357,8 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
             }
             if key.destroyed != nil || destroy.contains(where: { $0.keyID == request.keyID }) {
                 outcomes.append(.alreadyDestroyed)
-            } else if request.unlessReferenced && referenced(key) {
-                outcomes.append(.referenced)
+            } else if !allows(request.rule, key) {
+                outcomes.append(.spared)
             } else {
                 destroy.append(request)
                 outcomes.append(.destroyed)
@@ -414,6 +423,7 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
     /// Reads and marks a key, with its audit record (``Repository/revealKey(id:audit:)``).
     public func revealKey(id: KeyID, audit: AuditEvent) async throws -> StoredKey? {
         guard let key = keys[id] else { return nil }
+        guard key.destroyed == nil else { return key }  // nothing to reveal: the caller refuses it
         try append(audit)
         rotations.insert(id)
         return key

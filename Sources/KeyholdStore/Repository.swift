@@ -192,15 +192,15 @@ public protocol Repository: Sendable {
     func deleteClient(id: ClientID, at: Date, audit: AuditEvent) async throws -> Bool
     /// How many keys `client` escrowed here that are not destroyed.
     func liveKeyCount(escrowedBy client: ClientID) async throws -> Int
-    /// Keys the retention destroys: escrowed by clients deleted at or before `cutoff`, not
-    /// destroyed, not pushed here by a secondary (held for it), and not named by the last drive
-    /// check of an active client; at most `limit`.
+    /// Keys the retention destroys: held for clients (``StoredKey/escrowedBy``) deleted at or
+    /// before `cutoff`, not destroyed, and not named by the last drive check of an active client;
+    /// at most `limit`.
     func keysDueForDestruction(deletedBefore cutoff: Date, limit: Int) async throws -> [DueKey]
-    /// Destroys keys in one transaction: each key not destroyed yet (and with
-    /// ``KeyDestruction/unlessReferenced``, not referenced by an active client) loses its wrapped
-    /// secret and fingerprint, is stamped destroyed at `at`, takes new push and change-feed
-    /// sequence numbers (so the destruction travels up and down the hierarchy), and its audit
-    /// record commits with it. One outcome per request, in order.
+    /// Destroys keys in one transaction: each key not destroyed yet whose facts its
+    /// ``KeyDestruction/rule`` allows loses its wrapped secret and fingerprint, is stamped
+    /// destroyed at `at`, takes new push and change-feed sequence numbers (so the destruction
+    /// travels up and down the hierarchy), and its audit record commits with it. One outcome per
+    /// request, in order.
     func destroyKeys(_ requests: [KeyDestruction], at: Date) async throws -> [KeyDestructionOutcome]
 
     // MARK: Settings

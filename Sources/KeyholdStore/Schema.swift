@@ -17,6 +17,7 @@ public enum Schema {
         CreateRepository(), AddKeySequence(), InsertAndReleaseFunction(), AddKeyStateSequence(),
         AddReleaseApprovals(), AddKeyRotations(), AddEscrowChecks(), AddCertificateExpiry(),
         AddNextCertificate(), AddMasterKeyVersions(), AddKeyRetention(),
+        AddKeyOwners(),
     ]
 }
 
@@ -349,4 +350,27 @@ struct AddKeyRetention: SchemaMigration {
             "CREATE INDEX keys_escrowed_by ON keys (escrowed_by)",
         ]
     }
+}
+
+/// Version 12: a key's owner (`escrowed_by`) replaces the `held_below` flag of version 11, which
+/// made every key a secondary had once looked up immortal at its primary. The owner of a device's
+/// key is the device that escrowed or re-escrowed it last, read from the audit trail (a moved
+/// device's keys name the old server's device as their origin); a secondary that pushes a key of
+/// its own becomes its owner where no active client is.
+struct AddKeyOwners: SchemaMigration {
+    let version = 12
+    let name = "add key owners"
+
+    /// The last device that escrowed or re-escrowed the key, from the audit trail.
+    static let lastEscrower = """
+        UPDATE keys SET escrowed_by = COALESCE((
+          SELECT substr(a.actor, 8) FROM audit a
+          WHERE a.key_id = keys.id AND a.action IN ('escrow', 'reescrow') AND a.result = 'ok' AND a.actor LIKE 'device:%'
+          ORDER BY a.seq DESC LIMIT 1), escrowed_by)
+        WHERE provenance = 'escrow'
+        """
+
+    var sqlite: [String] { ["ALTER TABLE keys DROP COLUMN held_below", Self.lastEscrower] }
+
+    var postgres: [String] { ["ALTER TABLE keys DROP COLUMN held_below", Self.lastEscrower] }
 }

@@ -22,8 +22,10 @@ public struct StoredKey: Sendable, Equatable {
     /// Assigned by the repository: strictly increasing in commit order, renewed when the key is
     /// blocked, unblocked or destroyed (the hierarchy's push cursor follows it). 0 before storing.
     public var sequence: Int64 = 0
-    /// The client of this server that escrowed it (nil for keys that came by the hierarchy, a
-    /// push or an import): whose deletion destroys it after the retention.
+    /// The client of this server the key is held for, whose deletion destroys it after the
+    /// retention: the device that escrowed (or re-escrowed) it here, or the secondary that pushed
+    /// it as its own; nil for keys obtained from the primary or imported. A device's escrow takes
+    /// a key over from anyone but an active device, a secondary's push from anyone inactive.
     public var escrowedBy: ClientID?
     /// When its secret was destroyed; then ``wrappedSecret`` and ``secretFingerprint`` are empty.
     public var destroyed: Date?
@@ -59,15 +61,40 @@ public struct KeyDestruction: Sendable {
     public var keyID: KeyID
     /// Its `key_destroy` record, committed with the destruction.
     public var audit: AuditEvent
-    /// When true the key is spared while an active client references it: it escrowed the key
-    /// here, or its last drive check names it. An administrator's `key destroy` sets false.
-    public var unlessReferenced: Bool
+    /// When it is destroyed, checked inside the destroying transaction.
+    public var rule: DestructionRule
 
     /// A destruction.
-    public init(keyID: KeyID, audit: AuditEvent, unlessReferenced: Bool) {
+    public init(keyID: KeyID, audit: AuditEvent, rule: DestructionRule) {
         self.keyID = keyID
         self.audit = audit
-        self.unlessReferenced = unlessReferenced
+        self.rule = rule
+    }
+}
+
+/// When a destruction goes ahead (docs/operations.md, "Deleting devices and destroying keys").
+/// Every driver reads a key's facts in its transaction and asks ``allows(owner:ownerActive:ownerDeleted:activeDriveCheck:)``.
+public enum DestructionRule: Sendable, Equatable {
+    /// On purpose (`key destroy`): whoever uses the key.
+    case always
+    /// The retention: while the key's owner was deleted at or before the cutoff, and no active
+    /// device's last drive check names the key.
+    case due(deletedBefore: Date)
+    /// A secondary's notice: only a key held here for that secondary, and not while an active
+    /// device's last drive check names it.
+    case ownedBy(ClientID)
+    /// The primary's change feed: not while the key's owner is active, nor while an active
+    /// device's last drive check names it.
+    case unlessReferenced
+
+    /// Whether a key with these facts is destroyed under this rule.
+    public func allows(owner: ClientID?, ownerActive: Bool, ownerDeleted: Date?, activeDriveCheck: Bool) -> Bool {
+        switch self {
+        case .always: return true
+        case .due(let cutoff): return !activeDriveCheck && ownerDeleted.map { $0 <= cutoff } == true
+        case .ownedBy(let client): return !activeDriveCheck && owner == client
+        case .unlessReferenced: return !activeDriveCheck && !ownerActive
+        }
     }
 }
 
@@ -77,8 +104,8 @@ public enum KeyDestructionOutcome: String, Sendable, Equatable {
     case destroyed
     /// It had been destroyed before: nothing changed.
     case alreadyDestroyed = "already_destroyed"
-    /// An active client references it: spared, nothing changed.
-    case referenced
+    /// The rule spared it (it is still used here, or not the notifier's): nothing changed.
+    case spared
     /// No key has this id here.
     case notFound = "not_found"
 }

@@ -156,6 +156,14 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
                 if outcome == .destroyed { a.result = .refused(.keyDestroyed) }
                 try await Self.insertAudit(conn, a, logger)
             }
+            if outcome == .alreadyPresent, let owner = key.escrowedBy {
+                // A device re-escrowing a key takes it over from anyone but an active device.
+                try await conn.query(
+                    """
+                    UPDATE keys SET escrowed_by = \(owner.description) WHERE id = \(r.id.description) AND (escrowed_by IS NULL OR NOT EXISTS (
+                      SELECT 1 FROM clients a WHERE a.id = keys.escrowed_by AND a.state = 'active' AND a.role = 'device'))
+                    """, logger: logger)
+            }
             return outcome
         }
     }
@@ -167,10 +175,10 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         return try await conn.query(
             """
             INSERT INTO keys (id, kind, origin_server_id, origin_device_id, created, label, state,
-                              wrapped_secret, secret_fingerprint, provenance, stored, blocked, escrowed_by, held_below, seq)
+                              wrapped_secret, secret_fingerprint, provenance, stored, blocked, escrowed_by, seq)
             VALUES (\(r.id.description), \(r.kind.rawValue), \(r.originServerID.description), \(r.originDeviceID.description),
                     \(r.created), \(r.label), \(r.state.rawValue), \(bytea(key.wrappedSecret)), \(bytea(key.secretFingerprint)),
-                    \(key.provenance.rawValue), \(key.stored), \(key.blocked), \(key.escrowedBy?.description), \(key.provenance == .pushed),
+                    \(key.provenance.rawValue), \(key.stored), \(key.blocked), \(key.escrowedBy?.description),
                     (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys))
             ON CONFLICT (id) DO NOTHING RETURNING id
             """, logger: logger
@@ -269,17 +277,17 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     /// statements whatever its size: look up the ids that exist, insert the new ones from arrays
     /// (sequence numbers in batch order), flag newly blocked ones.
     private func insertBatch(_ conn: PostgresConnection, _ batch: [StoredKey]) async throws -> [KeyInsertOutcome] {
-        var existing: [String: (fingerprint: [UInt8], blocked: Bool, destroyed: Bool, heldBelow: Bool)] = [:]
+        var existing: [String: (fingerprint: [UInt8], blocked: Bool, destroyed: Bool)] = [:]
         let ids = batch.map { $0.record.id.description }
-        for try await (id, fingerprint, blocked, destroyed, heldBelow) in try await conn.query(
-            "SELECT id, secret_fingerprint, blocked, destroyed IS NOT NULL, held_below FROM keys WHERE id = ANY(\(ids))", logger: logger
-        ).decode((String, ByteBuffer, Bool, Bool, Bool).self) {
-            existing[id] = (Array(fingerprint.readableBytesView), blocked, destroyed, heldBelow)
+        for try await (id, fingerprint, blocked, destroyed) in try await conn.query(
+            "SELECT id, secret_fingerprint, blocked, destroyed IS NOT NULL FROM keys WHERE id = ANY(\(ids))", logger: logger
+        ).decode((String, ByteBuffer, Bool, Bool).self) {
+            existing[id] = (Array(fingerprint.readableBytesView), blocked, destroyed)
         }
         var outcomes: [KeyInsertOutcome] = []
         var fresh: [StoredKey] = []
         var newlyBlocked: [String] = []
-        var newlyHeld: [String] = []
+        var claimed: (ids: [String], owners: [String]) = ([], [])
         var seen = Set<String>()
         for key in batch {
             let id = key.record.id.description
@@ -288,10 +296,13 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
                     outcomes.append(.destroyed)
                     continue
                 }
-                if key.provenance == .pushed, !old.heldBelow, !newlyHeld.contains(id) { newlyHeld.append(id) }
                 guard old.fingerprint == key.secretFingerprint else {
                     outcomes.append(.conflict)
                     continue
+                }
+                if let owner = key.escrowedBy {
+                    claimed.ids.append(id)
+                    claimed.owners.append(owner.description)
                 }
                 if key.blocked, !old.blocked, !newlyBlocked.contains(id) { newlyBlocked.append(id) }
                 outcomes.append(.alreadyPresent)
@@ -309,23 +320,30 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
             try await conn.query(
                 """
                 INSERT INTO keys (id, kind, origin_server_id, origin_device_id, created, label, state,
-                                  wrapped_secret, secret_fingerprint, provenance, stored, blocked, held_below, seq)
+                                  wrapped_secret, secret_fingerprint, provenance, stored, blocked, escrowed_by, seq)
                 SELECT t.id, t.kind, t.origin_server_id, t.origin_device_id, t.created, t.label, t.state,
-                       t.wrapped_secret, t.secret_fingerprint, t.provenance, t.stored, t.blocked, t.provenance = 'pushed',
+                       t.wrapped_secret, t.secret_fingerprint, t.provenance, t.stored, t.blocked, NULLIF(t.escrowed_by, ''),
                        (SELECT COALESCE(MAX(seq), 0) FROM keys) + t.ord
                 FROM unnest(\(fresh.map { $0.record.id.description })::text[], \(fresh.map { $0.record.kind.rawValue })::text[],
                             \(fresh.map { $0.record.originServerID.description })::text[], \(fresh.map { $0.record.originDeviceID.description })::text[],
                             \(fresh.map(\.record.created))::timestamptz[], \(fresh.map(\.record.label))::text[], \(fresh.map { $0.record.state.rawValue })::text[],
                             \(fresh.map { bytea($0.wrappedSecret) })::bytea[], \(fresh.map { bytea($0.secretFingerprint) })::bytea[],
-                            \(fresh.map { $0.provenance.rawValue })::text[], \(fresh.map(\.stored))::timestamptz[], \(fresh.map(\.blocked))::bool[])
+                            \(fresh.map { $0.provenance.rawValue })::text[], \(fresh.map(\.stored))::timestamptz[], \(fresh.map(\.blocked))::bool[],
+                            \(fresh.map { $0.escrowedBy?.description ?? "" })::text[])
                      WITH ORDINALITY AS t(id, kind, origin_server_id, origin_device_id, created, label, state,
-                                          wrapped_secret, secret_fingerprint, provenance, stored, blocked, ord)
+                                          wrapped_secret, secret_fingerprint, provenance, stored, blocked, escrowed_by, ord)
                 ORDER BY t.ord
                 """, logger: logger
             )
         }
-        if !newlyHeld.isEmpty {
-            try await conn.query("UPDATE keys SET held_below = TRUE WHERE id = ANY(\(newlyHeld))", logger: logger)
+        if !claimed.ids.isEmpty {
+            // A secondary's own keys are held for it here unless an active client holds them already.
+            try await conn.query(
+                """
+                UPDATE keys SET escrowed_by = c.owner FROM unnest(\(claimed.ids)::text[], \(claimed.owners)::text[]) AS c(id, owner)
+                WHERE keys.id = c.id AND (keys.escrowed_by IS NULL OR NOT EXISTS (
+                  SELECT 1 FROM clients a WHERE a.id = keys.escrowed_by AND a.state = 'active'))
+                """, logger: logger)
         }
         if !newlyBlocked.isEmpty {
             try await conn.query(
@@ -809,6 +827,7 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
                 key = try Self.decodeKey(row)
             }
             guard let key else { return nil }
+            guard key.destroyed == nil else { return key }  // nothing to reveal: the caller refuses it
             try await conn.query(
                 "INSERT INTO key_rotations (key_id, marked) VALUES (\(id.description), \(audit.time)) ON CONFLICT (key_id) DO NOTHING",
                 logger: logger)
@@ -1101,11 +1120,13 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         return 0
     }
 
-    /// Whether an active client references key `k` (the alias of the keys row): it escrowed the
-    /// key, or its last drive check names it. The same rule as MemoryRepository's.
-    private static let referencedByActiveClient = """
-        EXISTS (SELECT 1 FROM clients a WHERE a.state = 'active'
-                  AND (a.id = k.escrowed_by OR a.id = (SELECT e.client_id FROM escrow_checks e WHERE e.key_id = k.id)))
+    /// The facts a ``DestructionRule`` decides on, for the keys row `k`: whether its owner is
+    /// active, when its owner was deleted (NULL unless deleted), and whether an active device's
+    /// last drive check names it.
+    private static let destructionFacts = """
+        EXISTS (SELECT 1 FROM clients a WHERE a.id = k.escrowed_by AND a.state = 'active'),
+        (SELECT c.deleted FROM clients c WHERE c.id = k.escrowed_by AND c.state = 'deleted'),
+        EXISTS (SELECT 1 FROM escrow_checks e JOIN clients a ON a.id = e.client_id WHERE e.key_id = k.id AND a.state = 'active')
         """
 
     /// The keys the retention destroys (``Repository/keysDueForDestruction(deletedBefore:limit:)``).
@@ -1114,8 +1135,8 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         let rows = try await client.query(
             """
             SELECT k.id, k.escrowed_by, c.deleted FROM keys k JOIN clients c ON c.id = k.escrowed_by
-            WHERE c.state = 'deleted' AND c.deleted <= \(cutoff) AND k.destroyed IS NULL AND NOT k.held_below
-              AND NOT \(unescaped: Self.referencedByActiveClient)
+            WHERE c.state = 'deleted' AND c.deleted <= \(cutoff) AND k.destroyed IS NULL
+              AND NOT EXISTS (SELECT 1 FROM escrow_checks e JOIN clients a ON a.id = e.client_id WHERE e.key_id = k.id AND a.state = 'active')
             ORDER BY k.id LIMIT \(Int64(limit))
             """, logger: logger)
         for try await (id, owner, deleted) in rows.decode((String, String, Date).self) {
@@ -1130,14 +1151,14 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
             try await conn.query("SELECT pg_advisory_xact_lock(\(Self.sequenceLock))", logger: logger)
             var outcomes: [KeyDestructionOutcome] = []
             for request in requests {
-                var found: (destroyed: Bool, referenced: Bool)?
-                for try await (destroyed, referenced) in try await conn.query(
+                var found: (destroyed: Bool, owner: String?, ownerActive: Bool, ownerDeleted: Date?, activeCheck: Bool)?
+                for try await (destroyed, owner, ownerActive, ownerDeleted, activeCheck) in try await conn.query(
                     """
-                    SELECT k.destroyed IS NOT NULL, \(unescaped: Self.referencedByActiveClient) FROM keys k
-                    WHERE k.id = \(request.keyID.description) FOR UPDATE
+                    SELECT k.destroyed IS NOT NULL, k.escrowed_by, \(unescaped: Self.destructionFacts) FROM keys k
+                    WHERE k.id = \(request.keyID.description) FOR UPDATE OF k
                     """, logger: logger
-                ).decode((Bool, Bool).self) {
-                    found = (destroyed, referenced)
+                ).decode((Bool, String?, Bool, Date?, Bool).self) {
+                    found = (destroyed, owner, ownerActive, ownerDeleted, activeCheck)
                 }
                 guard let found else {
                     outcomes.append(.notFound)
@@ -1147,8 +1168,11 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
                     outcomes.append(.alreadyDestroyed)
                     continue
                 }
-                if request.unlessReferenced && found.referenced {
-                    outcomes.append(.referenced)
+                let allowed = request.rule.allows(
+                    owner: try found.owner.map(StoredValue.identifier), ownerActive: found.ownerActive, ownerDeleted: found.ownerDeleted,
+                    activeDriveCheck: found.activeCheck)
+                guard allowed else {
+                    outcomes.append(.spared)
                     continue
                 }
                 try await conn.query(

@@ -93,6 +93,14 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
                     if outcome == .destroyed { a.result = .refused(.keyDestroyed) }
                     try Self.insertAudit(db, a)
                 }
+                if outcome == .alreadyPresent, let owner = key.escrowedBy {
+                    // A device re-escrowing a key takes it over from anyone but an active device.
+                    try db.execute(
+                        sql: """
+                            UPDATE keys SET escrowed_by = ? WHERE id = ? AND (escrowed_by IS NULL OR NOT EXISTS (
+                              SELECT 1 FROM clients a WHERE a.id = keys.escrowed_by AND a.state = 'active' AND a.role = 'device'))
+                            """, arguments: [owner.description, key.record.id.description])
+                }
                 return outcome
             }
             try Self.insertRow(db, key)
@@ -110,8 +118,8 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         let statement = try db.cachedStatement(
             sql: """
                 INSERT INTO keys (id, kind, origin_server_id, origin_device_id, created, label, state,
-                                  wrapped_secret, secret_fingerprint, provenance, stored, blocked, master_version, escrowed_by, held_below, seq)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys))
+                                  wrapped_secret, secret_fingerprint, provenance, stored, blocked, master_version, escrowed_by, seq)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys))
                 ON CONFLICT (id) DO NOTHING
                 """)
         try statement.execute(
@@ -119,7 +127,7 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
                 key.record.id.description, key.record.kind.rawValue, key.record.originServerID.description,
                 key.record.originDeviceID.description, key.record.created.timeIntervalSince1970, key.record.label,
                 key.record.state.rawValue, Data(key.wrappedSecret), Data(key.secretFingerprint), key.provenance.rawValue,
-                key.stored.timeIntervalSince1970, key.blocked, key.masterVersion, key.escrowedBy?.description, key.provenance == .pushed,
+                key.stored.timeIntervalSince1970, key.blocked, key.masterVersion, key.escrowedBy?.description,
             ]
         )
         return db.changesCount > 0
@@ -181,19 +189,25 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
                 continue
             }
             let row = try Row.fetchOne(
-                db.cachedStatement(sql: "SELECT secret_fingerprint, blocked, destroyed, held_below FROM keys WHERE id = ?"),
+                db.cachedStatement(sql: "SELECT secret_fingerprint, blocked, destroyed FROM keys WHERE id = ?"),
                 arguments: [key.record.id.description])
             if let row {
                 guard (row["destroyed"] as Double?) == nil else {
                     outcomes.append(.destroyed)
                     continue
                 }
-                if key.provenance == .pushed, !(row["held_below"] as Bool) {
-                    try db.execute(sql: "UPDATE keys SET held_below = 1 WHERE id = ?", arguments: [key.record.id.description])
-                }
                 guard [UInt8](row["secret_fingerprint"] as Data) == key.secretFingerprint else {
                     outcomes.append(.conflict)
                     continue
+                }
+                if let owner = key.escrowedBy {
+                    // A secondary's own key is held for it here unless an active client holds it already.
+                    try db.cachedStatement(
+                        sql: """
+                            UPDATE keys SET escrowed_by = ? WHERE id = ? AND (escrowed_by IS NULL OR NOT EXISTS (
+                              SELECT 1 FROM clients a WHERE a.id = keys.escrowed_by AND a.state = 'active'))
+                            """
+                    ).execute(arguments: [owner.description, key.record.id.description])
                 }
                 if key.blocked, !(row["blocked"] as Bool) {
                     try db.execute(
@@ -549,6 +563,7 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
     public func revealKey(id: KeyID, audit: AuditEvent) async throws -> StoredKey? {
         try await pool.write { db in
             guard let key = try Self.fetchKey(db, id) else { return nil }
+            guard key.destroyed == nil else { return key }  // nothing to reveal: the caller refuses it
             try db.execute(
                 sql: "INSERT INTO key_rotations (key_id, marked) VALUES (?, ?) ON CONFLICT (key_id) DO NOTHING",
                 arguments: [id.description, audit.time.timeIntervalSince1970])
@@ -839,11 +854,14 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         }
     }
 
-    /// Whether an active client references key `k` (the alias of the keys row): it escrowed the
-    /// key, or its last drive check names it. The same rule as MemoryRepository's.
-    private static let referencedByActiveClient = """
-        EXISTS (SELECT 1 FROM clients a WHERE a.state = 'active'
-                  AND (a.id = k.escrowed_by OR a.id = (SELECT e.client_id FROM escrow_checks e WHERE e.key_id = k.id)))
+    /// The facts a ``DestructionRule`` decides on, for the keys row `k`: whether its owner is
+    /// active, when its owner was deleted (NULL unless deleted), and whether an active device's
+    /// last drive check names it.
+    private static let destructionFacts = """
+        EXISTS (SELECT 1 FROM clients a WHERE a.id = k.escrowed_by AND a.state = 'active') AS owner_active,
+        (SELECT c.deleted FROM clients c WHERE c.id = k.escrowed_by AND c.state = 'deleted') AS owner_deleted,
+        EXISTS (SELECT 1 FROM escrow_checks e JOIN clients a ON a.id = e.client_id WHERE e.key_id = k.id AND a.state = 'active')
+          AS active_check
         """
 
     /// The keys the retention destroys (``Repository/keysDueForDestruction(deletedBefore:limit:)``).
@@ -853,8 +871,8 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
                 db,
                 sql: """
                     SELECT k.id, k.escrowed_by, c.deleted FROM keys k JOIN clients c ON c.id = k.escrowed_by
-                    WHERE c.state = 'deleted' AND c.deleted <= ? AND k.destroyed IS NULL AND k.held_below = 0
-                      AND NOT \(Self.referencedByActiveClient)
+                    WHERE c.state = 'deleted' AND c.deleted <= ? AND k.destroyed IS NULL
+                      AND NOT EXISTS (SELECT 1 FROM escrow_checks e JOIN clients a ON a.id = e.client_id WHERE e.key_id = k.id AND a.state = 'active')
                     ORDER BY k.id LIMIT ?
                     """, arguments: [cutoff.timeIntervalSince1970, limit]
             ).map { row in
@@ -872,11 +890,14 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
             try requests.map { request -> KeyDestructionOutcome in
                 guard
                     let row = try Row.fetchOne(
-                        db, sql: "SELECT k.destroyed, \(Self.referencedByActiveClient) AS referenced FROM keys k WHERE k.id = ?",
+                        db, sql: "SELECT k.destroyed, k.escrowed_by, \(Self.destructionFacts) FROM keys k WHERE k.id = ?",
                         arguments: [request.keyID.description])
                 else { return .notFound }
                 if (row["destroyed"] as Double?) != nil { return .alreadyDestroyed }
-                if request.unlessReferenced && (row["referenced"] as Bool) { return .referenced }
+                let allowed = request.rule.allows(
+                    owner: try (row["escrowed_by"] as String?).map(StoredValue.identifier), ownerActive: row["owner_active"],
+                    ownerDeleted: (row["owner_deleted"] as Double?).map(Date.init(timeIntervalSince1970:)), activeDriveCheck: row["active_check"])
+                guard allowed else { return .spared }
                 try db.execute(
                     sql: """
                         UPDATE keys SET wrapped_secret = x'', secret_fingerprint = x'', destroyed = ?,

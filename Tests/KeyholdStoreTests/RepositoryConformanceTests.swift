@@ -882,39 +882,62 @@ func audit(_ action: AuditAction, _ key: KeyID? = nil, result: AuditResult = .ok
         let repo = f.repository
         let gone = EnrolledClient(id: .random(), role: .device, name: "gone", certificateFingerprint: "aa", enrolled: Date())
         let other = EnrolledClient(id: .random(), role: .device, name: "other", certificateFingerprint: "bb", enrolled: Date())
-        try await repo.insertClient(gone)
-        try await repo.insertClient(other)
+        let secondary = EnrolledClient(id: .random(), role: .server, name: "below", certificateFingerprint: "cc", enrolled: Date())
+        for c in [gone, other, secondary] { try await repo.insertClient(c) }
         func key(_ n: UInt8, by owner: ClientID?, provenance: KeyProvenance = .escrow) -> StoredKey {
             var k = sampleKey(fingerprint: n, label: "k\(n)", provenance: provenance)
             k.record.kind = .drive
             k.escrowedBy = owner
             return k
         }
+        func pushed(_ k: StoredKey, by owner: ClientID?) -> StoredKey {
+            var p = k
+            p.provenance = .pushed
+            p.escrowedBy = owner
+            return p
+        }
+        func escrowed(_ k: StoredKey, by owner: ClientID) -> StoredKey {
+            var e = k
+            e.provenance = .escrow
+            e.escrowedBy = owner
+            return e
+        }
         let due = key(1, by: gone.id)
         let checkedByOther = key(2, by: gone.id)
-        let pushedFromBelow = key(3, by: gone.id)
+        let movedBelow = key(3, by: gone.id)
         let others = key(4, by: other.id)
-        let pushedOnly = key(5, by: nil, provenance: .pushed)
-        for k in [due, checkedByOther, pushedFromBelow, others] { #expect(try await repo.insertKey(k, audit: nil) == .inserted) }
-        var again = pushedFromBelow
-        again.provenance = .pushed
-        again.escrowedBy = nil
-        #expect(try await repo.insertKeys([again, pushedOnly], audit: audit(.pushReceive)) == [.alreadyPresent, .inserted])
-        #expect(try await repo.key(id: due.record.id)?.escrowedBy == gone.id)
+        let secondarys = key(5, by: secondary.id, provenance: .pushed)
+        let reclaimed = key(6, by: secondary.id, provenance: .pushed)
+        for k in [due, checkedByOther, movedBelow, others] { #expect(try await repo.insertKey(k, audit: nil) == .inserted) }
+        #expect(try await repo.insertKeys([secondarys, reclaimed], audit: audit(.pushReceive)) == [.inserted, .inserted])
         try await repo.recordEscrowChecks(
             [EscrowCheckRecord(keyID: checkedByOther.record.id, clientID: other.id, checked: Date(), opens: true)], audit: [])
 
+        // Owners: a secondary's push takes a key over from an inactive owner only; a device's escrow from anyone but an active device.
+        #expect(try await repo.insertKeys([pushed(movedBelow, by: secondary.id)], audit: audit(.pushReceive)) == [.alreadyPresent])
+        #expect(try await repo.key(id: movedBelow.record.id)?.escrowedBy == gone.id)
+        #expect(try await repo.setClientState(id: gone.id, state: .moved))
+        #expect(
+            try await repo.insertKeys([pushed(movedBelow, by: secondary.id), pushed(due, by: nil)], audit: audit(.pushReceive)) == [
+                .alreadyPresent, .alreadyPresent,
+            ])
+        #expect(try await repo.key(id: movedBelow.record.id)?.escrowedBy == secondary.id)
+        #expect(try await repo.key(id: due.record.id)?.escrowedBy == gone.id)
+        #expect(try await repo.insertKey(escrowed(reclaimed, by: other.id), audit: audit(.escrow, reclaimed.record.id)) == .alreadyPresent)
+        #expect(try await repo.key(id: reclaimed.record.id)?.escrowedBy == other.id)
+        #expect(try await repo.insertKey(escrowed(others, by: gone.id), audit: audit(.escrow, others.record.id)) == .alreadyPresent)
+        #expect(try await repo.key(id: others.record.id)?.escrowedBy == other.id)
+
         // Only a revoked or moved client is deleted.
         let deletedAt = Date(timeIntervalSince1970: Date().timeIntervalSince1970.rounded(.down))
-        #expect(try await !repo.deleteClient(id: gone.id, at: deletedAt, audit: audit(.deviceDelete)))
-        #expect(try await repo.setClientState(id: gone.id, state: .revoked))
+        #expect(try await !repo.deleteClient(id: other.id, at: deletedAt, audit: audit(.deviceDelete)))
         #expect(try await repo.deleteClient(id: gone.id, at: deletedAt, audit: audit(.deviceDelete)))
         let stored = try #require(try await repo.client(id: gone.id))
         #expect(stored.state == .deleted)
         #expect(abs((stored.deleted ?? .distantPast).timeIntervalSince(deletedAt)) < 0.001)
-        #expect(try await repo.liveKeyCount(escrowedBy: gone.id) == 3)
+        #expect(try await repo.liveKeyCount(escrowedBy: gone.id) == 2)
 
-        // Due once the retention passed: the unreferenced key alone.
+        // Due once the retention passed: the key nothing else uses.
         #expect(try await repo.keysDueForDestruction(deletedBefore: deletedAt.addingTimeInterval(-1), limit: 10).isEmpty)
         let dueKeys = try await repo.keysDueForDestruction(deletedBefore: deletedAt.addingTimeInterval(1), limit: 10)
         #expect(dueKeys.map(\.keyID) == [due.record.id])
@@ -923,12 +946,17 @@ func audit(_ action: AuditAction, _ key: KeyID? = nil, result: AuditResult = .ok
         let feedBefore = try await repo.stateChanges(after: 0, limit: 100).last?.sequence ?? 0
         let sequenceBefore = try await repo.keys(afterSequence: 0, limit: 100).map(\.sequence).max() ?? 0
         let at = deletedAt.addingTimeInterval(5)
-        func destroy(_ k: StoredKey, guarded: Bool = true) -> KeyDestruction {
-            KeyDestruction(keyID: k.record.id, audit: audit(.keyDestroy, k.record.id), unlessReferenced: guarded)
+        func destroy(_ k: StoredKey, _ rule: DestructionRule) -> KeyDestruction {
+            KeyDestruction(keyID: k.record.id, audit: audit(.keyDestroy, k.record.id), rule: rule)
         }
+        let cutoff = deletedAt.addingTimeInterval(1)
         let outcomes = try await repo.destroyKeys(
-            [destroy(due), destroy(checkedByOther), destroy(others), destroy(sampleKey(fingerprint: 9))], at: at)
-        #expect(outcomes == [.destroyed, .referenced, .referenced, .notFound])
+            [
+                destroy(due, .due(deletedBefore: deletedAt.addingTimeInterval(-1))), destroy(due, .due(deletedBefore: cutoff)),
+                destroy(checkedByOther, .due(deletedBefore: cutoff)), destroy(others, .unlessReferenced), destroy(secondarys, .ownedBy(other.id)),
+                destroy(secondarys, .ownedBy(secondary.id)), destroy(reclaimed, .ownedBy(secondary.id)), destroy(sampleKey(fingerprint: 9), .always),
+            ], at: at)
+        #expect(outcomes == [.spared, .destroyed, .spared, .spared, .spared, .destroyed, .spared, .notFound])
 
         // The record stays; the secret and its fingerprint are gone; the change travels.
         let destroyed = try #require(try await repo.key(id: due.record.id))
@@ -937,26 +965,29 @@ func audit(_ action: AuditAction, _ key: KeyID? = nil, result: AuditResult = .ok
         #expect(destroyed.record.label == "k1")
         #expect(destroyed.sequence > sequenceBefore)
         let feed = try await repo.stateChanges(after: feedBefore, limit: 100)
-        #expect(feed.map(\.keyID) == [due.record.id] && feed.allSatisfy(\.destroyed))
+        #expect(Set(feed.map(\.keyID)) == [due.record.id, secondarys.record.id] && feed.allSatisfy(\.destroyed))
         #expect(try await repo.keysDueForDestruction(deletedBefore: at, limit: 10).isEmpty)
-        #expect(try await repo.liveKeyCount(escrowedBy: gone.id) == 2)
+        #expect(try await repo.liveKeyCount(escrowedBy: gone.id) == 1)
 
-        // It is released to nobody, and never stored again under its id.
+        // It is released to nobody, revealed to nobody, and never stored again under its id.
         let released = try await repo.releaseKey(ReleaseRequest(keyID: due.record.id, actor: testActor, route: .agent))
         #expect(released?.destroyed != nil)
+        #expect(try await repo.revealKey(id: due.record.id, audit: audit(.reveal, due.record.id))?.destroyed != nil)
+        #expect(try await repo.rotationRequired([due.record.id]).isEmpty)
         #expect(try await repo.insertKey(due, audit: audit(.escrow, due.record.id)) == .destroyed)
         #expect(try await repo.insertKeys([due], audit: audit(.pushReceive)) == [.destroyed])
         #expect(try await repo.key(id: due.record.id)?.wrappedSecret.isEmpty == true)
-        let tail = try await repo.audit(after: 0, limit: 100)
+        let tail = try await repo.audit(after: 0, limit: 100).filter { $0.keyID == due.record.id }
         #expect(tail.filter { $0.action == .release }.map(\.result) == [.refused(.keyDestroyed)])
         #expect(tail.filter { $0.action == .escrow }.map(\.result) == [.refused(.keyDestroyed)])
-        #expect(tail.filter { $0.action == .keyDestroy }.map(\.keyID) == [due.record.id])
+        #expect(tail.filter { $0.action == .keyDestroy }.count == 1)
+        #expect(tail.filter { $0.action == .reveal }.isEmpty)
 
         // A block from above skips it; the rewrap ignores it; on purpose, a referenced key goes too.
         #expect(try await repo.applyStateChanges([KeyStateChange(keyID: due.record.id, blocked: true, sequence: 1)], audit: audit(.block)).isEmpty)
         #expect(try await !repo.keysToRewrap(below: 1_000, limit: 100).map(\.record.id).contains(due.record.id))
         #expect(try await repo.keyCountsByMasterVersion().values.reduce(0, +) == 4)
-        #expect(try await repo.destroyKeys([destroy(due), destroy(checkedByOther, guarded: false)], at: at) == [.alreadyDestroyed, .destroyed])
+        #expect(try await repo.destroyKeys([destroy(due, .always), destroy(checkedByOther, .always)], at: at) == [.alreadyDestroyed, .destroyed])
         #expect(try await repo.keysDueForDestruction(deletedBefore: at, limit: 10).isEmpty)
     }
 }
