@@ -350,6 +350,7 @@ actor Agent {
             lastHeartbeatError = nil
             heartbeatFailures = 0
             if let identity, identity.previousCertificatePEM != nil { keep(identity.confirmed, "the renewed certificate works") }
+            if let trust = answer.ca { await adopt(trust) }
         } catch let error as KeyholdError where error.code == .unauthenticated && identity?.reverted != nil {
             // The server refused the renewed certificate: back to the one it renewed.
             lastHeartbeatError = "\(error.code): \(error.message)"
@@ -380,8 +381,8 @@ actor Agent {
     /// pair made here, a CSR over the current connection); the new identity is written
     /// atomically with the old certificate kept in it until the new one has been used once — by
     /// the heartbeat that follows. A failure is logged and tried again at the next heartbeat.
-    private func renewCertificateIfDue() async {
-        guard let identity, let client, identity.renewalDue() else { return }
+    private func renewCertificateIfDue(force: Bool = false) async {
+        guard let identity, let client, force || identity.renewalDue() else { return }
         do {
             let renewed = try await identity.renewed(over: client)
             try state.save(identity: renewed)
@@ -394,6 +395,22 @@ actor Agent {
         } catch {
             metrics.certificateRenewalFailed()
             logger.warning("certificate renewal failed; trying again at the next heartbeat", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Trusts the CAs the server names (docs/operations.md, "CA rotation"): a new CA only through
+    /// its cross-signature by one trusted already, the previous one dropped once the server no
+    /// longer names it; then renews the certificate at once if the previous CA issued it.
+    private func adopt(_ trust: CATrust) async {
+        guard let identity else { return }
+        do {
+            if let next = try identity.adopting(trust) { keep(next, "the server's CAs changed (CA rotation)") }
+        } catch {
+            logger.warning("not trusting the CA the server names", metadata: ["error": "\(error)"])
+            return
+        }
+        if let current = self.identity, current.previousCertificatePEM == nil, !current.issuedByCurrentCA(trust) {
+            await renewCertificateIfDue(force: true)
         }
     }
 

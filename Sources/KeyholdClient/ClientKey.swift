@@ -24,12 +24,12 @@ public struct ClientKey: Sendable {
     /// The private key (PKCS#8 PEM): secret, to be written only to a 0600 file.
     public var privateKeyPEM: String { key.pemRepresentation }
 
-    /// Checks that `certificatePEM` carries this key and is signed by the CA in `caPEM`.
+    /// Checks that `certificatePEM` carries this key and is signed by a CA in `caPEM` (one CA, or
+    /// during a CA rotation's overlap the current and the previous one).
     public func checkIssued(_ certificatePEM: String, caPEM: String) throws {
-        let ca = try Certificate(pemEncoded: caPEM)
         let issued = try Certificate(pemEncoded: certificatePEM)
-        guard issued.publicKey == Certificate.PublicKey(key.publicKey), issued.issuer == ca.subject,
-            ca.publicKey.isValidSignature(issued.signature, for: issued)
+        guard issued.publicKey == Certificate.PublicKey(key.publicKey),
+            try CATrustStore.certificates(caPEM).contains(where: { CATrustStore.issued(issued, by: $0) })
         else {
             throw KeyholdError(
                 .internalError, "the server returned a certificate that is not ours or not from its CA", hint: "report this; do not use this server")

@@ -42,6 +42,12 @@ public enum APIPath {
     public static let adminMasterKeyRotate = "/v1/admin/master-key/rotate"
     /// `POST`: retire the versions older than the current one, once no key uses them.
     public static let adminMasterKeyRetireOld = "/v1/admin/master-key/retire-old"
+    /// `GET`: the CA, and during a rotation who still holds a certificate from the previous one.
+    public static let adminCA = "/v1/admin/ca"
+    /// `POST`: a new CA, cross-signed by the current one (the overlap begins).
+    public static let adminCARotate = "/v1/admin/ca/rotate"
+    /// `POST`: end the overlap once no active client holds a certificate from the previous CA.
+    public static let adminCARetireOld = "/v1/admin/ca/retire-old"
     /// `GET`: the audit trail (`after`, `limit`).
     public static let adminAudit = "/v1/admin/audit"
     /// `GET`: key metadata (`after`, `limit`).

@@ -45,6 +45,11 @@ public enum AuditAction: String, Codable, Sendable, CaseIterable, CustomStringCo
     case unblock
     /// An administrator revoked an enrollment.
     case revoke
+    /// An administrator rotated the CA (`keyhold-server ca rotate`): a new CA, cross-signed by the
+    /// old one, which is trusted beside it until `ca retire-old`.
+    case caRotate = "ca_rotate"
+    /// An administrator ended a CA rotation's overlap (`keyhold-server ca retire-old`).
+    case caRetire = "ca_retire"
     /// An administrator deleted a revoked or moved device (`keyhold-server device delete`): its
     /// keys are destroyed once the retention (`key_retention_days`) has passed.
     case deviceDelete = "device_delete"

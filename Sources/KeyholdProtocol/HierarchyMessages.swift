@@ -136,16 +136,19 @@ public struct PushResponse: Codable, Sendable, Equatable {
     /// The primary's state changes after the request's `changes_after`, oldest first, at most
     /// ``PushResponse/changeLimit``; a full page means more follow.
     public var changes: [KeyStateChange]
+    /// The CAs the primary's clients should trust now (absent from older primaries' answers).
+    public var ca: CATrust?
 
     /// Most changes one answer carries.
     public static let changeLimit = 10_000
 
     /// An acknowledgement.
-    public init(accepted: Int, alreadyPresent: Int, conflicts: [KeyID], changes: [KeyStateChange] = []) {
+    public init(accepted: Int, alreadyPresent: Int, conflicts: [KeyID], changes: [KeyStateChange] = [], ca: CATrust? = nil) {
         self.accepted = accepted
         self.alreadyPresent = alreadyPresent
         self.conflicts = conflicts
         self.changes = changes
+        self.ca = ca
     }
 
     enum CodingKeys: String, CodingKey {
@@ -153,6 +156,7 @@ public struct PushResponse: Codable, Sendable, Equatable {
         case alreadyPresent = "already_present"
         case conflicts
         case changes
+        case ca
     }
 
     /// Decodes an acknowledgement; one without `changes` (an older primary) carries none.
@@ -162,6 +166,7 @@ public struct PushResponse: Codable, Sendable, Equatable {
         alreadyPresent = try c.decode(Int.self, forKey: .alreadyPresent)
         conflicts = try c.decode([KeyID].self, forKey: .conflicts)
         changes = try c.decodeIfPresent([KeyStateChange].self, forKey: .changes) ?? []
+        ca = try c.decodeIfPresent(CATrust.self, forKey: .ca)
     }
 }
 

@@ -273,23 +273,28 @@ public struct HeartbeatResponse: Codable, Sendable {
     /// The heartbeat's `active_file_key` was revealed (or answered offline): the agent makes a
     /// new file key for the files it encrypts from now on.
     public var rotateFileKey: Bool
+    /// The CAs to trust now (absent from older servers' answers).
+    public var ca: CATrust?
     /// An answer.
-    public init(serverID: ServerID, serverTime: Date, rotateFileKey: Bool = false) {
+    public init(serverID: ServerID, serverTime: Date, rotateFileKey: Bool = false, ca: CATrust? = nil) {
         self.serverID = serverID
         self.serverTime = serverTime
         self.rotateFileKey = rotateFileKey
+        self.ca = ca
     }
     enum CodingKeys: String, CodingKey {
         case serverID = "server_id"
         case serverTime = "server_time"
         case rotateFileKey = "rotate_file_key"
+        case ca
     }
-    /// Decodes; `rotate_file_key` is absent from older servers' answers (false).
+    /// Decodes; `rotate_file_key` and `ca` are absent from older servers' answers.
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         serverID = try c.decode(ServerID.self, forKey: .serverID)
         serverTime = try c.decode(Date.self, forKey: .serverTime)
         rotateFileKey = try c.decodeIfPresent(Bool.self, forKey: .rotateFileKey) ?? false
+        ca = try c.decodeIfPresent(CATrust.self, forKey: .ca)
     }
 }
 
@@ -756,13 +761,16 @@ public struct StatusResponse: Codable, Sendable {
     public var expiringClientCount: Int
     /// The master-key versions and the rewrap's progress.
     public var masterKey: MasterKeyStatus?
+    /// The CA and, during a rotation's overlap, who still holds a certificate from the previous one.
+    public var ca: CAStatus?
     /// A status.
     public init(
         serverID: ServerID, version: String, database: String, keyCount: Int, devices: Int, secondaries: Int, started: Date,
         hierarchy: HierarchyStatus? = nil, escrowDrift: [KeyID] = [], certificates: [CertificateExpiry] = [],
-        expiringClients: [CertificateExpiry] = [], expiringClientCount: Int = 0, masterKey: MasterKeyStatus? = nil
+        expiringClients: [CertificateExpiry] = [], expiringClientCount: Int = 0, masterKey: MasterKeyStatus? = nil, ca: CAStatus? = nil
     ) {
         self.masterKey = masterKey
+        self.ca = ca
         self.certificates = certificates
         self.expiringClients = expiringClients
         self.expiringClientCount = expiringClientCount
@@ -786,6 +794,7 @@ public struct StatusResponse: Codable, Sendable {
         case expiringClients = "expiring_clients"
         case expiringClientCount = "expiring_client_count"
         case masterKey = "master_key"
+        case ca
     }
     /// Decodes; `escrow_drift` and the certificates are absent from older servers' answers.
     public init(from decoder: any Decoder) throws {
@@ -803,6 +812,7 @@ public struct StatusResponse: Codable, Sendable {
         expiringClients = try c.decodeIfPresent([CertificateExpiry].self, forKey: .expiringClients) ?? []
         expiringClientCount = try c.decodeIfPresent(Int.self, forKey: .expiringClientCount) ?? 0
         masterKey = try c.decodeIfPresent(MasterKeyStatus.self, forKey: .masterKey)
+        ca = try c.decodeIfPresent(CAStatus.self, forKey: .ca)
     }
 }
 

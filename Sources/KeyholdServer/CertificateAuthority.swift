@@ -76,10 +76,15 @@ struct CertificateAuthority: Sendable {
 
     /// A new self-signed CA for server `serverID`; returns it with its key's PEM.
     static func create(serverID: ServerID, name: String) throws -> (CertificateAuthority, keyPEM: String) {
+        try create(commonName: "Keyhold CA \(name) \(serverID)")
+    }
+
+    /// A new self-signed CA named `commonName`; returns it with its key's PEM.
+    static func create(commonName: String) throws -> (CertificateAuthority, keyPEM: String) {
         let key = P256.Signing.PrivateKey()
         let subject = try DistinguishedName {
             OrganizationName("Keyhold")
-            CommonName("Keyhold CA \(name) \(serverID)")
+            CommonName(commonName)
         }
         let now = Date()
         let cert = try Certificate(
@@ -206,6 +211,35 @@ struct CertificateAuthority: Sendable {
             },
             issuerPrivateKey: privateKey
         )
+    }
+
+    /// `other`'s CA certificate signed by this CA (the cross certificate of a CA rotation): the
+    /// same subject, key and CA extensions, this CA as issuer, valid while both are.
+    func crossSign(_ other: Certificate) throws -> Certificate {
+        try Certificate(
+            version: .v3, serialNumber: .init(), publicKey: other.publicKey, notValidBefore: other.notValidBefore,
+            notValidAfter: min(other.notValidAfter, certificate.notValidAfter), issuer: certificate.subject, subject: other.subject,
+            signatureAlgorithm: .ecdsaWithSHA256,
+            extensions: try Certificate.Extensions {
+                Critical(BasicConstraints.isCertificateAuthority(maxPathLength: 0))
+                Critical(KeyUsage(keyCertSign: true, cRLSign: true))
+                if let ski = try other.extensions.subjectKeyIdentifier { ski }
+                AuthorityKeyIdentifier(keyIdentifier: try certificate.extensions.subjectKeyIdentifier?.keyIdentifier)
+            },
+            issuerPrivateKey: privateKey)
+    }
+
+    /// A new client certificate for the key and identity of `old` (the local `admin.pem` after a
+    /// CA rotation: the private key stays where it is).
+    func reissueClientCertificate(_ old: Certificate, identity: CertificateIdentity, name: String) throws -> Certificate {
+        try issue(
+            publicKey: old.publicKey, commonName: "keyhold \(identity.role) \(name)".prefix(64).description, usage: [.clientAuth],
+            sans: [.uniformResourceIdentifier(identity.uri)])
+    }
+
+    /// Whether this CA issued `certificate` (its name and signature).
+    func issued(_ certificate: Certificate) -> Bool {
+        certificate.issuer == self.certificate.subject && self.certificate.publicKey.isValidSignature(certificate.signature, for: certificate)
     }
 
     /// IPv4 or IPv6 address bytes, or nil for a host name.

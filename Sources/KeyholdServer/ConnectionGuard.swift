@@ -4,7 +4,9 @@ import Logging
 import NIOCore
 import NIOSSL
 import NIOTLS
+import SwiftASN1
 import Synchronization
+import X509
 
 /// The limits of one listener (docs/operations.md, "Connection limits"). A connection over a cap
 /// is closed as soon as it is accepted, before any TLS byte is read.
@@ -198,7 +200,7 @@ struct GuardedTLSChannel: ServerChildChannel {
 
     let base: HTTP1Channel
     /// Nil for the plain-HTTP metrics listener: then there is no handshake to wait for.
-    let sslContext: NIOSSLContext?
+    let sslContext: TLSContextSource?
     let counter: ConnectionCounter
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
@@ -206,7 +208,7 @@ struct GuardedTLSChannel: ServerChildChannel {
             let guardHandler = ConnectionGuardHandler(counter: counter, plain: sslContext == nil)
             try channel.pipeline.syncOperations.addHandler(guardHandler)
             if let sslContext {
-                try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: sslContext))
+                try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: sslContext.current))
                 try channel.pipeline.syncOperations.addHandler(HandshakeWatcher(guardHandler))
             }
         }.flatMap {
@@ -219,13 +221,58 @@ struct GuardedTLSChannel: ServerChildChannel {
     }
 
     /// The builder Hummingbird's `Application` takes.
-    static func builder(tls: TLSConfiguration?, counter: ConnectionCounter) throws -> HTTPServerBuilder {
-        let context = try tls.map { try NIOSSLContext(configuration: $0) }
+    static func builder(tls: TLSContextSource?, counter: ConnectionCounter) throws -> HTTPServerBuilder {
+        let context = tls
         let idle = TimeAmount.nanoseconds(Int64(counter.limits.idleTimeout.nanoseconds))
         return HTTPServerBuilder { responder in
             GuardedTLSChannel(
                 base: HTTP1Channel(responder: responder, configuration: .init(idleTimeout: idle)), sslContext: context, counter: counter)
         }
+    }
+}
+
+/// A listener's TLS context, replaceable while it runs: each new connection takes the current
+/// one (a CA rotation changes which client certificates the API listener accepts).
+final class TLSContextSource: Sendable {
+    private let context: Mutex<NIOSSLContext>
+
+    /// The context of `configuration`.
+    init(_ configuration: TLSConfiguration) throws { context = Mutex(try NIOSSLContext(configuration: configuration)) }
+
+    /// The context new connections use.
+    var current: NIOSSLContext { context.withLock { $0 } }
+
+    /// Uses `configuration` from the next connection on.
+    func replace(_ configuration: TLSConfiguration) throws {
+        let next = try NIOSSLContext(configuration: configuration)
+        context.withLock { $0 = next }
+    }
+}
+
+/// The API listener's TLS: its configuration and the CAs whose client certificates it accepts,
+/// rebuilt when they change.
+struct APITLS: Sendable {
+    let source: TLSContextSource
+    let base: TLSConfiguration
+
+    /// A configuration `base` that accepts client certificates of `cas`.
+    init(base: TLSConfiguration, trusting cas: [Certificate]) throws {
+        self.base = base
+        source = try TLSContextSource(try Self.configuration(base, cas))
+    }
+
+    /// Accepts client certificates of `cas` from the next connection on.
+    func reload(trusting cas: [Certificate]) throws { try source.replace(try Self.configuration(base, cas)) }
+
+    private static func configuration(_ base: TLSConfiguration, _ cas: [Certificate]) throws -> TLSConfiguration {
+        var configuration = base
+        configuration.trustRoots = .certificates(
+            try cas.map { ca in
+                var der = DER.Serializer()
+                try der.serialize(ca)
+                return try NIOSSLCertificate(bytes: der.serializedBytes, format: .der)
+            })
+        return configuration
     }
 }
 

@@ -133,7 +133,8 @@ actor Hierarchy {
     /// certificate kept in it until the new one has been used once. A failure is logged and tried
     /// again at the next heartbeat.
     func renewCertificateIfDue() async {
-        guard let primary, let client, primary.renewalDue() else { return }
+        let fromPreviousCA = primaryTrust.map { primary?.issuedByCurrentCA($0) == false } ?? false
+        guard let primary, let client, primary.renewalDue() || (fromPreviousCA && primary.previousCertificatePEM == nil) else { return }
         do {
             let renewed = try await primary.renewed(over: client)
             try save(renewed)
@@ -145,6 +146,28 @@ actor Hierarchy {
                 metadata: ["expires": "\(renewed.certificateExpires.map { ISO8601DateFormatter().string(from: $0) } ?? "?")"])
         } catch {
             logger.warning("certificate renewal at the primary failed; trying again at the next heartbeat", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// What the primary said its clients should trust, at its last answer.
+    private var primaryTrust: CATrust?
+
+    /// Trusts the CAs the primary names (docs/operations.md, "CA rotation"), as an agent does: a
+    /// new CA only through its cross-signature by one trusted already. A certificate from the
+    /// previous CA is renewed at the next push.
+    private func adopt(_ trust: CATrust) {
+        primaryTrust = trust
+        guard let primary else { return }
+        do {
+            guard let next = try primary.adopting(trust) else { return }
+            try save(next)
+            let old = client
+            client = try next.client(timeout: .seconds(10))
+            self.primary = next
+            if let old { retire(old) }
+            logger.notice("the primary's CAs changed (CA rotation): trusting them")
+        } catch {
+            logger.warning("not trusting the CA the primary names", metadata: ["error": "\(error)"])
         }
     }
 
@@ -316,6 +339,7 @@ actor Hierarchy {
             let response = try await send(request, with: client)
             primaryRefuses = false
             settleRenewal(refused: false)
+            if let trust = response.ca { adopt(trust) }
             return response
         } catch let error as KeyholdError {
             if error.code == .unauthenticated { settleRenewal(refused: true) }

@@ -92,10 +92,7 @@ public struct KeyholdServerService: Service {
     public func run() async throws {
         try directory.checkSecretPermissions()
         let masterKey = MasterKey(file: try MasterKeyRotation.readFile(directory))
-        let authority = try CertificateAuthority(
-            certificatePEM: String(decoding: try directory.read(directory.caCertificate), as: UTF8.self),
-            keyPEM: String(decoding: try directory.read(directory.caKey), as: UTF8.self)
-        )
+        let authority = try CertificateAuthorities(directory: directory)
         try await repository.migrate()
         let rotation = MasterKeyRotation(
             masterKey: masterKey, repository: repository, directory: directory, pace: settings.rewrapPace, logger: logger)
@@ -115,6 +112,15 @@ public struct KeyholdServerService: Service {
         core.keyRetention = settings.keyRetention
         let served = try ServedCertificate(directory: directory)
         core.served = served
+        // The certificate served now starts the contexts; each handshake then takes the current
+        // one from `served`, so a renewal needs no restart.
+        let (chain, key) = served.chainAndKey
+        var apiBase = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: key)
+        apiBase.certificateVerification = .noHostnameVerification
+        apiBase.sslContextCallback = served.contextCallback
+        // The CAs whose client certificates it accepts change with a CA rotation.
+        let apiTLS = try APITLS(base: apiBase, trusting: authority.trusted)
+        core.apiTLS = apiTLS
         core.masterKeyRotation = rotation
         core.metrics = ServerMetrics(enabled: settings.metricsListen != nil)
         if settings.metricsListen != nil { repository.statistics.observe { [metrics = core.metrics] in metrics.store($0) } }
@@ -125,24 +131,18 @@ public struct KeyholdServerService: Service {
         }
         let api = ServerAPI<ServerContext>(core: core, logger: logger)
 
-        // The certificate served now starts the contexts; each handshake then takes the current
-        // one from `served`, so a renewal needs no restart.
-        let (chain, key) = served.chainAndKey
-        var apiTLS = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: key)
-        apiTLS.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(directory.caCertificate))
-        apiTLS.certificateVerification = .noHostnameVerification
-        apiTLS.sslContextCallback = served.contextCallback
         var enrollTLS = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: key)
         enrollTLS.certificateVerification = .none
         enrollTLS.sslContextCallback = served.contextCallback
 
         let (apiLimits, enrollLimits) = Self.fitToOpenFileLimit(settings.apiLimits, settings.enrollLimits, logger: logger)
         var listeners = [
-            try Listener(name: "API", address: settings.listen, router: api.apiRouter(), tls: apiTLS, limits: apiLimits, logger: logger) {
+            try Listener(name: "API", address: settings.listen, router: api.apiRouter(), tls: apiTLS.source, limits: apiLimits, logger: logger) {
                 await addresses.set(api: $0)
             },
             try Listener(
-                name: "enrollment", address: settings.enrollListen, router: api.enrollmentRouter(), tls: enrollTLS, limits: enrollLimits,
+                name: "enrollment", address: settings.enrollListen, router: api.enrollmentRouter(), tls: try TLSContextSource(enrollTLS),
+                limits: enrollLimits,
                 logger: logger
             ) {
                 await addresses.set(enroll: $0)
@@ -218,7 +218,7 @@ struct Listener: Service {
     let application: Application<RouterResponder<ServerContext>>
 
     init(
-        name: String, address: HostPort, router: Router<ServerContext>, tls: TLSConfiguration?, limits: ConnectionLimits, logger: Logger,
+        name: String, address: HostPort, router: Router<ServerContext>, tls: TLSContextSource?, limits: ConnectionLimits, logger: Logger,
         bound: @escaping @Sendable (String) async -> Void
     ) throws {
         self.name = name

@@ -58,12 +58,14 @@ final class ServedCertificate: Sendable {
     }
 
     /// Issues a new certificate (a new key, the same names) valid for `lifetime`, replaces
-    /// `tls.pem` and `tls.key` as a pair and serves it from the next handshake on.
+    /// `tls.pem` and `tls.key` as a pair and serves it from the next handshake on. `chainSuffix`
+    /// (PEM) follows the certificate in `tls.pem` and in the chain sent: during a CA rotation's
+    /// overlap, the new CA cross-signed by the old one.
     @discardableResult
-    func renew(authority: CertificateAuthority, serverID: ServerID, lifetime: TimeInterval) throws -> Certificate {
+    func renew(authority: CertificateAuthority, serverID: ServerID, lifetime: TimeInterval, chainSuffix: String = "") throws -> Certificate {
         let sans = Array(try certificate.extensions.subjectAlternativeNames ?? SubjectAlternativeNames([]))
         let (next, keyPEM) = try authority.issueServerCertificate(serverID: serverID, sans: sans, lifetime: lifetime)
-        try Self.replace(directory, certificatePEM: next.pem, keyPEM: keyPEM)
+        try Self.replace(directory, certificatePEM: Self.pemLine(next.pem) + chainSuffix, keyPEM: keyPEM)
         let loaded = try Self.load(directory)
         current.withLock { $0 = loaded }
         return loaded.certificate
@@ -83,8 +85,19 @@ final class ServedCertificate: Sendable {
         let pem = String(decoding: try directory.read(directory.tlsCertificate), as: UTF8.self)
         let chain = try NIOSSLCertificate.fromPEMBytes(Array(pem.utf8))
         let key = try NIOSSLPrivateKey(bytes: Array(try directory.read(directory.tlsKey)), format: .pem)
-        return Loaded(chain: chain, key: key, certificate: try Certificate(pemEncoded: pem))
+        return Loaded(chain: chain, key: key, certificate: try Self.leaf(pem))
     }
+
+    /// The first certificate of a PEM chain (the server's own; what follows are CA certificates).
+    static func leaf(_ pem: String) throws -> Certificate {
+        guard let first = try PEMDocument.parseMultiple(pemString: pem).first else {
+            throw KeyholdError(.configuration, "tls.pem holds no certificate", hint: "restore the data directory from a backup")
+        }
+        return try Certificate(pemDocument: first)
+    }
+
+    /// `pem` ending in a newline, so that another PEM block can follow it.
+    static func pemLine(_ pem: String) -> String { pem.hasSuffix("\n") ? pem : pem + "\n" }
 
     /// The pair is replaced in three durable steps: both new files written beside the old ones
     /// (`tls.key.next`, `tls.pem.next`), then the key renamed over `tls.key`, then the certificate
@@ -119,7 +132,7 @@ final class ServedCertificate: Sendable {
 /// second), until the group shuts down; a failed renewal is tried again a minute later.
 struct TLSRenewal: Service {
     let served: ServedCertificate
-    let authority: CertificateAuthority
+    let authority: CertificateAuthorities
     let serverID: ServerID
     let lifetime: TimeInterval
     let repository: any Repository
@@ -130,7 +143,8 @@ struct TLSRenewal: Service {
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
             if served.renewalDue(), Date() >= retryAfter {
                 do {
-                    let next = try served.renew(authority: authority, serverID: serverID, lifetime: lifetime)
+                    let next = try served.renew(
+                        authority: authority.current, serverID: serverID, lifetime: lifetime, chainSuffix: authority.chainSuffix)
                     try? await repository.appendAudit(
                         ServedCertificate.renewalAudit(next, actor: .server(serverID), route: .local, how: "renewed by the server: "))
                     logger.notice("TLS certificate renewed", metadata: ["expires": "\(ISO8601DateFormatter().string(from: next.notValidAfter))"])

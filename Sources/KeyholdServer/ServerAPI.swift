@@ -54,7 +54,7 @@ struct ServerAPI<Context: PeerContext> {
         router.get(RouterPath(APIPath.ca)) { [core] _, _ in
             Response(
                 status: .ok, headers: [.contentType: "application/x-pem-file"],
-                body: .init(byteBuffer: ByteBuffer(string: core.authority.certificate.pem))
+                body: .init(byteBuffer: ByteBuffer(string: core.authority.current.certificate.pem))
             )
         }
         router.post(
@@ -135,6 +135,9 @@ struct ServerAPI<Context: PeerContext> {
         route(router, .post, APIPath.adminMasterKeyRetireOld, [.admin]) { _, _, caller in
             try respond(try await core.retireOldMasterKeys(by: caller))
         }
+        route(router, .get, APIPath.adminCA, [.admin]) { _, _, _ in try respond(try await core.caStatus()) }
+        route(router, .post, APIPath.adminCARotate, [.admin]) { _, _, caller in try respond(try await core.rotateCA(by: caller)) }
+        route(router, .post, APIPath.adminCARetireOld, [.admin]) { _, _, caller in try respond(try await core.retireOldCA(by: caller)) }
         route(router, .get, APIPath.adminAudit, [.admin]) { request, _, _ in
             let after = try Self.integer(request, "after", in: 0...Int.max) ?? 0
             let limit = try Self.integer(request, "limit", in: 1...10_000) ?? 1000

@@ -16,7 +16,11 @@ struct ServerCore: Sendable {
     let serverID: ServerID
     let repository: any Repository
     let masterKey: MasterKey
-    let authority: CertificateAuthority
+    /// The CAs: the current one issues every certificate (docs/operations.md, "CA rotation").
+    let authority: CertificateAuthorities
+    /// The API listener's TLS, rebuilt when the CAs it trusts change (nil in process tests
+    /// without listeners).
+    var apiTLS: APITLS?
     let databaseDescription: String
     let hierarchy: Hierarchy
     /// The addresses the listeners bound, and what tokens advertise.
@@ -185,18 +189,19 @@ struct ServerCore: Sendable {
             try await refuse(tokenError(redemption), why(redemption))
         }
         let id = ClientID.random()
-        let certificate = try authority.issueClientCertificate(
+        let ca = authority.current
+        let certificate = try ca.issueClientCertificate(
             csr: csr, identity: CertificateIdentity(role: token.role, id: id), name: name, lifetime: certificateLifetimes.lifetime(of: token.role))
         try await repository.insertClient(
             EnrolledClient(
                 id: id, role: token.role, name: name, certificateFingerprint: CertificateAuthority.fingerprint(certificate),
-                certificateExpires: certificate.notValidAfter)
+                certificateExpires: certificate.notValidAfter, certificateIssuer: ca.fingerprint)
         )
         try await repository.appendAudit(
             AuditEvent(actor: AuditActor(token.role, id), action: .enroll, route: .enrollment, result: .ok, detail: "name \(name), token \(token.id)")
         )
         logger.info("enrolled", metadata: ["role": "\(token.role)", "id": "\(id)", "name": "\(PrintableText.escaped(name))"])
-        return EnrollResponse(clientID: id, role: token.role, certificatePEM: certificate.pem, caPEM: authority.certificate.pem, serverID: serverID)
+        return EnrollResponse(clientID: id, role: token.role, certificatePEM: certificate.pem, caPEM: ca.certificate.pem, serverID: serverID)
     }
 
     // MARK: Keys
@@ -351,7 +356,7 @@ struct ServerCore: Sendable {
         )
         var rotate = false
         if let active = request.activeFileKey { rotate = try await repository.rotationRequired([active]).contains(active) }
-        return HeartbeatResponse(serverID: serverID, serverTime: Date(), rotateFileKey: rotate)
+        return HeartbeatResponse(serverID: serverID, serverTime: Date(), rotateFileKey: rotate, ca: authority.trust)
     }
 
     /// `POST /v1/certificate/renew`: a new certificate for the caller's enrollment, on the key in
@@ -360,7 +365,8 @@ struct ServerCore: Sendable {
     func renewCertificate(_ request: CertificateRenewRequest, by caller: Caller) async throws -> CertificateRenewResponse {
         let csr = try CertificateAuthority.verifiedRequest(request.csrPEM)
         let client = caller.client
-        let certificate = try authority.issueClientCertificate(
+        let ca = authority.current
+        let certificate = try ca.issueClientCertificate(
             csr: csr, identity: CertificateIdentity(role: client.role, id: client.id), name: client.name,
             lifetime: certificateLifetimes.lifetime(of: client.role))
         let fingerprint = CertificateAuthority.fingerprint(certificate)
@@ -370,7 +376,7 @@ struct ServerCore: Sendable {
             detail: "new certificate \(fingerprint.prefix(16)), expires \(ISO8601DateFormatter().string(from: expires))")
         guard
             try await repository.offerCertificate(
-                id: client.id, current: client.certificateFingerprint, next: fingerprint, expires: expires, audit: audit)
+                id: client.id, current: client.certificateFingerprint, next: fingerprint, expires: expires, issuer: ca.fingerprint, audit: audit)
         else {
             throw KeyholdError(
                 .unauthenticated, "\(client.role) \(client.id) changed while its certificate was renewed",
@@ -534,7 +540,8 @@ struct ServerCore: Sendable {
         if !request.destroyed.isEmpty { try await destroyPushed(request.destroyed, by: caller) }
         // An empty push only asks for the changes: nothing is stored, nothing is audited.
         guard !request.keys.isEmpty else {
-            return PushResponse(accepted: 0, alreadyPresent: 0, conflicts: [], changes: try await changes(request.changesAfter))
+            return PushResponse(
+                accepted: 0, alreadyPresent: 0, conflicts: [], changes: try await changes(request.changesAfter), ca: authority.trust)
         }
         let batch = try request.keys.map { pushed in
             var stored = try masterKey.store(pushed.key.record, secret: pushed.key.secret, provenance: .pushed, blocked: pushed.blocked)
@@ -559,7 +566,7 @@ struct ServerCore: Sendable {
             accepted: outcomes.filter { $0 == .inserted }.count + replaced,
             alreadyPresent: outcomes.filter { $0 == .alreadyPresent || $0 == .destroyed }.count,
             conflicts: conflicts,
-            changes: try await changes(request.changesAfter)
+            changes: try await changes(request.changesAfter), ca: authority.trust
         )
     }
 
@@ -659,7 +666,7 @@ struct ServerCore: Sendable {
             secondaries: clients.filter { $0.role == .server && $0.state == .active }.count, started: started,
             hierarchy: try await hierarchy.status(), escrowDrift: try await repository.driftedEscrowChecks(limit: 100).map(\.keyID),
             certificates: await ownCertificates(administrators: clients, now: now), expiringClients: Array(expiring.prefix(100)),
-            expiringClientCount: expiring.count, masterKey: try await masterKeyRotation?.status()
+            expiringClientCount: expiring.count, masterKey: try await masterKeyRotation?.status(), ca: caStatus(clients)
         )
     }
 
@@ -690,7 +697,8 @@ struct ServerCore: Sendable {
         guard let served else {
             throw KeyholdError(.configuration, "this server has no TLS listener to renew a certificate for", hint: "run it with its listeners")
         }
-        let next = try served.renew(authority: authority, serverID: serverID, lifetime: certificateLifetimes.tls)
+        let next = try served.renew(
+            authority: authority.current, serverID: serverID, lifetime: certificateLifetimes.tls, chainSuffix: authority.chainSuffix)
         try await repository.appendAudit(ServedCertificate.renewalAudit(next, actor: caller.actor, route: .adminAPI))
         logger.notice("TLS certificate renewed", metadata: ["expires": "\(next.notValidAfter)", "by": "\(caller.actor)"])
         return TLSRenewResponse(expires: next.notValidAfter, fingerprint: CertificateAuthority.fingerprint(next))
@@ -705,9 +713,9 @@ struct ServerCore: Sendable {
         func entry(_ kind: String, _ expires: Date, holder: String? = nil, window: TimeInterval = Self.expiryWarning) -> CertificateExpiry {
             CertificateExpiry(kind: kind, holder: holder, expires: expires, soon: expires.timeIntervalSince(now) < window)
         }
-        var out = [entry("ca", authority.certificate.notValidAfter)]
+        var out = [entry("ca", authority.current.certificate.notValidAfter)]
         if let tls = served?.certificate
-            ?? (try? String(contentsOfFile: directory.tlsCertificate, encoding: .utf8)).flatMap({ try? Certificate(pemEncoded: $0) })
+            ?? (try? String(contentsOfFile: directory.tlsCertificate, encoding: .utf8)).flatMap({ try? ServedCertificate.leaf($0) })
         {
             // Like a client's: it renews with a third left, so warn only once that was missed.
             out.append(entry("tls", tls.notValidAfter, window: min(Self.expiryWarning, tls.notValidAfter.timeIntervalSince(tls.notValidBefore) / 4)))
@@ -769,7 +777,7 @@ struct ServerCore: Sendable {
             ))
         let (api, enroll) = await addresses.advertised()
         let token = EnrollmentToken(
-            apiAddress: api, enrollAddress: enroll, caFingerprint: authority.fingerprint, id: record.id, secret: Base64URL.encode(secret))
+            apiAddress: api, enrollAddress: enroll, caFingerprint: authority.current.fingerprint, id: record.id, secret: Base64URL.encode(secret))
         return TokenCreateResponse(token: token.text, id: record.id, expires: record.expires)
     }
 
@@ -918,15 +926,16 @@ struct ServerCore: Sendable {
         }
         let csr = try CertificateAuthority.verifiedRequest(request.csrPEM)
         let id = ClientID.random()
-        let certificate = try authority.issueClientCertificate(csr: csr, identity: CertificateIdentity(role: .admin, id: id), name: name)
+        let ca = authority.current
+        let certificate = try ca.issueClientCertificate(csr: csr, identity: CertificateIdentity(role: .admin, id: id), name: name)
         try await repository.insertClient(
             EnrolledClient(
                 id: id, role: .admin, name: name, certificateFingerprint: CertificateAuthority.fingerprint(certificate),
-                certificateExpires: certificate.notValidAfter))
+                certificateExpires: certificate.notValidAfter, certificateIssuer: ca.fingerprint))
         try await repository.appendAudit(
             AuditEvent(actor: caller.actor, action: .adminAdd, route: .adminAPI, result: .ok, detail: "administrator \(id) '\(name)'"))
         logger.notice("administrator added", metadata: ["id": "\(id)", "by": "\(caller.actor)"])
-        return AdministratorCreateResponse(id: id, certificatePEM: certificate.pem, caPEM: authority.certificate.pem)
+        return AdministratorCreateResponse(id: id, certificatePEM: certificate.pem, caPEM: ca.certificate.pem)
     }
 
     /// `GET /v1/admin/clients`: devices and secondaries (not administrators), with the escrow

@@ -64,7 +64,7 @@ public enum ServerSetup {
         try await repository.insertClient(
             EnrolledClient(
                 id: adminID, role: .admin, name: "administrator", certificateFingerprint: CertificateAuthority.fingerprint(admin),
-                certificateExpires: admin.notValidAfter
+                certificateExpires: admin.notValidAfter, certificateIssuer: ca.fingerprint
             ))
         try await repository.setSetting(Hierarchy.optionSetting, options.useHierarchy ? "true" : "false")
         try await repository.appendAudit(
@@ -91,7 +91,7 @@ public enum ServerSetup {
         try await repository.insertClient(
             EnrolledClient(
                 id: id, role: .admin, name: "administrator (recovered)", certificateFingerprint: CertificateAuthority.fingerprint(admin),
-                certificateExpires: admin.notValidAfter)
+                certificateExpires: admin.notValidAfter, certificateIssuer: authority.fingerprint)
         )
         try await repository.appendAudit(
             AuditEvent(actor: .administrator(id), action: .adminRecover, route: .local, result: .ok, detail: "by uid \(uid) on the server machine")

@@ -18,7 +18,8 @@ struct ServerCommand: AsyncParsableCommand {
         abstract: "The Keyhold administration server: key escrow, release and audit.",
         version: KeyholdVersion.current,
         subcommands: [
-            Init.self, Run.self, Status.self, TLSCommand.self, MasterKeyCommand.self, TokenCommand.self, DeviceCommand.self, KeyAdminCommand.self,
+            Init.self, Run.self, Status.self, TLSCommand.self, CACommand.self, MasterKeyCommand.self, TokenCommand.self, DeviceCommand.self,
+            KeyAdminCommand.self,
             Audit.self,
             PrimaryCommand.self, SecondaryCommand.self, HierarchyCommand.self, AdminCommand.self, ReleaseCommand.self,
         ]
@@ -247,6 +248,7 @@ extension ServerCommand {
             if let h = status.hierarchy { print(describe(h)) }
             ServerCommand.showCertificates(status)
             if let m = status.masterKey { for line in MasterKeyCommand.summary(m) { print(line) } }
+            if let ca = status.ca { for line in CACommand.summary(ca) { print(line) } }
             for id in status.escrowDrift {
                 print(
                     "error: DRIFT: the escrowed key \(id) no longer opens its drive (its keyslots were changed outside Keyhold); see 'keyhold-server key list'"
@@ -544,6 +546,82 @@ struct TLSCommand: AsyncParsableCommand {
             let answer = try await withAdmin(data) { try await $0.post(APIPath.adminTLSRenew, Empty(), as: TLSRenewResponse.self) }
             if json { return try printJSON(answer) }
             print("TLS certificate \(answer.fingerprint.prefix(16))… expires \(formatDate(answer.expires)); served from the next connection on")
+        }
+    }
+}
+
+struct CACommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ca",
+        abstract: "The server's CA: rotate it without re-enrolling anyone, watch the overlap, retire the old one.",
+        discussion: "docs/operations.md, \"CA rotation\", has the procedure.",
+        subcommands: [Status.self, Rotate.self, RetireOld.self])
+
+    /// The lines `status` and these commands print.
+    static func summary(_ ca: CAStatus) -> [String] {
+        var lines = ["CA:           \(ca.current.prefix(16))… (expires \(formatDate(ca.currentExpires)))"]
+        if let previous = ca.previous {
+            lines.append(
+                "              rotated \(formatDate(ca.rotated)); the previous CA \(previous.prefix(16))… is still trusted: "
+                    + (ca.onPreviousCount == 0
+                        ? "no active client holds its certificates ('keyhold-server ca retire-old' ends the overlap)"
+                        : "\(ca.onPreviousCount) active client\(ca.onPreviousCount == 1 ? " holds" : "s hold") its certificates"))
+            for holder in ca.onPrevious.prefix(20) {
+                lines.append("              still on the previous CA: \(holder.role) \(PrintableText.escaped(holder.name)) (\(holder.id))")
+            }
+        }
+        return lines
+    }
+
+    struct Status: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show the CA and, during a rotation, who still holds a certificate from the previous one.",
+            discussion: "Example: keyhold-server ca status --data-dir /var/lib/keyhold-server")
+        @OptionGroup var data: DataDirOption
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let answer = try await withAdmin(data) { try await $0.get(APIPath.adminCA, as: CAStatus.self) }
+            if json { return try printJSON(answer) }
+            for line in CACommand.summary(answer) { print(line) }
+        }
+    }
+
+    struct Rotate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Make a new CA, cross-signed by the current one; both are trusted until 'ca retire-old'.",
+            discussion: """
+                Nobody is re-enrolled: agents and secondaries learn the new CA at their next heartbeat (through its \
+                cross-signature), renew their certificates under it, and keep working throughout. The running server \
+                issues every certificate from the new CA at once, accepts both CAs' client certificates, and re-issues \
+                admin.pem for the same key. Back up ca.pem, ca.key, ca-previous.pem and ca-cross.pem. Enrollment \
+                tokens made before the rotation name the old CA: make new ones.
+                Example: keyhold-server ca rotate --data-dir /var/lib/keyhold-server
+                """)
+        @OptionGroup var data: DataDirOption
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let answer = try await withAdmin(data) { try await $0.post(APIPath.adminCARotate, Empty(), as: CAStatus.self) }
+            if json { return try printJSON(answer) }
+            print("new CA \(answer.current.prefix(16))…: it issues every certificate from now on (audited as ca_rotate)")
+            for line in CACommand.summary(answer) { print(line) }
+        }
+    }
+
+    struct RetireOld: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "retire-old",
+            abstract: "End a CA rotation's overlap: the previous CA is no longer trusted (refused while a client holds its certificates).",
+            discussion:
+                "Example: keyhold-server ca retire-old --data-dir /var/lib/keyhold-server  (after 'ca status' shows no client on the previous CA)")
+        @OptionGroup var data: DataDirOption
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let answer = try await withAdmin(data) { try await $0.post(APIPath.adminCARetireOld, Empty(), as: CAStatus.self) }
+            if json { return try printJSON(answer) }
+            print("the previous CA is retired: only \(answer.current.prefix(16))… is trusted (audited as ca_retire)")
         }
     }
 }

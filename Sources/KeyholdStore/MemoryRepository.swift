@@ -287,11 +287,14 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
     }
 
     /// Records a renewed certificate (``Repository/offerCertificate(id:current:next:expires:audit:)``).
-    public func offerCertificate(id: ClientID, current: String, next fingerprint: String, expires: Date, audit: AuditEvent) async throws -> Bool {
+    public func offerCertificate(
+        id: ClientID, current: String, next fingerprint: String, expires: Date, issuer: String?, audit: AuditEvent
+    ) async throws -> Bool {
         guard let client = clients[id], client.state == .active, client.certificateFingerprint == current else { return false }
         try await appendAudit(audit)
         clients[id]?.nextCertificateFingerprint = fingerprint
         clients[id]?.nextCertificateExpires = expires
+        clients[id]?.nextCertificateIssuer = issuer
         return true
     }
 
@@ -300,8 +303,10 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
         guard var client = clients[id], client.nextCertificateFingerprint == fingerprint else { return false }
         client.certificateFingerprint = fingerprint
         client.certificateExpires = client.nextCertificateExpires
+        client.certificateIssuer = client.nextCertificateIssuer
         client.nextCertificateFingerprint = nil
         client.nextCertificateExpires = nil
+        client.nextCertificateIssuer = nil
         clients[id] = client
         return true
     }

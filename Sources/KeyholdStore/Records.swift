@@ -31,14 +31,22 @@ public struct EnrolledClient: Sendable, Equatable {
     public var nextCertificateExpires: Date?
     /// When an administrator deleted it (state ``EnrollmentState/deleted``).
     public var deleted: Date?
+    /// Lowercase hex SHA-256 of the CA certificate that issued its current certificate (nil:
+    /// issued before the server recorded it, by the CA in use before any rotation).
+    public var certificateIssuer: String?
+    /// The issuer of the renewed certificate not presented yet.
+    public var nextCertificateIssuer: String?
 
     /// A client record.
     public init(
         id: ClientID, role: ClientRole, name: String, certificateFingerprint: String, enrolled: Date = Date(),
         state: EnrollmentState = .active, lastSeen: Date? = nil, agentVersion: String? = nil, reportedKeyCount: Int? = nil,
-        certificateExpires: Date? = nil, nextCertificateFingerprint: String? = nil, nextCertificateExpires: Date? = nil, deleted: Date? = nil
+        certificateExpires: Date? = nil, nextCertificateFingerprint: String? = nil, nextCertificateExpires: Date? = nil, deleted: Date? = nil,
+        certificateIssuer: String? = nil, nextCertificateIssuer: String? = nil
     ) {
         self.deleted = deleted
+        self.certificateIssuer = certificateIssuer
+        self.nextCertificateIssuer = nextCertificateIssuer
         self.id = id
         self.role = role
         self.name = name

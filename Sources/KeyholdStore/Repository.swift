@@ -88,10 +88,12 @@ public protocol Repository: Sendable {
     /// Records a renewed certificate (`fingerprint`, expiring at `expires`) as the next one of the
     /// active enrollment `id` whose current certificate is still `current`, replacing any next one
     /// not presented yet, and writes `audit` in the same transaction; `false` (nothing written)
-    /// when there is no such enrollment.
-    func offerCertificate(id: ClientID, current: String, next fingerprint: String, expires: Date, audit: AuditEvent) async throws -> Bool
+    /// when there is no such enrollment. `issuer` is the fingerprint of the CA that issued it.
+    func offerCertificate(
+        id: ClientID, current: String, next fingerprint: String, expires: Date, issuer: String?, audit: AuditEvent
+    ) async throws -> Bool
     /// Makes the next certificate `fingerprint` the current one of `id` (the old one is refused
-    /// from then on); `false` when it is not `id`'s next certificate (any more).
+    /// from then on), with its issuer; `false` when it is not `id`'s next certificate (any more).
     func adoptCertificate(id: ClientID, fingerprint: String) async throws -> Bool
 
     // MARK: Enrollment tokens
@@ -219,6 +221,11 @@ public protocol Repository: Sendable {
 }
 
 extension Repository {
+    /// ``offerCertificate(id:current:next:expires:issuer:audit:)`` without recording the issuer.
+    public func offerCertificate(id: ClientID, current: String, next fingerprint: String, expires: Date, audit: AuditEvent) async throws -> Bool {
+        try await offerCertificate(id: id, current: current, next: fingerprint, expires: expires, issuer: nil, audit: audit)
+    }
+
     /// Runs `body` while the repository's ``run()`` runs beside it, then stops it: for commands
     /// and tests that use a repository outside a service group.
     public func withRunning<T: Sendable>(_ body: @Sendable (Self) async throws -> T) async throws -> T {

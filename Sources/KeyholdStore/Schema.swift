@@ -17,7 +17,7 @@ public enum Schema {
         CreateRepository(), AddKeySequence(), InsertAndReleaseFunction(), AddKeyStateSequence(),
         AddReleaseApprovals(), AddKeyRotations(), AddEscrowChecks(), AddCertificateExpiry(),
         AddNextCertificate(), AddMasterKeyVersions(), AddKeyRetention(),
-        AddKeyOwners(),
+        AddKeyOwners(), AddCertificateIssuers(),
     ]
 }
 
@@ -373,4 +373,21 @@ struct AddKeyOwners: SchemaMigration {
     var sqlite: [String] { ["ALTER TABLE keys DROP COLUMN held_below", Self.lastEscrower] }
 
     var postgres: [String] { ["ALTER TABLE keys DROP COLUMN held_below", Self.lastEscrower] }
+}
+
+/// Version 13: the CA that issued each client's current and renewed certificate (the SHA-256 of
+/// its certificate), so that `ca status` can say who still holds a certificate from the old CA
+/// during a CA rotation (docs/operations.md, "CA rotation"). NULL: issued before, by the CA in use
+/// before any rotation.
+struct AddCertificateIssuers: SchemaMigration {
+    let version = 13
+    let name = "add certificate issuers"
+
+    var sqlite: [String] {
+        ["ALTER TABLE clients ADD COLUMN certificate_issuer TEXT", "ALTER TABLE clients ADD COLUMN next_certificate_issuer TEXT"]
+    }
+
+    var postgres: [String] {
+        ["ALTER TABLE clients ADD COLUMN certificate_issuer TEXT", "ALTER TABLE clients ADD COLUMN next_certificate_issuer TEXT"]
+    }
 }

@@ -580,16 +580,16 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     // MARK: Clients
 
     private static let clientColumns =
-        "id, role, name, certificate_fingerprint, enrolled, state, last_seen, agent_version, key_count, certificate_expires, next_certificate_fingerprint, next_certificate_expires, deleted"
+        "id, role, name, certificate_fingerprint, enrolled, state, last_seen, agent_version, key_count, certificate_expires, next_certificate_fingerprint, next_certificate_expires, deleted, certificate_issuer, next_certificate_issuer"
 
     /// Stores a new enrollment.
     public func insertClient(_ c: EnrolledClient) async throws {
         try await client.query(
             """
             INSERT INTO clients (id, role, name, certificate_fingerprint, enrolled, state, last_seen, agent_version, key_count,
-                                 certificate_expires)
+                                 certificate_expires, certificate_issuer)
             VALUES (\(c.id.description), \(c.role.rawValue), \(c.name), \(c.certificateFingerprint), \(c.enrolled), \(c.state.rawValue),
-                    \(c.lastSeen), \(c.agentVersion), \(c.reportedKeyCount.map(Int64.init)), \(c.certificateExpires))
+                    \(c.lastSeen), \(c.agentVersion), \(c.reportedKeyCount.map(Int64.init)), \(c.certificateExpires), \(c.certificateIssuer))
             """, logger: logger
         )
     }
@@ -613,7 +613,7 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     /// Every authenticated request looks its caller up: a prepared statement (parsed and planned
     /// once per connection) for a batch of them.
     private struct ClientsStatement: PostgresPreparedStatement {
-        static let name = "keyhold_clients_4"
+        static let name = "keyhold_clients_5"
         static let sql = "SELECT \(clientColumns) FROM clients WHERE id = ANY($1::text[])"
         typealias Row = PostgresRow
         let ids: [String]
@@ -652,11 +652,14 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
     }
 
     /// Records a renewed certificate (``Repository/offerCertificate(id:current:next:expires:audit:)``).
-    public func offerCertificate(id: ClientID, current: String, next fingerprint: String, expires: Date, audit: AuditEvent) async throws -> Bool {
+    public func offerCertificate(
+        id: ClientID, current: String, next fingerprint: String, expires: Date, issuer: String?, audit: AuditEvent
+    ) async throws -> Bool {
         try await client.withTransaction(logger: logger) { connection in
             let rows = try await connection.query(
                 """
-                UPDATE clients SET next_certificate_fingerprint = \(fingerprint), next_certificate_expires = \(expires)
+                UPDATE clients SET next_certificate_fingerprint = \(fingerprint), next_certificate_expires = \(expires),
+                  next_certificate_issuer = \(issuer)
                 WHERE id = \(id.description) AND state = 'active' AND certificate_fingerprint = \(current) RETURNING id
                 """, logger: logger
             ).collect()
@@ -671,20 +674,23 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         try await client.query(
             """
             UPDATE clients SET certificate_fingerprint = next_certificate_fingerprint, certificate_expires = next_certificate_expires,
-              next_certificate_fingerprint = NULL, next_certificate_expires = NULL
+              certificate_issuer = next_certificate_issuer,
+              next_certificate_fingerprint = NULL, next_certificate_expires = NULL, next_certificate_issuer = NULL
             WHERE id = \(id.description) AND next_certificate_fingerprint = \(fingerprint) RETURNING id
             """, logger: logger
         ).collect().count > 0
     }
 
     private static func decodeClient(_ row: PostgresRow) throws -> EnrolledClient {
-        let (id, role, name, fingerprint, enrolled, state, lastSeen, version, count, expires, next, nextExpires, deleted) =
-            try row.decode((String, String, String, String, Date, String, Date?, String?, Int64?, Date?, String?, Date?, Date?).self)
+        let (id, role, name, fingerprint, enrolled, state, lastSeen, version, count, expires, next, nextExpires, deleted, issuer, nextIssuer) =
+            try row.decode(
+                (String, String, String, String, Date, String, Date?, String?, Int64?, Date?, String?, Date?, Date?, String?, String?).self)
         return EnrolledClient(
             id: try StoredValue.identifier(id), role: try StoredValue.enumeration(role), name: name, certificateFingerprint: fingerprint,
             enrolled: enrolled,
             state: try StoredValue.enumeration(state), lastSeen: lastSeen, agentVersion: version, reportedKeyCount: count.map(Int.init),
-            certificateExpires: expires, nextCertificateFingerprint: next, nextCertificateExpires: nextExpires, deleted: deleted
+            certificateExpires: expires, nextCertificateFingerprint: next, nextCertificateExpires: nextExpires, deleted: deleted,
+            certificateIssuer: issuer, nextCertificateIssuer: nextIssuer
         )
     }
 

@@ -367,13 +367,13 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
             try db.execute(
                 sql: """
                     INSERT INTO clients (id, role, name, certificate_fingerprint, enrolled, state, last_seen, agent_version, key_count,
-                                         certificate_expires)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                         certificate_expires, certificate_issuer)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
                     c.id.description, c.role.rawValue, c.name, c.certificateFingerprint, c.enrolled.timeIntervalSince1970,
                     c.state.rawValue, c.lastSeen?.timeIntervalSince1970, c.agentVersion, c.reportedKeyCount,
-                    c.certificateExpires?.timeIntervalSince1970,
+                    c.certificateExpires?.timeIntervalSince1970, c.certificateIssuer,
                 ]
             )
         }
@@ -417,14 +417,16 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
     }
 
     /// Records a renewed certificate (``Repository/offerCertificate(id:current:next:expires:audit:)``).
-    public func offerCertificate(id: ClientID, current: String, next fingerprint: String, expires: Date, audit: AuditEvent) async throws -> Bool {
+    public func offerCertificate(
+        id: ClientID, current: String, next fingerprint: String, expires: Date, issuer: String?, audit: AuditEvent
+    ) async throws -> Bool {
         try await pool.write { db in
             try db.execute(
                 sql: """
-                    UPDATE clients SET next_certificate_fingerprint = ?, next_certificate_expires = ?
+                    UPDATE clients SET next_certificate_fingerprint = ?, next_certificate_expires = ?, next_certificate_issuer = ?
                     WHERE id = ? AND state = 'active' AND certificate_fingerprint = ?
                     """,
-                arguments: [fingerprint, expires.timeIntervalSince1970, id.description, current]
+                arguments: [fingerprint, expires.timeIntervalSince1970, issuer, id.description, current]
             )
             guard db.changesCount > 0 else { return false }
             try Self.insertAudit(db, audit)
@@ -438,7 +440,8 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
             try db.execute(
                 sql: """
                     UPDATE clients SET certificate_fingerprint = next_certificate_fingerprint, certificate_expires = next_certificate_expires,
-                      next_certificate_fingerprint = NULL, next_certificate_expires = NULL
+                      certificate_issuer = next_certificate_issuer,
+                      next_certificate_fingerprint = NULL, next_certificate_expires = NULL, next_certificate_issuer = NULL
                     WHERE id = ? AND next_certificate_fingerprint = ?
                     """,
                 arguments: [id.description, fingerprint]
@@ -456,7 +459,8 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
             certificateExpires: (row["certificate_expires"] as Double?).map(Date.init(timeIntervalSince1970:)),
             nextCertificateFingerprint: row["next_certificate_fingerprint"],
             nextCertificateExpires: (row["next_certificate_expires"] as Double?).map(Date.init(timeIntervalSince1970:)),
-            deleted: (row["deleted"] as Double?).map(Date.init(timeIntervalSince1970:))
+            deleted: (row["deleted"] as Double?).map(Date.init(timeIntervalSince1970:)), certificateIssuer: row["certificate_issuer"],
+            nextCertificateIssuer: row["next_certificate_issuer"]
         )
     }
 

@@ -57,7 +57,8 @@ struct InProcessServer {
         settings.releasePolicy = releasePolicy
         settings.approvalLifetime = approvalLifetime
         let core = ServerCore(
-            serverID: serverID, repository: repository, masterKey: master, authority: authority, databaseDescription: "memory",
+            serverID: serverID, repository: repository, masterKey: master, authority: CertificateAuthorities(authority, directory: dir),
+            databaseDescription: "memory",
             hierarchy: hierarchy, addresses: BoundAddresses(settings), directory: dir, refusals: RefusalLedger(),
             enrollLimiter: RateLimiter(settings.enrollRate), releaseLimiter: RateLimiter(settings.releaseRate),
             releaseWatch: ReleaseWatch(settings.releaseAlert), releasePolicy: settings.releasePolicy,
