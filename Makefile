@@ -11,7 +11,7 @@ FUZZ_SECONDS ?= 20
 FUZZ_LONG ?= 300
 PYTEST := .venv/bin/python -m pytest
 
-.PHONY: run test build deps lint unit python vm-test fuzz bench vectors install install-files clean help
+.PHONY: run test build deps lint unit python vm-test rotation-full fuzz bench vectors install install-files clean help
 
 # make install: where the programs, units and udev rule go (DESTDIR for staging).
 PREFIX ?= /usr/local
@@ -30,6 +30,7 @@ help:
 	@echo "make vectors regenerate Tests/Vectors from scripts/"
 	@echo "make install release build; programs to $(BINDIR), units to $(UNITDIR), udev rule to $(UDEVDIR)"
 	@echo "make vm-test the drive hot-plug test in a QEMU guest (part of make test)"
+	@echo "make rotation-full  the master-key rotation test with 100,000 keys on SQLite and PostgreSQL"
 
 run:
 	@scripts/install-deps.sh build
@@ -66,6 +67,11 @@ python:
 # unlocked it, unplug, plug again (Tests/VM/README.md).
 vm-test:
 	Tests/VM/vm-test.sh $(BIN_DIR)
+
+# The master-key rotation test at full size: 100,000 keys on SQLite and PostgreSQL, two kill -9
+# during the rewrap and a release loop throughout (make test runs it with 1,000).
+rotation-full: build
+	KEYHOLD_ROTATION_KEYS=100000 scripts/test-postgres.sh swift test --skip-build --filter MasterKeyRotationTests
 
 fuzz:
 	scripts/fuzz.sh $(FUZZ_LONG)

@@ -14,6 +14,15 @@ public enum CATrustStore {
         try PEMDocument.parseMultiple(pemString: pem).map { try Certificate(pemDocument: $0) }
     }
 
+    /// Whether `certificate` is a CA certificate (basic constraints, certificate signing) valid at `now`.
+    static func isCA(_ certificate: Certificate, now: Date) -> Bool {
+        guard certificate.notValidBefore <= now, now < certificate.notValidAfter,
+            let constraints = try? certificate.extensions.basicConstraints, case .isCertificateAuthority = constraints,
+            let usage = try? certificate.extensions.keyUsage, usage.keyCertSign
+        else { return false }
+        return true
+    }
+
     /// Whether `ca` issued `certificate` (its name and signature).
     static func issued(_ certificate: Certificate, by ca: Certificate) -> Bool {
         certificate.issuer == ca.subject && ca.publicKey.isValidSignature(certificate.signature, for: certificate)
@@ -24,12 +33,16 @@ public enum CATrustStore {
     /// by a CA trusted already; the previous CA is kept only if it is trusted already; without a
     /// previous CA (the overlap ended) only the current one stays. Throws when the current CA
     /// cannot be trusted.
-    public static func adopt(_ trust: CATrust, held: String) throws -> String? {
+    public static func adopt(_ trust: CATrust, held: String, now: Date = Date()) throws -> String? {
         let trusted = try certificates(held)
         let current = try Certificate(pemEncoded: trust.current)
+        // Never back: a CA held as the previous one (the bundle's first is the current one) does
+        // not become current again (a server process still on the old CA answers so).
+        if let index = trusted.firstIndex(of: current), index > 0 { return nil }
         if !trusted.contains(current) {
-            guard let crossPEM = trust.cross, let cross = try? Certificate(pemEncoded: crossPEM), cross.subject == current.subject,
-                cross.publicKey == current.publicKey, trusted.contains(where: { issued(cross, by: $0) })
+            guard isCA(current, now: now), issued(current, by: current), let crossPEM = trust.cross,
+                let cross = try? Certificate(pemEncoded: crossPEM), isCA(cross, now: now), cross.subject == current.subject,
+                cross.publicKey == current.publicKey, trusted.contains(where: { isCA($0, now: now) && issued(cross, by: $0) })
             else {
                 throw KeyholdError(
                     .unauthenticated, "the server names a new CA that no CA this client trusts has cross-signed",
@@ -65,9 +78,11 @@ extension EnrolledIdentity {
     /// Whether the server's current CA (`trust.current`) issued this identity's certificate; a
     /// certificate from the previous CA is renewed at once during a rotation's overlap.
     public func issuedByCurrentCA(_ trust: CATrust) -> Bool {
-        guard let current = try? Certificate(pemEncoded: trust.current), let mine = try? Certificate(pemEncoded: certificatePEM) else {
-            return true
-        }
+        guard let current = try? Certificate(pemEncoded: trust.current), let mine = try? Certificate(pemEncoded: certificatePEM),
+            let held = try? CATrustStore.certificates(caPEM)
+        else { return true }
+        // A server that names the CA held as previous is behind: nothing to renew for it.
+        if let index = held.firstIndex(of: current), index > 0 { return true }
         return CATrustStore.issued(mine, by: current)
     }
 }

@@ -23,6 +23,8 @@ final class CertificateAuthorities: Sendable {
 
     private let directory: DataDirectory
     private let state: Mutex<State>
+    /// Whether a rotation or retirement is under way: one at a time.
+    private let busy = Mutex(false)
 
     /// The CAs in `directory` (a rotation that a crash interrupted is finished first).
     init(directory: DataDirectory) throws {
@@ -58,6 +60,25 @@ final class CertificateAuthorities: Sendable {
     /// What follows the listeners' own certificate in the chain they send: the cross certificate
     /// during an overlap.
     var chainSuffix: String { cross.map(\.pem) ?? "" }
+
+    /// The current CA and the chain suffix, read together (a renewal of the listeners'
+    /// certificate must not pair one state's CA with another's suffix).
+    var issuing: (CertificateAuthority, String) { state.withLock { ($0.current, $0.cross.map(\.pem) ?? "") } }
+
+    /// Runs `body` as the one rotation or retirement under way; another one at the same time is
+    /// refused (`conflict`).
+    func exclusively<T>(_ body: () async throws -> T) async throws -> T {
+        let taken = busy.withLock { running in
+            if running { return false }
+            running = true
+            return true
+        }
+        guard taken else {
+            throw KeyholdError(.conflict, "another CA rotation or retirement is under way", hint: "wait for it, then see 'keyhold-server ca status'")
+        }
+        defer { busy.withLock { $0 = false } }
+        return try await body()
+    }
 
     /// Makes a new CA, cross-signed by the current one, and makes it current; the old one stays
     /// trusted until ``retirePrevious()``. The files change in durable steps: the new key and
@@ -103,16 +124,30 @@ final class CertificateAuthorities: Sendable {
     static let crossFile = "ca-cross.pem"
 
     /// Completes an interrupted rotation: `ca-next.pem` is written last, so its presence means
-    /// that everything else was written; without it the new key is discarded.
+    /// that everything else was written. The key is renamed (and the folder synced) before the
+    /// certificate, so a `ca-next.key` left alone is either a rotation that never got that far
+    /// (discarded) or — should a file system reorder the renames anyway — the key of a
+    /// certificate already in place (renamed after it).
     static func finishRotation(_ directory: DataDirectory) throws {
         let key = directory.file(nextKey)
         let certificate = directory.file(nextCertificate)
         guard FileManager.default.fileExists(atPath: certificate) else {
-            if FileManager.default.fileExists(atPath: key) { try FileManager.default.removeItem(atPath: key) }
+            guard FileManager.default.fileExists(atPath: key) else { return }
+            let keyPEM = String(decoding: try directory.read(key), as: UTF8.self)
+            let currentPEM = String(decoding: try directory.read(directory.caCertificate), as: UTF8.self)
+            if let orphan = try? Certificate.PrivateKey(pemEncoded: keyPEM), let current = try? Certificate(pemEncoded: currentPEM),
+                orphan.publicKey == current.publicKey
+            {
+                _ = try SystemCall.check("rename", path: key) { Foundation.rename(key, directory.caKey) }
+                try AtomicFileWriter.syncFolder(of: directory.caKey)
+            } else {
+                try FileManager.default.removeItem(atPath: key)
+            }
             return
         }
         if FileManager.default.fileExists(atPath: key) {
             _ = try SystemCall.check("rename", path: key) { Foundation.rename(key, directory.caKey) }
+            try AtomicFileWriter.syncFolder(of: directory.caKey)
         }
         _ = try SystemCall.check("rename", path: certificate) { Foundation.rename(certificate, directory.caCertificate) }
         try AtomicFileWriter.syncFolder(of: directory.caCertificate)
@@ -122,16 +157,29 @@ final class CertificateAuthorities: Sendable {
         let current = try CertificateAuthority(
             certificatePEM: String(decoding: try directory.read(directory.caCertificate), as: UTF8.self),
             keyPEM: String(decoding: try directory.read(directory.caKey), as: UTF8.self))
+        guard current.privateKey.publicKey == current.certificate.publicKey else {
+            throw KeyholdError(
+                .configuration, "\(directory.caKey) is not the key of \(directory.caCertificate)",
+                hint: "restore ca.pem and ca.key (and ca-previous.pem, ca-cross.pem) from the same backup")
+        }
         let previousPath = directory.file(previousFile)
+        let crossPath = directory.file(crossFile)
         guard FileManager.default.fileExists(atPath: previousPath) else { return State(current: current) }
         let previous = try Certificate(pemEncoded: String(decoding: try directory.read(previousPath), as: UTF8.self))
-        let crossPath = directory.file(crossFile)
-        let cross = try? Certificate(pemEncoded: String(decoding: try directory.read(crossPath), as: UTF8.self))
         // A rotation that stopped before the new CA was in place left the old one as "previous".
-        guard previous != current.certificate, let cross, cross.publicKey == current.certificate.publicKey else {
+        if previous == current.certificate {
             try? FileManager.default.removeItem(atPath: previousPath)
             try? FileManager.default.removeItem(atPath: crossPath)
             return State(current: current)
+        }
+        // An overlap without its cross certificate would silently stop clients that know only the
+        // old CA from verifying this server: refuse to start instead.
+        guard let cross = try? Certificate(pemEncoded: String(decoding: try directory.read(crossPath), as: UTF8.self)),
+            cross.publicKey == current.certificate.publicKey, cross.subject == current.certificate.subject, cross.issuer == previous.subject
+        else {
+            throw KeyholdError(
+                .configuration, "a CA rotation is under way but \(crossPath) is missing or does not cross-sign \(directory.caCertificate)",
+                hint: "copy ca-cross.pem from the data directory where 'ca rotate' ran (with ca.pem, ca.key and ca-previous.pem)")
         }
         let rotated = (try? FileManager.default.attributesOfItem(atPath: previousPath))?[.modificationDate] as? Date
         return State(current: current, previous: previous, cross: cross, rotated: rotated)
@@ -164,21 +212,34 @@ extension ServerCore {
     /// new CA for the same key. Clients learn the new CA at their next heartbeat or push and
     /// renew their certificates under it. Audited `ca_rotate`.
     func rotateCA(by caller: Caller) async throws -> CAStatus {
-        let old = authority.current
-        let next = try authority.rotate(serverID: serverID)
-        try apiTLS?.reload(trusting: authority.trusted)
-        if let served {
-            try served.renew(authority: next, serverID: serverID, lifetime: certificateLifetimes.tls, chainSuffix: authority.chainSuffix)
+        try await authority.exclusively {
+            let old = authority.current
+            let next = try authority.rotate(serverID: serverID)
+            // Recorded at once: what follows is redone by every start during the overlap.
+            try await repository.appendAudit(
+                AuditEvent(
+                    actor: caller.actor, action: .caRotate, route: .adminAPI, result: .ok,
+                    detail:
+                        "new CA \(next.fingerprint.prefix(16)), cross-signed by \(old.fingerprint.prefix(16)), which stays trusted until ca retire-old"
+                ))
+            logger.notice("CA rotated", metadata: ["new": "\(next.fingerprint.prefix(16))", "old": "\(old.fingerprint.prefix(16))"])
+            try await completeRotation(actor: caller.actor)
+            return try await caStatus()
         }
-        try await reissueLocalAdministrator(under: next, actor: caller.actor)
-        try await repository.appendAudit(
-            AuditEvent(
-                actor: caller.actor, action: .caRotate, route: .adminAPI, result: .ok,
-                detail:
-                    "new CA \(next.fingerprint.prefix(16)), cross-signed by \(old.fingerprint.prefix(16)), which stays trusted until ca retire-old"
-            ))
-        logger.notice("CA rotated", metadata: ["new": "\(next.fingerprint.prefix(16))", "old": "\(old.fingerprint.prefix(16))"])
-        return try await caStatus()
+    }
+
+    /// The steps of a rotation after the new CA is in place, each done only if it is still to
+    /// do, so that a start during the overlap finishes what a crash interrupted: the API listener
+    /// trusts both CAs, the listeners' certificate comes from the new CA with the cross
+    /// certificate after it, `admin.pem` comes from the new CA.
+    func completeRotation(actor: AuditActor) async throws {
+        guard authority.previous != nil else { return }
+        try apiTLS?.reload(trusting: authority.trusted)
+        let (current, suffix) = authority.issuing
+        if let served, !current.issued(served.certificate) || !served.chain(endsWith: suffix) {
+            try served.renew(authorities: authority, serverID: serverID, lifetime: certificateLifetimes.tls)
+        }
+        try await reissueLocalAdministrator(under: current, actor: actor)
     }
 
     /// `POST /v1/admin/ca/retire-old`: ends the overlap once no active client holds a certificate
@@ -186,6 +247,10 @@ extension ServerCore {
     /// trusted, and the listeners' certificate is renewed without the cross certificate.
     /// Audited `ca_retire`.
     func retireOldCA(by caller: Caller) async throws -> CAStatus {
+        try await authority.exclusively { try await retire(by: caller) }
+    }
+
+    private func retire(by caller: Caller) async throws -> CAStatus {
         guard let previous = authority.previous else {
             throw KeyholdError(.usage, "no CA rotation is under way: only the current CA is trusted", hint: "see 'keyhold-server ca status'")
         }
@@ -201,9 +266,7 @@ extension ServerCore {
         }
         try authority.retirePrevious()
         try apiTLS?.reload(trusting: authority.trusted)
-        if let served {
-            try served.renew(authority: authority.current, serverID: serverID, lifetime: certificateLifetimes.tls)
-        }
+        if let served { try served.renew(authorities: authority, serverID: serverID, lifetime: certificateLifetimes.tls) }
         try await repository.appendAudit(
             AuditEvent(
                 actor: caller.actor, action: .caRetire, route: .adminAPI, result: .ok,
@@ -216,7 +279,7 @@ extension ServerCore {
     /// that administrator's next certificate (adopted when it is first presented).
     private func reissueLocalAdministrator(under ca: CertificateAuthority, actor: AuditActor) async throws {
         guard let pem = try? String(contentsOfFile: directory.adminCertificate, encoding: .utf8), let old = try? Certificate(pemEncoded: pem),
-            let identity = CertificateIdentity(certificate: old), identity.role == .admin
+            let identity = CertificateIdentity(certificate: old), identity.role == .admin, !ca.issued(old)
         else { return }
         let fingerprint = CertificateAuthority.fingerprint(old)
         guard let admin = try await repository.client(id: identity.id), admin.state == .active, admin.certificateFingerprint == fingerprint else {

@@ -129,6 +129,8 @@ public struct KeyholdServerService: Service {
             try await core.destroyFromElsewhere(
                 ids, rule: .unlessReferenced, actor: .server(settings.serverID), route: .primary(primary), detail: "destroyed above (by the primary)")
         }
+        // A CA rotation that a crash interrupted is completed before anything is served.
+        try await core.completeRotation(actor: .server(settings.serverID))
         let api = ServerAPI<ServerContext>(core: core, logger: logger)
 
         var enrollTLS = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: key)

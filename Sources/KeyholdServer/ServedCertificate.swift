@@ -24,6 +24,8 @@ final class ServedCertificate: Sendable {
 
     private let directory: DataDirectory
     private let current: Mutex<Loaded>
+    /// Renewals one at a time: they write the same `.next` files.
+    private let renewing = Mutex(())
 
     /// The certificate in the data directory (an interrupted replacement finished first).
     init(directory: DataDirectory) throws {
@@ -63,12 +65,36 @@ final class ServedCertificate: Sendable {
     /// overlap, the new CA cross-signed by the old one.
     @discardableResult
     func renew(authority: CertificateAuthority, serverID: ServerID, lifetime: TimeInterval, chainSuffix: String = "") throws -> Certificate {
+        try renewing.withLock { _ in try renewNow(authority, chainSuffix, serverID: serverID, lifetime: lifetime) }
+    }
+
+    /// ``renew(authority:serverID:lifetime:chainSuffix:)`` with the CA and chain suffix that
+    /// `authorities` hold when the renewal's turn comes.
+    @discardableResult
+    func renew(authorities: CertificateAuthorities, serverID: ServerID, lifetime: TimeInterval) throws -> Certificate {
+        try renewing.withLock { _ in
+            let (authority, suffix) = authorities.issuing
+            return try renewNow(authority, suffix, serverID: serverID, lifetime: lifetime)
+        }
+    }
+
+    private func renewNow(_ authority: CertificateAuthority, _ chainSuffix: String, serverID: ServerID, lifetime: TimeInterval) throws -> Certificate
+    {
         let sans = Array(try certificate.extensions.subjectAlternativeNames ?? SubjectAlternativeNames([]))
         let (next, keyPEM) = try authority.issueServerCertificate(serverID: serverID, sans: sans, lifetime: lifetime)
         try Self.replace(directory, certificatePEM: Self.pemLine(next.pem) + chainSuffix, keyPEM: keyPEM)
         let loaded = try Self.load(directory)
         current.withLock { $0 = loaded }
         return loaded.certificate
+    }
+
+    /// Whether the chain served now ends with the certificates in `suffix` (PEM; empty: any chain).
+    func chain(endsWith suffix: String) -> Bool {
+        guard let wanted = try? PEMDocument.parseMultiple(pemString: suffix), !wanted.isEmpty else { return true }
+        guard let pem = try? String(contentsOfFile: directory.tlsCertificate, encoding: .utf8),
+            let served = try? PEMDocument.parseMultiple(pemString: pem)
+        else { return false }
+        return served.count > wanted.count && Array(served.suffix(wanted.count).map(\.derBytes)) == wanted.map(\.derBytes)
     }
 
     /// The audit record of a renewal (`tls_renew`) that produced `next`, with `how` before the
@@ -143,8 +169,7 @@ struct TLSRenewal: Service {
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
             if served.renewalDue(), Date() >= retryAfter {
                 do {
-                    let next = try served.renew(
-                        authority: authority.current, serverID: serverID, lifetime: lifetime, chainSuffix: authority.chainSuffix)
+                    let next = try served.renew(authorities: authority, serverID: serverID, lifetime: lifetime)
                     try? await repository.appendAudit(
                         ServedCertificate.renewalAudit(next, actor: .server(serverID), route: .local, how: "renewed by the server: "))
                     logger.notice("TLS certificate renewed", metadata: ["expires": "\(ISO8601DateFormatter().string(from: next.notValidAfter))"])

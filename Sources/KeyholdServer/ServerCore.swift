@@ -76,8 +76,10 @@ struct ServerCore: Sendable {
             } else {
                 client.certificateFingerprint = peer.fingerprint
                 client.certificateExpires = client.nextCertificateExpires
+                client.certificateIssuer = client.nextCertificateIssuer
                 client.nextCertificateFingerprint = nil
                 client.nextCertificateExpires = nil
+                client.nextCertificateIssuer = nil
                 logger.info("a renewed certificate is now the current one", metadata: ["role": "\(peer.role)", "id": "\(peer.id)"])
             }
         }
@@ -697,8 +699,7 @@ struct ServerCore: Sendable {
         guard let served else {
             throw KeyholdError(.configuration, "this server has no TLS listener to renew a certificate for", hint: "run it with its listeners")
         }
-        let next = try served.renew(
-            authority: authority.current, serverID: serverID, lifetime: certificateLifetimes.tls, chainSuffix: authority.chainSuffix)
+        let next = try served.renew(authorities: authority, serverID: serverID, lifetime: certificateLifetimes.tls)
         try await repository.appendAudit(ServedCertificate.renewalAudit(next, actor: caller.actor, route: .adminAPI))
         logger.notice("TLS certificate renewed", metadata: ["expires": "\(next.notValidAfter)", "by": "\(caller.actor)"])
         return TLSRenewResponse(expires: next.notValidAfter, fingerprint: CertificateAuthority.fingerprint(next))

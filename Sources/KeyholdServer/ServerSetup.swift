@@ -81,6 +81,7 @@ public enum ServerSetup {
     /// - Returns: the new administrator's client id.
     public static func recoverAdministrator(_ dir: DataDirectory, repository: any Repository, by uid: UInt32) async throws -> ClientID {
         try dir.requireInitialized()
+        try CertificateAuthorities.finishRotation(dir)
         let authority = try CertificateAuthority(
             certificatePEM: String(decoding: try dir.read(dir.caCertificate), as: UTF8.self),
             keyPEM: String(decoding: try dir.read(dir.caKey), as: UTF8.self)

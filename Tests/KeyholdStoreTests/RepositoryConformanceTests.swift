@@ -349,7 +349,7 @@ func audit(_ action: AuditAction, _ key: KeyID? = nil, result: AuditResult = .ok
         let repo = f.repository
         let d = EnrolledClient(
             id: .random(), role: .device, name: "laptop", certificateFingerprint: "old",
-            certificateExpires: Date(timeIntervalSince1970: 1_800_000_000))
+            certificateExpires: Date(timeIntervalSince1970: 1_800_000_000), certificateIssuer: "ca-1")
         try await repo.insertClient(d)
         let audit = AuditEvent(actor: .device(d.id), action: .certificateRenew, route: .api, result: .ok, detail: "renewed")
         let expires = Date(timeIntervalSince1970: 1_807_776_000)
@@ -357,14 +357,18 @@ func audit(_ action: AuditAction, _ key: KeyID? = nil, result: AuditResult = .ok
         #expect(try await !repo.offerCertificate(id: .random(), current: "old", next: "new", expires: expires, audit: audit))
         #expect(try await repo.audit(after: 0, limit: 10).isEmpty, "a refused offer writes no audit record")
         #expect(try await repo.offerCertificate(id: d.id, current: "old", next: "first", expires: expires, audit: audit))
-        #expect(try await repo.offerCertificate(id: d.id, current: "old", next: "new", expires: expires, audit: audit), "a newer offer replaces it")
+        #expect(
+            try await repo.offerCertificate(id: d.id, current: "old", next: "new", expires: expires, issuer: "ca-2", audit: audit),
+            "a newer offer replaces it")
         let offered = try #require(try await repo.client(id: d.id))
         #expect(offered.certificateFingerprint == "old" && offered.nextCertificateFingerprint == "new")
+        #expect(offered.certificateIssuer == "ca-1" && offered.nextCertificateIssuer == "ca-2", "the issuers are kept apart until adoption")
         #expect(offered.nextCertificateExpires == expires)
         #expect(try await repo.audit(after: 0, limit: 10).filter { $0.action == .certificateRenew }.count == 2)
         #expect(try await !repo.adoptCertificate(id: d.id, fingerprint: "first"), "a replaced offer cannot be adopted")
         #expect(try await repo.adoptCertificate(id: d.id, fingerprint: "new"))
         let adopted = try #require(try await repo.client(id: d.id))
+        #expect(adopted.certificateIssuer == "ca-2" && adopted.nextCertificateIssuer == nil, "the issuer moves with the certificate")
         #expect(adopted.certificateFingerprint == "new" && adopted.certificateExpires == expires)
         #expect(adopted.nextCertificateFingerprint == nil && adopted.nextCertificateExpires == nil)
         #expect(try await !repo.adoptCertificate(id: d.id, fingerprint: "new"), "adopted once")
