@@ -94,6 +94,20 @@ func withAdmin<T>(_ options: DataDirOption, _ body: (APIClient) async throws -> 
     try await options.adminClient().using(body)
 }
 
+/// Refuses a command-line argument that is not a key id (`usage`, with where ids are listed).
+func requireKeyID(_ text: String) throws {
+    guard KeyID(text) != nil else {
+        throw KeyholdError(.usage, "'\(text)' is not a key id", hint: "key ids are UUIDs; see 'keyhold-server key list'")
+    }
+}
+
+/// Refuses a command-line argument that is not a device or secondary id.
+func requireClientID(_ text: String) throws {
+    guard ClientID(text) != nil else {
+        throw KeyholdError(.usage, "'\(text)' is not a device id", hint: "ids are UUIDs; see 'keyhold-server device list'")
+    }
+}
+
 func printJSON<T: Encodable>(_ value: T) throws {
     print(try WireFormat.prettyText(value))
 }
@@ -808,9 +822,7 @@ struct DeviceCommand: AsyncParsableCommand {
         @Argument(help: "The device id.") var id: String
 
         func run() async throws {
-            guard ClientID(id) != nil else {
-                throw KeyholdError(.usage, "'\(id)' is not a device id", hint: "ids are UUIDs; see 'keyhold-server device list'")
-            }
+            try requireClientID(id)
             try await withAdmin(data) { try await $0.post(APIPath.adminClientRevoke(id)) }
             print("revoked \(id)")
         }
@@ -831,9 +843,7 @@ struct DeviceCommand: AsyncParsableCommand {
         @Flag(help: "Print JSON.") var json = false
 
         func run() async throws {
-            guard ClientID(id) != nil else {
-                throw KeyholdError(.usage, "'\(id)' is not a device id", hint: "ids are UUIDs; see 'keyhold-server device list'")
-            }
+            try requireClientID(id)
             let answer = try await withAdmin(data) { try await $0.post(APIPath.adminClientDelete(id), Empty(), as: ClientDeleteResponse.self) }
             if json { return try printJSON(answer) }
             print(
@@ -889,9 +899,7 @@ struct KeyAdminCommand: AsyncParsableCommand {
         @Flag(help: "Print JSON.") var json = false
 
         func run() async throws {
-            guard KeyID(id) != nil else {
-                throw KeyholdError(.usage, "'\(id)' is not a key id", hint: "key ids are UUIDs; see 'keyhold-server key list'")
-            }
+            try requireKeyID(id)
             let key = try await withAdmin(data) {
                 try await $0.post(APIPath.adminKeyReveal(id), RevealRequest(reason: reason), as: RevealResponse.self)
             }
@@ -955,9 +963,7 @@ struct KeyAdminCommand: AsyncParsableCommand {
         @OptionGroup var data: DataDirOption
         @Argument(help: "The key id.") var id: String
         func run() async throws {
-            guard KeyID(id) != nil else {
-                throw KeyholdError(.usage, "'\(id)' is not a key id", hint: "key ids are UUIDs; see 'keyhold-server key list'")
-            }
+            try requireKeyID(id)
             try await withAdmin(data) { try await $0.post(APIPath.adminKeyBlock(id)) }
             print("blocked \(id)")
         }
@@ -979,9 +985,7 @@ struct KeyAdminCommand: AsyncParsableCommand {
         @Flag(help: "Print JSON.") var json = false
 
         func run() async throws {
-            guard KeyID(id) != nil else {
-                throw KeyholdError(.usage, "'\(id)' is not a key id", hint: "key ids are UUIDs; see 'keyhold-server key list'")
-            }
+            try requireKeyID(id)
             let answer = try await withAdmin(data) {
                 try await $0.post(APIPath.adminKeyDestroy(id), KeyDestroyRequest(reason: reason), as: KeyDestroyResponse.self)
             }
@@ -998,9 +1002,7 @@ struct KeyAdminCommand: AsyncParsableCommand {
         @OptionGroup var data: DataDirOption
         @Argument(help: "The key id.") var id: String
         func run() async throws {
-            guard KeyID(id) != nil else {
-                throw KeyholdError(.usage, "'\(id)' is not a key id", hint: "key ids are UUIDs; see 'keyhold-server key list'")
-            }
+            try requireKeyID(id)
             try await withAdmin(data) { try await $0.post("/v1/admin/keys/\(id)/unblock") }
             print("unblocked \(id)")
         }

@@ -84,12 +84,8 @@ import Testing
 
     /// Escrows a new key of `kind` from `device`; returns its id and secret.
     static func escrow(_ device: EnrolledIdentity, kind: KeyKind = .file, label: String) async throws -> (KeyID, SecretKey) {
-        let record = KeyRecord(kind: kind, originServerID: device.serverID, originDeviceID: DeviceID(enrollment: device.clientID), label: label)
-        let secret = SecretKey.generate()
-        _ = try await using(try device.client()) {
-            try await $0.put(
-                APIPath.key(record.id.description), EscrowRequest(key: KeyMaterial(record: record, secret: secret)), as: EscrowResponse.self)
-        }
+        let (record, secret, request) = newKey(device, kind: kind, label: label)
+        _ = try await using(try device.client()) { try await $0.put(APIPath.key(record.id.description), request, as: EscrowResponse.self) }
         return (record.id, secret)
     }
 

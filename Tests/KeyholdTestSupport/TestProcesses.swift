@@ -95,8 +95,8 @@ public struct TestFailure: Error, CustomStringConvertible {
 }
 
 /// A key and its escrow request, as an agent would make them.
-public func newKey(_ device: EnrolledIdentity, label: String = "test") -> (KeyRecord, SecretKey, EscrowRequest) {
-    let record = KeyRecord(kind: .file, originServerID: device.serverID, originDeviceID: DeviceID(enrollment: device.clientID), label: label)
+public func newKey(_ device: EnrolledIdentity, kind: KeyKind = .file, label: String = "test") -> (KeyRecord, SecretKey, EscrowRequest) {
+    let record = KeyRecord(kind: kind, originServerID: device.serverID, originDeviceID: DeviceID(enrollment: device.clientID), label: label)
     let secret = SecretKey.generate()
     return (record, secret, EscrowRequest(key: KeyMaterial(record: record, secret: secret)))
 }
