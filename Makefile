@@ -11,15 +11,34 @@ FUZZ_SECONDS ?= 20
 FUZZ_LONG ?= 300
 PYTEST := .venv/bin/python -m pytest
 
-.PHONY: run test build deps lint unit python vm-test rotation-full fuzz bench vectors install install-files clean help
+.PHONY: run test build deps lint unit python vm-test rotation-full fuzz bench vectors install install-files uninstall man clean help
 
-# make install: where the programs, units and udev rule go (DESTDIR for staging).
+# make install: where the programs, units, udev rule, sysusers/tmpfiles files, man pages and
+# completions go. Without DESTDIR: /usr/local and /etc (a local install). With DESTDIR (staging a
+# package): /usr and the packaging paths /usr/lib/systemd/system, /usr/lib/udev/rules.d.
+ifeq ($(DESTDIR),)
 PREFIX ?= /usr/local
-BINDIR ?= $(PREFIX)/bin
-DOCDIR ?= $(PREFIX)/share/doc/keyhold
 UNITDIR ?= /etc/systemd/system
 UDEVDIR ?= /etc/udev/rules.d
+SYSUSERSDIR ?= /etc/sysusers.d
+TMPFILESDIR ?= /etc/tmpfiles.d
+else
+PREFIX ?= /usr
+UNITDIR ?= /usr/lib/systemd/system
+UDEVDIR ?= /usr/lib/udev/rules.d
+SYSUSERSDIR ?= /usr/lib/sysusers.d
+TMPFILESDIR ?= /usr/lib/tmpfiles.d
+endif
+BINDIR ?= $(PREFIX)/bin
+DOCDIR ?= $(PREFIX)/share/doc/keyhold
+MANDIR ?= $(PREFIX)/share/man
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR ?= $(PREFIX)/share/zsh/vendor-completions
+FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
 INSTALL_FROM ?= $(RELEASE_DIR)
+# Man pages from the command definitions (swift-argument-parser's generate-manual plugin).
+MAN_OUT := $(CURDIR)/.build/plugins/GenerateManual/outputs
+PROGRAMS := keyhold keyhold-server keyhold-agent
 
 help:
 	@echo "make run     build and run the narrated demo: servers T, S1, S2, S3 and agents D1, D2, D3 (DEMO_FLAGS=--keep leaves them running)"
@@ -28,7 +47,8 @@ help:
 	@echo "make bench   release build; file encryption vs openssl, age and gpg on 1 GiB; key release load"
 	@echo "make fuzz    run the header fuzzer for 5 minutes (FUZZ_LONG=300)"
 	@echo "make vectors regenerate Tests/Vectors from scripts/"
-	@echo "make install release build; programs to $(BINDIR), units to $(UNITDIR), udev rule to $(UDEVDIR)"
+	@echo "make install release build; programs to $(BINDIR), units to $(UNITDIR), udev rule to $(UDEVDIR), man pages, completions"
+	@echo "make uninstall  remove what make install put in place (data and users stay)"
 	@echo "make vm-test the drive hot-plug test in a QEMU guest (part of make test)"
 	@echo "make rotation-full  the master-key rotation test with 100,000 keys on SQLite and PostgreSQL"
 
@@ -46,14 +66,14 @@ build: deps
 	swift build $(SWIFT_BUILD_FLAGS) --build-tests
 
 test: build
-	$(MAKE) --no-print-directory lint unit python vm-test
+	$(MAKE) --no-print-directory lint man unit python vm-test
 	scripts/fuzz.sh $(FUZZ_SECONDS)
 	@echo "make test: every suite passed"
 
 # The house style, made checkable: swift-format ships with the toolchain; `swift-format format -i
-# -r Sources Tests Benchmarks Fuzz Package.swift` fixes what it can.
+# -r Sources Tests Benchmarks Fuzz Plugins Package.swift` fixes what it can.
 lint:
-	swift-format lint --strict --recursive Sources Tests Benchmarks Fuzz Package.swift
+	swift-format lint --strict --recursive Sources Tests Benchmarks Fuzz Plugins Package.swift
 
 # The Swift suites, with a throwaway PostgreSQL cluster for the PostgreSQL cases
 # (or the one KEYHOLD_TEST_POSTGRES_URL names).
@@ -97,17 +117,51 @@ install:
 	swift build -c release --product keyhold
 	swift build -c release --product keyhold-server
 	swift build -c release --product keyhold-agent
+	$(MAKE) --no-print-directory man
 	$(MAKE) --no-print-directory install-files
 
-# Copies what is built (INSTALL_FROM, default the release build) without building.
+# The man pages keyhold.1, keyhold-server.1 and keyhold-agent.1, each with every subcommand,
+# under $(MAN_OUT)/<target>/.
+man:
+	swift package plugin generate-manual --authors "the Keyhold developers" --section 1
+
+# Copies what is built (INSTALL_FROM, default the release build) without building; man pages
+# when `make man` made them. Completions come from the programs themselves.
 install-files:
-	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(UDEVDIR) $(DESTDIR)$(DOCDIR)
-	install -m 0755 $(INSTALL_FROM)/keyhold $(INSTALL_FROM)/keyhold-server $(INSTALL_FROM)/keyhold-agent $(DESTDIR)$(BINDIR)/
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(UDEVDIR) $(DESTDIR)$(DOCDIR) \
+	  $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(MANDIR)/man1 \
+	  $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
+	install -m 0755 $(addprefix $(INSTALL_FROM)/,$(PROGRAMS)) $(DESTDIR)$(BINDIR)/
 	for f in systemd/*.service; do sed 's#/usr/local/bin/#$(BINDIR)/#g; s#/usr/local/share/doc/keyhold/#$(DOCDIR)/#g' $$f > $(DESTDIR)$(UNITDIR)/$$(basename $$f); chmod 0644 $(DESTDIR)$(UNITDIR)/$$(basename $$f); done
 	install -m 0644 udev/90-keyhold.rules $(DESTDIR)$(UDEVDIR)/90-keyhold.rules
+	install -m 0644 packaging/sysusers.d/*.conf $(DESTDIR)$(SYSUSERSDIR)/
+	install -m 0644 packaging/tmpfiles.d/*.conf $(DESTDIR)$(TMPFILESDIR)/
 	install -m 0644 docs/spec/*.md $(DESTDIR)$(DOCDIR)/
-	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; udevadm control --reload 2>/dev/null || true; \
+	for p in $(PROGRAMS); do \
+	  $(INSTALL_FROM)/$$p --generate-completion-script bash > $(DESTDIR)$(BASHCOMPDIR)/$$p && \
+	  $(INSTALL_FROM)/$$p --generate-completion-script zsh > $(DESTDIR)$(ZSHCOMPDIR)/_$$p && \
+	  $(INSTALL_FROM)/$$p --generate-completion-script fish > $(DESTDIR)$(FISHCOMPDIR)/$$p.fish || exit 1; \
+	  chmod 0644 $(DESTDIR)$(BASHCOMPDIR)/$$p $(DESTDIR)$(ZSHCOMPDIR)/_$$p $(DESTDIR)$(FISHCOMPDIR)/$$p.fish; done
+	if [ -f $(MAN_OUT)/keyhold/keyhold.1 ]; then for p in $(PROGRAMS); do gzip -9n < $(MAN_OUT)/$$p/$$p.1 > $(DESTDIR)$(MANDIR)/man1/$$p.1.gz; chmod 0644 $(DESTDIR)$(MANDIR)/man1/$$p.1.gz; done; \
+	  else echo "no man pages built (make man); installing without them"; fi
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemd-sysusers; systemd-tmpfiles --create $(addprefix $(TMPFILESDIR)/,keyhold-server.conf keyhold-agent.conf); \
+	  systemctl daemon-reload; udevadm control --reload 2>/dev/null || true; \
 	  echo "installed; next: systemctl enable --now keyhold-agent (devices) or keyhold-server (servers)"; fi
+
+# Removes what install-files put in place (same variables). Data stays: /var/lib/keyhold*, the
+# keyhold-server user and the keyhold group (remove them by hand once nothing needs them).
+uninstall:
+	-@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl disable --now keyhold-server.service keyhold-agent.service 2>/dev/null; fi
+	rm -f $(addprefix $(DESTDIR)$(BINDIR)/,$(PROGRAMS))
+	rm -f $(addprefix $(DESTDIR)$(UNITDIR)/,$(notdir $(wildcard systemd/*.service)))
+	rm -f $(DESTDIR)$(UDEVDIR)/90-keyhold.rules
+	rm -f $(addprefix $(DESTDIR)$(SYSUSERSDIR)/,$(notdir $(wildcard packaging/sysusers.d/*.conf)))
+	rm -f $(addprefix $(DESTDIR)$(TMPFILESDIR)/,$(notdir $(wildcard packaging/tmpfiles.d/*.conf)))
+	rm -f $(addprefix $(DESTDIR)$(BASHCOMPDIR)/,$(PROGRAMS)) $(addprefix $(DESTDIR)$(ZSHCOMPDIR)/_,$(PROGRAMS)) \
+	  $(addsuffix .fish,$(addprefix $(DESTDIR)$(FISHCOMPDIR)/,$(PROGRAMS)))
+	rm -f $(addsuffix .1.gz,$(addprefix $(DESTDIR)$(MANDIR)/man1/,$(PROGRAMS)))
+	rm -rf $(DESTDIR)$(DOCDIR)
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; udevadm control --reload 2>/dev/null || true; fi
 
 clean:
 	rm -rf .build fuzz/out

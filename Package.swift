@@ -39,8 +39,10 @@ let package = Package(
         // Key ids, secret bytes, key records, errors. No I/O and no third-party dependency, so the
         // header fuzzer can compile it with plain swiftc.
         .target(name: "KeyholdCore", swiftSettings: swiftSettings),
-        // The one gate into failing system calls, atomic file replacement, process locks.
-        .target(name: "KeyholdSystem", dependencies: ["KeyholdCore"], swiftSettings: swiftSettings),
+        // libsystemd (Debian's libsystemd-dev), for sd_notify: readiness, watchdog, reload, stop.
+        .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
+        // The one gate into failing system calls, atomic file replacement, process locks, sd_notify.
+        .target(name: "KeyholdSystem", dependencies: ["KeyholdCore", "CSystemd"], swiftSettings: swiftSettings),
         // The Keyhold file container: header + Tink-compatible AES-256-GCM-HKDF streaming body.
         .target(
             name: "KeyholdFormat",
@@ -132,21 +134,27 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // The daemons' log lines: text or JSON, one write per line, a level SIGHUP can change.
+        // The daemons' log lines (text or JSON, one write per line, a level SIGHUP can change) and
+        // their conversation with systemd.
         .target(
             name: "KeyholdLogging",
             dependencies: [
-                "KeyholdCore",
+                "KeyholdCore", "KeyholdSystem",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),
+        // The commit and date a build was made from (`--version`), stamped by the plugin below.
+        .plugin(name: "BuildStamp", capability: .buildTool()),
+        .target(name: "KeyholdBuildStamp", swiftSettings: swiftSettings, plugins: ["BuildStamp"]),
         // How every executable parses, runs and reports errors (`NAME: error:` + `hint:`), progress, passwords.
         .target(
             name: "KeyholdCommandLine",
-            dependencies: ["KeyholdCore", "KeyholdSystem", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "KeyholdBuildStamp", "KeyholdCore", "KeyholdSystem", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             swiftSettings: swiftSettings
         ),
         // `keyhold-server`: the administrator's commands, `init` and `run` (which chooses the database

@@ -19,7 +19,7 @@ if ! command -v swift >/dev/null 2>&1; then
 fi
 
 # --- Debian packages.
-apt_packages=(libsqlite3-dev libcryptsetup-dev libblkid-dev pkg-config)
+apt_packages=(libsqlite3-dev libcryptsetup-dev libblkid-dev libsystemd-dev pkg-config)
 # What the VM test needs: QEMU, a static busybox for its initramfs, udev and the tools run in the guest
 # (procps: the demo test also checks with ps that nothing it started is left running).
 vm_packages=(qemu-system-x86 busybox-static udev kmod dmsetup e2fsprogs cryptsetup-bin util-linux procps)
@@ -27,7 +27,8 @@ case "$LEVEL" in
   build) ;;
   # curl: the trust-boundary tests read Retry-After headers with it.
   # prometheus, prometheus-node-exporter: the monitoring test scrapes a server and an agent's textfile with them.
-  test) apt_packages+=(python3-venv postgresql systemd age cryptsetup-bin curl openssl prometheus prometheus-node-exporter "${vm_packages[@]}") ;;
+  # man-db, groff-base, zsh, fish: the man pages render and the completion scripts load in each shell.
+  test) apt_packages+=(python3-venv postgresql systemd age cryptsetup-bin curl openssl prometheus prometheus-node-exporter man-db groff-base zsh fish "${vm_packages[@]}") ;;
   bench) apt_packages+=(python3-venv postgresql systemd age cryptsetup-bin curl "${vm_packages[@]}" openssl prometheus prometheus-node-exporter gnupg time) ;;
   *) echo "usage: $0 [build|test|bench]" >&2; exit 2 ;;
 esac

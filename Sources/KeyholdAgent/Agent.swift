@@ -44,7 +44,7 @@ actor Agent {
     func handle(_ request: AgentRequest) async throws -> AgentResponse {
         switch request {
         case .status: return .status(status())
-        case .enroll(let token): return .status(try await enroll(tokenText: token))
+        case .enroll(let token, let name): return .status(try await enroll(tokenText: token, name: name))
         case .reassign(let token, let dryRun): return .reassign(try await reassign(tokenText: token, dryRun: dryRun))
         case .fileKey: return .key(try await fileKey())
         case .rotateFileKey(let old): return .key(try await fileKey(replacing: old))
@@ -134,8 +134,9 @@ actor Agent {
         )
     }
 
-    /// Enrolls with the server named by `tokenText`. Nothing is written unless enrollment succeeds.
-    func enroll(tokenText: String) async throws -> AgentStatus {
+    /// Enrolls with the server named by `tokenText` under `name` (the host name by default).
+    /// Nothing is written unless enrollment succeeds.
+    func enroll(tokenText: String, name: String? = nil) async throws -> AgentStatus {
         if let identity {
             throw KeyholdError(
                 .usage, "this device is already enrolled with server \(identity.serverID) at \(identity.apiAddress)",
@@ -143,7 +144,7 @@ actor Agent {
             )
         }
         let token = try EnrollmentToken(text: tokenText)
-        let enrolled = try await Enrollment.enroll(token: token, name: ProcessInfo.processInfo.hostName)
+        let enrolled = try await Enrollment.enroll(token: token, name: name ?? ProcessInfo.processInfo.hostName)
         try state.save(identity: enrolled)
         identity = enrolled
         heartbeatStopped = nil
@@ -261,7 +262,7 @@ actor Agent {
             next = pending
             logger.info("reassign: resuming with the identity enrolled earlier", metadata: ["server": "\(pending.serverID)"])
         } else {
-            next = try await Enrollment.enroll(token: token, name: ProcessInfo.processInfo.hostName)
+            next = try await Enrollment.enroll(token: token, name: old.name ?? ProcessInfo.processInfo.hostName)
             try state.save(identity: next, to: state.pendingIdentity)
         }
         let newClient = try next.client(timeout: serverTimeout)

@@ -3,6 +3,7 @@ import Foundation
 import KeyholdAgentClient
 import KeyholdCore
 import KeyholdProtocol
+import KeyholdSystem
 import Logging
 import NIOCore
 import NIOPosix
@@ -26,7 +27,7 @@ struct SocketPolicy: Sendable {
 
     /// Whether an admitted caller may run `operation`.
     func allows(_ operation: AgentOperation, _ peer: PeerCredentials) -> Bool {
-        peer.uid == 0 || [.status, .fileKey, .rotateFileKey, .key, .offlineRequest, .offlineKey].contains(operation)
+        peer.uid == 0 || !operation.needsRoot
     }
 }
 
@@ -91,6 +92,7 @@ final class AgentSocket: Service, Sendable {
             )
         }
         logger.info("listening", metadata: ["socket": "\(path)"])
+        SystemdNotify.ready(status: "listening on \(path)")
         do {
             try await cancelWhenGracefulShutdown {
                 try await withThrowingDiscardingTaskGroup { group in

@@ -13,7 +13,7 @@ struct AgentCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "keyhold-agent",
         abstract: "The Keyhold device agent: escrowed file keys, sealed key cache, local socket.",
-        version: KeyholdVersion.current,
+        version: VersionLine.text,
         subcommands: [Run.self]
     )
 
@@ -77,7 +77,10 @@ struct AgentCommand: AsyncParsableCommand {
             settings.metricsTextfile = file.metricsTextfile.isEmpty ? nil : file.metricsTextfile
             let group = ServiceGroup(
                 configuration: .init(
-                    services: [.init(service: reloader), .init(service: KeyholdAgentService(settings: settings, logger: logger))],
+                    services: [
+                        .init(service: reloader), .init(service: SystemdNotifier(logger: logger)),
+                        .init(service: KeyholdAgentService(settings: settings, logger: logger)),
+                    ],
                     gracefulShutdownSignals: [.sigterm, .sigint], logger: logger
                 ))
             try await group.run()

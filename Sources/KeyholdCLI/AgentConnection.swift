@@ -18,6 +18,17 @@ struct AgentOptions: ParsableArguments {
     /// A client for the agent (waiting at most `timeout` seconds for an answer).
     func client(timeout: Int = 60) -> AgentClient { AgentClient(path: socket ?? AgentClient.defaultPath, timeout: timeout) }
 
+    /// Sends `request` as `command` (`keyhold enroll`, …): a request only root may make is not
+    /// sent by anyone else, who is told so (the agent would refuse it without saying why).
+    func send(_ request: AgentRequest, as command: String, timeout: Int = 60) throws -> AgentResponse {
+        if request.operation.needsRoot, geteuid() != 0 {
+            throw KeyholdError(
+                .forbidden, "'\(command)' needs root: only root may \(request.operation) through the Keyhold agent",
+                hint: "run it as root, for example 'sudo \(command) …'")
+        }
+        return try client(timeout: timeout).send(request)
+    }
+
     /// A key from the agent (`file-key` for encryption, `key` for decryption, `drive-key`).
     func key(_ request: AgentRequest) throws -> KeyFile {
         KeyFile(agentKey: try client().send(request).key())
@@ -90,10 +101,20 @@ struct EnrollCommand: ParsableCommand {
             "The token comes from the administrator ('keyhold-server token create'). The agent checks the server's CA against the token, makes the device key here and keeps it in its state directory."
     )
     @Argument(help: "The enrollment token (kh1.…).") var token: String
+    @Option(
+        help: ArgumentHelp(
+            "The name the server lists this device under (default: the host name); 1 to 64 printable characters.", valueName: "name"))
+    var name: String?
     @OptionGroup var agent: AgentOptions
 
+    func validate() throws {
+        if let name, name.isEmpty || !PrintableText.isClean(name, limit: 64) {
+            throw ValidationError("--name must be 1 to 64 printable characters (no control characters)")
+        }
+    }
+
     func run() throws {
-        let status = try agent.client().send(.enroll(token: token)).status()
+        let status = try agent.send(.enroll(token: token, name: name), as: "keyhold enroll").status()
         print(
             "enrolled: device \(status.deviceID?.description ?? "?") with server \(status.serverID?.description ?? "?") at \(status.serverAddress ?? "?")"
         )
@@ -118,7 +139,7 @@ struct ReassignCommand: ParsableCommand {
     @OptionGroup var agent: AgentOptions
 
     func run() throws {
-        let report = try agent.client(timeout: 3600).send(.reassign(token: token, dryRun: dryRun)).reassignReport()
+        let report = try agent.send(.reassign(token: token, dryRun: dryRun), as: "keyhold reassign", timeout: 3600).reassignReport()
         if json {
             print(try WireFormat.prettyText(report))
             return

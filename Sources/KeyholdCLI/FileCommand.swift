@@ -138,10 +138,11 @@ extension FileCommand {
         static let configuration = CommandConfiguration(
             abstract: "Encrypt a file.",
             discussion: """
-                Examples:
-                  keyhold file encrypt report.pdf -o report.pdf.khf --key-file key.json
-                  keyhold file encrypt report.pdf --in-place --key-file key.json
-                  tar c docs | keyhold file encrypt - -o docs.tar.khf --key-file key.json
+                Examples (the agent's escrowed file key, unless --key-file names an offline key):
+                  keyhold file encrypt report.pdf -o report.pdf.khf
+                  keyhold file encrypt report.pdf --in-place
+                  tar c docs | keyhold file encrypt - -o docs.tar.khf
+                  keyhold file encrypt notes.txt -o notes.khf --key-file key.json   (a key from 'keyhold key new')
                 """
         )
 
@@ -235,10 +236,10 @@ extension FileCommand {
             discussion: """
                 The plaintext reaches OUTPUT only after every segment authenticated: it is written to a
                 temporary file beside OUTPUT and renamed at the end. New plaintext files get mode 0600.
-
-                Examples:
-                  keyhold file decrypt report.pdf.khf -o report.pdf --key-file key.json
-                  keyhold file decrypt report.pdf --in-place --key-file key.json
+                Examples (the key comes from the agent, which asks the server):
+                  keyhold file decrypt report.pdf.khf -o report.pdf
+                  keyhold file decrypt report.pdf --in-place
+                  keyhold file decrypt notes.khf -o notes.txt --key-file key.json   (an offline key)
                   keyhold file decrypt report.pdf.khf --offline        (no server: prints a request code)
                   keyhold file decrypt report.pdf.khf -o report.pdf --response 46DCBP-0VHK54-…
                 """

@@ -15,7 +15,7 @@ struct Keyhold: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "keyhold",
         abstract: "Encrypt files and drives with escrowed keys.",
-        version: KeyholdVersion.current,
+        version: VersionLine.text,
         subcommands: [
             FileCommand.self, DriveCommand.self, EnrollCommand.self, ReassignCommand.self, StatusCommand.self, KeyCommand.self, DemoCommand.self,
         ]

@@ -27,6 +27,8 @@ public struct EnrolledIdentity: Codable, Sendable {
     public var previousCertificatePEM: String?
     /// The private key of ``previousCertificatePEM``.
     public var previousKeyPEM: String?
+    /// The name this client enrolled under (nil in identities written before it was kept).
+    public var name: String?
 
     enum CodingKeys: String, CodingKey {
         case clientID = "client_id"
@@ -38,6 +40,7 @@ public struct EnrolledIdentity: Codable, Sendable {
         case keyPEM = "key_pem"
         case previousCertificatePEM = "previous_certificate_pem"
         case previousKeyPEM = "previous_key_pem"
+        case name
     }
 
     /// A mutual-TLS client for the enrolled server.
@@ -74,7 +77,7 @@ public enum Enrollment {
         try key.checkIssued(response.certificatePEM, caPEM: caPEM)
         return EnrolledIdentity(
             clientID: response.clientID, role: response.role, serverID: response.serverID, apiAddress: token.apiAddress,
-            caPEM: caPEM, certificatePEM: response.certificatePEM, keyPEM: key.privateKeyPEM
+            caPEM: caPEM, certificatePEM: response.certificatePEM, keyPEM: key.privateKeyPEM, name: name
         )
     }
 

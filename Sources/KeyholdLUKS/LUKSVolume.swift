@@ -225,5 +225,5 @@ public final class LUKSVolume {
     }
 
     /// The mapping name Keyhold uses for a volume.
-    public static func mappingName(uuid: String) -> String { "keyhold-\(uuid)" }
+    public static func mappingName(uuid: String) -> String { "keyhold-\(uuid.lowercased())" }
 }

@@ -1,5 +1,6 @@
 public import Foundation
 import KeyholdCore
+import KeyholdSystem
 public import Logging
 public import ServiceLifecycle
 import Synchronization
@@ -142,6 +143,7 @@ public struct LogLevelReloader: Service {
         let signals = await UnixSignalsSequence(trapping: .sighup)
         try await cancelWhenGracefulShutdown {
             for await _ in signals {
+                SystemdNotify.send("RELOADING=1")
                 do {
                     let level = try read()
                     // Said at the old level (a quieter new level would hide it), then applied.
@@ -150,6 +152,7 @@ public struct LogLevelReloader: Service {
                 } catch {
                     logger.error("SIGHUP: the configuration does not read; the log level stays", metadata: ["error": "\(error)"])
                 }
+                SystemdNotify.send("READY=1")
             }
         }
     }

@@ -33,14 +33,23 @@ public enum AgentOperation: String, Codable, Sendable, CaseIterable, CustomStrin
 
     /// The wire text.
     public var description: String { rawValue }
+
+    /// Whether only root may ask for it; members of the agent's group may ask for the rest
+    /// (files and the status).
+    public var needsRoot: Bool {
+        switch self {
+        case .status, .fileKey, .rotateFileKey, .key, .offlineRequest, .offlineKey: false
+        case .enroll, .reassign, .driveKey, .retireKey, .keyStatus, .driveCheck: true
+        }
+    }
 }
 
 /// A request to the agent: `{"op": "…", …}` with the fields its operation needs.
 public enum AgentRequest: Codable, Sendable, Equatable {
     /// `{"op": "status"}`
     case status
-    /// `{"op": "enroll", "token": "kh1.…"}`
-    case enroll(token: String)
+    /// `{"op": "enroll", "token": "kh1.…", "name": "…"}` (`name` optional: the host name by default)
+    case enroll(token: String, name: String?)
     /// `{"op": "reassign", "token": "kh1.…", "dry_run": false}`
     case reassign(token: String, dryRun: Bool)
     /// `{"op": "file-key"}`
@@ -82,7 +91,7 @@ public enum AgentRequest: Codable, Sendable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case op, token, label, kind, code, opens
+        case op, token, label, kind, code, opens, name
         case replacedBy = "replaced_by"
         case keyID = "key_id"
         case dryRun = "dry_run"
@@ -93,7 +102,7 @@ public enum AgentRequest: Codable, Sendable, Equatable {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         switch try c.decode(AgentOperation.self, forKey: .op) {
         case .status: self = .status
-        case .enroll: self = .enroll(token: try c.decode(String.self, forKey: .token))
+        case .enroll: self = .enroll(token: try c.decode(String.self, forKey: .token), name: try c.decodeIfPresent(String.self, forKey: .name))
         case .reassign:
             self = .reassign(token: try c.decode(String.self, forKey: .token), dryRun: try c.decodeIfPresent(Bool.self, forKey: .dryRun) ?? false)
         case .fileKey: self = .fileKey
@@ -117,7 +126,9 @@ public enum AgentRequest: Codable, Sendable, Equatable {
         try c.encode(operation, forKey: .op)
         switch self {
         case .status, .fileKey: break
-        case .enroll(let token): try c.encode(token, forKey: .token)
+        case .enroll(let token, let name):
+            try c.encode(token, forKey: .token)
+            try c.encodeIfPresent(name, forKey: .name)
         case .reassign(let token, let dryRun):
             try c.encode(token, forKey: .token)
             try c.encode(dryRun, forKey: .dryRun)

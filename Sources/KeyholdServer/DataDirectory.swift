@@ -2,6 +2,10 @@ public import Foundation
 import KeyholdCore
 public import KeyholdSystem
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The server's data directory (mode 0700): the configuration, the master key, the CA and the
 /// certificates, the SQLite repository unless PostgreSQL is configured, and while the server runs
 /// `runtime.json` and the lock. Created by `keyhold-server init`.
@@ -43,6 +47,12 @@ public struct DataDirectory: Sendable {
 
     /// Throws `configuration` with the `init` command as hint unless `init` finished here.
     public func requireInitialized() throws {
+        if access(config, F_OK) != 0, errno == EACCES {
+            throw KeyholdError(
+                .configuration, "cannot read the data directory \(path): permission denied (this is user \(geteuid()))",
+                hint: "run as the user that owns it (the unit runs as keyhold-server: 'sudo -u keyhold-server keyhold-server …') or as root"
+            )
+        }
         guard isInitialized else {
             throw KeyholdError(
                 .configuration, "\(path) is not a Keyhold server data directory (no config.toml)",

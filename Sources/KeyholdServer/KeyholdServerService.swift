@@ -380,6 +380,7 @@ struct Announcer: Service {
         let metrics = await addresses.metricsAddress()
         try ServerRuntimeInfo(serverID: serverID, api: api, enroll: enroll, metrics: metrics).write(to: directory.path)
         logger.info("listening", metadata: ["api": "\(api)", "enroll": "\(enroll)", "metrics": "\(metrics ?? "off")", "server_id": "\(serverID)"])
+        SystemdNotify.ready(status: "serving: API \(api), enrollment \(enroll)")
         try? await gracefulShutdown()
     }
 }

@@ -16,7 +16,7 @@ struct ServerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "keyhold-server",
         abstract: "The Keyhold administration server: key escrow, release and audit.",
-        version: KeyholdVersion.current,
+        version: VersionLine.text,
         subcommands: [
             Init.self, Run.self, Status.self, TLSCommand.self, CACommand.self, MasterKeyCommand.self, TokenCommand.self, DeviceCommand.self,
             KeyAdminCommand.self,
@@ -133,6 +133,16 @@ extension ServerCommand {
         @Option(help: ArgumentHelp("\"sqlite\" (default) or a postgres:// URL.", valueName: "url")) var db = "sqlite"
         @Flag(help: "Turn on \"use hierarchy to obtain encryption keys\" (off by default).") var useHierarchy = false
 
+        func validate() throws {
+            for (option, value) in [("--name", name)] + hostNames.map({ ("--host-name", $0) }) where !value.isEmpty {
+                guard HostName.isValid(value) else {
+                    throw ValidationError(
+                        "\(option) '\(PrintableText.escaped(value))' is not a host name: letters, digits and '-' in dot-separated labels of 1 to 63 characters (or an IP address)"
+                    )
+                }
+            }
+        }
+
         func run() async throws {
             let dir = data.directory
             try RepositoryFactory.check(db, in: "--db")
@@ -233,6 +243,7 @@ extension ServerCommand {
                 configuration: .init(
                     services: [
                         .init(service: reloader),
+                        .init(service: SystemdNotifier(logger: logger)),
                         .init(service: RepositoryService(repository: repository)),
                         .init(service: KeyholdServerService(settings: settings, directory: dir, repository: repository, logger: logger)),
                     ],

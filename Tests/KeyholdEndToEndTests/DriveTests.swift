@@ -244,12 +244,12 @@ import Testing
             ("ext4 file system", ext4, 0, "left alone: "),
             ("plain LUKS2 with a foreign token", foreign, 0, "LUKS without a keyhold token"),
             ("plain LUKS2, no token", try await plainLUKS("notoken.img"), 0, "LUKS without a keyhold token"),
-            ("keyhold token with a malformed key id", malformed, 1, "token on"),
-            ("keyhold token of a future version", future, 1, "has version 2"),
-            ("keyhold token naming an unknown key", unknownKey, 1, "not known"),
-            ("keyhold token naming another key", wrongKey, 1, "no longer opens keyslot"),
+            ("keyhold token with a malformed key id", malformed, 65, "token on"),
+            ("keyhold token of a future version", future, 65, "has version 2"),
+            ("keyhold token naming an unknown key", unknownKey, 66, "not known"),
+            ("keyhold token naming another key", wrongKey, 65, "no longer opens keyslot"),
             ("primary header copy damaged", onePrimary, 0, "verified: "),
-            ("both header copies damaged", bothJSON, 1, "keyhold: error: "),
+            ("both header copies damaged", bothJSON, 74, "keyhold: error: "),
             ("both magics erased", noMagic, 0, "left alone: "),
         ]
         for (name, path, status, text) in cases {

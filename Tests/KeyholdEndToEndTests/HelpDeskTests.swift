@@ -45,7 +45,7 @@ import Testing
         let alice = try #require(admins.first { $0.name == "alice" })
         #expect(admins.count == 2 && alice.state == .active && alice.role == .admin)
         let again = try await server.admin(["admin", "add", "alice", "--out-dir", server.dataDir.path])
-        #expect(again.status == 1 && again.stderr.contains("already named 'alice'"), "\(again.stderr)")
+        #expect(again.status == 65 && again.stderr.contains("already named 'alice'"), "\(again.stderr)")
 
         // Alice acts with her own certificate; the trail names her.
         let asAlice = ["--admin-cert", pem, "--admin-key", key]
@@ -58,12 +58,12 @@ import Testing
         let trail = try await server.must(["audit"])
         #expect(trail.contains("admin:\(alice.id) (alice)\ttoken_create"), "\(trail.suffix(400))")
         let half = try await server.admin(["status", "--admin-cert", pem])
-        #expect(half.status == 1 && half.stderr.contains("needs its key"))
+        #expect(half.status == 64 && half.stderr.contains("needs its key"))
 
         // Revoked by the first administrator: refused from the next request on.
         #expect(try await server.admin(["admin", "revoke", alice.id.description]).status == 0)
         let refused = try await server.admin(["status"] + asAlice)
-        #expect(refused.status == 1 && refused.stderr.contains("revoked"), "\(refused.stderr)")
+        #expect(refused.status == 77 && refused.stderr.contains("revoked"), "\(refused.stderr)")
     }
 
     /// Reveal with a reason: the administrator gets the drive key and the command that opens the
@@ -85,7 +85,7 @@ import Testing
         let noReason = try await server.admin(["key", "reveal", keyID])
         #expect(noReason.status != 0 && noReason.stderr.contains("--reason"))
         let empty = try await server.admin(["key", "reveal", keyID, "--reason", ""])
-        #expect(empty.status == 1 && empty.stderr.contains("needs a reason"), "\(empty.stderr)")
+        #expect(empty.status == 65 && empty.stderr.contains("needs a reason"), "\(empty.stderr)")
         #expect(try await server.auditEntries().filter { $0.action == .reveal }.isEmpty, "nothing revealed without a reason")
 
         let revealed = try WireFormat.decoder().decode(
@@ -148,7 +148,7 @@ import Testing
         // The administrator answers at the server.
         try await server.start()
         let noReason = try await server.admin(["key", "respond", code, "--reason", ""])
-        #expect(noReason.status == 1 && noReason.stderr.contains("needs a reason"))
+        #expect(noReason.status == 65 && noReason.stderr.contains("needs a reason"))
         let answer = try WireFormat.decoder().decode(
             OfflineRespondResponse.self,
             from: Data(
@@ -158,7 +158,7 @@ import Testing
         #expect(answer.keyID == request.keyID && answer.deviceID == request.deviceID && answer.requestID == request.requestIDText)
         let mangled = String(code.prefix(22)) + (code.dropFirst(22).first == "A" ? "B" : "A") + String(code.dropFirst(23))
         let typo = try await server.admin(["key", "respond", mangled, "--reason", "x"])
-        #expect(typo.status == 1 && typo.stderr.contains("error: group 4 of ") && typo.stderr.contains("is mistyped"), "\(typo.stderr)")
+        #expect(typo.status == 65 && typo.stderr.contains("error: group 4 of ") && typo.stderr.contains("is mistyped"), "\(typo.stderr)")
         #expect(await server.stop() == 0)
 
         // A character changed in the response is reported by its group; another device cannot use it.
@@ -167,9 +167,9 @@ import Testing
         let changed = String(response[..<position]) + (response[position] == "7" ? "8" : "7") + String(response[response.index(after: position)...])
         let wrong = try await colleague.keyhold(["file", "decrypt", "plan.khf", "-o", "plan.txt", "--response", changed])
         let group = response[..<position].filter { $0 == "-" }.count + 1
-        #expect(wrong.status == 1 && wrong.stderr.contains("keyhold: error: group \(group) of "), "\(wrong.stderr)")
+        #expect(wrong.status == 65 && wrong.stderr.contains("keyhold: error: group \(group) of "), "\(wrong.stderr)")
         let elsewhere = try await third.keyhold(["file", "decrypt", "plan.khf", "-o", "plan.txt", "--response", response])
-        #expect(elsewhere.status == 1 && elsewhere.stderr.contains("no open request"), "\(elsewhere.stderr)")
+        #expect(elsewhere.status == 65 && elsewhere.stderr.contains("no open request"), "\(elsewhere.stderr)")
         #expect(!FileManager.default.fileExists(atPath: third.path("plan.txt")))
 
         // On the device that asked: the file opens, once.
@@ -177,7 +177,7 @@ import Testing
         #expect(opened.status == 0, "\(opened.stderr)")
         #expect(try Data(contentsOf: URL(fileURLWithPath: colleague.path("plan.txt"))) == plain)
         let twice = try await colleague.keyhold(["file", "decrypt", "plan.khf", "-o", "again.txt", "--response", response])
-        #expect(twice.status == 1 && twice.stderr.contains("no open request"), "\(twice.stderr)")
+        #expect(twice.status == 65 && twice.stderr.contains("no open request"), "\(twice.stderr)")
 
         // A response past its expiry is refused, and says so.
         let second = try await colleague.keyhold(["file", "decrypt", "plan.khf", "--offline"]).stdoutText.trimmingCharacters(
@@ -189,7 +189,7 @@ import Testing
         #expect(await server.stop() == 0)
         try await Task.sleep(for: .seconds(2.5))
         let late = try await colleague.keyhold(["file", "decrypt", "plan.khf", "-o", "late.txt", "--response", short.responseCode])
-        #expect(late.status == 1 && late.stderr.contains("expired"), "\(late.stderr)")
+        #expect(late.status == 65 && late.stderr.contains("expired"), "\(late.stderr)")
 
         try await server.start()
         let releases = try await server.auditEntries().filter { $0.action == .offlineRelease }
@@ -232,11 +232,11 @@ import Testing
         #expect(await server.stop() == 0)
 
         let elsewhere = try await owner.keyhold(["drive", "unlock", image, "--verify-only", "--response", answer.responseCode])
-        #expect(elsewhere.status == 1 && elsewhere.stderr.contains("no open request"), "\(elsewhere.stderr)")
+        #expect(elsewhere.status == 65 && elsewhere.stderr.contains("no open request"), "\(elsewhere.stderr)")
         let opened = try await colleague.keyhold(["drive", "unlock", image, "--verify-only", "--response", answer.responseCode])
         #expect(opened.status == 0 && opened.stdoutText.contains("verified: the escrowed key \(keyID) opens keyslot 0"), "\(opened.stderr)")
         let twice = try await colleague.keyhold(["drive", "unlock", image, "--verify-only", "--response", answer.responseCode])
-        #expect(twice.status == 1 && twice.stderr.contains("no open request"), "\(twice.stderr)")
+        #expect(twice.status == 65 && twice.stderr.contains("no open request"), "\(twice.stderr)")
 
         try await server.start()
         var check: EscrowCheck?
@@ -401,7 +401,7 @@ import Testing
         #expect(change.status == 0, "\(change.stderr)")
 
         let refused = try await agent.keyhold(["drive", "unlock", "--verify-only", changed])
-        #expect(refused.status == 1 && refused.stderr.contains("no longer opens keyslot 0"), "\(refused.stderr)")
+        #expect(refused.status == 65 && refused.stderr.contains("no longer opens keyslot 0"), "\(refused.stderr)")
         #expect(refused.stderr.contains("hint: "))
         let verified = try await agent.keyhold(["drive", "unlock", "--verify-only", kept])
         #expect(verified.status == 0, "\(verified.stderr)")
@@ -470,7 +470,7 @@ import Testing
         #expect(back.status == 0, "\(back.stderr)")
         #expect(try Data(contentsOf: URL(fileURLWithPath: agent.path("a.out"))) == plain)
         let withOld = try await agent.keyhold(["file", "decrypt", agent.path("files/a.khf"), "-o", agent.path("a.old"), "--key-file", revealed])
-        #expect(withOld.status == 1, "the revealed key opens the re-keyed file no more")
+        #expect(withOld.status == 65, "the revealed key opens the re-keyed file no more")
         #expect(try await agent.keyhold(["file", "decrypt", agent.path("files/b.khf"), "-o", agent.path("b.out")]).status == 0)
         let trail = try await server.auditEntries()
         #expect(trail.contains { $0.action == .escrow && $0.keyID == new }, "the new key was escrowed")
@@ -481,7 +481,7 @@ import Testing
         bytes[bytes.count - 100] ^= 0x01
         try bytes.write(to: URL(fileURLWithPath: damagedPath))
         let refused = try await agent.keyhold(["file", "rekey", damagedPath])
-        #expect(refused.status == 1 && refused.stderr.contains("hint: "), "\(refused.stderr)")
+        #expect(refused.status == 65 && refused.stderr.contains("hint: "), "\(refused.stderr)")
         #expect(try Data(contentsOf: URL(fileURLWithPath: damagedPath)) == bytes)
         let left = try FileManager.default.contentsOfDirectory(atPath: folder).sorted()
         #expect(left == ["a.khf", "b.khf", "damaged.khf", "plan.txt"], "\(left)")

@@ -53,7 +53,7 @@ import Glibc
             let (runStatus, runLog) = try await Self.runToEnd(server)
             let status = try await server.admin(["status"])
             for (exit, output) in [(runStatus, runLog), (status.status, status.stderr)] {
-                #expect(exit == 1, "\(output)")
+                #expect(exit == 78, "\(output)")
                 let lines = output.split(separator: "\n")
                 #expect(
                     lines.first?.hasPrefix("keyhold-server: error: \(config.path)") == true && lines.first?.contains(mentions) == true, "\(output)")
@@ -69,11 +69,11 @@ import Glibc
         let file = agent.folder.appendingPathComponent("agent.toml")
         try "socket = \"\(agent.socket)\"\nhartbeat = 5\n".write(to: file, atomically: true, encoding: .utf8)
         let r = try await run(Paths.executable("keyhold-agent"), ["run", "--config", file.path, "--state-dir", agent.stateDir.path])
-        #expect(r.status == 1)
+        #expect(r.status == 78)
         #expect(r.stderr.hasPrefix("keyhold-agent: error: \(file.path): unknown key 'hartbeat'\nhint: did you mean 'heartbeat'?"), "\(r.stderr)")
         try "socket = \"\(agent.socket)\"\nsocket = \"/tmp/other.sock\"\n".write(to: file, atomically: true, encoding: .utf8)
         let twice = try await run(Paths.executable("keyhold-agent"), ["run", "--config", file.path, "--state-dir", agent.stateDir.path])
-        #expect(twice.status == 1 && twice.stderr.hasPrefix("keyhold-agent: error: \(file.path):2:"), "\(twice.stderr)")
+        #expect(twice.status == 78 && twice.stderr.hasPrefix("keyhold-agent: error: \(file.path):2:"), "\(twice.stderr)")
         #expect(twice.stderr.contains("socket") && twice.stderr.contains("\nhint: "))
         // A file naming every key is read, and a flag overrides it.
         try """
@@ -89,7 +89,7 @@ import Glibc
         await agent.stop()
         // An explicitly named file must exist.
         let missing = try await run(Paths.executable("keyhold-agent"), ["run", "--config", agent.path("none.toml")])
-        #expect(missing.status == 1 && missing.stderr.contains("cannot read \(agent.path("none.toml"))"))
+        #expect(missing.status == 78 && missing.stderr.contains("cannot read \(agent.path("none.toml"))"))
     }
 
     @Test func aSecondServerOnTheSameAddressesExitsAtOnceNamingThem() async throws {
@@ -100,7 +100,7 @@ import Glibc
         for (flag, busy) in [("--listen", first.api), ("--enroll-listen", first.enroll)] {
             let start = ContinuousClock.now
             let (status, log) = try await Self.runToEnd(second, [flag, busy])
-            #expect(status == 1, "it must end by itself, non-zero: \(log)")
+            #expect(status == 78, "it must end by itself, non-zero: \(log)")
             #expect(ContinuousClock.now - start < Self.promptly, "it ends by itself, promptly")
             #expect(log.contains("keyhold-server: error: cannot listen on \(busy): address already in use\nhint: "), "\(log)")
             #expect(!log.contains("CancellationError") && !log.contains("Already closed"), "\(log)")
@@ -115,7 +115,7 @@ import Glibc
         try await server.start()
         defer { server.terminate() }
         let (status, log) = try await Self.runToEnd(server, ["--listen", "127.0.0.1:0", "--enroll-listen", "127.0.0.1:0"])
-        #expect(status == 1, "\(log)")
+        #expect(status == 78, "\(log)")
         #expect(
             log.contains("keyhold-server: error: keyhold-server (pid \(server.pid)) is already running on the data directory \(server.dataDir.path)"),
             "\(log)")
@@ -129,7 +129,7 @@ import Glibc
         let r = try await run(
             Paths.executable("keyhold-agent"), ["run", "--state-dir", agent.stateDir.path, "--socket", "/proc/keyhold-agent-test.sock"]
         )
-        #expect(r.status == 1)
+        #expect(r.status == 78)
         #expect(r.stderr.hasPrefix("keyhold-agent: error: cannot listen on /proc/keyhold-agent-test.sock: "), "\(r.stderr)")
         #expect(r.stderr.contains("\nhint: "))
         #expect(ContinuousClock.now - start < Self.promptly, "it ends by itself, promptly")

@@ -52,7 +52,8 @@ import Testing
         let id = KeyID.random()
         let cases: [(AgentRequest, String)] = [
             (.status, #"{"op":"status"}"#), (.fileKey, #"{"op":"file-key"}"#), (.key(id), #"{"key_id":"\#(id)","op":"key"}"#),
-            (.enroll(token: "kh1.x"), #"{"op":"enroll","token":"kh1.x"}"#),
+            (.enroll(token: "kh1.x", name: nil), #"{"op":"enroll","token":"kh1.x"}"#),
+            (.enroll(token: "kh1.x", name: "vm-2"), #"{"name":"vm-2","op":"enroll","token":"kh1.x"}"#),
             (.reassign(token: "kh1.y", dryRun: true), #"{"dry_run":true,"op":"reassign","token":"kh1.y"}"#),
             (.driveKey(label: "stick"), #"{"label":"stick","op":"drive-key"}"#),
         ]

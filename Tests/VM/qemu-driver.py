@@ -109,6 +109,13 @@ else:
             print(stamp(), "before the second plug:", between.split()[0].rsplit("/", 1)[-1], "... exit", done.returncode, flush=True)
             if done.returncode != 0:
                 ok = False
+if ok and position is not None:
+    # The last round: unplug once more after the guest restarted its agent.
+    position = wait_for("UNPLUG-AFTER-RESTART-REQUEST", position)
+    if position is None:
+        ok = False
+    else:
+        print(stamp(), "unplugging after the agent restart:", qmp("device_del", id="stick"), flush=True)
 try:
     qemu.wait(timeout=max(1, timeout - (time.time() - t0)))
 except subprocess.TimeoutExpired:

@@ -92,7 +92,9 @@ kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true  # D2 runs in the gue
 truncate -s 64M "$VC/stick.img"
 say "D1: keyhold drive encrypt stick.img"
 KEYHOLD_SOCKET=$VC/d1.sock "$BIN/keyhold" drive encrypt "$VC/stick.img" | sed 's/^/    /'
-UUID=$("$BIN/keyhold" drive info "$VC/stick.img" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["uuid"])')
+# The mapping's name carries the UUID in lowercase, as cryptsetup writes UUIDs (whatever case the header has).
+UUID=$("$BIN/keyhold" drive info "$VC/stick.img" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["mapping"].removeprefix("/dev/mapper/keyhold-"))')
+case "$UUID" in *[A-Z]*) echo "FAIL: the mapping name keyhold-$UUID is not in lowercase"; exit 1 ;; esac
 KEY=$("$BIN/keyhold" drive info "$VC/stick.img" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["keyhold"]["key_id"])')
 # The help desk's step between the two plugs (S2 holds the key once the first plug obtained it).
 export KEYHOLD_VM_BEFORE_REPLUG="'$BIN/keyhold-server' key reveal $KEY --reason 'vm test: user locked out' --json --data-dir '$VC/S2' > '$VC/reveal.json'"

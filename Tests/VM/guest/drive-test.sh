@@ -67,6 +67,21 @@ NOW=$(keyhold drive info "/dev/$DEV2" --json | python3 -c 'import json,sys; prin
 [ -n "$NOW" ] && [ "$NOW" != "@KEY@" ] || fail "the revealed key @KEY@ was not replaced at the second unlock (token names '$NOW')"
 journalctl -b --no-pager -u "$UNIT2" | grep -q "Re-keyed /dev/$DEV2" || fail "$UNIT2 did not log the rekey"
 log "REKEYED at the managed unlock: @KEY@ -> $NOW ($UNIT2)"
+
+# The units as issue 22 left them: the agent speaks sd_notify (Type=notify, a watchdog), the
+# unlock unit that did all of the above is the hardened one.
+log "UNITS agent $(systemctl show keyhold-agent -p Type -p WatchdogUSec | tr '\n' ' ')unlock $(systemctl show "$UNIT2" -p CapabilityBoundingSet -p DevicePolicy | tr '\n' ' ')"
+[ "$(systemctl show keyhold-agent -p Type --value)" = notify ] || fail "keyhold-agent.service is not Type=notify"
+# An unplug after an agent restart still closes the mapping: the note saying which mapping
+# belongs to the stick lives in /run/keyhold/drives, which the restart keeps.
+ls /run/keyhold/drives/* > /dev/null 2>&1 || fail "no mapping note in /run/keyhold/drives"
+systemctl restart keyhold-agent || fail "restarting the agent"
+[ "$(systemctl is-active keyhold-agent)" = active ] || fail "the agent did not come back (Type=notify: READY=1)"
+ls /run/keyhold/drives/* > /dev/null 2>&1 || fail "the agent restart removed the mapping notes"
+log "AGENT RESTARTED ($(systemctl is-active keyhold-agent)); notes kept: $(ls /run/keyhold/drives | tr '\n' ' ')"
+log "UNPLUG-AFTER-RESTART-REQUEST"
+wait_for "$MAP" 0 60 || fail "the mapping stayed after an unplug that followed an agent restart"
+log "MAPPING GONE AFTER THE RESTART ($UNIT2: $(systemctl is-active "$UNIT2"))"
 journalctl -b --no-pager -u 'keyhold-*' > @VC@/out/journal.txt 2>&1
 log "DONE rc=0"
 systemctl --no-block poweroff

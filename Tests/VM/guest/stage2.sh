@@ -39,7 +39,8 @@ U
 cat > /etc/systemd/system/keyhold-vm-test.service <<'U'
 [Unit]
 After=keyhold-agent.service systemd-udevd.service systemd-udev-trigger.service
-Requires=keyhold-agent.service
+# Wants, not Requires: the test restarts the agent, which must not restart the test.
+Wants=keyhold-agent.service
 [Service]
 Type=oneshot
 ExecStart=@VC@/guest/drive-test.sh
