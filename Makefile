@@ -117,13 +117,15 @@ install:
 	swift build -c release --product keyhold
 	swift build -c release --product keyhold-server
 	swift build -c release --product keyhold-agent
-	$(MAKE) --no-print-directory man
+	$(MAKE) --no-print-directory man MAN_CONFIGURATION=release
 	$(MAKE) --no-print-directory install-files
 
 # The man pages keyhold.1, keyhold-server.1 and keyhold-agent.1, each with every subcommand,
-# under $(MAN_OUT)/<target>/.
+# under $(MAN_OUT)/<target>/. The plugin builds the programs first, in MAN_CONFIGURATION (debug
+# for make test, whose build is already there; make install uses the release build).
+MAN_CONFIGURATION ?= debug
 man:
-	swift package plugin generate-manual --authors "the Keyhold developers" --section 1
+	swift package plugin generate-manual --configuration $(MAN_CONFIGURATION) --authors "the Keyhold developers" --section 1
 
 # Copies what is built (INSTALL_FROM, default the release build) without building; man pages
 # when `make man` made them. Completions come from the programs themselves.

@@ -88,6 +88,8 @@ public enum APIPath {
     public static func adminRelease(_ id: String, _ decision: String) -> String { "/v1/admin/releases/\(id)/\(decision)" }
     /// `POST`: push to the primary now.
     public static let adminHierarchySync = "/v1/admin/hierarchy/sync"
+    /// `GET`: this server, its primary link and its secondaries (``HierarchyTree``).
+    public static let adminHierarchyTree = "/v1/admin/hierarchy/tree"
 
     // Secondaries (server certificate).
 

@@ -102,17 +102,22 @@ public struct PushRequest: Codable, Sendable {
     /// The last change of the primary's feed the secondary applied; nil asks for none (an older
     /// secondary).
     public var changesAfter: Int64?
+    /// The secondary's report on itself, in the first batch of each push (nil in the others, and
+    /// from older secondaries).
+    public var report: SecondaryReport?
 
     /// A batch.
-    public init(keys: [PushedKey], destroyed: [DestroyedKeyNotice] = [], changesAfter: Int64? = nil) {
+    public init(keys: [PushedKey], destroyed: [DestroyedKeyNotice] = [], changesAfter: Int64? = nil, report: SecondaryReport? = nil) {
         self.keys = keys
         self.destroyed = destroyed
         self.changesAfter = changesAfter
+        self.report = report
     }
 
     enum CodingKeys: String, CodingKey {
         case keys
         case destroyed
+        case report
         case changesAfter = "changes_after"
     }
 
@@ -122,6 +127,7 @@ public struct PushRequest: Codable, Sendable {
         keys = try c.decode([PushedKey].self, forKey: .keys)
         destroyed = try c.decodeIfPresent([DestroyedKeyNotice].self, forKey: .destroyed) ?? []
         changesAfter = try c.decodeIfPresent(Int64.self, forKey: .changesAfter)
+        report = try c.decodeIfPresent(SecondaryReport.self, forKey: .report)
     }
 }
 
@@ -260,5 +266,120 @@ public struct SyncResponse: Codable, Sendable, Equatable {
         batches = try c.decode(Int.self, forKey: .batches)
         cursor = try c.decode(Int64.self, forKey: .cursor)
         complete = try c.decodeIfPresent(Bool.self, forKey: .complete) ?? true
+    }
+}
+
+/// What a secondary says about itself in the first batch of each push (`PushRequest.report`):
+/// the primary keeps it for `hierarchy tree` and `secondary list`, and records the push as the
+/// secondary's last contact.
+public struct SecondaryReport: Codable, Sendable, Equatable {
+    /// The secondary's Keyhold version.
+    public var version: String
+    /// Keys the secondary holds.
+    public var keyCount: Int
+    /// Keys above its push cursor when the push began (not yet acknowledged by this primary).
+    public var pending: Int
+    /// Age in seconds of the oldest of them (0 when none is pending).
+    public var lagSeconds: Double
+
+    /// A report.
+    public init(version: String, keyCount: Int, pending: Int, lagSeconds: Double) {
+        self.version = version
+        self.keyCount = keyCount
+        self.pending = pending
+        self.lagSeconds = lagSeconds
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case version, pending
+        case keyCount = "key_count"
+        case lagSeconds = "lag_seconds"
+    }
+}
+
+/// One secondary as its primary sees it (`GET /v1/admin/hierarchy/tree`).
+public struct SecondaryNode: Codable, Sendable, Equatable {
+    /// Its client id here.
+    public var id: ClientID
+    /// The name it enrolled under.
+    public var name: String
+    /// Its enrollment state.
+    public var state: EnrollmentState
+    /// Its last push (recorded in the repository, so it survives a restart of this server).
+    public var lastPush: Date?
+    /// The version its last report gave.
+    public var version: String?
+    /// The key count its last report gave.
+    public var keyCount: Int?
+    /// Since this server started: pending keys and lag its last report gave, keys it pushed,
+    /// the size of its last non-empty batch, its last refusal here. Nil when it did not push since.
+    public var pending: Int?
+    /// Age in seconds of its oldest unacknowledged key, as it last reported.
+    public var lagSeconds: Double?
+    /// Keys received from it since this server started.
+    public var keysReceived: Int?
+    /// When it last pushed keys (not only polled for changes).
+    public var lastKeys: Date?
+    /// The error code of its last refused push, and when.
+    public var lastRefusal: String?
+    /// When its last push was refused.
+    public var lastRefusalAt: Date?
+
+    /// A node.
+    public init(
+        id: ClientID, name: String, state: EnrollmentState, lastPush: Date?, version: String?, keyCount: Int?, pending: Int? = nil,
+        lagSeconds: Double? = nil, keysReceived: Int? = nil, lastKeys: Date? = nil, lastRefusal: String? = nil, lastRefusalAt: Date? = nil
+    ) {
+        self.id = id
+        self.name = name
+        self.state = state
+        self.lastPush = lastPush
+        self.version = version
+        self.keyCount = keyCount
+        self.pending = pending
+        self.lagSeconds = lagSeconds
+        self.keysReceived = keysReceived
+        self.lastKeys = lastKeys
+        self.lastRefusal = lastRefusal
+        self.lastRefusalAt = lastRefusalAt
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case id, name, state, version, pending
+        case lastPush = "last_push"
+        case keyCount = "key_count"
+        case lagSeconds = "lag_seconds"
+        case keysReceived = "keys_received"
+        case lastKeys = "last_keys"
+        case lastRefusal = "last_refusal"
+        case lastRefusalAt = "last_refusal_at"
+    }
+}
+
+/// The hierarchy as one server sees it: itself, its link to its primary, its secondaries
+/// (`GET /v1/admin/hierarchy/tree`). A server sees one level each way; `hierarchy tree` on each
+/// server of a longer chain shows the rest.
+public struct HierarchyTree: Codable, Sendable, Equatable {
+    /// This server.
+    public var serverID: ServerID
+    /// Its option and its push to its primary.
+    public var upward: HierarchyStatus
+    /// Seconds since the oldest key this server has not had acknowledged was stored (0 when none is pending).
+    public var lagSeconds: Double
+    /// The servers that joined this one, active ones first.
+    public var secondaries: [SecondaryNode]
+
+    /// A tree.
+    public init(serverID: ServerID, upward: HierarchyStatus, lagSeconds: Double, secondaries: [SecondaryNode]) {
+        self.serverID = serverID
+        self.upward = upward
+        self.lagSeconds = lagSeconds
+        self.secondaries = secondaries
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case upward, secondaries
+        case serverID = "server_id"
+        case lagSeconds = "lag_seconds"
     }
 }

@@ -228,12 +228,24 @@ actor Hierarchy {
         var gauges = HierarchyGauges()
         gauges.configured = status.primaryServerID != nil
         gauges.pending = status.pending
-        if status.pending > 0, let oldest = try await repository.keys(afterSequence: status.pushCursor, limit: 1).first {
-            gauges.lagSeconds = max(0, Date().timeIntervalSince(oldest.stored))
-        }
+        gauges.lagSeconds = try await lag(pending: status.pending, after: status.pushCursor)
         gauges.reachable = status.primaryRefuses || status.lastPushResult?.hasPrefix("ok") == true
         gauges.refusing = status.primaryRefuses
         return gauges
+    }
+
+    /// Seconds since the oldest key above `cursor` was stored (0 when none is pending).
+    func lag(pending: Int, after cursor: Int64) async throws -> Double {
+        guard pending > 0, let oldest = try await repository.keys(afterSequence: cursor, limit: 1).first else { return 0 }
+        return max(0, Date().timeIntervalSince(oldest.stored))
+    }
+
+    /// What this server tells its primary about itself in the first batch of a push.
+    private func report(after cursor: Int64) async throws -> SecondaryReport {
+        let pending = try await repository.keyCount(afterSequence: cursor)
+        return SecondaryReport(
+            version: KeyholdVersion.current, keyCount: try await repository.keyCount(), pending: pending,
+            lagSeconds: try await lag(pending: pending, after: cursor))
     }
 
     private func cursor() async throws -> Int64 { Int64(try await repository.setting(Self.cursorSetting) ?? "0") ?? 0 }
@@ -299,10 +311,11 @@ actor Hierarchy {
             let (keys, destroyed, last) = try await next.value
             let rows = keys.count + destroyed.count
             if rows == 0 && !first { break }
+            let report = first ? try await self.report(after: cursor) : nil
             first = false
             next = Task { try await self.prepare(after: last) }
             let response = try await exchange(
-                PushRequest(keys: keys, destroyed: destroyed, changesAfter: try await changesCursor()), with: client)
+                PushRequest(keys: keys, destroyed: destroyed, changesAfter: try await changesCursor(), report: report), with: client)
             moreChanges = try await apply(response.changes, from: primary.serverID)
             if rows == 0 { break }
             cursor = last

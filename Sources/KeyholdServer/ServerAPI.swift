@@ -272,6 +272,7 @@ struct ServerAPI<Context: PeerContext> {
             }
         }
         route(router, .post, APIPath.adminHierarchySync, [.admin]) { _, _, _ in try respond(try await core.hierarchy.sync()) }
+        route(router, .get, APIPath.adminHierarchyTree, [.admin]) { _, _, _ in try respond(try await core.hierarchyTree()) }
         return router
     }
 

@@ -23,6 +23,8 @@ struct ServerCore: Sendable {
     var apiTLS: APITLS?
     let databaseDescription: String
     let hierarchy: Hierarchy
+    /// What each secondary's pushes showed since this server started (`hierarchy tree`).
+    let secondaries = SecondaryActivity()
     /// The addresses the listeners bound, and what tokens advertise.
     let addresses: BoundAddresses
     /// The data directory: its certificates, and where uploaded import files are spooled (never in
@@ -525,7 +527,25 @@ struct ServerCore: Sendable {
     }
 
     /// Stores a batch a secondary pushed (`POST /v1/hierarchy/push`); answers after the commit.
+    /// The push is noted for `hierarchy tree`; with a report, as the secondary's last contact.
     func receivePush(_ request: PushRequest, by caller: Caller) async throws -> PushResponse {
+        let id = caller.client.id
+        do {
+            let response = try await storePush(request, by: caller)
+            let now = Date()
+            await secondaries.received(from: id, keys: request.keys.count, report: request.report, at: now)
+            if let report = request.report {
+                try await repository.recordHeartbeat(
+                    id: id, at: now, agentVersion: String(report.version.prefix(64)), keyCount: max(0, report.keyCount))
+            }
+            return response
+        } catch let error as KeyholdError {
+            await secondaries.refused(id, code: error.code, at: Date())
+            throw error
+        }
+    }
+
+    private func storePush(_ request: PushRequest, by caller: Caller) async throws -> PushResponse {
         let route = AuditRoute.secondary(caller.client.id)
         // An empty push is a heartbeat's poll for state changes: refused, it carries nothing worth
         // a durable record (it would be one per secondary and heartbeat).
@@ -951,6 +971,31 @@ struct ServerCore: Sendable {
             info.escrowDrift = own.filter { !$0.opens }.map(\.keyID).sorted()
             return info
         }
+    }
+
+    /// `GET /v1/admin/hierarchy/tree`: this server's option and push upward, and each secondary
+    /// with its last push (recorded), its last report, the keys it pushed and its last refusal
+    /// (since this server started).
+    func hierarchyTree() async throws -> HierarchyTree {
+        let upward = try await hierarchy.status()
+        var nodes: [SecondaryNode] = []
+        for c in try await repository.listClients(role: .server) {
+            var node = SecondaryNode(
+                id: c.id, name: c.name, state: c.state, lastPush: c.lastSeen, version: c.agentVersion, keyCount: c.reportedKeyCount)
+            if let seen = await secondaries.entry(c.id) {
+                node.pending = seen.report?.pending
+                node.lagSeconds = seen.report?.lagSeconds
+                node.keysReceived = seen.keysReceived
+                node.lastKeys = seen.lastKeys
+                node.lastRefusal = seen.lastRefusal
+                node.lastRefusalAt = seen.lastRefusalAt
+            }
+            nodes.append(node)
+        }
+        nodes.sort { ($0.state == .active ? 0 : 1, $0.name, $0.id.description) < ($1.state == .active ? 0 : 1, $1.name, $1.id.description) }
+        return HierarchyTree(
+            serverID: serverID, upward: upward, lagSeconds: try await hierarchy.lag(pending: upward.pending, after: upward.pushCursor),
+            secondaries: nodes)
     }
 
     /// `GET /v1/admin/administrators`.

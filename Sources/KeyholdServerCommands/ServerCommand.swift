@@ -481,13 +481,20 @@ struct SecondaryCommand: AsyncParsableCommand {
         commandName: "secondary", abstract: "Servers that joined this one as their primary.", subcommands: [List.self, Revoke.self])
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List secondaries.")
+        static let configuration = CommandConfiguration(
+            abstract: "List secondaries with their last push, the pending keys and lag they report, and their last refusal.")
         @OptionGroup var data: DataDirOption
         @Flag(help: "Print JSON.") var json = false
         func run() async throws {
-            let all = try await withAdmin(data) { try await $0.get(APIPath.adminClients, as: [ClientInfo].self) }.filter { $0.role == .server }
-            if json { return try printJSON(all) }
-            printEnrollments(all)
+            let tree = try await withAdmin(data) { try await $0.get(APIPath.adminHierarchyTree, as: HierarchyTree.self) }
+            if json { return try printJSON(tree.secondaries) }
+            print("id\tstate\tname\tlast push\tpending\tlag\treceived\tlast refusal")
+            for s in tree.secondaries {
+                let refusal = s.lastRefusal.map { "\($0) \(formatDate(s.lastRefusalAt))" } ?? "-"
+                print(
+                    "\(s.id)\t\(s.state)\t\(PrintableText.escaped(s.name))\t\(formatDate(s.lastPush))\t\(s.pending.map(String.init) ?? "-")\t\(s.lagSeconds.map(TreeText.seconds) ?? "-")\t\(s.keysReceived.map(String.init) ?? "-")\t\(refusal)"
+                )
+            }
         }
     }
 
@@ -506,7 +513,7 @@ struct SecondaryCommand: AsyncParsableCommand {
 struct HierarchyCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hierarchy", abstract: "The \"use hierarchy to obtain encryption keys\" option and pushes.",
-        subcommands: [Enable.self, Disable.self, Sync.self]
+        subcommands: [Enable.self, Disable.self, Sync.self, HierarchyTreeCommand.self]
     )
 
     struct Enable: AsyncParsableCommand {

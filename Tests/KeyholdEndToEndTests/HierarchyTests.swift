@@ -228,6 +228,64 @@ import Testing
         #expect(try Data(contentsOf: URL(fileURLWithPath: tree.d2.path("f2.txt"))) == plain)
     }
 
+    static func hierarchyTree(_ s: ServerProcess) async throws -> HierarchyTree {
+        let r = try await s.admin(["hierarchy", "tree", "--json"])
+        guard r.status == 0 else { throw TestFailure("hierarchy tree failed: \(r.stderr)") }
+        return try WireFormat.decoder().decode(HierarchyTree.self, from: r.stdout)
+    }
+
+    @Test func theTreeShowsEachSecondarysLastPushPendingKeysLagAndRefusals() async throws {
+        let t = try await Self.server("T")
+        defer { t.terminate() }
+        let s1 = try await Self.server("S1")
+        defer { s1.terminate() }
+        try await Self.join(s1, to: t)
+        let d1 = try await AgentIntegrationTests.enrolledAgent(s1, name: "D1")
+        defer { d1.terminate() }
+        _ = try AgentIntegrationTests.write(d1, "a.txt", 100)
+        #expect(try await d1.keyhold(["file", "encrypt", "a.txt", "-o", "a.khf"]).status == 0)
+
+        // Before any push: S1 has one key pending for a while; T knows S1 only from its enrollment.
+        try await Task.sleep(for: .milliseconds(300))
+        var below = try await Self.hierarchyTree(s1)
+        #expect(below.upward.pending == 1 && below.lagSeconds >= 0.3, "\(below)")
+        var above = try await Self.hierarchyTree(t)
+        let id = try #require(above.secondaries.first?.id)
+        #expect(above.secondaries.count == 1 && above.secondaries[0].lastPush == nil && above.secondaries[0].pending == nil)
+
+        // After a push: T records it (last push, version, keys) and what S1 reported at its start.
+        #expect(try await Self.sync(s1).status == 0)
+        above = try await Self.hierarchyTree(t)
+        var node = try #require(above.secondaries.first)
+        #expect(node.id == id && node.state == .active && node.lastPush != nil && node.version == KeyholdVersion.current, "\(node)")
+        #expect(node.keyCount == 1 && node.pending == 1 && (node.lagSeconds ?? 0) >= 0.3 && node.keysReceived == 1 && node.lastKeys != nil)
+        #expect(node.lastRefusal == nil)
+        below = try await Self.hierarchyTree(s1)
+        #expect(below.upward.pending == 0 && below.lagSeconds == 0 && below.upward.lastPushResult == "ok: 1 keys", "\(below.upward)")
+        // The push is the secondary's last contact: `device list` shows it.
+        let row = try await t.admin(["device", "list"]).stdoutText.split(separator: "\n").first { $0.hasPrefix(id.description) }
+        #expect(row.map { !$0.split(separator: "\t")[4].hasPrefix("-") } == true, "last seen after a push: \(row ?? "none")")
+
+        // Refused at T: the refusal is shown on both ends.
+        #expect(try await t.admin(["hierarchy", "disable"]).status == 0)
+        #expect(try await Self.sync(s1).status == 69)
+        node = try #require(try await Self.hierarchyTree(t).secondaries.first)
+        #expect(node.lastRefusal == "hierarchy_disabled" && node.lastRefusalAt != nil, "\(node)")
+        let text = try await t.admin(["hierarchy", "tree"]).stdoutText
+        #expect(text.contains("└── secondaries: 1") && text.contains("last refusal: hierarchy_disabled"), "\(text)")
+        #expect(text.contains("1 key(s) received"), "\(text)")
+        let upText = try await s1.admin(["hierarchy", "tree"]).stdoutText
+        #expect(upText.contains("├── primary \(above.serverID)") && upText.contains("REFUSES"), "\(upText)")
+        let list = try await t.admin(["secondary", "list"]).stdoutText
+        #expect(list.contains(id.description) && list.contains("hierarchy_disabled"), "\(list)")
+
+        // On again: the next report says nothing is pending.
+        #expect(try await t.admin(["hierarchy", "enable"]).status == 0)
+        #expect(try await Self.sync(s1).status == 0)
+        node = try #require(try await Self.hierarchyTree(t).secondaries.first)
+        #expect(node.pending == 0 && node.lagSeconds == 0 && node.keysReceived == 1, "\(node)")
+    }
+
     @Test func optionOffInTheMiddleStopsKeysThere() async throws {
         let tree = try await Self.tree()
         defer { tree.terminate() }
