@@ -165,6 +165,8 @@ let package = Package(
                 "KeyholdServer", "KeyholdCore", "KeyholdProtocol", "KeyholdStore", "KeyholdStoreSQLite", "KeyholdStorePostgres",
                 "KeyholdClient", "KeyholdCommandLine", "KeyholdConfig", "KeyholdExport", "KeyholdSystem", "KeyholdLogging",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),

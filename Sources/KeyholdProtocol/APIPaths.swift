@@ -97,6 +97,10 @@ public enum APIPath {
     public static let hierarchyPush = "/v1/hierarchy/push"
     /// `GET`: a secondary's lookup of key `id` (`chain`, `hops`).
     public static func hierarchyKey(_ id: String) -> String { "/v1/hierarchy/keys/\(id)" }
+    /// `GET`: the hops from the answering server up, for key `id` (``ExplainHop``s; metadata only).
+    public static func hierarchyExplain(_ id: String) -> String { "/v1/hierarchy/explain/\(id)" }
+    /// `GET`: why a device can or cannot get key `id` (``KeyExplanation``; `device` optional).
+    public static func adminExplain(_ id: String) -> String { "/v1/admin/explain/\(id)" }
     /// The header of a lookup's answer: how many servers above the asking one held the key (1:
     /// the primary itself). Absent from older servers' answers, which count as 1.
     public static let hopsHeader = "Keyhold-Hops"

@@ -412,10 +412,45 @@ actor Hierarchy {
             let (key, hops) = try await client.get(
                 APIPath.hierarchyKey(keyID.description) + "?" + query, as: KeyMaterial.self, header: APIPath.hopsHeader)
             primaryRefuses = false
-            return Answer(key: key, primary: primary.serverID, hops: hops.flatMap { Int($0) }.map { min(max($0, 1), Self.hopLimit) } ?? 1)
+            let answer = Answer(key: key, primary: primary.serverID, hops: hops.flatMap { Int($0) }.map { min(max($0, 1), Self.hopLimit) } ?? 1)
+            note(keyID, "found, held \(answer.hops) server(s) up (primary \(primary.serverID))")
+            return answer
         } catch let error as KeyholdError {
             if error.code == .hierarchyDisabled { primaryRefuses = true }
+            note(keyID, "\(error.code.rawValue): \(error.message)")
             throw error
+        }
+    }
+
+    /// The answers of the last lookups at the primary, by key (since this server started; at
+    /// most ``lookupMemory`` keys, then forgotten all at once), for `explain`.
+    private var lookups: [KeyID: (answer: String, at: Date)] = [:]
+    static let lookupMemory = 10_000
+
+    private func note(_ keyID: KeyID, _ answer: String) {
+        if lookups.count >= Self.lookupMemory, lookups[keyID] == nil { lookups.removeAll(keepingCapacity: true) }
+        lookups[keyID] = (answer, Date())
+    }
+
+    /// What the last lookup of `keyID` at the primary answered, and when.
+    func lastLookup(_ keyID: KeyID) -> (answer: String, at: Date)? { lookups[keyID] }
+
+    /// The primary's hops for `keyID` (it adds its own primary's, and so on up): empty with no
+    /// primary or the option off here; one hop saying why when the primary cannot be asked.
+    func explainAbove(_ keyID: KeyID, chain: [ServerID], hops: Int) async -> [ExplainHop] {
+        guard (try? await enabled()) == true, let client, let primary else { return [] }
+        let query = "chain=\(chain.map(\.description).joined(separator: ","))&hops=\(hops)"
+        do {
+            return try await client.get(APIPath.hierarchyExplain(keyID.description) + "?" + query, as: [ExplainHop].self)
+        } catch {
+            var hop = ExplainHop(serverID: primary.serverID, held: false)
+            if let error = error as? KeyholdError {
+                hop.refusal = "\(error.code.rawValue): \(error.message)"
+                if error.code == .hierarchyDisabled { hop.useHierarchy = false }
+            } else {
+                hop.refusal = "\(error)"
+            }
+            return [hop]
         }
     }
 

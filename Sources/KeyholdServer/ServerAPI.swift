@@ -114,13 +114,13 @@ struct ServerAPI<Context: PeerContext> {
         route(router, .post, APIPath.hierarchyPush, [.server]) { request, _, caller in
             try respond(try await core.receivePush(try await decode(PushRequest.self, request, limit: 8 << 20), by: caller))
         }
+        route(router, .get, "/v1/hierarchy/explain/:id", [.server]) { request, context, caller in
+            let chain = try Self.chain(request)
+            let hops = try Self.integer(request, "hops", in: 0...Hierarchy.hopLimit) ?? 0
+            return try respond(try await core.explainForSecondary(try Self.keyID(context), chain: chain, hops: hops, by: caller))
+        }
         release(router, "/v1/hierarchy/keys/:id", [.server]) { request, context, peer in
-            let chain = try (request.uri.queryParameters.get("chain") ?? "").split(separator: ",").map { part -> ServerID in
-                guard let id = ServerID(String(part)) else {
-                    throw KeyholdError(.invalidRequest, "chain holds an invalid server id", hint: "see docs/spec/hierarchy.md")
-                }
-                return id
-            }
+            let chain = try Self.chain(request)
             let hops = try Self.integer(request, "hops", in: 0...Hierarchy.hopLimit) ?? 0
             return try await core.lookup(try Self.keyID(context), chain: chain, hops: hops, for: peer)
         }
@@ -273,6 +273,13 @@ struct ServerAPI<Context: PeerContext> {
         }
         route(router, .post, APIPath.adminHierarchySync, [.admin]) { _, _, _ in try respond(try await core.hierarchy.sync()) }
         route(router, .get, APIPath.adminHierarchyTree, [.admin]) { _, _, _ in try respond(try await core.hierarchyTree()) }
+        route(router, .get, "/v1/admin/explain/:id", [.admin]) { request, context, _ in
+            let device = try request.uri.queryParameters.get("device").map { text -> ClientID in
+                guard let id = ClientID(text) else { throw KeyholdError(.invalidRequest, "device is not a device id", hint: "ids are UUIDs") }
+                return id
+            }
+            return try respond(try await core.explain(try Self.keyID(context), device: device))
+        }
         return router
     }
 
@@ -367,6 +374,16 @@ struct ServerAPI<Context: PeerContext> {
             throw KeyholdError(.invalidRequest, "the path does not name a valid key id", hint: "key ids are lowercase UUIDs")
         }
         return id
+    }
+
+    /// The `chain` query parameter of a hierarchy request: the servers already on its route.
+    private static func chain(_ request: Request) throws -> [ServerID] {
+        try (request.uri.queryParameters.get("chain") ?? "").split(separator: ",").map { part -> ServerID in
+            guard let id = ServerID(String(part)) else {
+                throw KeyholdError(.invalidRequest, "chain holds an invalid server id", hint: "see docs/spec/hierarchy.md")
+            }
+            return id
+        }
     }
 
     /// The query parameter `name` as an integer in `range`, or nil when absent.

@@ -973,6 +973,106 @@ struct ServerCore: Sendable {
         }
     }
 
+    // MARK: Explain
+
+    /// This server's part of an explanation for `keyID`: its option, whether and how it holds the
+    /// key, whether its primary acknowledged it, and its last lookup of it.
+    func explainHop(_ keyID: KeyID) async throws -> ExplainHop {
+        let status = try await hierarchy.status()
+        var hop = ExplainHop(serverID: serverID, held: false)
+        hop.useHierarchy = status.useHierarchy
+        hop.primaryServerID = status.primaryServerID
+        if status.primaryServerID != nil { hop.primaryRefuses = status.primaryRefuses }
+        if let key = try await repository.key(id: keyID) {
+            hop.held = true
+            hop.state = key.destroyed == nil ? "\(key.record.state)" : "destroyed"
+            hop.blocked = key.blocked
+            hop.destroyed = key.destroyed
+            hop.provenance = key.provenance.rawValue
+            hop.stored = key.stored
+            if status.primaryServerID != nil { hop.acknowledgedByPrimary = key.sequence <= status.pushCursor }
+        }
+        if let last = await hierarchy.lastLookup(keyID) {
+            hop.lastLookup = last.answer
+            hop.lastLookupAt = last.at
+        }
+        return hop
+    }
+
+    /// `GET /v1/hierarchy/explain/{id}`: this server's hop and those above it, for a secondary's
+    /// `explain`; refused like a lookup (option off here, a loop, too many hops).
+    func explainForSecondary(_ keyID: KeyID, chain: [ServerID], hops: Int, by caller: Caller) async throws -> [ExplainHop] {
+        try await requireHierarchy(caller.actor, .secondary(caller.client.id), action: .release, audit: false)
+        guard !chain.contains(serverID) else {
+            throw KeyholdError(
+                .hierarchyLoop, "the explanation for key \(keyID) came back to server \(serverID): the configured hierarchy has a loop",
+                hint: "fix the primaries so that they form a tree ('keyhold-server primary leave' on one server of the loop)")
+        }
+        guard hops > 0 else {
+            throw KeyholdError(
+                .hierarchyTooDeep, "the explanation passed \(Hierarchy.hopLimit) servers", hint: "the hierarchy is deeper than Keyhold allows")
+        }
+        return [try await explainHop(keyID)] + (await hierarchy.explainAbove(keyID, chain: chain + [serverID], hops: hops - 1))
+    }
+
+    /// `GET /v1/admin/explain/{id}`: the hops from here to the top for `keyID`, what the release
+    /// policy says of `device`, and the conclusion. Changes nothing and audits nothing: no
+    /// secret is read.
+    func explain(_ keyID: KeyID, device: ClientID?) async throws -> KeyExplanation {
+        let hops = [try await explainHop(keyID)] + (await hierarchy.explainAbove(keyID, chain: [serverID], hops: Hierarchy.hopLimit))
+        var view: ExplainDevice?
+        if let device {
+            let client = try await repository.client(id: device)
+            var refusal: String?
+            if let held = try await repository.key(id: keyID) {
+                refusal = releasePolicy.refusal(of: held.record, to: device, here: serverID)
+            } else if releasePolicy != .any {
+                refusal =
+                    releasePolicy == .approval
+                    ? "it is not held here (a request waits for approval)" : "it is not held here, and only keys escrowed here are released"
+            }
+            view = ExplainDevice(
+                id: device, enrolled: client != nil && client?.role == .device, state: client?.state, name: client?.name,
+                releasePolicy: releasePolicy.rawValue, policyRefusal: refusal)
+        }
+        return KeyExplanation(keyID: keyID, hops: hops, device: view, verdict: Self.verdict(keyID, hops, view))
+    }
+
+    /// The one sentence an explanation comes to, from the first thing that decides it.
+    static func verdict(_ keyID: KeyID, _ hops: [ExplainHop], _ device: ExplainDevice?) -> String {
+        if let device {
+            if !device.enrolled { return "device \(device.id) is not a device enrolled here: it gets no key from this server" }
+            if device.state != .active {
+                return "device \(device.id) is \(device.state.map { "\($0)" } ?? "not active"): it gets no key from this server"
+            }
+        }
+        if let hop = hops.first(where: { $0.destroyed != nil }) {
+            return "key \(keyID) was destroyed at server \(hop.serverID): nobody gets it any more"
+        }
+        if let hop = hops.first(where: { $0.blocked == true }) {
+            return "key \(keyID) is blocked at server \(hop.serverID): it is never released there or below it"
+        }
+        if let refusal = device?.policyRefusal {
+            return "release_policy = \(device?.releasePolicy ?? "?") keeps key \(keyID) from device \(device?.id.description ?? "?"): \(refusal)"
+        }
+        if let here = hops.first, here.held { return "key \(keyID) is held here: it is released to an active device that asks" }
+        for (i, hop) in hops.enumerated().dropFirst() {
+            if let refusal = hop.refusal { return "the lookup stops at server \(hop.serverID), \(i) server(s) up: \(refusal)" }
+            if hop.held {
+                return "key \(keyID) is held at server \(hop.serverID), \(i) server(s) up: a device's request here is answered through the hierarchy"
+            }
+        }
+        if hops.first?.useHierarchy == false {
+            return "key \(keyID) is not held here, and this server's 'use hierarchy' option is off: it asks no primary (enable it, or import the key)"
+        }
+        if hops.first?.primaryServerID == nil { return "key \(keyID) is not held here, and this server has no primary to ask: import it" }
+        if let last = hops.last, last.useHierarchy == false, hops.count > 1 {
+            return "key \(keyID) is not held up to server \(last.serverID), whose 'use hierarchy' option is off: it asks no primary above it"
+        }
+        return
+            "key \(keyID) is not held here or at any primary up to the top: it has not been pushed up yet (pushes happen at each heartbeat) or was escrowed in another tree"
+    }
+
     /// `GET /v1/admin/hierarchy/tree`: this server's option and push upward, and each secondary
     /// with its last push (recorded), its last report, the keys it pushed and its last refusal
     /// (since this server started).

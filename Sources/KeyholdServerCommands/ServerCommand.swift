@@ -21,7 +21,8 @@ struct ServerCommand: AsyncParsableCommand {
             Init.self, Run.self, Status.self, TLSCommand.self, CACommand.self, MasterKeyCommand.self, TokenCommand.self, DeviceCommand.self,
             KeyAdminCommand.self,
             Audit.self,
-            PrimaryCommand.self, SecondaryCommand.self, HierarchyCommand.self, AdminCommand.self, ReleaseCommand.self,
+            PrimaryCommand.self, SecondaryCommand.self, HierarchyCommand.self, AdminCommand.self, ReleaseCommand.self, ExplainCommand.self,
+            DoctorCommand.self,
         ]
     )
 }

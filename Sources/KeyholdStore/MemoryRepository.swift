@@ -46,6 +46,9 @@ public actor MemoryRepository: Repository, RepositoryFaultInjection {
     /// Nothing to migrate.
     public func migrate() async throws {}
 
+    /// Every migration: the memory store is always current (``Repository/appliedMigrations()``).
+    public func appliedMigrations() async throws -> [Int] { Schema.migrations.map(\.version) }
+
     /// Makes every later audit write fail (``RepositoryFaultInjection``).
     public func breakAuditWrites() async throws { auditBroken = true }
 

@@ -17,6 +17,10 @@ public protocol Repository: Sendable {
     /// Creates or upgrades the schema; safe to call at every start, also from several processes.
     func migrate() async throws
 
+    /// The schema migrations applied so far (``Schema/migrations`` versions), changing nothing: an
+    /// empty list for a database never migrated (`keyhold-server doctor`).
+    func appliedMigrations() async throws -> [Int]
+
     // MARK: Keys
 
     /// Stores a key unless its id exists: same fingerprint → `alreadyPresent`, another → `conflict`.

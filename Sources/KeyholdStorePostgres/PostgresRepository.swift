@@ -106,6 +106,20 @@ public final class PostgresRepository: Repository, RepositoryFaultInjection {
         }
     }
 
+    /// The migrations applied (``Repository/appliedMigrations()``).
+    public func appliedMigrations() async throws -> [Int] {
+        await ready()
+        return try await client.withConnection { conn in
+            let exists = try await conn.query("SELECT to_regclass('schema_migrations') IS NOT NULL", logger: logger).collect()
+            guard try exists.first?.decode(Bool.self) == true else { return [] }
+            var versions: [Int] = []
+            for try await v in try await conn.query("SELECT version FROM schema_migrations ORDER BY version", logger: logger).decode(Int.self) {
+                versions.append(v)
+            }
+            return versions
+        }
+    }
+
     /// Makes every later audit write fail (``RepositoryFaultInjection``).
     public func breakAuditWrites() async throws {
         try await client.withTransaction(logger: logger) { conn in

@@ -67,6 +67,14 @@ public final class SQLiteRepository: Repository, RepositoryFaultInjection {
         }
     }
 
+    /// The migrations applied (``Repository/appliedMigrations()``).
+    public func appliedMigrations() async throws -> [Int] {
+        try await pool.read { db in
+            guard try db.tableExists("schema_migrations") else { return [] }
+            return try Int.fetchAll(db, sql: "SELECT version FROM schema_migrations ORDER BY version")
+        }
+    }
+
     /// Makes every later audit write fail (``RepositoryFaultInjection``).
     public func breakAuditWrites() async throws {
         try await pool.write { db in

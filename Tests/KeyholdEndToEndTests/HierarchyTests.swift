@@ -286,6 +286,76 @@ import Testing
         #expect(node.pending == 0 && node.lagSeconds == 0 && node.keysReceived == 1, "\(node)")
     }
 
+    static func explain(_ s: ServerProcess, _ key: String, device: String? = nil) async throws -> KeyExplanation {
+        let r = try await s.admin(["explain", "--key", key, "--json"] + (device.map { ["--device", $0] } ?? []))
+        guard r.status == 0 else { throw TestFailure("explain failed: \(r.stderr)") }
+        return try WireFormat.decoder().decode(KeyExplanation.self, from: r.stdout)
+    }
+
+    static func serverID(_ s: ServerProcess) async throws -> ServerID {
+        try WireFormat.decoder().decode(StatusResponse.self, from: try await s.admin(["status", "--json"]).stdout).serverID
+    }
+
+    @Test func explainFollowsAKeyHopByHopAndSaysWhyADeviceCanOrCannotGetIt() async throws {
+        let tree = try await Self.tree()
+        defer { tree.terminate() }
+        _ = try await Self.encryptOnD1(tree, "f5")
+        let info = try JSONSerialization.jsonObject(with: try await tree.d1.keyhold(["file", "info", "f5.khf", "--json"]).stdout) as? [String: Any]
+        let key = try #require(info?["key_id"] as? String)
+        let status = try JSONSerialization.jsonObject(with: try await tree.d2.keyhold(["status", "--json"]).stdout) as? [String: Any]
+        let d2 = try #require(status?["device_id"] as? String)
+        let (t, s1, s2, s3) = (
+            try await Self.serverID(tree.t), try await Self.serverID(tree.s1), try await Self.serverID(tree.s2), try await Self.serverID(tree.s3)
+        )
+
+        // Escrowed at S3 only: S2 and T do not hold it, and nothing is pushed yet.
+        var e = try await Self.explain(tree.s2, key, device: d2)
+        #expect(e.hops.map(\.serverID) == [s2, t] && e.hops.allSatisfy { !$0.held && $0.useHierarchy == true }, "\(e.hops)")
+        #expect(e.device?.enrolled == true && e.device?.state == .active && e.device?.policyRefusal == nil)
+        #expect(e.verdict.contains("not held here or at any primary up to the top"), "\(e.verdict)")
+        e = try await Self.explain(tree.s3, key)
+        #expect(e.hops.map(\.serverID) == [s3, s1, t] && e.hops[0].held && e.hops[0].provenance == "escrow", "\(e.hops)")
+        #expect(e.hops[0].acknowledgedByPrimary == false && !e.hops[1].held)
+
+        // Pushed to the top: S3 sees each hop hold it, each acknowledged below; S2 sees it one up.
+        #expect(try await Self.sync(tree.s3).status == 0)
+        #expect(try await Self.sync(tree.s1).status == 0)
+        e = try await Self.explain(tree.s3, key)
+        #expect(e.hops.allSatisfy(\.held) && e.hops[0].acknowledgedByPrimary == true && e.hops[1].acknowledgedByPrimary == true, "\(e.hops)")
+        #expect(e.hops[1].provenance == "pushed" && e.hops[2].acknowledgedByPrimary == nil)
+        e = try await Self.explain(tree.s2, key, device: d2)
+        #expect(!e.hops[0].held && e.hops[1].held && e.verdict.contains("is held at server \(t), 1 server(s) up"), "\(e.verdict)")
+
+        // D2 gets it: S2 now holds it from the hierarchy and remembers what its lookup answered.
+        #expect(try await tree.d2.keyhold(["file", "decrypt", "f5.khf", "-o", "f5.txt"]).status == 0)
+        e = try await Self.explain(tree.s2, key, device: d2)
+        #expect(
+            e.hops[0].held && e.hops[0].provenance == "hierarchy" && e.hops[0].lastLookup?.hasPrefix("found, held 1 server(s) up") == true,
+            "\(e.hops[0])")
+        #expect(e.verdict.contains("is held here"), "\(e.verdict)")
+
+        // Blocked at the top: named as the reason, and the text form says it too.
+        #expect(try await tree.t.admin(["key", "block", key]).status == 0)
+        e = try await Self.explain(tree.s2, key, device: d2)
+        #expect(e.hops[1].blocked == true && e.verdict.contains("is blocked at server \(t)"), "\(e.verdict)")
+        let text = try await tree.s2.admin(["explain", "--key", key, "--device", d2]).stdoutText
+        #expect(
+            text.contains("1 up: server \(t)") && text.contains("BLOCKED") && text.contains("verdict: key \(key) is blocked at server \(t)"),
+            "\(text)")
+
+        // The option off at the top: the hop says it did not answer, and why.
+        #expect(try await tree.t.admin(["hierarchy", "disable"]).status == 0)
+        e = try await Self.explain(tree.s2, key)
+        #expect(e.hops.count == 2 && e.hops[1].refusal?.hasPrefix("hierarchy_disabled") == true && e.hops[1].useHierarchy == false, "\(e.hops)")
+
+        // A device that is not one of S2's.
+        let stranger = ClientID.random().description
+        e = try await Self.explain(tree.s2, key, device: stranger)
+        #expect(e.device?.enrolled == false && e.verdict.contains("is not a device enrolled here"), "\(e.verdict)")
+        let bad = try await tree.s2.admin(["explain", "--key", "nonsense"])
+        #expect(bad.status == 64 && bad.stderr.contains("is not a key id"), "\(bad.stderr)")
+    }
+
     @Test func optionOffInTheMiddleStopsKeysThere() async throws {
         let tree = try await Self.tree()
         defer { tree.terminate() }

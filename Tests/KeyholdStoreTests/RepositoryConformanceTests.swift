@@ -98,6 +98,8 @@ func audit(_ action: AuditAction, _ key: KeyID? = nil, result: AuditResult = .ok
         try await f.repository.migrate()
         try await f.repository.migrate()
         #expect(try await f.repository.keyCount() == 0)
+        // `doctor` reads what was applied without changing it: every migration, once.
+        #expect(try await f.repository.appliedMigrations() == Schema.migrations.map(\.version).sorted())
     }
 
     @Test(arguments: Backend.allCases)
