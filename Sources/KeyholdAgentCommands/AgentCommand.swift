@@ -20,7 +20,11 @@ struct AgentCommand: AsyncParsableCommand {
     struct Run: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Run the agent until SIGTERM or SIGINT (graceful stop).",
-            discussion: "Reads \(AgentConfigFile.defaultPath) when it exists (or --config FILE); the options below override it."
+            discussion: """
+                Reads \(AgentConfigFile.defaultPath) when it exists (or --config FILE); the options below override it.
+                Example:
+                  keyhold-agent run --config /etc/keyhold/agent.toml --log-format json
+                """
         )
 
         @Option(help: ArgumentHelp("The configuration file (default \(AgentConfigFile.defaultPath), optional).", valueName: "file"))

@@ -98,7 +98,11 @@ struct EnrollCommand: ParsableCommand {
         commandName: "enroll",
         abstract: "Enroll this device with a Keyhold server (root).",
         discussion:
-            "The token comes from the administrator ('keyhold-server token create'). The agent checks the server's CA against the token, makes the device key here and keeps it in its state directory."
+            """
+            The token comes from the administrator ('keyhold-server token create'). The agent checks the server's CA against the token, makes the device key here and keeps it in its state directory.
+            Example:
+              sudo keyhold enroll kh1.… --name laptop-42
+            """
     )
     @Argument(help: "The enrollment token (kh1.…).") var token: String
     @Option(
@@ -131,6 +135,9 @@ struct ReassignCommand: ParsableCommand {
             server's CA against the token, enrolls with it, re-escrows every key it holds and waits for each acknowledgement, \
             and only then switches to the new server; it then tells the old server that the device left. If anything fails \
             before the switch, the device stays with its old server; run the command again with the same token to resume.
+            Examples:
+              sudo keyhold reassign kh1.… --dry-run
+              sudo keyhold reassign kh1.…
             """
     )
     @Argument(help: "The enrollment token of the new server (kh1.…).") var token: String
@@ -171,7 +178,12 @@ struct ReassignCommand: ParsableCommand {
 
 /// `keyhold status`.
 struct StatusCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "status", abstract: "Show the agent's state.")
+    static let configuration = CommandConfiguration(
+        commandName: "status", abstract: "Show the agent's state.",
+        discussion: """
+            Example:
+              keyhold status --json
+            """)
     @OptionGroup var agent: AgentOptions
     @Flag(help: "Print JSON.") var json = false
 

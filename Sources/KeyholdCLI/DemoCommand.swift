@@ -25,7 +25,11 @@ struct DemoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo",
         abstract: "Walk through Keyhold with real servers and agents on this machine, narrated.",
-        discussion: "Needs keyhold-server and keyhold-agent next to this keyhold executable (make run builds them)."
+        discussion: """
+            Needs keyhold-server and keyhold-agent next to this keyhold executable (make run builds them).
+            Example:
+              keyhold demo --keep
+            """
     )
 
     @Flag(help: "Leave the servers and agents running at the end, and print how to talk to them.")

@@ -90,6 +90,8 @@ struct DriveCommand: ParsableCommand {
                 The drive key is made by the agent and escrowed with its server before anything is written. \
                 The drive's current content is lost: a drive holding a file system or partition table is refused unless \
                 --erase is given. A recovery passphrase adds a second keyslot for use without the server.
+                Example:
+                  sudo keyhold drive encrypt /dev/sdb --erase --label "backup stick"
                 """
         )
         @Argument(help: "The block device (e.g. /dev/sdb) or image file.") var device: String
@@ -268,7 +270,12 @@ struct DriveCommand: ParsableCommand {
     }
 
     struct Lock: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Close the mapping of a drive unlocked by Keyhold (root).")
+        static let configuration = CommandConfiguration(
+            abstract: "Close the mapping of a drive unlocked by Keyhold (root).",
+            discussion: """
+                Example:
+                  sudo keyhold drive lock /dev/sdb
+                """)
         @Argument(help: "The block device or image file (it may already be unplugged).") var device: String
 
         func run() throws {
@@ -290,7 +297,12 @@ struct DriveCommand: ParsableCommand {
     }
 
     struct Info: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show a drive's LUKS2 header summary and its keyhold token.")
+        static let configuration = CommandConfiguration(
+            abstract: "Show a drive's LUKS2 header summary and its keyhold token.",
+            discussion: """
+                Example:
+                  keyhold drive info /dev/sdb --json
+                """)
         @Argument(help: "The block device or image file.") var device: String
         @Flag(help: "Print JSON.") var json = false
 

@@ -285,7 +285,11 @@ extension FileCommand {
     struct Info: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Show a Keyhold file's header and sizes; needs no key.",
-            discussion: "The sizes are what the unauthenticated header and the file length claim; only decryption proves them."
+            discussion: """
+                The sizes are what the unauthenticated header and the file length claim; only decryption proves them.
+                Example:
+                  keyhold file info report.pdf.khf --json
+                """
         )
 
         @Argument(help: ArgumentHelp("The file to inspect ('-' for standard input).", valueName: "file"))

@@ -19,6 +19,8 @@ struct KeyCommand: ParsableCommand {
             discussion: """
                 A key made this way is not escrowed: whoever loses the file loses the data. Managed devices
                 get their keys from the agent, which escrows them with the server first.
+                Example:
+                  keyhold key new --label "laptop backups" -o key.json
                 """
         )
 

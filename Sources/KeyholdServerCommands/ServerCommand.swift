@@ -121,8 +121,11 @@ func formatDate(_ date: Date?) -> String {
 extension ServerCommand {
     struct Init: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Create a data directory: master key, CA, TLS and administrator certificates, configuration."
-        )
+            abstract: "Create a data directory: master key, CA, TLS and administrator certificates, configuration.",
+            discussion: """
+                Example:
+                  keyhold-server init --data-dir /var/lib/keyhold-server --name keys.example.org --listen 0.0.0.0:8443 --enroll-listen 0.0.0.0:8444
+                """)
         @OptionGroup var data: DataDirOption
         @Option(help: ArgumentHelp("host:port of the mutual-TLS API.", valueName: "address")) var listen = "127.0.0.1:8443"
         @Option(help: ArgumentHelp("host:port of the enrollment listener.", valueName: "address")) var enrollListen = "127.0.0.1:8444"
@@ -181,7 +184,11 @@ extension ServerCommand {
     struct Run: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Run the server until SIGTERM or SIGINT (graceful stop).",
-            discussion: "Reads config.toml in the data directory; the options below override it for this run."
+            discussion: """
+                Reads config.toml in the data directory; the options below override it for this run.
+                Example:
+                  keyhold-server run --data-dir /var/lib/keyhold-server --log-format json
+                """
         )
         @OptionGroup var data: DataDirOption
         @Option(help: ArgumentHelp("Override the API address (listen).", valueName: "address")) var listen: String?
@@ -255,7 +262,12 @@ extension ServerCommand {
     }
 
     struct Status: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show the running server's state.")
+        static let configuration = CommandConfiguration(
+            abstract: "Show the running server's state.",
+            discussion: """
+                Example:
+                  keyhold-server status --json
+                """)
         @OptionGroup var data: DataDirOption
         @Flag(help: "Print JSON.") var json = false
 
@@ -319,7 +331,12 @@ extension ServerCommand {
     struct Audit: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Show the audit trail, oldest first: all of it, or from --after, --since or the --last records.",
-            discussion: "Pages through the whole trail (10000 records a request), so nothing is left out; --follow then waits for new ones."
+            discussion: """
+                Pages through the whole trail (10000 records a request), so nothing is left out; --follow then waits for new ones.
+                Examples:
+                  keyhold-server audit --last 50
+                  keyhold-server audit --follow --json
+                """
         )
         @OptionGroup var data: DataDirOption
         @Option(help: "Records after this sequence number.") var after: Int64?
@@ -455,7 +472,12 @@ struct PrimaryCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "primary", abstract: "This server's primary.", subcommands: [Join.self, Leave.self])
 
     struct Join: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Enroll this (running) server with a primary, using a server token from it.")
+        static let configuration = CommandConfiguration(
+            abstract: "Enroll this (running) server with a primary, using a server token from it.",
+            discussion: """
+                Example:
+                  keyhold-server primary join kh1.…   (the token from 'keyhold-server token create --role server' on the primary)
+                """)
         @OptionGroup var data: DataDirOption
         @Argument(help: "The token from 'keyhold-server token create --role server' on the primary.") var token: String
         func run() async throws {
@@ -466,7 +488,12 @@ struct PrimaryCommand: AsyncParsableCommand {
     }
 
     struct Leave: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Forget the primary (it keeps the keys it received).")
+        static let configuration = CommandConfiguration(
+            abstract: "Forget the primary (it keeps the keys it received).",
+            discussion: """
+                Example:
+                  keyhold-server primary leave
+                """)
         @OptionGroup var data: DataDirOption
         func run() async throws {
             try await withAdmin(data) { client -> Void in
@@ -483,7 +510,11 @@ struct SecondaryCommand: AsyncParsableCommand {
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "List secondaries with their last push, the pending keys and lag they report, and their last refusal.")
+            abstract: "List secondaries with their last push, the pending keys and lag they report, and their last refusal.",
+            discussion: """
+                Example:
+                  keyhold-server secondary list --json
+                """)
         @OptionGroup var data: DataDirOption
         @Flag(help: "Print JSON.") var json = false
         func run() async throws {
@@ -500,7 +531,12 @@ struct SecondaryCommand: AsyncParsableCommand {
     }
 
     struct Revoke: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Refuse a secondary from now on.")
+        static let configuration = CommandConfiguration(
+            abstract: "Refuse a secondary from now on.",
+            discussion: """
+                Example:
+                  keyhold-server secondary revoke 5d8bd193-6ad1-d62f-74e9-9bd02d59a60c
+                """)
         @OptionGroup var data: DataDirOption
         @Argument(help: "The secondary's id (see 'secondary list').") var id: String
         func run() async throws {
@@ -518,7 +554,12 @@ struct HierarchyCommand: AsyncParsableCommand {
     )
 
     struct Enable: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Push keys to the primary and answer secondaries.")
+        static let configuration = CommandConfiguration(
+            abstract: "Push keys to the primary and answer secondaries.",
+            discussion: """
+                Example:
+                  keyhold-server hierarchy enable
+                """)
         @OptionGroup var data: DataDirOption
         func run() async throws {
             let h = try await withAdmin(data) {
@@ -529,7 +570,12 @@ struct HierarchyCommand: AsyncParsableCommand {
     }
 
     struct Disable: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Neither push nor answer secondaries (they get hierarchy_disabled).")
+        static let configuration = CommandConfiguration(
+            abstract: "Neither push nor answer secondaries (they get hierarchy_disabled).",
+            discussion: """
+                Example:
+                  keyhold-server hierarchy disable
+                """)
         @OptionGroup var data: DataDirOption
         func run() async throws {
             let h = try await withAdmin(data) {
@@ -540,7 +586,12 @@ struct HierarchyCommand: AsyncParsableCommand {
     }
 
     struct Sync: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Push now instead of at the next heartbeat.")
+        static let configuration = CommandConfiguration(
+            abstract: "Push now instead of at the next heartbeat.",
+            discussion: """
+                Example:
+                  keyhold-server hierarchy sync --json
+                """)
         @OptionGroup var data: DataDirOption
         @Flag(help: "Print JSON.") var json = false
         func run() async throws {
@@ -764,7 +815,12 @@ struct TokenCommand: AsyncParsableCommand {
         commandName: "token", abstract: "Enrollment tokens: create, list, revoke.", subcommands: [Create.self, List.self, Revoke.self])
 
     struct Create: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Create an enrollment token and print it.")
+        static let configuration = CommandConfiguration(
+            abstract: "Create an enrollment token and print it.",
+            discussion: """
+                Example:
+                  keyhold-server token create --role device --uses 10 --ttl 7d
+                """)
         @OptionGroup var data: DataDirOption
         @Option(help: "device (an agent) or server (a secondary).") var role: TokenRole = .device
         @Option(help: "How many enrollments it allows.") var uses = 1
@@ -819,7 +875,12 @@ struct DeviceCommand: AsyncParsableCommand {
         commandName: "device", abstract: "Enrolled devices and secondaries.", subcommands: [List.self, Revoke.self, Delete.self])
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List enrolled devices and secondaries.")
+        static let configuration = CommandConfiguration(
+            abstract: "List enrolled devices and secondaries.",
+            discussion: """
+                Example:
+                  keyhold-server device list --json
+                """)
         @OptionGroup var data: DataDirOption
         @Flag(help: "Print JSON.") var json = false
 
@@ -836,7 +897,12 @@ struct DeviceCommand: AsyncParsableCommand {
     }
 
     struct Revoke: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Revoke a device or secondary: refused on its next request.")
+        static let configuration = CommandConfiguration(
+            abstract: "Revoke a device or secondary: refused on its next request.",
+            discussion: """
+                Example:
+                  keyhold-server device revoke 06c0c961-bf82-4966-3339-fac5f1577a27
+                """)
         @OptionGroup var data: DataDirOption
         @Argument(help: "The device id.") var id: String
 
@@ -878,7 +944,12 @@ struct KeyAdminCommand: AsyncParsableCommand {
         subcommands: [List.self, Reveal.self, Respond.self, Block.self, Unblock.self, Destroy.self, Export.self, Import.self])
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List escrowed keys (never their secrets).")
+        static let configuration = CommandConfiguration(
+            abstract: "List escrowed keys (never their secrets).",
+            discussion: """
+                Example:
+                  keyhold-server key list --json
+                """)
         @OptionGroup var data: DataDirOption
         @Flag(help: "Print JSON.") var json = false
 
@@ -978,7 +1049,12 @@ struct KeyAdminCommand: AsyncParsableCommand {
     }
 
     struct Block: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Make a key unreleasable.")
+        static let configuration = CommandConfiguration(
+            abstract: "Make a key unreleasable.",
+            discussion: """
+                Example:
+                  keyhold-server key block 1b4e28ba-2fa1-4d2e-883f-0016d3cca427
+                """)
         @OptionGroup var data: DataDirOption
         @Argument(help: "The key id.") var id: String
         func run() async throws {
@@ -1017,7 +1093,12 @@ struct KeyAdminCommand: AsyncParsableCommand {
     }
 
     struct Unblock: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Allow a blocked key to be released again.")
+        static let configuration = CommandConfiguration(
+            abstract: "Allow a blocked key to be released again.",
+            discussion: """
+                Example:
+                  keyhold-server key unblock 1b4e28ba-2fa1-4d2e-883f-0016d3cca427
+                """)
         @OptionGroup var data: DataDirOption
         @Argument(help: "The key id.") var id: String
         func run() async throws {
@@ -1064,7 +1145,12 @@ struct AdminCommand: AsyncParsableCommand {
     )
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List the administrators.")
+        static let configuration = CommandConfiguration(
+            abstract: "List the administrators.",
+            discussion: """
+                Example:
+                  keyhold-server admin list --json
+                """)
         @OptionGroup var data: DataDirOption
         @Flag(help: "Print JSON.") var json = false
 
@@ -1076,7 +1162,12 @@ struct AdminCommand: AsyncParsableCommand {
     }
 
     struct Revoke: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Revoke an administrator at once (never the last active one).")
+        static let configuration = CommandConfiguration(
+            abstract: "Revoke an administrator at once (never the last active one).",
+            discussion: """
+                Example:
+                  keyhold-server admin revoke 3f1c2b4a-9d8e-4f7a-b6c5-1a2b3c4d5e6f
+                """)
         @OptionGroup var data: DataDirOption
         @Argument(help: "The administrator's id (see 'admin list').") var id: String
 
@@ -1094,6 +1185,8 @@ struct AdminCommand: AsyncParsableCommand {
                 Runs beside the data directory, not over the API: it reads the CA key, so only root or the data \
                 directory's owner can run it. The new certificate replaces admin.pem and admin.key, is recorded \
                 as an active administrator and audited (admin_recover). The server may be running.
+                Example:
+                  sudo -u keyhold-server keyhold-server admin recover --data-dir /var/lib/keyhold-server
                 """
         )
         @OptionGroup var data: DataDirOption

@@ -22,7 +22,12 @@ extension KeyAdminCommand {
         static let configuration = CommandConfiguration(
             abstract: "Export keys into a password-protected file (age format) for 'key import' on another server.",
             discussion:
-                "Give exactly one of --all, --key, --device or --since. The password is asked twice on the terminal, or read from --password-file."
+                """
+                Give exactly one of --all, --key, --device or --since. The password is asked twice on the terminal, or read from --password-file.
+                Examples:
+                  keyhold-server key export --all --output keys.age
+                  keyhold-server key export --since 2026-12-01T00:00:00Z --output december.age
+                """
         )
         @OptionGroup var data: DataDirOption
         @Option(name: .shortAndLong, help: ArgumentHelp("The file to write (mode 0600).", valueName: "file")) var output: String
@@ -120,7 +125,11 @@ extension KeyAdminCommand {
         static let configuration = CommandConfiguration(
             abstract: "Import keys from an export file: all of them in one transaction, or none.",
             discussion:
-                "Keys already here with the same secret are counted as present. If any key id exists here with another secret, nothing is imported and the ids are listed."
+                """
+                Keys already here with the same secret are counted as present. If any key id exists here with another secret, nothing is imported and the ids are listed.
+                Example:
+                  keyhold-server key import keys.age
+                """
         )
         @OptionGroup var data: DataDirOption
         @Argument(help: ArgumentHelp("The export file (age format, password-protected).", valueName: "file")) var file: String

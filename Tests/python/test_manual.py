@@ -79,3 +79,27 @@ def test_completion_script_loads_and_completes_a_subcommand(shell, keyhold_bin, 
         words = [w for w in ("encrypt", "decrypt", "rekey", "info") if f"'{w}:" in script]
     assert {"encrypt", "decrypt", "rekey", "info"} <= set(words), words
     assert "enroll" not in words, words
+
+
+@pytest.mark.parametrize("program", sorted(PROGRAMS))
+def test_every_command_that_runs_shows_an_example(program, keyhold_bin):
+    """Every subcommand that does something (no subcommands of its own) has an example in its help."""
+    binary = os.path.join(os.path.dirname(keyhold_bin), program)
+    tree = json.loads(subprocess.run([binary, "--experimental-dump-help"], check=True, capture_output=True, text=True).stdout)
+    missing = []
+
+    def walk(command, path):
+        subs = [s for s in command.get("subcommands", []) if s["commandName"] != "help"]
+        if not subs and "Example" not in (command.get("discussion") or ""):
+            missing.append(" ".join(path))
+        for sub in subs:
+            walk(sub, path + [sub["commandName"]])
+
+    walk(tree["command"], [tree["command"]["commandName"]])
+    assert missing == [], f"no example in the help of: {missing}"
+    if program == "keyhold":
+        # The file commands' examples use the agent; --key-file appears only as the offline alternative.
+        for name in ("encrypt", "decrypt"):
+            help_text = subprocess.run([binary, "file", name, "--help"], capture_output=True, text=True).stdout
+            first = next(line for line in help_text.splitlines() if line.strip().startswith(f"keyhold file {name}"))
+            assert "--key-file" not in first, first
