@@ -153,7 +153,8 @@ install-files:
 # Removes what install-files put in place (same variables). Data stays: /var/lib/keyhold*, the
 # keyhold-server user and the keyhold group (remove them by hand once nothing needs them).
 uninstall:
-	-@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl disable --now keyhold-server.service keyhold-agent.service 2>/dev/null; fi
+	-@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl stop 'keyhold-unlock@*.service' 2>/dev/null; \
+	  systemctl disable --now keyhold-server.service keyhold-agent.service 2>/dev/null; fi
 	rm -f $(addprefix $(DESTDIR)$(BINDIR)/,$(PROGRAMS))
 	rm -f $(addprefix $(DESTDIR)$(UNITDIR)/,$(notdir $(wildcard systemd/*.service)))
 	rm -f $(DESTDIR)$(UDEVDIR)/90-keyhold.rules
@@ -162,7 +163,8 @@ uninstall:
 	rm -f $(addprefix $(DESTDIR)$(BASHCOMPDIR)/,$(PROGRAMS)) $(addprefix $(DESTDIR)$(ZSHCOMPDIR)/_,$(PROGRAMS)) \
 	  $(addsuffix .fish,$(addprefix $(DESTDIR)$(FISHCOMPDIR)/,$(PROGRAMS)))
 	rm -f $(addsuffix .1.gz,$(addprefix $(DESTDIR)$(MANDIR)/man1/,$(PROGRAMS)))
-	rm -rf $(DESTDIR)$(DOCDIR)
+	rm -f $(addprefix $(DESTDIR)$(DOCDIR)/,$(notdir $(wildcard docs/spec/*.md)))
+	-rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; udevadm control --reload 2>/dev/null || true; fi
 
 clean:

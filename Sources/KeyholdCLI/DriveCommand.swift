@@ -284,7 +284,9 @@ struct DriveCommand: ParsableCommand {
             if FileManager.default.fileExists(atPath: device), case .luks(let uuid, _) = try BlockProbe.probe(device) {
                 name = LUKSVolume.mappingName(uuid: uuid)
             }
-            name = name ?? DriveCommand.remembered(device: device)
+            // The note names the mapping as it was made (before mapping names were lowercased, a
+            // header's uppercase UUID made an uppercase name).
+            if name.map({ !LUKSVolume.isActive($0) }) ?? true, let noted = DriveCommand.remembered(device: device) { name = noted }
             guard let name, LUKSVolume.isActive(name) else {
                 print("not unlocked: no Keyhold mapping for \(device)")
                 DriveCommand.forget(device: device)

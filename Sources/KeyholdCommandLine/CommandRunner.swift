@@ -17,7 +17,8 @@ public enum CommandRunner {
     @MainActor
     public static func run<Root: ParsableCommand>(_ root: Root.Type, arguments: [String]? = nil) async -> Never {
         let name = root.configuration.commandName ?? "keyhold"
-        let json = (arguments ?? Array(CommandLine.arguments.dropFirst())).contains("--json")
+        // `--json` as an option of the command (before a `--` that ends the options).
+        let json = (arguments ?? Array(CommandLine.arguments.dropFirst())).prefix { $0 != "--" }.contains("--json")
         do {
             var command = try root.parseAsRoot(arguments)
             if var async = command as? any AsyncParsableCommand {
@@ -46,7 +47,11 @@ public enum CommandRunner {
             let usage = lines.first { $0.hasPrefix("Usage: ") || $0.contains("See '") }?.trimmingCharacters(in: .whitespaces)
             let given = arguments ?? Array(CommandLine.arguments.dropFirst())
             let hint = suggestion(for: given, in: root).map { "did you mean '\($0)'? (\(usage ?? "'\(name) --help' lists the commands"))" }
-            let error = KeyholdError(.usage, first, hint: hint ?? usage ?? "run '\(name) --help' to see the commands")
+            // ArgumentParser's own mistakes exit 64; anything else that is not a KeyholdError is a failure of its own.
+            let error =
+                code.rawValue == ExitStatus.usage.rawValue
+                ? KeyholdError(.usage, first, hint: hint ?? usage ?? "run '\(name) --help' to see the commands")
+                : KeyholdError(.internalError, first, hint: "report this with the command that failed")
             fail(name, error, status: code.rawValue, json: json)
         }
     }

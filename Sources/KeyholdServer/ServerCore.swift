@@ -535,8 +535,13 @@ struct ServerCore: Sendable {
             let now = Date()
             await secondaries.received(from: id, keys: request.keys.count, report: request.report, at: now)
             if let report = request.report {
-                try await repository.recordHeartbeat(
-                    id: id, at: now, agentVersion: String(report.version.prefix(64)), keyCount: max(0, report.keyCount))
+                // Bookkeeping only: the batch is committed, so its answer must not turn into an error.
+                do {
+                    try await repository.recordHeartbeat(
+                        id: id, at: now, agentVersion: String(report.version.prefix(64)), keyCount: max(0, report.keyCount))
+                } catch {
+                    logger.warning("cannot record a secondary's push as its last contact", metadata: ["secondary": "\(id)", "error": "\(error)"])
+                }
             }
             return response
         } catch let error as KeyholdError {
@@ -1012,7 +1017,11 @@ struct ServerCore: Sendable {
             throw KeyholdError(
                 .hierarchyTooDeep, "the explanation passed \(Hierarchy.hopLimit) servers", hint: "the hierarchy is deeper than Keyhold allows")
         }
-        return [try await explainHop(keyID)] + (await hierarchy.explainAbove(keyID, chain: chain + [serverID], hops: hops - 1))
+        // What this server last looked up for its own devices is none of a secondary's business.
+        var own = try await explainHop(keyID)
+        own.lastLookup = nil
+        own.lastLookupAt = nil
+        return [own] + (await hierarchy.explainAbove(keyID, chain: chain + [serverID], hops: hops - 1))
     }
 
     /// `GET /v1/admin/explain/{id}`: the hops from here to the top for `keyID`, what the release
@@ -1038,7 +1047,9 @@ struct ServerCore: Sendable {
         return KeyExplanation(keyID: keyID, hops: hops, device: view, verdict: Self.verdict(keyID, hops, view))
     }
 
-    /// The one sentence an explanation comes to, from the first thing that decides it.
+    /// The one sentence an explanation comes to. A request is answered by the first server on
+    /// the way up that holds the key, on its own copy's state: a block or destruction further up
+    /// is named too, as on its way down (it arrives with the next push's state changes).
     static func verdict(_ keyID: KeyID, _ hops: [ExplainHop], _ device: ExplainDevice?) -> String {
         if let device {
             if !device.enrolled { return "device \(device.id) is not a device enrolled here: it gets no key from this server" }
@@ -1046,31 +1057,38 @@ struct ServerCore: Sendable {
                 return "device \(device.id) is \(device.state.map { "\($0)" } ?? "not active"): it gets no key from this server"
             }
         }
-        if let hop = hops.first(where: { $0.destroyed != nil }) {
-            return "key \(keyID) was destroyed at server \(hop.serverID): nobody gets it any more"
+        // The hops that answered, up to the first that holds the key or did not answer.
+        guard let index = hops.firstIndex(where: { $0.held || $0.refusal != nil }) else {
+            if hops.first?.useHierarchy == false {
+                return
+                    "key \(keyID) is not held here, and this server's 'use hierarchy' option is off: it asks no primary (enable it, or import the key)"
+            }
+            if hops.first?.primaryServerID == nil { return "key \(keyID) is not held here, and this server has no primary to ask: import it" }
+            if let last = hops.last, last.useHierarchy == false, hops.count > 1 {
+                return "key \(keyID) is not held up to server \(last.serverID), whose 'use hierarchy' option is off: it asks no primary above it"
+            }
+            return
+                "key \(keyID) is not held here or at any primary up to the top: it has not been pushed up yet (pushes happen at each heartbeat) or was escrowed in another tree"
         }
-        if let hop = hops.first(where: { $0.blocked == true }) {
-            return "key \(keyID) is blocked at server \(hop.serverID): it is never released there or below it"
-        }
+        let holder = hops[index]
+        let location = index == 0 ? "here" : "at server \(holder.serverID), \(index) server(s) up"
+        if let refusal = holder.refusal { return "the lookup stops at server \(holder.serverID), \(index) server(s) up: \(refusal)" }
+        let above = hops[(index + 1)...]
+        let coming =
+            if let b = above.first(where: { $0.destroyed != nil }) {
+                "; it was destroyed at server \(b.serverID) above, which reaches this copy with a later push's state changes unless a device's drive keeps it"
+            } else if let b = above.first(where: { $0.blocked == true }) {
+                "; it is blocked at server \(b.serverID) above, which reaches this copy with the next push's state changes"
+            } else { "" }
+        let first = "the first server holding it"
+        if holder.destroyed != nil { return "key \(keyID) was destroyed \(location), \(first): nobody gets it there any more" }
+        if holder.blocked == true { return "key \(keyID) is blocked \(location), \(first): it is never released there or below it" }
+        if holder.state == "revoked" { return "key \(keyID) is revoked \(location), \(first): it is never released" }
         if let refusal = device?.policyRefusal {
             return "release_policy = \(device?.releasePolicy ?? "?") keeps key \(keyID) from device \(device?.id.description ?? "?"): \(refusal)"
         }
-        if let here = hops.first, here.held { return "key \(keyID) is held here: it is released to an active device that asks" }
-        for (i, hop) in hops.enumerated().dropFirst() {
-            if let refusal = hop.refusal { return "the lookup stops at server \(hop.serverID), \(i) server(s) up: \(refusal)" }
-            if hop.held {
-                return "key \(keyID) is held at server \(hop.serverID), \(i) server(s) up: a device's request here is answered through the hierarchy"
-            }
-        }
-        if hops.first?.useHierarchy == false {
-            return "key \(keyID) is not held here, and this server's 'use hierarchy' option is off: it asks no primary (enable it, or import the key)"
-        }
-        if hops.first?.primaryServerID == nil { return "key \(keyID) is not held here, and this server has no primary to ask: import it" }
-        if let last = hops.last, last.useHierarchy == false, hops.count > 1 {
-            return "key \(keyID) is not held up to server \(last.serverID), whose 'use hierarchy' option is off: it asks no primary above it"
-        }
-        return
-            "key \(keyID) is not held here or at any primary up to the top: it has not been pushed up yet (pushes happen at each heartbeat) or was escrowed in another tree"
+        if index == 0 { return "key \(keyID) is held here: it is released to an active device that asks\(coming)" }
+        return "key \(keyID) is held \(location): a device's request here is answered through the hierarchy\(coming)"
     }
 
     /// `GET /v1/admin/hierarchy/tree`: this server's option and push upward, and each secondary

@@ -76,6 +76,8 @@ struct Doctor {
     let directory: DataDirectory
     let now: Date
     var findings: [Finding] = []
+    /// The data directory's owner, once known.
+    var owner: UInt32?
 
     mutating func ok(_ check: String, _ message: String) { findings.append(Finding(check: check, level: .ok, message: message)) }
     mutating func warn(_ check: String, _ message: String, hint: String) {
@@ -117,6 +119,7 @@ struct Doctor {
         }
         let mode = (attributes[.posixPermissions] as? Int) ?? 0
         let owner = (attributes[.ownerAccountID] as? NSNumber)?.uint32Value ?? UInt32.max
+        self.owner = owner
         if mode & 0o077 != 0 {
             warn("data directory", "\(path) has mode \(String(mode, radix: 8)): other users may look inside", hint: "chmod 700 \(path)")
         } else if owner != geteuid() {
@@ -219,6 +222,15 @@ struct Doctor {
     mutating func database(_ config: ServerConfigFile) async {
         if config.database == "sqlite", !FileManager.default.fileExists(atPath: directory.sqlite) {
             fail("database", "keyhold.sqlite is missing", hint: "restore it from the backup of this data directory (docs/operations.md, \"Backups\")")
+            return
+        }
+        // Opening SQLite may create its -wal and -shm files: as another user than the server's they
+        // would be that user's, and the server could not open its database any more.
+        if config.database == "sqlite", let owner, owner != geteuid() {
+            warn(
+                "database",
+                "not opened: the data directory belongs to user \(owner), and opening keyhold.sqlite as user \(geteuid()) could leave files the server cannot open",
+                hint: "run doctor as the server's user: 'sudo -u keyhold-server keyhold-server doctor'")
             return
         }
         do {

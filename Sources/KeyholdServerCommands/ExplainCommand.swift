@@ -38,7 +38,9 @@ struct ExplainCommand: AsyncParsableCommand {
             }
             print("    use hierarchy: \(hop.useHierarchy.map { $0 ? "on" : "off" } ?? "?")")
             if hop.held {
-                var facts = ["holds it (\(hop.state ?? "?"), \(hop.provenance ?? "?"), stored \(formatDate(hop.stored)))"]
+                var facts = [
+                    "holds it (\(PrintableText.escaped(hop.state ?? "?")), \(PrintableText.escaped(hop.provenance ?? "?")), stored \(formatDate(hop.stored)))"
+                ]
                 if hop.blocked == true { facts.append("BLOCKED") }
                 if let acknowledged = hop.acknowledgedByPrimary {
                     facts.append(acknowledged ? "acknowledged by its primary" : "not yet pushed to its primary")
@@ -54,8 +56,10 @@ struct ExplainCommand: AsyncParsableCommand {
         }
         if let d = e.device {
             let who = d.enrolled ? "\(PrintableText.escaped(d.name ?? "?")), \(d.state.map { "\($0)" } ?? "?")" : "not enrolled here"
-            print("device \(d.id): \(who); release_policy \(d.releasePolicy): \(d.policyRefusal.map { "refuses: \($0)" } ?? "allows it")")
+            print(
+                "device \(d.id): \(who); release_policy \(d.releasePolicy): \(d.policyRefusal.map { "refuses: \(PrintableText.escaped($0))" } ?? "allows it")"
+            )
         }
-        print("verdict: \(e.verdict)")
+        print("verdict: \(PrintableText.escaped(e.verdict))")
     }
 }

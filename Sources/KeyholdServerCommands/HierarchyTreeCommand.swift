@@ -58,9 +58,10 @@ enum TreeText {
         var out = [
             "last push \(ago(s.lastPush, now))\(s.version.map { ", keyhold \(PrintableText.escaped($0))" } ?? "")\(s.keyCount.map { ", \($0) key(s)" } ?? "")"
         ]
-        if let pending = s.pending {
+        if let received = s.keysReceived {
+            let pending = s.pending.map { "reported \($0) key(s) pending, lag \(seconds(s.lagSeconds ?? 0))" } ?? "no report (an older secondary)"
             out.append(
-                "reported \(pending) key(s) pending, lag \(seconds(s.lagSeconds ?? 0)); \(s.keysReceived ?? 0) key(s) received since this server started (last \(ago(s.lastKeys, now)))"
+                "\(pending); \(received) key(s) received since this server started (last \(ago(s.lastKeys, now)))"
             )
         } else {
             out.append("no push since this server started")

@@ -59,7 +59,7 @@ def test_install_files_uses_the_packaging_paths_and_uninstall_removes_everything
         "usr/lib/systemd/system/keyhold-server.service", "usr/lib/systemd/system/keyhold-agent.service",
         "usr/lib/systemd/system/keyhold-unlock@.service", "usr/lib/udev/rules.d/90-keyhold.rules",
         "usr/lib/sysusers.d/keyhold-server.conf", "usr/lib/sysusers.d/keyhold-agent.conf",
-        "usr/lib/tmpfiles.d/keyhold-server.conf", "usr/lib/tmpfiles.d/keyhold-agent.conf",
+        "usr/lib/tmpfiles.d/keyhold-agent.conf",
         "usr/share/bash-completion/completions/keyhold", "usr/share/zsh/vendor-completions/_keyhold-server",
         "usr/share/fish/vendor_completions.d/keyhold-agent.fish", "usr/share/man/man1/keyhold-server.1.gz",
     ]:
