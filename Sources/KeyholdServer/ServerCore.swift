@@ -526,6 +526,22 @@ struct ServerCore: Sendable {
         }
     }
 
+    /// Why a hierarchy request (`what`: "the lookup for key …") that arrived along `chain` with
+    /// `hops` left must go no further: it came back to this server (a loop), or it ran out of
+    /// hops. Nil when it may go on.
+    private func routeRefusal(_ what: String, chain: [ServerID], hops: Int) -> KeyholdError? {
+        if chain.contains(serverID) {
+            return KeyholdError(
+                .hierarchyLoop, "\(what) came back to server \(serverID): the configured hierarchy has a loop",
+                hint: "fix the primaries so that they form a tree ('keyhold-server primary leave' on one server of the loop)")
+        }
+        if hops <= 0 {
+            return KeyholdError(
+                .hierarchyTooDeep, "\(what) passed \(Hierarchy.hopLimit) servers", hint: "the hierarchy is deeper than Keyhold allows; flatten it")
+        }
+        return nil
+    }
+
     /// Stores a batch a secondary pushed (`POST /v1/hierarchy/push`); answers after the commit.
     /// The push is noted for `hierarchy tree`; with a report, as the secondary's last contact.
     func receivePush(_ request: PushRequest, by caller: Caller) async throws -> PushResponse {
@@ -662,19 +678,11 @@ struct ServerCore: Sendable {
     /// answer carries in its `Keyhold-Hops` header.
     func lookup(_ keyID: KeyID, chain: [ServerID], hops: Int, for peer: Peer) async throws -> (KeyMaterial, hops: Int) {
         let route = AuditRoute.secondary(peer.id)
-        if try await !hierarchy.enabled() || chain.contains(serverID) || hops <= 0 {
+        let refusal = routeRefusal("the lookup for key \(keyID)", chain: chain, hops: hops)
+        if try await !hierarchy.enabled() || refusal != nil {
             let caller = try await authenticate(peer)
             try await requireHierarchy(caller.actor, route, action: .release)
-            guard !chain.contains(serverID) else {
-                throw KeyholdError(
-                    .hierarchyLoop, "the lookup for key \(keyID) came back to server \(serverID): the configured hierarchy has a loop",
-                    hint: "fix the primaries so that they form a tree ('keyhold-server primary leave' on one server of the loop)"
-                )
-            }
-            throw KeyholdError(
-                .hierarchyTooDeep, "the lookup for key \(keyID) passed \(Hierarchy.hopLimit) servers",
-                hint: "the hierarchy is deeper than Keyhold allows; flatten it"
-            )
+            if let refusal { throw refusal }
         }
         let (key, above) = try await resolve(keyID, for: peer, route: route, chain: chain + [serverID], hops: hops - 1)
         return (key, above + 1)
@@ -1008,15 +1016,7 @@ struct ServerCore: Sendable {
     /// `explain`; refused like a lookup (option off here, a loop, too many hops).
     func explainForSecondary(_ keyID: KeyID, chain: [ServerID], hops: Int, by caller: Caller) async throws -> [ExplainHop] {
         try await requireHierarchy(caller.actor, .secondary(caller.client.id), action: .release, audit: false)
-        guard !chain.contains(serverID) else {
-            throw KeyholdError(
-                .hierarchyLoop, "the explanation for key \(keyID) came back to server \(serverID): the configured hierarchy has a loop",
-                hint: "fix the primaries so that they form a tree ('keyhold-server primary leave' on one server of the loop)")
-        }
-        guard hops > 0 else {
-            throw KeyholdError(
-                .hierarchyTooDeep, "the explanation passed \(Hierarchy.hopLimit) servers", hint: "the hierarchy is deeper than Keyhold allows")
-        }
+        if let refusal = routeRefusal("the explanation for key \(keyID)", chain: chain, hops: hops) { throw refusal }
         // What this server last looked up for its own devices is none of a secondary's business.
         var own = try await explainHop(keyID)
         own.lastLookup = nil
